@@ -1,0 +1,31 @@
+# Two commands matter: `make demo` and `make test`. Each creates .venv and installs nnzip into it
+# on first use (pip, not uv/poetry: only pip sees the local CPU torch wheel; torch is pinned).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: install demo test bench lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/nnzip demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) benchmarks/zoo_mnist.py
+	$(PY) benchmarks/latency_stability.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check nnzip tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache *.egg-info

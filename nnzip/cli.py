@@ -1,0 +1,241 @@
+"""The ``nnzip`` command: demo, train, eval, compress, report.
+
+Library code never prints; this module is where results reach the terminal. Every user-fixable
+problem arrives as an :class:`NnzipError` and is printed as one line, with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.markup import escape
+
+from nnzip import __version__
+from nnzip.errors import NnzipError
+
+console = Console()
+error_console = Console(stderr=True)
+
+ZOO_HINT = "an architecture name, not a trained model"
+
+
+def _add_data_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", default="mnist",
+                        help="mnist, digits, a .npz file (x, y) or a folder of class sub-folders")
+    parser.add_argument("--mnist-dir", type=Path, default=None,
+                        help="folder with the MNIST IDX test files (default: ../shared/data/mnist "
+                             "or $NNZIP_MNIST_DIR)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of splits and training")
+
+
+def _add_eval_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads used while timing latency (fixed for stable numbers)")
+    parser.add_argument("--repeats", type=int, default=50, help="timed runs per batch size")
+    parser.add_argument("--robustness-samples", type=int, default=None,
+                        help="test images used for the noise/FGSM accuracy (default: all)")
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True,
+                        help="a saved nnzip model folder, a torch.export .pt2, a TorchScript file, "
+                             "or a pickled model with --trust-pickle")
+    parser.add_argument("--trust-pickle", action="store_true",
+                        help="allow loading a pickled full model (pickle runs code: trusted files "
+                             "only)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nnzip", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"nnzip {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log each epoch and stage")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="train LeNet-5 and LeNet-300-100 on MNIST, measure "
+                                            "them and write an HTML report")
+    demo.add_argument("--out", type=Path, default=Path("runs/demo"))
+    demo.add_argument("--cache-dir", type=Path, default=Path("runs/cache"),
+                      help="trained models are kept here and reused by later runs")
+    _add_data_options(demo)
+    _add_eval_options(demo)
+
+    train = commands.add_parser("train", help="train a zoo model and save it")
+    train.add_argument("--arch", required=True, help="zoo architecture, e.g. lenet5, resnet20")
+    train.add_argument("--out", type=Path, required=True, help="folder to save the model in")
+    train.add_argument("--epochs", type=int, default=None)
+    train.add_argument("--lr", type=float, default=None)
+    train.add_argument("--optimizer", choices=("adam", "sgd"), default=None)
+    train.add_argument("--batch-size", type=int, default=None)
+    train.add_argument("--checkpoint", type=Path, default=None,
+                       help="checkpoint file: written every epoch, resumed if present")
+    _add_data_options(train)
+
+    evaluate = commands.add_parser("eval", help="measure a model and write a report")
+    _add_model_options(evaluate)
+    evaluate.add_argument("--reference", default=None,
+                          help="model to compare against (compression ratio, agreement)")
+    evaluate.add_argument("--out", type=Path, default=Path("runs/eval"))
+    _add_data_options(evaluate)
+    _add_eval_options(evaluate)
+
+    compress = commands.add_parser("compress", help="apply a YAML recipe, measuring every stage")
+    _add_model_options(compress)
+    compress.add_argument("--recipe", type=Path, required=True)
+    compress.add_argument("--out", type=Path, default=Path("runs/compress"))
+    compress.add_argument("--finetune-epochs", type=int, default=3,
+                          help="default fine-tune budget of the stages")
+    _add_data_options(compress)
+    _add_eval_options(compress)
+
+    report = commands.add_parser("report", help="print and re-render report.json files "
+                                                "(several are merged into one comparison)")
+    report.add_argument("reports", nargs="+", type=Path)
+    report.add_argument("--out", type=Path, default=None,
+                        help="write report.{json,md,html} here (default: only print)")
+    return parser
+
+
+def _eval_config(args: argparse.Namespace):
+    from nnzip.evaluate import EvalConfig
+
+    if args.threads < 1 or args.repeats < 1:
+        raise NnzipError("--threads and --repeats must be at least 1")
+    return EvalConfig(threads=args.threads, repeats=args.repeats,
+                      robustness_samples=args.robustness_samples)
+
+
+def _load_data(args: argparse.Namespace):
+    from nnzip.data import load_dataset
+
+    return load_dataset(args.data, mnist_dir=args.mnist_dir, seed=args.seed)
+
+
+def _load_model(spec: str, trust_pickle: bool):
+    from nnzip.models import ZOO, load_model
+
+    if spec in ZOO and not Path(spec).exists():
+        raise NnzipError(f"{spec!r} is {ZOO_HINT}: train it first with "
+                         f"'nnzip train --arch {spec} --out DIR', then pass --model DIR")
+    return load_model(spec, trust_pickle=trust_pickle)
+
+
+def _show(report: dict, paths: dict[str, Path]) -> None:
+    from nnzip.evaluate import rich_table
+
+    console.print(rich_table(report))
+    for kind in ("json", "md", "html", "model"):
+        if kind in paths:
+            console.print(f"{kind:>5}: {paths[kind]}")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from nnzip.pipeline import evaluate_models
+    from nnzip.train import train_zoo_model
+
+    data = _load_data(args)
+    progress = not args.no_progress
+    lenet5 = train_zoo_model("lenet5", data, cache_dir=args.cache_dir, progress=progress)
+    lenet300 = train_zoo_model("lenet300", data, cache_dir=args.cache_dir, progress=progress)
+    report, paths = evaluate_models(
+        [("lenet5", "baseline", lenet5), ("lenet300", "baseline", lenet300)], data,
+        out_dir=args.out, eval_config=_eval_config(args), extra={"job": "demo"})
+    _show(report, paths)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from nnzip.evaluate.accuracy import accuracy, predict_logits
+    from nnzip.models import create_model, save_model
+    from nnzip.train import DEFAULT_TRAINING, TrainConfig, fit
+
+    data = _load_data(args)
+    model = create_model(args.arch, input_shape=data.input_shape, num_classes=data.num_classes)
+    base = DEFAULT_TRAINING.get(args.arch, TrainConfig())
+    overrides = {key: value for key, value in {
+        "epochs": args.epochs, "lr": args.lr, "optimizer": args.optimizer,
+        "batch_size": args.batch_size, "seed": args.seed}.items() if value is not None}
+    config = base.model_copy(update=overrides)
+    TrainConfig.model_validate(config.model_dump())  # re-check the overrides' ranges
+    result = fit(model, data, config, checkpoint=args.checkpoint,
+                 progress=not args.no_progress, description=f"train {args.arch}")
+    test_accuracy = accuracy(predict_logits(model, data.loader("test", 256)), data.test.tensors[1])
+    path = save_model(model, args.out, extra={"training": config.model_dump(),
+                                              "test_accuracy": test_accuracy})
+    console.print(f"{args.arch}: best val accuracy {100 * result.best_val_accuracy:.2f}% "
+                  f"(epoch {result.best_epoch}), test accuracy {100 * test_accuracy:.2f}% "
+                  f"on {len(data.test)} images")
+    console.print(f"model: {path}")
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from nnzip.pipeline import evaluate_models
+
+    data = _load_data(args)
+    model = _load_model(args.model, args.trust_pickle)
+    reference = _load_model(args.reference, args.trust_pickle) if args.reference else None
+    models = [("model", "evaluated", model)]
+    if reference is not None:
+        models.insert(0, ("reference", "baseline", reference))
+    report, paths = evaluate_models(models, data, out_dir=args.out,
+                                    eval_config=_eval_config(args))
+    _show(report, paths)
+
+
+def cmd_compress(args: argparse.Namespace) -> None:
+    from nnzip.pipeline import compress
+    from nnzip.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe)  # validated before anything slow happens
+    data = _load_data(args)
+    model = _load_model(args.model, args.trust_pickle)
+    name = Path(args.model).stem
+    result = compress(model, recipe, data, name=name, out_dir=args.out,
+                      eval_config=_eval_config(args), finetune_epochs=args.finetune_epochs,
+                      seed=args.seed, progress=not args.no_progress)
+    _show(result.report, result.paths)
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from nnzip.evaluate import build_report, load_report, write_report
+
+    reports = [load_report(path) for path in args.reports]
+    if len(reports) == 1:
+        report = reports[0]
+    else:
+        models = [entry for report in reports for entry in report["models"]]
+        report = build_report(models, reports[0]["machine"],
+                              extra={"merged_from": [str(path) for path in args.reports]})
+    paths = write_report(report, args.out) if args.out else {}
+    _show(report, paths)
+
+
+COMMANDS = {"demo": cmd_demo, "train": cmd_train, "eval": cmd_eval, "compress": cmd_compress,
+            "report": cmd_report}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(message)s", handlers=[RichHandler(console=error_console)])
+    try:
+        COMMANDS[args.command](args)
+    except NnzipError as error:
+        # One line, never wrapped, and the message's own brackets are not read as markup.
+        error_console.print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True,
+                            highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        where = getattr(args, "out", None)
+        kept = f"; finished results are in {where}" if where else ""
+        error_console.print(f"interrupted{kept}")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""The one data type every stage sees: train / validation / test splits held in memory."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from nnzip.errors import NnzipError
+
+Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
+
+@dataclass
+class DataSplits:
+    """A classification data set split three ways.
+
+    ``val`` is carved out of the training data and is what early stopping and calibration use;
+    ``test`` is only ever used for the final measurements. Inputs are float32 tensors in
+    ``input_range`` (for images, pixels in [0, 1]); labels are int64 class indices.
+    """
+
+    name: str
+    train: TensorDataset
+    val: TensorDataset
+    test: TensorDataset
+    num_classes: int
+    input_shape: tuple[int, ...]
+    input_range: tuple[float, float] = (0.0, 1.0)
+    augment: Augment | None = field(default=None, repr=False)
+    #: Names of the classes by index, where the data has them (image folders).
+    class_names: tuple[str, ...] | None = None
+
+    def loader(self, split: str, batch_size: int = 128, shuffle: bool = False,
+               seed: int = 0) -> DataLoader:
+        """A DataLoader over one split; shuffling is seeded so runs repeat exactly."""
+        if split not in ("train", "val", "test"):
+            raise NnzipError(f"unknown split {split!r}: use 'train', 'val' or 'test'")
+        dataset = getattr(self, split)
+        generator = torch.Generator().manual_seed(seed) if shuffle else None
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
+
+    def summary(self) -> dict:
+        return {"name": self.name, "train": len(self.train), "val": len(self.val),
+                "test": len(self.test), "num_classes": self.num_classes,
+                "input_shape": list(self.input_shape)}
+
+
+def to_dataset(x: np.ndarray, y: np.ndarray) -> TensorDataset:
+    return TensorDataset(torch.as_tensor(x, dtype=torch.float32),
+                         torch.as_tensor(y, dtype=torch.int64))
+
+
+def stratified_split(y: np.ndarray, val_fraction: float,
+                     seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, val) with every class represented in proportion; deterministic for a seed."""
+    if not 0.0 < val_fraction < 1.0:
+        raise NnzipError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    rng = np.random.default_rng(seed)
+    train_idx, val_idx = [], []
+    for cls in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == cls))
+        n_val = max(1, round(len(idx) * val_fraction))
+        val_idx.append(idx[:n_val])
+        train_idx.append(idx[n_val:])
+    return rng.permutation(np.concatenate(train_idx)), rng.permutation(np.concatenate(val_idx))
+
+
+def three_way_split(y: np.ndarray, val_fraction: float, test_fraction: float,
+                    seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Indices (train, val, test), each stratified by class and deterministic for a seed.
+
+    ``test_fraction`` is a fraction of all samples; ``val_fraction`` is a fraction of what remains
+    after the test split, so validation is carved out of training data exactly as for MNIST.
+    """
+    if not 0.0 < test_fraction < 1.0:
+        raise NnzipError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    rest_idx, test_idx = stratified_split(y, test_fraction, seed)
+    # A second, derived seed keeps the two draws independent while staying reproducible.
+    train_pos, val_pos = stratified_split(y[rest_idx], val_fraction, seed + 1)
+    return rest_idx[train_pos], rest_idx[val_pos], test_idx
+
+
+def splits_from_arrays(name: str, x: np.ndarray, y: np.ndarray, *, val_fraction: float,
+                       test_fraction: float, seed: int, num_classes: int,
+                       input_range: tuple[float, float] = (0.0, 1.0),
+                       x_test: np.ndarray | None = None, y_test: np.ndarray | None = None,
+                       augment: Augment | None = None,
+                       class_names: tuple[str, ...] | None = None) -> DataSplits:
+    """Build :class:`DataSplits` from in-memory arrays with deterministic stratified splits.
+
+    When ``x_test``/``y_test`` are given they are the test split as they are and never mixed into
+    training; ``test_fraction`` is then ignored and only validation is carved out of ``x``.
+    """
+    if x_test is None:
+        train_idx, val_idx, test_idx = three_way_split(y, val_fraction, test_fraction, seed)
+        x_test, y_test = x[test_idx], y[test_idx]
+    else:
+        train_idx, val_idx = stratified_split(y, val_fraction, seed)
+    return DataSplits(name=name, train=to_dataset(x[train_idx], y[train_idx]),
+                      val=to_dataset(x[val_idx], y[val_idx]), test=to_dataset(x_test, y_test),
+                      num_classes=num_classes, input_shape=tuple(int(d) for d in x.shape[1:]),
+                      input_range=(float(input_range[0]), float(input_range[1])),
+                      augment=augment, class_names=class_names)

@@ -1,0 +1,43 @@
+"""Peak tensor memory of one inference, from the allocator events the torch profiler records.
+
+The profiler (``profile_memory=True``) logs every CPU tensor allocation and free as a
+``[memory]`` event with a signed byte count; replaying them in time order gives the live bytes at
+every instant, whose maximum is the forward pass's peak working set.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.profiler import ProfilerActivity, profile
+
+from nnzip.evaluate._modes import eval_mode
+from nnzip.evaluate.latency import random_batch
+from nnzip.evaluate.size import state_tensor_bytes
+
+
+def _peak_allocated_bytes(prof: profile) -> int:
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    events.sort(key=lambda e: e.start_ns())
+    live = peak = 0
+    for event in events:
+        live += event.nbytes()  # negative for frees
+        peak = max(peak, live)
+    return peak
+
+
+def peak_memory_bytes(model: nn.Module, input_shape: tuple[int, ...],
+                      batch_size: int = 64) -> int:
+    """Peak bytes of tensor memory during one inference of a batch of ``batch_size``.
+
+    = parameter and buffer bytes (packed quantized weights included) + the peak of the running
+    sum of allocations during the forward pass. The input batch itself is allocated beforehand
+    and is not included; scratch memory that bypasses PyTorch's allocator (e.g. inside oneDNN
+    kernels) is invisible to the profiler.
+    """
+    batch = random_batch(input_shape, batch_size)
+    with eval_mode(model), torch.inference_mode():
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            output = model(batch)
+        del output
+    return state_tensor_bytes(model) + _peak_allocated_bytes(prof)

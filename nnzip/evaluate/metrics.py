@@ -1,0 +1,165 @@
+"""The one measurement entry point: everything the report says about one model.
+
+``evaluate`` returns a flat, JSON-ready dict whose keys (:data:`REPORT_MODEL_KEYS`) are stable,
+so reports from different runs and stages can be compared key by key.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from nnzip.data.splits import DataSplits
+from nnzip.errors import NnzipError
+from nnzip.evaluate._modes import eval_mode
+from nnzip.evaluate.accuracy import accuracy, agreement, predict_logits, top_k_accuracy
+from nnzip.evaluate.config import EvalConfig
+from nnzip.evaluate.energy import measure_energy
+from nnzip.evaluate.flops import count_flops
+from nnzip.evaluate.latency import fixed_threads, measure_latency, random_batch
+from nnzip.evaluate.memory import peak_memory_bytes
+from nnzip.evaluate.robustness import fgsm_accuracy, gaussian_noise_accuracy
+from nnzip.evaluate.size import artifact_bytes, count_nonzero, count_params, file_bytes
+
+log = logging.getLogger(__name__)
+
+REPORT_MODEL_KEYS = (
+    "name", "stage", "params", "nonzero_params", "size_bytes", "compression_ratio", "flops",
+    "macs", "latency_ms", "throughput_per_s", "peak_memory_bytes", "accuracy", "top5",
+    "agreement", "robustness", "energy_j", "energy_note",
+)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def check_model_accepts(model: nn.Module, data: DataSplits, name: str) -> None:
+    """Fail early, in the user's terms, if ``model`` cannot classify ``data``'s test samples."""
+    if len(data.test) == 0:
+        raise NnzipError(f"data {data.name!r} has an empty test split: pass data with test samples")
+    sample = data.test.tensors[0][:1]
+    try:
+        with eval_mode(model), torch.no_grad():
+            output = model(sample)
+    except Exception as error:
+        raise NnzipError(
+            f"model {name!r} rejects the data (per-sample input shape {tuple(data.input_shape)}): "
+            f"{_first_line(error)}: pass data matching the model's input") from error
+    shape = tuple(output.shape) if isinstance(output, torch.Tensor) else None
+    if shape != (1, data.num_classes):
+        raise NnzipError(
+            f"model {name!r} returns {shape if shape else type(output).__name__} for one sample, "
+            f"expected logits of shape (1, {data.num_classes}): pass a classifier with one "
+            f"output per class of the data")
+    # Latency, memory and accuracy run batches: a model traced or exported with a fixed batch
+    # size of 1 would otherwise fail deep inside a measurement.
+    pair = torch.zeros(2, *data.input_shape)
+    try:
+        with eval_mode(model), torch.no_grad():
+            model(pair)
+    except Exception as error:
+        raise NnzipError(
+            f"model {name!r} accepts one sample but not a batch of 2 ({_first_line(error)}): "
+            "pass a model with a dynamic batch dimension (e.g. torch.export with "
+            "dynamic_shapes=torch.export.Dim)") from error
+
+
+def _latency(model: nn.Module, data: DataSplits, config: EvalConfig) -> dict[str, dict]:
+    if not config.measure_latency:
+        return {f"batch{b}": {"p50": None, "p95": None} for b in config.batch_sizes}
+    return {f"batch{b}": measure_latency(model, data.input_shape, b, config.threads,
+                                         config.warmup, config.repeats)
+            for b in config.batch_sizes}
+
+
+def _energy(model: nn.Module, data: DataSplits, config: EvalConfig,
+            batch_size: int) -> tuple[float | None, str]:
+    if not config.measure_latency:
+        return None, "not measured: timing measurements are off (EvalConfig.measure_latency)"
+    batch = random_batch(data.input_shape, batch_size)
+    with eval_mode(model), fixed_threads(config.threads), torch.inference_mode():
+        joules, note = measure_energy(partial(model, batch), config.repeats)
+    if joules is None:
+        return None, note
+    return joules, f"RAPL package energy per batch-{batch_size} forward, whole CPU package"
+
+
+def _robustness(model: nn.Module, data: DataSplits, config: EvalConfig) -> dict[str, dict]:
+    x, y = data.test.tensors
+    if config.robustness_samples is not None:
+        x, y = x[:config.robustness_samples], y[:config.robustness_samples]
+    gaussian = gaussian_noise_accuracy(model, x, y, config.noise_sigmas, data.input_range,
+                                       batch_size=config.eval_batch_size)
+    try:
+        fgsm = fgsm_accuracy(model, x, y, config.fgsm_epsilons, data.input_range,
+                             batch_size=config.eval_batch_size)
+    except RuntimeError as error:
+        # Quantized or scripted kernels may have no backward; no gradient, no attack figure.
+        log.warning("FGSM not measured for %s: %s", type(model).__name__, _first_line(error))
+        fgsm = {str(float(eps)): None for eps in config.fgsm_epsilons}
+    return {"gaussian": gaussian, "fgsm": fgsm}
+
+
+def evaluate(model: nn.Module, data: DataSplits, *, name: str = "model",
+             stage: str = "baseline", reference: nn.Module | None = None,
+             reference_size_bytes: int | None = None,
+             artifact_path: str | Path | None = None,
+             config: EvalConfig | None = None) -> dict:
+    """Measure ``model`` on ``data``'s test split; one report entry with :data:`REPORT_MODEL_KEYS`.
+
+    ``reference`` is the model it was compressed from: the compression ratio divides its size
+    (``reference_size_bytes``, or measured) by this model's, and ``agreement`` compares their test
+    predictions. Without a reference the model is its own (ratio and agreement 1.0). The size is
+    that of ``artifact_path`` when given, else of the state dict serialized as safetensors. The
+    model's training/eval mode is left as it was.
+    """
+    config = config or EvalConfig()
+    check_model_accepts(model, data, name)
+    if reference is not None:
+        check_model_accepts(reference, data, f"{name} reference")
+
+    size_bytes = file_bytes(artifact_path) if artifact_path is not None else artifact_bytes(model)
+    if size_bytes == 0:
+        raise NnzipError(f"artifact of model {name!r} is empty (0 bytes): pass the saved model")
+    if reference_size_bytes is None:
+        reference_size_bytes = artifact_bytes(reference) if reference is not None else size_bytes
+    flops, macs = count_flops(model, data.input_shape)
+
+    largest_batch = max(config.batch_sizes)
+    latency_ms = _latency(model, data, config)
+    p50_largest = latency_ms[f"batch{largest_batch}"]["p50"]
+    throughput = largest_batch / (p50_largest / 1000.0) if p50_largest else None
+    energy_j, energy_note = _energy(model, data, config, largest_batch)
+
+    loader = data.loader("test", batch_size=config.eval_batch_size)
+    logits = predict_logits(model, loader)
+    labels = data.test.tensors[1]
+    fidelity = 1.0
+    if reference is not None:
+        fidelity = agreement(logits, predict_logits(reference, loader))
+
+    return {
+        "name": name,
+        "stage": stage,
+        "params": count_params(model),
+        "nonzero_params": count_nonzero(model),
+        "size_bytes": size_bytes,
+        "compression_ratio": reference_size_bytes / size_bytes,
+        "flops": flops,
+        "macs": macs,
+        "latency_ms": latency_ms,
+        "throughput_per_s": throughput,
+        "peak_memory_bytes": peak_memory_bytes(model, data.input_shape, largest_batch),
+        "accuracy": accuracy(logits, labels),
+        "top5": top_k_accuracy(logits, labels, k=5),
+        "agreement": fidelity,
+        "robustness": _robustness(model, data, config),
+        "energy_j": energy_j,
+        "energy_note": energy_note,
+    }

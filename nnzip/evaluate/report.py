@@ -1,0 +1,195 @@
+"""The report: measured model entries plus the machine, as JSON, Markdown, HTML and a CLI table.
+
+``report.json`` is the source of truth (stable keys, see :data:`REPORT_MODEL_KEYS`); Markdown and
+HTML are renderings of it. The HTML page is one self-contained file: inline CSS, charts embedded
+as base64 PNG, no scripts and no external links, so it can be mailed or archived as is.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+from pathlib import Path
+
+from rich.table import Table
+
+from nnzip.atomic import write_text
+from nnzip.errors import NnzipError
+from nnzip.evaluate.figures import model_colors, report_figures
+from nnzip.evaluate.metrics import REPORT_MODEL_KEYS
+from nnzip.evaluate.tables import (
+    machine_line,
+    robustness_columns,
+    robustness_rows,
+    summary_columns,
+    summary_rows,
+)
+
+REPORT_KEYS = ("nnzip_version", "machine", "models")
+
+
+def _nnzip_version() -> str:
+    # Imported late: nnzip/__init__ may import this package, and a top-level import would cycle.
+    import nnzip
+
+    return nnzip.__version__
+
+
+def build_report(models: list[dict], machine: dict, extra: dict | None = None) -> dict:
+    """Assemble a report; ``extra`` adds context keys such as "data" or "recipe"."""
+    extra = extra or {}
+    clashes = sorted(set(extra) & set(REPORT_KEYS))
+    if clashes:
+        raise NnzipError(f"extra report keys {clashes} are reserved: rename them")
+    return {"nnzip_version": _nnzip_version(), "machine": machine, "models": list(models),
+            **extra}
+
+
+def _markdown_table(columns: list[str], rows: list[list[str]]) -> str:
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
+
+    return "\n".join([line(columns), line(["---"] * len(columns)), *map(line, rows)])
+
+
+def render_markdown(report: dict) -> str:
+    """The report as Markdown: summary table, robustness table, machine line."""
+    models = report["models"]
+    parts = [
+        "# nnzip report", "",
+        f"Machine: {machine_line(report['machine'])}  ",
+        f"nnzip {report['nnzip_version']}", "",
+        "## Models", "", _markdown_table(summary_columns(models), summary_rows(models)), "",
+        "## Robustness (test accuracy)", "",
+        _markdown_table(robustness_columns(models), robustness_rows(models)), "",
+    ]
+    notes = [f"- {m['name']} ({m['stage']}): {m['energy_note']}" for m in models]
+    if notes:
+        parts += ["## Energy", "", *notes, ""]
+    return "\n".join(parts)
+
+
+_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto;
+       max-width: 1200px; padding: 0 1rem; color: #1f2328; background: #fff; }
+h1 { margin-bottom: .2rem; } h2 { margin-top: 2rem; border-bottom: 1px solid #d0d7de; }
+.machine { color: #57606a; font-size: .9rem; }
+table { border-collapse: collapse; font-size: .85rem; margin: .5rem 0; }
+th, td { padding: .35rem .6rem; border-bottom: 1px solid #d0d7de; text-align: right;
+         white-space: nowrap; }
+th { background: #f6f8fa; } td:first-child, th:first-child { text-align: left; }
+.swatch { display: inline-block; width: .8rem; height: .8rem; border-radius: 2px;
+          margin-right: .4rem; vertical-align: middle; }
+.figures { display: grid; grid-template-columns: repeat(auto-fill, minmax(460px, 1fr));
+           gap: 1rem; }
+figure { margin: 0; border: 1px solid #d0d7de; border-radius: 6px; padding: .5rem; }
+figure img { max-width: 100%; height: auto; }
+pre { background: #f6f8fa; padding: .6rem; overflow-x: auto; font-size: .8rem; }
+"""
+
+
+def _html_table(columns: list[str], rows: list[list[str]],
+                swatches: list[str] | None = None) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = []
+    for index, row in enumerate(rows):
+        cells = [html.escape(cell) for cell in row]
+        if swatches:
+            swatch = f'<span class="swatch" style="background:{swatches[index]}"></span>'
+            cells[0] = swatch + cells[0]
+        body.append("<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _hex(color: tuple[float, ...]) -> str:
+    return "#" + "".join(f"{round(channel * 255):02x}" for channel in color[:3])
+
+
+def render_html(report: dict) -> str:
+    """One self-contained HTML page: header, tables and every chart embedded as base64 PNG."""
+    models = report["models"]
+    swatches = [_hex(c) for c in model_colors(len(models))]  # the charts' palette
+    figures = "".join(
+        f'<figure><img alt="{html.escape(title)}" '
+        f'src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}"></figure>'
+        for title, png in report_figures(models))
+    notes = "".join(f"<li>{html.escape(str(m['name']))} ({html.escape(str(m['stage']))}): "
+                    f"{html.escape(str(m['energy_note']))}</li>" for m in models)
+    extras = "".join(
+        f"<details><summary>{html.escape(key)}</summary>"
+        f"<pre>{html.escape(json.dumps(value, indent=2, default=str))}</pre></details>"
+        for key, value in report.items() if key not in REPORT_KEYS)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>nnzip report</title><style>{_CSS}</style></head>
+<body>
+<h1>nnzip report</h1>
+<p class="machine">{html.escape(machine_line(report["machine"]))}<br>
+nnzip {html.escape(str(report["nnzip_version"]))}</p>
+<h2>Models</h2>
+{_html_table(summary_columns(models), summary_rows(models), swatches)}
+<h2>Robustness (test accuracy)</h2>
+{_html_table(robustness_columns(models), robustness_rows(models), swatches)}
+<h2>Charts</h2>
+<div class="figures">{figures or "<p>No measurements to chart.</p>"}</div>
+<h2>Energy</h2>
+<ul>{notes}</ul>
+{extras}
+</body></html>
+"""
+
+
+def rich_table(report: dict) -> Table:
+    """The summary as a :class:`rich.table.Table`, for the CLI to print."""
+    models = report["models"]
+    table = Table(title="nnzip report", caption=machine_line(report["machine"]))
+    for index, column in enumerate(summary_columns(models)):
+        table.add_column(column, justify="left" if index < 2 else "right")
+    for row in summary_rows(models):
+        table.add_row(*row)
+    return table
+
+
+def write_report(report: dict, out_dir: str | os.PathLike) -> dict[str, Path]:
+    """Write report.json, report.md and report.html into ``out_dir``, each atomically."""
+    out_dir = Path(out_dir)
+    return {
+        "json": write_text(out_dir / "report.json",
+                           json.dumps(report, indent=2, default=str) + "\n"),
+        "md": write_text(out_dir / "report.md", render_markdown(report)),
+        "html": write_text(out_dir / "report.html", render_html(report)),
+    }
+
+
+def load_report(path: str | os.PathLike) -> dict:
+    """Read a report.json (or the folder holding one) and check its keys."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "report.json"
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise NnzipError(f"report {path} does not exist: pass the report.json that "
+                         "`nnzip eval` wrote") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise NnzipError(f"report {path} is not readable JSON ({error}): "
+                         "regenerate it with `nnzip eval`") from None
+    if not isinstance(report, dict):
+        raise NnzipError(f"report {path} is not a JSON object: regenerate it with `nnzip eval`")
+    missing = [key for key in REPORT_KEYS if key not in report]
+    if missing:
+        raise NnzipError(f"report {path} lacks keys {missing}: regenerate it with `nnzip eval`")
+    if not isinstance(report["models"], list):
+        raise NnzipError(f"report {path}: 'models' is not a list: regenerate it with `nnzip eval`")
+    for index, model in enumerate(report["models"]):
+        if not isinstance(model, dict):
+            raise NnzipError(f"report {path}: model {index} is not a JSON object: "
+                             "regenerate it with `nnzip eval`")
+        absent = [key for key in REPORT_MODEL_KEYS if key not in model]
+        if absent:
+            raise NnzipError(f"report {path}: model {index} lacks keys {absent}: "
+                             "regenerate it with `nnzip eval`")
+    return report

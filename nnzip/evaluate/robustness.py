@@ -1,0 +1,76 @@
+"""Robustness: accuracy under random input noise and under the fast gradient sign attack.
+
+Compression can keep clean accuracy while making a model brittle; these two cheap probes show it.
+FGSM is from Goodfellow, Shlens & Szegedy, "Explaining and Harnessing Adversarial Examples"
+(ICLR 2015): ``x_adv = clamp(x + eps * sign(grad_x CE(model(x), y)))``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nnzip.evaluate._modes import eval_mode
+
+
+def _batches(x: torch.Tensor, y: torch.Tensor,
+             batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    for start in range(0, len(x), batch_size):
+        yield x[start:start + batch_size], y[start:start + batch_size]
+
+
+def _key(value: float) -> str:
+    return str(float(value))
+
+
+def gaussian_noise_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                            sigmas: Sequence[float], input_range: tuple[float, float],
+                            seed: int = 0, batch_size: int = 256) -> dict[str, float]:
+    """Accuracy on inputs with added N(0, sigma^2) noise, clamped to ``input_range``.
+
+    Returns ``{str(sigma): accuracy}``; the noise is seeded so every model sees the same noise.
+    """
+    lo, hi = input_range
+    result = {}
+    with eval_mode(model), torch.no_grad():
+        for sigma in sigmas:
+            generator = torch.Generator().manual_seed(seed)
+            correct = 0
+            for xb, yb in _batches(x, y, batch_size):
+                noise = torch.randn(xb.shape, generator=generator) * sigma
+                noisy = (xb + noise).clamp(lo, hi)
+                correct += int((model(noisy).argmax(dim=1) == yb).sum())
+            result[_key(sigma)] = correct / max(len(y), 1)
+    return result
+
+
+def _input_gradient_sign(model: nn.Module, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+    x_grad = xb.detach().clone().requires_grad_(True)
+    loss = F.cross_entropy(model(x_grad), yb)
+    # autograd.grad with inputs=[x] returns the input gradient only: parameters' .grad stay as
+    # they were and their requires_grad flags are never touched.
+    (grad,) = torch.autograd.grad(loss, [x_grad])
+    return grad.sign()
+
+
+def fgsm_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                  epsilons: Sequence[float], input_range: tuple[float, float],
+                  batch_size: int = 256) -> dict[str, float]:
+    """Accuracy under an untargeted FGSM attack for each ``epsilon``: ``{str(eps): accuracy}``.
+
+    The model is attacked in eval mode; one gradient per batch serves every epsilon.
+    """
+    lo, hi = input_range
+    correct = dict.fromkeys(map(_key, epsilons), 0)
+    with eval_mode(model):
+        for xb, yb in _batches(x, y, batch_size):
+            with torch.enable_grad():
+                sign = _input_gradient_sign(model, xb, yb)
+            with torch.no_grad():
+                for eps in epsilons:
+                    adversarial = (xb + eps * sign).clamp(lo, hi)
+                    correct[_key(eps)] += int((model(adversarial).argmax(dim=1) == yb).sum())
+    return {key: count / max(len(y), 1) for key, count in correct.items()}

@@ -1,0 +1,125 @@
+"""Report entries as rows of human-friendly strings, shared by the Markdown, HTML and CLI tables.
+
+Units are chosen per value (k/M/G for counts, KiB/MiB for bytes) and a missing measurement is
+shown as ``n/a``, never as 0.
+"""
+
+from __future__ import annotations
+
+NA = "n/a"
+
+
+def fmt_count(value: float | None) -> str:
+    """1234567 -> '1.23M'."""
+    if value is None:
+        return NA
+    for threshold, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= threshold:
+            return f"{value / threshold:.3g}{suffix}"
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def fmt_bytes(value: float | None) -> str:
+    """Binary units: 1536 -> '1.5 KiB'."""
+    if value is None:
+        return NA
+    for threshold, suffix in ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+        if value >= threshold:
+            return f"{value / threshold:.3g} {suffix}"
+    return f"{int(value)} B"
+
+
+def fmt_ms(value: float | None) -> str:
+    if value is None:
+        return NA
+    return f"{value:.3f}" if value < 10 else f"{value:.1f}"
+
+
+def fmt_percent(fraction: float | None) -> str:
+    return NA if fraction is None else f"{100 * fraction:.2f}%"
+
+
+def fmt_ratio(value: float | None) -> str:
+    return NA if value is None else f"{value:.2f}×"
+
+
+def fmt_mflops(flops: float | None) -> str:
+    return NA if flops is None else f"{flops / 1e6:.3g}"
+
+
+def fmt_energy(joules: float | None) -> str:
+    if joules is None:
+        return NA
+    return f"{joules * 1e3:.3g} mJ" if joules < 1 else f"{joules:.3g} J"
+
+
+def batch_keys(models: list[dict]) -> list[str]:
+    """Latency keys present in any model ("batch1", "batch64", ...), by batch size."""
+    keys = {key for model in models for key in (model.get("latency_ms") or {})}
+    return sorted(keys, key=lambda key: int(key.removeprefix("batch")))
+
+
+def model_labels(models: list[dict]) -> list[str]:
+    """One label per model; the stage is added where names repeat (the same model, two stages)."""
+    names = [str(m["name"]) for m in models]
+    return [f"{name} ({m['stage']})" if names.count(name) > 1 else name
+            for name, m in zip(names, models, strict=True)]
+
+
+def summary_columns(models: list[dict]) -> list[str]:
+    latency = [f"p50 b{key.removeprefix('batch')} (ms)" for key in batch_keys(models)]
+    return ["Model", "Stage", "Params", "Non-zero", "Size", "Ratio", "MFLOPs", *latency,
+            "Throughput (/s)", "Peak mem", "Accuracy", "Top-5", "Agreement", "Energy"]
+
+
+def summary_rows(models: list[dict]) -> list[list[str]]:
+    """One row per model, aligned with :func:`summary_columns`."""
+    keys = batch_keys(models)
+    rows = []
+    for model in models:
+        latency = model.get("latency_ms") or {}
+        rows.append([
+            str(model["name"]), str(model["stage"]), fmt_count(model["params"]),
+            fmt_count(model["nonzero_params"]), fmt_bytes(model["size_bytes"]),
+            fmt_ratio(model["compression_ratio"]), fmt_mflops(model["flops"]),
+            *[fmt_ms((latency.get(key) or {}).get("p50")) for key in keys],
+            fmt_count(model["throughput_per_s"]), fmt_bytes(model["peak_memory_bytes"]),
+            fmt_percent(model["accuracy"]), fmt_percent(model["top5"]),
+            fmt_percent(model["agreement"]), fmt_energy(model["energy_j"]),
+        ])
+    return rows
+
+
+def _robustness_keys(models: list[dict], attack: str) -> list[str]:
+    keys = {key for m in models for key in ((m.get("robustness") or {}).get(attack) or {})}
+    return sorted(keys, key=float)
+
+
+def robustness_columns(models: list[dict]) -> list[str]:
+    return ["Model", "Clean",
+            *[f"noise σ={key}" for key in _robustness_keys(models, "gaussian")],
+            *[f"FGSM ε={key}" for key in _robustness_keys(models, "fgsm")]]
+
+
+def robustness_rows(models: list[dict]) -> list[list[str]]:
+    """Accuracy under Gaussian noise and FGSM per model, aligned with robustness_columns."""
+    gaussian_keys = _robustness_keys(models, "gaussian")
+    fgsm_keys = _robustness_keys(models, "fgsm")
+    rows = []
+    for label, model in zip(model_labels(models), models, strict=True):
+        robustness = model.get("robustness") or {}
+        gaussian = robustness.get("gaussian") or {}
+        fgsm = robustness.get("fgsm") or {}
+        rows.append([label, fmt_percent(model["accuracy"]),
+                     *[fmt_percent(gaussian.get(key)) for key in gaussian_keys],
+                     *[fmt_percent(fgsm.get(key)) for key in fgsm_keys]])
+    return rows
+
+
+def machine_line(machine: dict) -> str:
+    """One sentence describing the machine the measurements come from."""
+    flags = ", ".join(machine.get("cpu_flags") or []) or "none of interest"
+    return (f"{machine.get('cpu_model', 'unknown CPU')} · {machine.get('cores', '?')} cores · "
+            f"{machine.get('threads', '?')} torch thread(s) for timing · flags: {flags} · "
+            f"torch {machine.get('torch_version', '?')} · Python "
+            f"{machine.get('python_version', '?')} · {machine.get('platform', '?')}")

@@ -1,0 +1,305 @@
+"""Saving and loading models without trusting pickle by default.
+
+A zoo model is saved as a folder: ``model.safetensors`` (the state_dict; safetensors cannot run
+code) and ``spec.json`` (the zoo spec, format version and the weights' sha256). Loading rebuilds the
+architecture with :func:`create_model` and checks the weights against the hash.
+
+A user's own architecture cannot be rebuilt from a spec, so :func:`save_model` refuses it instead
+of writing a folder nothing could load; such models travel as ``torch.export`` (``.pt2``) or
+TorchScript files, which :func:`load_model` reads without pickle. Plain ``torch.save`` pickles run
+arbitrary code when loaded and are read only when the caller says the file is trusted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_model as load_safetensors_model
+from safetensors.torch import save_model as save_safetensors_model
+from torch import nn
+
+from nnzip.atomic import atomic_dir
+from nnzip.errors import NnzipError
+from nnzip.models.zoo import ZOO, create_model, model_spec
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "nnzip-model"
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+SPEC_FILE = "spec.json"
+_PICKLE_PROTOCOL_2 = b"\x80"
+_ZIP_LOCAL_HEADER = b"PK\x03\x04"
+_EXPORT_HINT = ("export it with torch.export.save(torch.export.export(model, (example,)), "
+                "'model.pt2') or torch.jit.save(torch.jit.script(model), 'model.ts')")
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
+
+
+def _nnzip_version() -> str:
+    import nnzip  # at call time: nnzip/__init__ may import this module
+
+    return str(getattr(nnzip, "__version__", "unknown"))
+
+
+def _check_destination(path: Path) -> None:
+    """Refuse to replace anything but an earlier model folder: the replacement deletes it."""
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise NnzipError(f"cannot save model to {path}: a file with that name exists; "
+                         "choose a new folder name")
+    if any(path.iterdir()) and not (path / SPEC_FILE).is_file():
+        raise NnzipError(f"cannot save model to {path}: the folder exists and is not an nnzip "
+                         "model folder; choose a new or empty folder")
+
+
+def save_model(model: nn.Module, path: str | os.PathLike,
+               extra: dict[str, Any] | None = None) -> Path:
+    """Save a zoo model as the folder ``path`` (``model.safetensors`` + ``spec.json``), atomically.
+
+    ``extra`` is any JSON-serialisable metadata (accuracy, data set, recipe) kept in spec.json.
+    Models not made by :func:`create_model` raise :class:`NnzipError` pointing to torch.export.
+    """
+    path = Path(path)
+    spec = model_spec(model)
+    if spec is None:
+        raise NnzipError(f"{type(model).__name__} was not created by nnzip's model zoo, so a "
+                         f"weights folder could not be loaded again: {_EXPORT_HINT}; "
+                         "load_model reads both")
+    try:
+        json.dumps(extra)
+    except (TypeError, ValueError) as exc:
+        raise NnzipError(f"extra metadata must be JSON-serialisable ({exc}): "
+                         "pass numbers, strings, lists and dicts") from exc
+    _check_still_fits_spec(model, spec)
+    _check_destination(path)
+    with atomic_dir(path) as tmp:
+        weights = tmp / WEIGHTS_FILE
+        # safetensors drops aliases of shared tensors and makes every tensor contiguous.
+        save_safetensors_model(model, str(weights))
+        document = {**spec, "format": FORMAT, "format_version": FORMAT_VERSION,
+                    "nnzip_version": _nnzip_version(), "weights_sha256": _sha256(weights),
+                    "extra": extra}
+        (tmp / SPEC_FILE).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    logger.debug("saved %s model to %s", spec["arch"], path)
+    return path
+
+
+def read_spec(path: str | os.PathLike) -> dict[str, Any]:
+    """The parsed and checked ``spec.json`` of a model folder (including ``extra``)."""
+    spec_path = Path(path) / SPEC_FILE
+    try:
+        spec = json.loads(spec_path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise NnzipError(f"{path} has no {SPEC_FILE}: pass a folder written by save_model") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise NnzipError(f"{spec_path} is corrupt ({exc}): re-save the model") from exc
+    if not isinstance(spec, dict) or spec.get("format") != FORMAT:
+        raise NnzipError(f"{spec_path} is not an nnzip model spec: pass a folder written by "
+                         "save_model")
+    if spec.get("format_version") != FORMAT_VERSION:
+        raise NnzipError(f"{spec_path} has format version {spec.get('format_version')}, this "
+                         f"nnzip reads version {FORMAT_VERSION}: upgrade nnzip or re-save")
+    missing = [k for k in ("arch", "kwargs", "input_shape", "num_classes", "weights_sha256")
+               if k not in spec]
+    if missing:
+        raise NnzipError(f"{spec_path} lacks {', '.join(missing)}: re-save the model")
+    return spec
+
+
+def _mismatch(found: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]],
+              ignore_missing: frozenset[str] = frozenset()) -> str | None:
+    """'missing: …; unexpected: …; wrong shape: …' for two name → shape maps, None if equal."""
+    missing = sorted(expected.keys() - found.keys() - ignore_missing)
+    unexpected = sorted(found.keys() - expected.keys())
+    wrong = [f"{k} (file {found[k]}, model {expected[k]})"
+             for k in sorted(found.keys() & expected.keys()) if found[k] != expected[k]]
+    if not (missing or unexpected or wrong):
+        return None
+    return (f"missing: {', '.join(missing) or 'none'}; unexpected: "
+            f"{', '.join(unexpected) or 'none'}; wrong shape: {', '.join(wrong) or 'none'}")
+
+
+def _shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def _check_still_fits_spec(model: nn.Module, spec: dict[str, Any]) -> None:
+    """A model reshaped in place (structured pruning, swapped layers) no longer fits its spec."""
+    with torch.device("meta"):  # shapes only: nothing allocated, nothing initialised for real
+        fresh = create_model(spec["arch"], input_shape=tuple(spec["input_shape"]),
+                             num_classes=spec["num_classes"], **spec["kwargs"])
+    problem = _mismatch(_shapes(model), _shapes(fresh))
+    if problem:
+        raise NnzipError(f"this {spec['arch']} model no longer matches its zoo architecture "
+                         f"({problem}), e.g. after structured pruning, so its weights could not "
+                         f"be loaded again: {_EXPORT_HINT}")
+
+
+def _check_weights_fit(model: nn.Module, weights: Path, arch: str) -> None:
+    """Compare names and shapes in the file with the model before copying anything."""
+    try:
+        with safe_open(weights, framework="pt") as file:
+            found = {k: tuple(file.get_slice(k).get_shape()) for k in file.keys()}
+    except Exception as exc:
+        raise NnzipError(f"weights file is corrupt or truncated: {weights} ({exc}): "
+                         "re-save or retrain the model") from exc
+    state = model.state_dict()
+    # safetensors stores one name per shared tensor; the model's other names for it are aliases.
+    stored = {state[k].data_ptr() for k in found.keys() & state.keys()}
+    aliases = frozenset(k for k in state.keys() - found.keys()
+                        if state[k].numel() and state[k].data_ptr() in stored)
+    problem = _mismatch(found, _shapes(model), aliases)
+    if problem:
+        raise NnzipError(f"weights in {weights} do not fit a {arch} model ({problem}): "
+                         "re-save the model with this nnzip version")
+
+
+def _load_folder(path: Path) -> nn.Module:
+    spec = read_spec(path)
+    weights = path / WEIGHTS_FILE
+    if not weights.is_file():
+        raise NnzipError(f"{path} has no {WEIGHTS_FILE}: re-save the model")
+    if _sha256(weights) != spec["weights_sha256"]:
+        raise NnzipError(f"weights file is corrupt or truncated: {weights} does not match the "
+                         f"sha256 in {SPEC_FILE}: re-save or retrain the model")
+    model = create_model(spec["arch"], input_shape=tuple(spec["input_shape"]),
+                         num_classes=spec["num_classes"], **spec["kwargs"])
+    _check_weights_fit(model, weights, spec["arch"])
+    try:
+        load_safetensors_model(model, weights, strict=True)
+    except Exception as exc:  # malformed header or data despite a matching hash
+        raise NnzipError(f"cannot read weights {weights} ({type(exc).__name__}: {exc}): "
+                         "re-save the model") from exc
+    return model.eval()
+
+
+def _zip_names(path: Path) -> list[str] | None:
+    """Entry names if ``path`` is a readable zip archive, else None."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.namelist()
+    except (zipfile.BadZipFile, OSError, EOFError):
+        return None
+
+
+def _load_export(path: Path) -> nn.Module:
+    try:
+        return torch.export.load(path).module()
+    except Exception as exc:
+        raise NnzipError(f"cannot read {path} as a torch.export archive; it may be corrupt or "
+                         f"truncated ({type(exc).__name__}: {exc}): re-export the model") from exc
+
+
+def _load_torchscript(path: Path) -> nn.Module:
+    try:
+        return torch.jit.load(path, map_location="cpu").eval()
+    except Exception as exc:
+        raise NnzipError(f"cannot read {path} as TorchScript; it may be corrupt or truncated "
+                         f"({type(exc).__name__}: {exc}): re-save it with torch.jit.save") from exc
+
+
+def _load_pickle(path: Path, trust_pickle: bool) -> nn.Module:
+    if not trust_pickle:
+        raise NnzipError(f"{path} is a pickled PyTorch file, and unpickling runs whatever code the "
+                         "file contains: pass --trust-pickle (trust_pickle=True) if you trust its "
+                         f"source, or {_EXPORT_HINT}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except (ModuleNotFoundError, AttributeError) as exc:
+        raise NnzipError(f"cannot unpickle {path}: the model's class is not importable ({exc}): "
+                         "run from where its code is importable, or " + _EXPORT_HINT) from exc
+    except Exception as exc:
+        raise NnzipError(f"cannot read {path}; it may be corrupt or truncated "
+                         f"({type(exc).__name__}: {exc}): save it again") from exc
+    if not isinstance(obj, nn.Module):
+        raise NnzipError(f"{path} holds a {type(obj).__name__}, not a model (a state_dict has no "
+                         "architecture): build the model with create_model and load_state_dict, "
+                         "or save the whole model")
+    return obj.eval()
+
+
+def load_model(path: str | os.PathLike, *, trust_pickle: bool = False) -> nn.Module:
+    """Load a model folder (save_model), a torch.export ``.pt2``, TorchScript, or a trusted pickle.
+
+    The format is recognised from the content, not the suffix. Models come back on the CPU and,
+    except for ``.pt2`` programs (which do not support it), in eval mode.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        hint = (f"{str(path)!r} is a zoo architecture, not a file: use create_model"
+                if str(path) in ZOO else "check the path")
+        raise NnzipError(f"model not found: {path}: {hint}")
+    if path.is_file() and path.name in (SPEC_FILE, WEIGHTS_FILE) \
+            and (path.parent / SPEC_FILE).is_file():
+        path = path.parent  # the user pointed at a file inside a model folder
+    if path.is_dir():
+        return _load_folder(path)
+    names = _zip_names(path)
+    if names is not None:
+        if any(n.rsplit("/", 1)[-1] == "archive_format" for n in names):
+            return _load_export(path)
+        if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
+            return _load_torchscript(path)
+        if any(n.endswith("/data.pkl") or n == "data.pkl" for n in names):
+            return _load_pickle(path, trust_pickle)
+        raise NnzipError(f"{path} is a zip archive but not a PyTorch model: pass a model folder, "
+                         "a .pt2 or a TorchScript file")
+    with path.open("rb") as file:
+        head = file.read(4)
+    if head == _ZIP_LOCAL_HEADER or path.suffix.lower() == ".pt2":
+        raise NnzipError(f"model file is corrupt or truncated: {path} is an incomplete archive: "
+                         "save or export it again")
+    if head[:1] == _PICKLE_PROTOCOL_2:
+        return _load_pickle(path, trust_pickle)  # torch.save's legacy, pre-zip format
+    if path.suffix.lower() == ".safetensors":
+        raise NnzipError(f"{path} holds weights only: pass the folder written by save_model, "
+                         "which also has the spec.json describing the architecture")
+    raise NnzipError(f"{path} is not a model file nnzip can read: pass a model folder "
+                     "(save_model), a .pt2 (torch.export) or a TorchScript file")
+
+
+
+
+def export_model(model: nn.Module, path: str | os.PathLike, example: torch.Tensor) -> Path:
+    """Save any model as a ``torch.export`` program with a dynamic batch size, atomically.
+
+    This is how models outside the zoo (or zoo models whose shapes a method changed) are saved:
+    the program carries its own graph, so :func:`load_model` needs no Python class to rebuild it.
+    """
+    from nnzip.atomic import atomic_path
+
+    path = Path(path)
+    batch = torch.export.Dim("batch", min=1)
+    was_training = getattr(model, "training", False)
+    try:
+        model.eval()
+    except NotImplementedError:  # an exported program's module keeps the mode it was made with
+        pass
+    try:
+        program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+    except Exception as exc:
+        raise NnzipError(f"cannot export {type(model).__name__} with torch.export "
+                         f"({type(exc).__name__}: {str(exc).splitlines()[0]}): make the forward "
+                         "traceable (no data-dependent Python control flow)") from exc
+    finally:
+        if was_training:
+            model.train()
+    with atomic_path(path) as tmp:
+        torch.export.save(program, tmp)
+    return path
+
+
+__all__ = ["export_model", "load_model", "model_spec", "read_spec", "save_model"]

@@ -1,0 +1,127 @@
+"""The model zoo: a name, an input shape and a class count in, a freshly initialised model out.
+
+Layer sizes that follow from the data (input features, channels, image size) are derived from
+``input_shape`` so a user never states them twice. Every model remembers how it was made in
+``model.nnzip_spec`` — that plain dict is what :func:`nnzip.models.save_model` writes, and what
+lets :func:`nnzip.models.load_model` rebuild the architecture without pickle.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from nnzip.errors import NnzipError
+from nnzip.models.lenet import LeNet5, LeNet300100
+from nnzip.models.mobilenet import MobileNetV2
+from nnzip.models.resnet import CifarResNet
+
+InputShape = tuple[int, ...]
+
+
+def _flat_input(arch: str, input_shape: InputShape) -> dict[str, Any]:
+    return {"in_features": math.prod(input_shape)}
+
+
+def _image_channels(arch: str, input_shape: InputShape) -> dict[str, Any]:
+    if len(input_shape) != 3:
+        raise NnzipError(f"{arch} needs image inputs shaped (channels, height, width), got "
+                         f"{tuple(input_shape)}: use lenet300 for flat feature vectors")
+    return {"in_channels": input_shape[0]}
+
+
+def _image_channels_and_size(arch: str, input_shape: InputShape) -> dict[str, Any]:
+    return {**_image_channels(arch, input_shape), "input_size": tuple(input_shape[1:])}
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """How to build one zoo architecture.
+
+    ``derive`` maps the input shape to constructor arguments; ``fixed`` are arguments the name
+    implies (resnet8 is depth 8) and the user therefore may not pass.
+    """
+
+    model_class: type[nn.Module]
+    description: str
+    derive: Callable[[str, InputShape], dict[str, Any]]
+    fixed: Mapping[str, Any] = field(default_factory=dict)
+
+    def options(self, arch: str, input_shape: InputShape) -> set[str]:
+        """Constructor arguments a user may still set."""
+        parameters = set(inspect.signature(self.model_class).parameters)
+        derived = set(self.derive(arch, input_shape))
+        return parameters - derived - set(self.fixed) - {"num_classes"}
+
+
+ZOO: dict[str, ZooEntry] = {
+    "lenet300": ZooEntry(LeNet300100, "LeNet-300-100, fully connected (266k params on MNIST)",
+                         _flat_input),
+    "lenet5": ZooEntry(LeNet5, "Caffe LeNet-5 of Deep Compression (431k params on MNIST)",
+                       _image_channels_and_size),
+    "resnet8": ZooEntry(CifarResNet, "CIFAR ResNet-8 (He et al. 2016), 78k params",
+                        _image_channels, {"depth": 8}),
+    "resnet20": ZooEntry(CifarResNet, "CIFAR ResNet-20 (He et al. 2016), 0.27M params",
+                         _image_channels, {"depth": 20}),
+    "resnet": ZooEntry(CifarResNet, "CIFAR ResNet of any depth 6n+2 (option: depth)",
+                       _image_channels),
+    "mobilenetv2": ZooEntry(MobileNetV2, "small MobileNetV2 with depthwise convs",
+                            _image_channels),
+}
+
+
+def _check_shape(input_shape: Any, num_classes: Any) -> InputShape:
+    shape = tuple(input_shape)
+    if not shape or not all(isinstance(d, int) and d > 0 for d in shape):
+        raise NnzipError(f"input_shape must be positive ints without the batch axis, e.g. "
+                         f"(1, 28, 28), got {input_shape!r}")
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise NnzipError(f"num_classes must be a positive int, got {num_classes!r}")
+    return shape
+
+
+def create_model(arch: str, *, input_shape: tuple[int, ...], num_classes: int,
+                 **kwargs: Any) -> nn.Module:
+    """A new ``arch`` model for inputs of ``input_shape`` (no batch axis) and ``num_classes``.
+
+    ``kwargs`` are the architecture's remaining options (``depth`` for "resnet", ``width``,
+    ``width_mult``); they must be JSON values, since they are saved with the model.
+    """
+    if arch not in ZOO:
+        raise NnzipError(f"unknown architecture {arch!r}: choose one of {', '.join(ZOO)}")
+    entry = ZOO[arch]
+    shape = _check_shape(input_shape, num_classes)
+    allowed = entry.options(arch, shape)
+    unknown = sorted(set(kwargs) - allowed)
+    if unknown:
+        raise NnzipError(f"{arch} does not take option(s) {', '.join(unknown)}: valid options are "
+                         f"{', '.join(sorted(allowed)) or 'none'} (input sizes come from "
+                         "input_shape)")
+    try:
+        json.dumps(kwargs)
+    except (TypeError, ValueError) as exc:
+        raise NnzipError(f"{arch} options must be plain JSON values (numbers, strings), got "
+                         f"{kwargs!r}: pass numbers or strings") from exc
+    model = entry.model_class(**entry.derive(arch, shape), **entry.fixed, **kwargs,
+                              num_classes=num_classes)
+    model.nnzip_spec = {"arch": arch, "kwargs": dict(kwargs), "input_shape": list(shape),
+                        "num_classes": num_classes}
+    return model
+
+
+def model_spec(model: nn.Module) -> dict | None:
+    """A copy of how a zoo model was made (arch, kwargs, input_shape, num_classes), else None."""
+    spec = getattr(model, "nnzip_spec", None)
+    if not isinstance(spec, dict):
+        return None
+    try:
+        return json.loads(json.dumps(spec))  # a deep copy that also proves it can be saved
+    except (TypeError, ValueError) as exc:
+        raise NnzipError(f"model.nnzip_spec is not plain JSON ({exc}): recreate the model with "
+                         "create_model") from exc

@@ -1,0 +1,137 @@
+"""A recipe is data: an ordered list of named stages, read from YAML and validated up front.
+
+```yaml
+name: polish
+description: two short fine-tunes
+stages:
+  - finetune: {epochs: 2, lr: 1.0e-3}
+  - finetune:
+      label: polish      # optional: the row name in the report (default: the stage kind)
+      lr: 1.0e-4
+```
+
+Every problem (bad YAML, unknown stage, unknown or ill-typed option) is found before any work
+starts, and the error names the recipe, the stage and the option.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+
+from nnzip.errors import NnzipError
+from nnzip.stage import Stage
+from nnzip.train import Finetune
+
+#: Every stage a recipe may name, by its kind. Method families add theirs here.
+STAGES: dict[str, type[Stage]] = {cls.kind: cls for cls in (Finetune,)}
+
+_TOP_LEVEL_KEYS = ("name", "description", "stages")
+
+
+@dataclass(frozen=True)
+class RecipeStep:
+    label: str
+    stage: Stage
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    steps: tuple[RecipeStep, ...]
+    description: str = ""
+    source: str = "<recipe>"
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "description": self.description, "source": self.source,
+                "stages": [{"label": s.label, "kind": s.stage.kind,
+                            "options": s.stage.model_dump()} for s in self.steps]}
+
+
+def _suggest(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _stage_error(source: str, index: int, kind: str, error: ValidationError) -> NnzipError:
+    stage_cls = STAGES[kind]
+    problems = []
+    for item in error.errors():
+        option = ".".join(str(part) for part in item["loc"]) or "(options)"
+        if item["type"] == "extra_forbidden":
+            valid = sorted(stage_cls.model_fields)
+            problems.append(f"unknown option {option!r}{_suggest(option, valid)}; "
+                            f"valid options: {', '.join(valid)}")
+        else:
+            problems.append(f"option {option!r}: {item['msg']}")
+    return NnzipError(f"recipe {source}, stage {index} ({kind}): " + "; ".join(problems))
+
+
+def parse_recipe(data: object, source: str = "<recipe>") -> Recipe:
+    """Validate a recipe given as plain data (what YAML gives) and build its stages."""
+    if not isinstance(data, dict):
+        raise NnzipError(f"recipe {source} must be a mapping with a 'stages' list, "
+                         f"got {type(data).__name__}")
+    unknown = [key for key in data if key not in _TOP_LEVEL_KEYS]
+    if unknown:
+        key = str(unknown[0])
+        raise NnzipError(f"recipe {source}: unknown key {key!r}"
+                         f"{_suggest(key, list(_TOP_LEVEL_KEYS))}; valid keys: "
+                         f"{', '.join(_TOP_LEVEL_KEYS)}")
+    stages = data.get("stages")
+    if not isinstance(stages, list) or not stages:
+        raise NnzipError(f"recipe {source} needs a non-empty 'stages' list, e.g. "
+                         "'stages: [{finetune: {epochs: 2}}]'")
+    steps: list[RecipeStep] = []
+    seen: dict[str, int] = {}
+    for index, entry in enumerate(stages, start=1):
+        if isinstance(entry, str):
+            entry = {entry: {}}
+        if not isinstance(entry, dict) or len(entry) != 1:
+            raise NnzipError(f"recipe {source}, stage {index}: write each stage as "
+                             "'- KIND: {options}', with exactly one kind per list item")
+        (kind, options), = entry.items()
+        kind = str(kind)
+        if kind not in STAGES:
+            raise NnzipError(f"recipe {source}, stage {index}: unknown stage {kind!r}"
+                             f"{_suggest(kind, list(STAGES))}; known stages: "
+                             f"{', '.join(sorted(STAGES))}")
+        options = dict(options or {})
+        if not all(isinstance(key, str) for key in options):
+            raise NnzipError(f"recipe {source}, stage {index} ({kind}): options must be a "
+                             "mapping of names to values")
+        label = str(options.pop("label", kind))
+        try:
+            stage = STAGES[kind].model_validate(options)
+        except ValidationError as error:
+            raise _stage_error(source, index, kind, error) from None
+        seen[label] = seen.get(label, 0) + 1
+        if seen[label] > 1:
+            label = f"{label}#{seen[label]}"
+        steps.append(RecipeStep(label=label, stage=stage))
+    name = str(data.get("name") or Path(source).stem)
+    return Recipe(name=name, steps=tuple(steps), description=str(data.get("description", "")),
+                  source=source)
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and validate a YAML recipe file."""
+    path = Path(path)
+    if not path.is_file():
+        raise NnzipError(f"recipe file {path} not found: check the path (built-in recipes are in "
+                         "the repository's recipes/ folder)")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise NnzipError(f"recipe {path} is not valid YAML{where}: {problem}; fix the syntax "
+                         "(each stage is '- KIND: {options}')") from None
+    except UnicodeDecodeError:
+        raise NnzipError(f"recipe {path} is not a UTF-8 text file: pass a YAML recipe") from None
+    return parse_recipe(data, source=str(path))

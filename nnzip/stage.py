@@ -1,0 +1,55 @@
+"""The contract that ties the methods together: a stage turns a model into a model.
+
+A stage is a small pydantic config (its options, validated up front) with one method,
+``apply(model, context) -> model``. The methods themselves are plain functions in their family's
+module; a stage is the thin recipe-facing wrapper around them (see STYLE.md).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+from nnzip.data.splits import DataSplits
+
+
+@dataclass
+class Context:
+    """What a stage may use besides the model.
+
+    ``reference`` is the model before compression; ``teacher`` defaults to it, so distillation can
+    be the fine-tune loss of any stage. ``finetune_epochs`` is the default budget a stage spends on
+    recovering accuracy when its own options do not say otherwise.
+    """
+
+    data: DataSplits
+    reference: nn.Module | None = None
+    teacher: nn.Module | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    finetune_epochs: int = 3
+    seed: int = 0
+    workdir: Path | None = None
+    progress: bool = True
+    logger: logging.Logger = field(default_factory=lambda: logging.getLogger("nnzip"))
+
+    def __post_init__(self) -> None:
+        if self.teacher is None:
+            self.teacher = self.reference
+
+
+class Stage(BaseModel):
+    """Base of every recipe stage: options as validated fields, behaviour in :meth:`apply`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: The name this stage has in a recipe (``- finetune: {...}``).
+    kind: ClassVar[str] = ""
+
+    def apply(self, model: nn.Module, context: Context) -> nn.Module:
+        raise NotImplementedError

@@ -1,0 +1,319 @@
+"""The one fit / fine-tune loop that every method reuses.
+
+Pruning keeps its masks through a *step hook* (called after every optimizer step), QAT and
+distillation change the objective through a *loss hook*. Early stopping watches the validation
+split, never the test set; the best weights (by validation accuracy) are restored at the end.
+A checkpoint written atomically after every epoch makes training resumable: an interrupted run
+loses at most the epoch in progress, and a finished run is returned from its checkpoint at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from torch import nn
+from torch.utils.data import DataLoader
+
+from nnzip.atomic import atomic_path
+from nnzip.data.splits import DataSplits
+from nnzip.errors import NnzipError
+from nnzip.stage import Context, Stage
+
+log = logging.getLogger(__name__)
+
+#: ``loss_fn(outputs, targets, inputs) -> scalar``; ``inputs`` lets distillation run its teacher.
+LossHook = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+#: ``step_hook(model, global_step)``, called after every optimizer step (e.g. to re-apply masks).
+StepHook = Callable[[nn.Module, int], None]
+
+CHECKPOINT_VERSION = 1
+
+
+class TrainConfig(BaseModel):
+    """Options of :func:`fit`; the ``finetune`` stage exposes the same fields in a recipe."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int = Field(10, ge=0)
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    step_epochs: int = Field(10, ge=1, description="epochs between LR drops for 'step'")
+    gamma: float = Field(0.1, gt=0, le=1, description="LR factor at each 'step' drop")
+    batch_size: int = Field(64, ge=1)
+    patience: int | None = Field(5, ge=1, description="epochs without val gain before stopping")
+    augment: bool = True
+    seed: int = 0
+
+
+@dataclass
+class TrainResult:
+    """What happened in :func:`fit`; ``history`` has one row per finished epoch."""
+
+    epochs_run: int
+    best_epoch: int
+    best_val_accuracy: float
+    stopped_early: bool
+    history: list[dict] = field(default_factory=list)
+
+
+def cross_entropy(outputs: torch.Tensor, targets: torch.Tensor,
+                  inputs: torch.Tensor) -> torch.Tensor:
+    """The default loss hook: plain cross-entropy on the task labels."""
+    del inputs
+    return F.cross_entropy(outputs, targets)
+
+
+def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise NnzipError("the model has no trainable parameters: nothing to fit or fine-tune")
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
+                               weight_decay=config.weight_decay)
+    return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def _make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig):
+    if config.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, config.epochs))
+    if config.schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.step_epochs,
+                                               gamma=config.gamma)
+    return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0)
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+@torch.no_grad()
+def validate(model: nn.Module, loader: DataLoader) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``model`` over ``loader`` (eval mode, mode restored)."""
+    was_training = model.training
+    model.eval()
+    device = _device_of(model)
+    total_loss, correct, count = 0.0, 0, 0
+    try:
+        for inputs, targets in loader:
+            inputs, targets = inputs.to(device), targets.to(device)
+            outputs = model(inputs)
+            total_loss += F.cross_entropy(outputs, targets, reduction="sum").item()
+            correct += (outputs.argmax(dim=1) == targets).sum().item()
+            count += len(targets)
+    finally:
+        model.train(was_training)
+    if count == 0:
+        raise NnzipError("the validation split is empty: use a larger val_fraction")
+    return total_loss / count, correct / count
+
+
+def _load_checkpoint(path: Path) -> dict | None:
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a truncated or foreign file: say so instead of a torch traceback
+        raise NnzipError(f"checkpoint {path} is corrupt or not an nnzip checkpoint ({exc}): "
+                         "delete it to start training afresh") from None
+    if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
+        raise NnzipError(f"checkpoint {path} was written by another nnzip version: delete it to "
+                         "start training afresh")
+    return state
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def fit(model: nn.Module, data: DataSplits, config: TrainConfig | None = None, *,
+        loss_fn: LossHook | None = None, step_hook: StepHook | None = None,
+        checkpoint: str | Path | None = None, progress: bool = True,
+        description: str = "train") -> TrainResult:
+    """Train ``model`` in place on ``data.train``, early-stopping on ``data.val``.
+
+    The loop is deliberately plain (one optimizer, one scheduler, epochs of mini-batches) so that
+    the hooks are the only place methods change it. With ``checkpoint`` set, state is saved after
+    every epoch and an existing checkpoint is resumed (or, if it finished, simply loaded).
+    """
+    config = config or TrainConfig()
+    loss_fn = loss_fn or cross_entropy
+    device = _device_of(model)
+    optimizer = _make_optimizer(model, config)
+    scheduler = _make_scheduler(optimizer, config)
+    checkpoint = Path(checkpoint) if checkpoint is not None else None
+
+    start_epoch, best_val, best_epoch, bad_epochs = 0, -math.inf, -1, 0
+    best_state = _state_copy(model)
+    history: list[dict] = []
+    state = _load_checkpoint(checkpoint) if checkpoint else None
+    if state is not None:
+        if state["config"] != config.model_dump():
+            raise NnzipError(f"checkpoint {checkpoint} was made with other training options: "
+                             "delete it or pass the same options to resume")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, best_val = state["epoch"], state["best_val"]
+        best_epoch, bad_epochs = state["best_epoch"], state["bad_epochs"]
+        best_state, history = state["best_state"], json.loads(state["history"])
+        log.info("resuming %s from %s at epoch %d", description, checkpoint, start_epoch)
+
+    finished = state is not None and state.get("finished", False)
+    val_loader = data.loader("val", batch_size=256)
+    epoch = start_epoch
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[status]}"), TimeElapsedColumn())
+    with Progress(*columns, disable=not progress or finished, transient=False) as bar:
+        task = bar.add_task(description, total=config.epochs, completed=start_epoch, status="")
+        while not finished and epoch < config.epochs:
+            train_loss = _train_one_epoch(model, data, config, epoch, optimizer, loss_fn,
+                                          step_hook, device)
+            scheduler.step()
+            val_loss, val_acc = validate(model, val_loader)
+            epoch += 1
+            improved = val_acc > best_val
+            if improved:
+                best_val, best_epoch, bad_epochs = val_acc, epoch, 0
+                best_state = _state_copy(model)
+            else:
+                bad_epochs += 1
+            history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+                            "val_accuracy": val_acc, "lr": optimizer.param_groups[0]["lr"]})
+            finished = config.patience is not None and bad_epochs >= config.patience
+            bar.update(task, completed=epoch,
+                       status=f"loss {train_loss:.4f}  val acc {100 * val_acc:.2f}%")
+            log.info("%s epoch %d: train loss %.4f, val loss %.4f, val acc %.4f", description,
+                     epoch, train_loss, val_loss, val_acc)
+            if checkpoint:
+                _save_checkpoint(checkpoint, {
+                    "version": CHECKPOINT_VERSION, "config": config.model_dump(),
+                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "epoch": epoch, "best_val": best_val,
+                    "best_epoch": best_epoch, "bad_epochs": bad_epochs, "best_state": best_state,
+                    "history": json.dumps(history),
+                    "finished": finished or epoch >= config.epochs})
+    stopped_early = epoch < config.epochs
+    if best_epoch > 0:
+        # Copied after the step hooks ran, so the best state already satisfies them (e.g. masks).
+        model.load_state_dict(best_state)
+    return TrainResult(epochs_run=epoch, best_epoch=best_epoch,
+                       best_val_accuracy=max(best_val, 0.0), stopped_early=stopped_early,
+                       history=history)
+
+
+def _train_one_epoch(model: nn.Module, data: DataSplits, config: TrainConfig, epoch: int,
+                     optimizer: torch.optim.Optimizer, loss_fn: LossHook,
+                     step_hook: StepHook | None, device: torch.device) -> float:
+    # The shuffle and the augmentation are seeded per epoch, so a resumed run repeats exactly.
+    generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+    loader = DataLoader(data.train, batch_size=config.batch_size, shuffle=True,
+                        generator=generator, drop_last=len(data.train) > config.batch_size)
+    model.train()
+    total, count = 0.0, 0
+    steps_per_epoch = len(loader)
+    for step, (inputs, targets) in enumerate(loader):
+        if config.augment and data.augment is not None:
+            inputs = data.augment(inputs, generator)
+        inputs, targets = inputs.to(device), targets.to(device)
+        optimizer.zero_grad(set_to_none=True)
+        outputs = model(inputs)
+        loss = loss_fn(outputs, targets, inputs)
+        if not torch.isfinite(loss):
+            raise NnzipError(f"training diverged (loss {loss.item()}) at epoch {epoch + 1}: "
+                             "lower the learning rate")
+        loss.backward()
+        optimizer.step()
+        if step_hook is not None:
+            step_hook(model, epoch * steps_per_epoch + step)
+        total += loss.item() * len(targets)
+        count += len(targets)
+    return total / max(count, 1)
+
+
+#: Training recipes for the zoo on MNIST-sized data; measured in benchmarks/results/zoo_mnist.md.
+DEFAULT_TRAINING: dict[str, TrainConfig] = {
+    "lenet300": TrainConfig(epochs=60, lr=1e-3, patience=15),
+    "lenet5": TrainConfig(epochs=20, lr=1e-3, patience=8),
+    "resnet8": TrainConfig(epochs=15, lr=2e-3, patience=5),
+    "resnet20": TrainConfig(epochs=15, lr=2e-3, patience=5),
+    "mobilenetv2": TrainConfig(epochs=15, lr=2e-3, patience=5),
+}
+
+
+def train_zoo_model(arch: str, data: DataSplits, config: TrainConfig | None = None, *,
+                    cache_dir: str | Path | None = None, progress: bool = True) -> nn.Module:
+    """A trained zoo model, taken from ``cache_dir`` when the same training was done before.
+
+    The cache key covers the architecture, the data (name, sizes, shape) and every training option,
+    so a changed option trains afresh instead of silently reusing stale weights.
+    """
+    from nnzip.models import create_model, load_model, save_model
+
+    config = config or DEFAULT_TRAINING.get(arch, TrainConfig())
+    key_source = json.dumps({"arch": arch, "data": data.summary(), "train": config.model_dump()},
+                            sort_keys=True)
+    key = hashlib.sha256(key_source.encode()).hexdigest()[:12]
+    target = Path(cache_dir) / f"{arch}-{data.name}-{key}" if cache_dir else None
+    if target is not None and (target / "spec.json").exists():
+        log.info("using cached %s from %s", arch, target)
+        return load_model(target)
+    torch.manual_seed(config.seed)
+    model = create_model(arch, input_shape=data.input_shape, num_classes=data.num_classes)
+    checkpoint = target.with_name(target.name + ".ckpt") if target is not None else None
+    result = fit(model, data, config, checkpoint=checkpoint, progress=progress,
+                 description=f"train {arch}")
+    if target is not None:
+        save_model(model, target, extra={"training": config.model_dump(),
+                                         "result": asdict(result)})
+        checkpoint.unlink(missing_ok=True)
+    return model
+
+
+class Finetune(Stage):
+    """Recipe stage ``finetune``: train the current model further with the shared loop.
+
+    ``epochs`` defaults to the pipeline's fine-tune budget; the loss is cross-entropy (methods
+    that need another loss run the loop with their own hook).
+    """
+
+    kind = "finetune"
+
+    epochs: int | None = Field(None, ge=0)
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr: float = Field(1e-4, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    batch_size: int = Field(64, ge=1)
+    patience: int | None = Field(None, ge=1)
+    augment: bool = True
+
+    def train_config(self, context: Context) -> TrainConfig:
+        options = self.model_dump()
+        options["epochs"] = context.finetune_epochs if self.epochs is None else self.epochs
+        return TrainConfig(**options, seed=context.seed)
+
+    def apply(self, model: nn.Module, context: Context) -> nn.Module:
+        fit(model, context.data, self.train_config(context), progress=context.progress,
+            description="finetune")
+        return model

@@ -1,0 +1,44 @@
+"""Session-wide fixtures: the real MNIST splits and zoo models trained once on them."""
+
+from pathlib import Path
+
+import pytest
+
+from nnzip.data import DataSplits, find_mnist_dir, load_digits, load_mnist
+from nnzip.train import train_zoo_model
+
+
+@pytest.fixture(scope="session")
+def mnist() -> DataSplits:
+    """MNIST loaded once for the session: 4 500 train / 500 val real digits, 10 000 test."""
+    return load_mnist(seed=0)
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    return find_mnist_dir()
+
+
+@pytest.fixture(scope="session")
+def digits() -> DataSplits:
+    """scikit-learn's 8x8 digits: real data small enough to train on in a second."""
+    return load_digits(seed=0)
+
+
+@pytest.fixture(scope="session")
+def zoo_cache(tmp_path_factory, mnist) -> Path:
+    """A cache folder holding LeNet-5 and LeNet-300-100 trained with their default recipes."""
+    cache = tmp_path_factory.mktemp("zoo-cache")
+    for arch in ("lenet5", "lenet300"):
+        train_zoo_model(arch, mnist, cache_dir=cache, progress=False)
+    return cache
+
+
+@pytest.fixture(scope="session")
+def lenet5(zoo_cache, mnist):
+    return train_zoo_model("lenet5", mnist, cache_dir=zoo_cache, progress=False)
+
+
+@pytest.fixture(scope="session")
+def lenet300(zoo_cache, mnist):
+    return train_zoo_model("lenet300", mnist, cache_dir=zoo_cache, progress=False)

@@ -1,0 +1,127 @@
+import json
+import re
+
+import pytest
+from rich.table import Table
+
+from nnzip.errors import NnzipError
+from nnzip.evaluate import (
+    REPORT_MODEL_KEYS,
+    build_report,
+    load_report,
+    render_html,
+    render_markdown,
+    rich_table,
+    write_report,
+)
+
+MACHINE = {"cpu_model": "Test CPU", "cpu_flags": ["avx2"], "cores": 2, "threads": 1,
+           "torch_version": "2.13.0", "python_version": "3.11", "platform": "Linux"}
+
+
+def _entry(name: str, stage: str, size_bytes: int, acc: float, **overrides) -> dict:
+    entry = {
+        "name": name, "stage": stage, "params": 235_146, "nonzero_params": 120_000,
+        "size_bytes": size_bytes, "compression_ratio": 940_000 / size_bytes,
+        "flops": 470_400, "macs": 235_200,
+        "latency_ms": {"batch1": {"p50": 0.05, "p95": 0.07}, "batch64": {"p50": 0.8, "p95": 1.1}},
+        "throughput_per_s": 80_000.0, "peak_memory_bytes": 1_200_000, "accuracy": acc,
+        "top5": 0.999, "agreement": 0.98,
+        "robustness": {"gaussian": {"0.1": acc - 0.01, "0.2": acc - 0.05},
+                       "fgsm": {"0.05": acc - 0.3, "0.1": acc - 0.6}},
+        "energy_j": None, "energy_note": "no RAPL counters here",
+    }
+    entry.update(overrides)
+    assert tuple(entry) == REPORT_MODEL_KEYS
+    return entry
+
+
+@pytest.fixture
+def report() -> dict:
+    models = [
+        _entry("mlp", "baseline", 940_000, 0.98),
+        _entry("mlp", "pruned", 300_000, 0.975),
+        # Missing measurements must render as n/a, not crash or show 0.
+        _entry("mlp-int8", "quantized", 120_000, 0.97, flops=None, macs=None,
+               latency_ms={"batch1": {"p50": None, "p95": None},
+                           "batch64": {"p50": None, "p95": None}},
+               throughput_per_s=None,
+               robustness={"gaussian": {"0.1": 0.96, "0.2": 0.9},
+                           "fgsm": {"0.05": None, "0.1": None}}),
+    ]
+    return build_report(models, MACHINE, extra={"data": {"name": "mnist", "test": 10_000}})
+
+
+def test_build_report_has_version_machine_models_and_extras(report):
+    assert set(report) == {"nnzip_version", "machine", "models", "data"}
+    assert isinstance(report["nnzip_version"], str) and report["nnzip_version"]
+    assert len(report["models"]) == 3
+
+
+def test_extra_keys_cannot_overwrite_the_core(report):
+    with pytest.raises(NnzipError, match="reserved"):
+        build_report([], MACHINE, extra={"models": []})
+
+
+def test_write_report_writes_three_files_and_no_temporaries(report, tmp_path):
+    paths = write_report(report, tmp_path / "out")
+    assert set(paths) == {"json", "md", "html"}
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "report.html", "report.json", "report.md"]
+    assert load_report(paths["json"]) == json.loads(json.dumps(report))
+    assert load_report(tmp_path / "out") == load_report(paths["json"])
+
+
+def test_html_is_self_contained_with_embedded_charts(report):
+    page = render_html(report)
+    # 10 metric bars (flops and latencies still have data from other models) + robustness
+    # + accuracy-vs-size.
+    assert page.count("data:image/png;base64,") == 12
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:|//)""", page, re.IGNORECASE)
+    assert "<script" not in page.lower()
+    assert "Test CPU" in page and "n/a" in page
+
+
+def test_html_skips_charts_without_any_data(report):
+    for model in report["models"]:
+        model["energy_j"] = None
+        model["flops"] = None
+    page = render_html(report)
+    assert page.count("data:image/png;base64,") == 11  # the compute chart is gone
+
+
+def test_markdown_has_both_tables_human_units_and_the_machine(report):
+    text = render_markdown(report)
+    assert "| Model | Stage | Params |" in text
+    assert "235k" in text and "918 KiB" in text and "3.13×" in text and "98.00%" in text
+    assert "noise σ=0.1" in text and "FGSM ε=0.05" in text
+    assert "Test CPU" in text
+    int8_row = next(line for line in text.splitlines() if line.startswith("| mlp-int8 |"))
+    assert int8_row.count("n/a") >= 5  # MFLOPs, two latencies, throughput, energy
+
+
+def test_rich_table_has_one_row_per_model(report):
+    table = rich_table(report)
+    assert isinstance(table, Table)
+    assert table.row_count == 3
+    assert [c.header for c in table.columns][:3] == ["Model", "Stage", "Params"]
+
+
+def test_load_report_rejects_corrupt_json(tmp_path):
+    path = tmp_path / "report.json"
+    path.write_text('{"models": [', encoding="utf-8")
+    with pytest.raises(NnzipError, match="not readable JSON"):
+        load_report(path)
+
+
+def test_load_report_rejects_missing_file_and_missing_keys(tmp_path, report):
+    with pytest.raises(NnzipError, match="does not exist"):
+        load_report(tmp_path / "nope.json")
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps({"nnzip_version": "0", "machine": {}}), encoding="utf-8")
+    with pytest.raises(NnzipError, match="models"):
+        load_report(path)
+    del report["models"][0]["accuracy"]
+    path.write_text(json.dumps(report), encoding="utf-8")
+    with pytest.raises(NnzipError, match="accuracy"):
+        load_report(path)
