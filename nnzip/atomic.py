@@ -15,6 +15,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(destination: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary file path; on success it replaces ``destination`` in one rename."""
@@ -24,6 +30,7 @@ def atomic_path(destination: str | os.PathLike) -> Iterator[Path]:
                                     dir=destination.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    tmp.chmod(0o666 & ~_umask())  # mkstemp makes it owner-only; a plain open() would not
     try:
         yield tmp
         os.replace(tmp, destination)
@@ -38,6 +45,7 @@ def atomic_dir(destination: str | os.PathLike) -> Iterator[Path]:
     destination.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".tmp",
                                 dir=destination.parent))
+    tmp.chmod(0o777 & ~_umask())
     try:
         yield tmp
         if destination.exists():

@@ -53,9 +53,17 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nnzip", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"nnzip {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log each epoch and stage")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    commands = parser.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", help="log each epoch and stage")
+    common.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+
+    class Commands:  # every command takes the common options after its name
+        @staticmethod
+        def add_parser(name: str, **kwargs) -> argparse.ArgumentParser:
+            return subparsers.add_parser(name, parents=[common], **kwargs)
+
+    commands = Commands()
 
     demo = commands.add_parser("demo", help="train LeNet-5 and LeNet-300-100 on MNIST, measure "
                                             "them and write an HTML report")

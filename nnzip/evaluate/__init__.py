@@ -8,7 +8,7 @@ entries into report.json, report.md and a self-contained report.html.
 from nnzip.evaluate.config import EvalConfig
 from nnzip.evaluate.energy import measure_energy
 from nnzip.evaluate.flops import count_flops
-from nnzip.evaluate.latency import measure_latency
+from nnzip.evaluate.latency import compare_latency, measure_latency
 from nnzip.evaluate.machine import machine_info
 from nnzip.evaluate.memory import peak_memory_bytes
 from nnzip.evaluate.metrics import REPORT_MODEL_KEYS, evaluate
@@ -27,6 +27,7 @@ __all__ = [
     "EvalConfig",
     "artifact_bytes",
     "build_report",
+    "compare_latency",
     "count_flops",
     "count_nonzero",
     "count_params",

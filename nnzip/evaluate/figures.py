@@ -118,7 +118,7 @@ def robustness_chart(models: list[dict]) -> bytes | None:
     attacks = [spec for spec in attacks if any(curves[spec[0]])]
     if not attacks:
         return None
-    fig = Figure(figsize=(5.0 * len(attacks), 3.4))
+    fig = Figure(figsize=(5.2 * len(attacks), 3.6))
     labels, colors = model_labels(models), model_colors(len(models))
     for index, (attack, title, xlabel) in enumerate(attacks, start=1):
         ax = fig.add_subplot(1, len(attacks), index)
@@ -175,13 +175,14 @@ def accuracy_size_chart(models: list[dict]) -> bytes | None:
 def report_figures(models: list[dict]) -> list[tuple[str, bytes]]:
     """(title, PNG) for every chart that has data: the metric bars, robustness, accuracy vs size."""
     labels = model_labels(models)
-    figures = []
+    # The trade-off first: it is the chart a reader of a compression report looks for.
+    figures = [(title, png) for title, png in (("Accuracy vs size", accuracy_size_chart(models)),)
+               if png is not None]
     for title, ylabel, getter, kind in metric_specs(models):
         png = bar_chart(title, ylabel, labels, [getter(m) for m in models], kind)
         if png is not None:
             figures.append((title, png))
-    for title, png in (("Robustness", robustness_chart(models)),
-                       ("Accuracy vs size", accuracy_size_chart(models))):
-        if png is not None:
-            figures.append((title, png))
+    robustness = robustness_chart(models)
+    if robustness is not None:
+        figures.append(("Robustness", robustness))
     return figures

@@ -2,6 +2,11 @@
 
 Each call is timed on its own with :func:`time.perf_counter` after a warm-up, at a fixed thread
 count so that results do not depend on whatever else set torch's global thread pool.
+
+On a shared machine the speed of the CPU drifts over seconds (other tenants, frequency changes),
+so two models timed one after the other can differ by 20 % for no reason of their own. Compared
+models are therefore timed *interleaved*: in rounds, each round timing a slice of every model, so
+that drift hits all of them alike and their ratio holds (benchmarks/latency_stability.py).
 """
 
 from __future__ import annotations
@@ -34,16 +39,43 @@ def random_batch(input_shape: tuple[int, ...], batch_size: int, seed: int = 0) -
     return torch.randn(batch_size, *input_shape, generator=generator)
 
 
+def _timed_calls(model: nn.Module, batch: torch.Tensor, count: int) -> list[float]:
+    times_ms = []
+    for _ in range(count):
+        start = time.perf_counter()
+        model(batch)
+        times_ms.append((time.perf_counter() - start) * 1000.0)
+    return times_ms
+
+
+def compare_latency(models: list[nn.Module], input_shape: tuple[int, ...], batch_size: int = 1,
+                    threads: int = 1, warmup: int = 10, repeats: int = 50,
+                    rounds: int = 10) -> list[dict[str, float]]:
+    """Latency of several models timed interleaved: ``[{"p50": ms, "p95": ms}, ...]``.
+
+    Every model gets ``warmup`` untimed calls, then ``rounds`` rounds in each of which every
+    model (in rotating order) runs ``repeats / rounds`` timed calls on the same seeded batch.
+    """
+    batch = random_batch(input_shape, batch_size)
+    rounds = max(1, min(rounds, repeats))
+    per_round = max(1, -(-repeats // rounds))  # ceil: at least `repeats` samples in all
+    samples: list[list[float]] = [[] for _ in models]
+    with contextlib.ExitStack() as stack:
+        for model in models:
+            stack.enter_context(eval_mode(model))
+        stack.enter_context(fixed_threads(threads))
+        stack.enter_context(torch.inference_mode())
+        for model in models:
+            _timed_calls(model, batch, warmup)
+        for round_index in range(rounds):
+            for offset in range(len(models)):
+                index = (round_index + offset) % len(models)
+                samples[index].extend(_timed_calls(models[index], batch, per_round))
+    return [{"p50": float(np.median(times)), "p95": float(np.percentile(times, 95))}
+            for times in samples]
+
+
 def measure_latency(model: nn.Module, input_shape: tuple[int, ...], batch_size: int = 1,
                     threads: int = 1, warmup: int = 10, repeats: int = 50) -> dict[str, float]:
     """Latency in milliseconds of one forward pass: ``{"p50": ..., "p95": ...}``."""
-    batch = random_batch(input_shape, batch_size)
-    times_ms = np.empty(max(repeats, 1))
-    with eval_mode(model), fixed_threads(threads), torch.inference_mode():
-        for _ in range(warmup):
-            model(batch)
-        for index in range(len(times_ms)):
-            start = time.perf_counter()
-            model(batch)
-            times_ms[index] = (time.perf_counter() - start) * 1000.0
-    return {"p50": float(np.median(times_ms)), "p95": float(np.percentile(times_ms, 95))}
+    return compare_latency([model], input_shape, batch_size, threads, warmup, repeats)[0]

@@ -7,6 +7,11 @@ every instant, whose maximum is the forward pass's peak working set.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
@@ -26,6 +31,29 @@ def _peak_allocated_bytes(prof: profile) -> int:
     return peak
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """Mute file descriptor 2 while the profiler runs.
+
+    Kineto writes 'USDT ... profiler_start/stop' lines straight to the C-level stderr on every
+    profile, and no torch setting turns them off; they would clutter every CLI run.
+    """
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real descriptor 2 (e.g. an embedded interpreter)
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def peak_memory_bytes(model: nn.Module, input_shape: tuple[int, ...],
                       batch_size: int = 64) -> int:
     """Peak bytes of tensor memory during one inference of a batch of ``batch_size``.
@@ -37,7 +65,8 @@ def peak_memory_bytes(model: nn.Module, input_shape: tuple[int, ...],
     """
     batch = random_batch(input_shape, batch_size)
     with eval_mode(model), torch.inference_mode():
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        with _native_stderr_silenced(), \
+                profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
             output = model(batch)
         del output
     return state_tensor_bytes(model) + _peak_allocated_bytes(prof)

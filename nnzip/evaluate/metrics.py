@@ -20,7 +20,7 @@ from nnzip.evaluate.accuracy import accuracy, agreement, predict_logits, top_k_a
 from nnzip.evaluate.config import EvalConfig
 from nnzip.evaluate.energy import measure_energy
 from nnzip.evaluate.flops import count_flops
-from nnzip.evaluate.latency import fixed_threads, measure_latency, random_batch
+from nnzip.evaluate.latency import compare_latency, fixed_threads, random_batch
 from nnzip.evaluate.memory import peak_memory_bytes
 from nnzip.evaluate.robustness import fgsm_accuracy, gaussian_noise_accuracy
 from nnzip.evaluate.size import artifact_bytes, count_nonzero, count_params, file_bytes
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 REPORT_MODEL_KEYS = (
     "name", "stage", "params", "nonzero_params", "size_bytes", "compression_ratio", "flops",
-    "macs", "latency_ms", "throughput_per_s", "peak_memory_bytes", "accuracy", "top5",
+    "macs", "latency_ms", "speedup", "throughput_per_s", "peak_memory_bytes", "accuracy", "top5",
     "agreement", "robustness", "energy_j", "energy_note",
 )
 
@@ -70,12 +70,20 @@ def check_model_accepts(model: nn.Module, data: DataSplits, name: str) -> None:
             "dynamic_shapes=torch.export.Dim)") from error
 
 
-def _latency(model: nn.Module, data: DataSplits, config: EvalConfig) -> dict[str, dict]:
+def _latency(model: nn.Module, reference: nn.Module | None, data: DataSplits,
+             config: EvalConfig) -> tuple[dict[str, dict], dict[str, float | None]]:
+    """Latency per batch size, and the speedup over ``reference`` timed interleaved with it."""
+    keys = [f"batch{b}" for b in config.batch_sizes]
     if not config.measure_latency:
-        return {f"batch{b}": {"p50": None, "p95": None} for b in config.batch_sizes}
-    return {f"batch{b}": measure_latency(model, data.input_shape, b, config.threads,
-                                         config.warmup, config.repeats)
-            for b in config.batch_sizes}
+        return {k: {"p50": None, "p95": None} for k in keys}, {k: None for k in keys}
+    latency, speedup = {}, {}
+    for key, batch_size in zip(keys, config.batch_sizes, strict=True):
+        models = [model] if reference is None else [model, reference]
+        timings = compare_latency(models, data.input_shape, batch_size, config.threads,
+                                  config.warmup, config.repeats)
+        latency[key] = timings[0]
+        speedup[key] = timings[-1]["p50"] / timings[0]["p50"] if timings[0]["p50"] else None
+    return latency, speedup
 
 
 def _energy(model: nn.Module, data: DataSplits, config: EvalConfig,
@@ -115,7 +123,9 @@ def evaluate(model: nn.Module, data: DataSplits, *, name: str = "model",
 
     ``reference`` is the model it was compressed from: the compression ratio divides its size
     (``reference_size_bytes``, or measured) by this model's, and ``agreement`` compares their test
-    predictions. Without a reference the model is its own (ratio and agreement 1.0). The size is
+    predictions, and ``speedup`` (reference p50 / model p50, per batch size) comes from timing the
+    two interleaved, so machine drift cannot fake it. Without a reference the model is its own
+    (ratio, agreement and speedup 1.0). The size is
     that of ``artifact_path`` when given, else of the state dict serialized as safetensors. The
     model's training/eval mode is left as it was.
     """
@@ -132,7 +142,7 @@ def evaluate(model: nn.Module, data: DataSplits, *, name: str = "model",
     flops, macs = count_flops(model, data.input_shape)
 
     largest_batch = max(config.batch_sizes)
-    latency_ms = _latency(model, data, config)
+    latency_ms, speedup = _latency(model, reference, data, config)
     p50_largest = latency_ms[f"batch{largest_batch}"]["p50"]
     throughput = largest_batch / (p50_largest / 1000.0) if p50_largest else None
     energy_j, energy_note = _energy(model, data, config, largest_batch)
@@ -154,6 +164,7 @@ def evaluate(model: nn.Module, data: DataSplits, *, name: str = "model",
         "flops": flops,
         "macs": macs,
         "latency_ms": latency_ms,
+        "speedup": speedup,
         "throughput_per_s": throughput,
         "peak_memory_bytes": peak_memory_bytes(model, data.input_shape, largest_batch),
         "accuracy": accuracy(logits, labels),

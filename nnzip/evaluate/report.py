@@ -84,6 +84,8 @@ th { background: #f6f8fa; } td:first-child, th:first-child { text-align: left; }
           margin-right: .4rem; vertical-align: middle; }
 .figures { display: grid; grid-template-columns: repeat(auto-fill, minmax(460px, 1fr));
            gap: 1rem; }
+.scroll { overflow-x: auto; }
+figure.wide { grid-column: 1 / -1; text-align: center; }
 figure { margin: 0; border: 1px solid #d0d7de; border-radius: 6px; padding: .5rem; }
 figure img { max-width: 100%; height: auto; }
 pre { background: #f6f8fa; padding: .6rem; overflow-x: auto; font-size: .8rem; }
@@ -103,6 +105,9 @@ def _html_table(columns: list[str], rows: list[list[str]],
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
+WIDE = ' class="wide"'  # a figure that spans the whole grid row
+
+
 def _hex(color: tuple[float, ...]) -> str:
     return "#" + "".join(f"{round(channel * 255):02x}" for channel in color[:3])
 
@@ -112,7 +117,8 @@ def render_html(report: dict) -> str:
     models = report["models"]
     swatches = [_hex(c) for c in model_colors(len(models))]  # the charts' palette
     figures = "".join(
-        f'<figure><img alt="{html.escape(title)}" '
+        f'<figure{WIDE if title == "Robustness" else ""}>'
+        f'<img alt="{html.escape(title)}" '
         f'src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}"></figure>'
         for title, png in report_figures(models))
     notes = "".join(f"<li>{html.escape(str(m['name']))} ({html.escape(str(m['stage']))}): "
@@ -130,9 +136,10 @@ def render_html(report: dict) -> str:
 <p class="machine">{html.escape(machine_line(report["machine"]))}<br>
 nnzip {html.escape(str(report["nnzip_version"]))}</p>
 <h2>Models</h2>
-{_html_table(summary_columns(models), summary_rows(models), swatches)}
+<div class="scroll">{_html_table(summary_columns(models), summary_rows(models), swatches)}</div>
 <h2>Robustness (test accuracy)</h2>
-{_html_table(robustness_columns(models), robustness_rows(models), swatches)}
+<div class="scroll">{_html_table(robustness_columns(models), robustness_rows(models),
+                                 swatches)}</div>
 <h2>Charts</h2>
 <div class="figures">{figures or "<p>No measurements to chart.</p>"}</div>
 <h2>Energy</h2>
@@ -143,13 +150,20 @@ nnzip {html.escape(str(report["nnzip_version"]))}</p>
 
 
 def rich_table(report: dict) -> Table:
-    """The summary as a :class:`rich.table.Table`, for the CLI to print."""
+    """The summary as a :class:`rich.table.Table` for the CLI: one column per model.
+
+    Transposed against the Markdown table (metrics down, models across) so that a terminal of 80
+    columns shows every metric of a handful of models without truncation.
+    """
     models = report["models"]
+    columns = summary_columns(models)
+    rows = summary_rows(models)
     table = Table(title="nnzip report", caption=machine_line(report["machine"]))
-    for index, column in enumerate(summary_columns(models)):
-        table.add_column(column, justify="left" if index < 2 else "right")
-    for row in summary_rows(models):
-        table.add_row(*row)
+    table.add_column("Metric", style="bold")
+    for row in rows:
+        table.add_column(f"{row[0]}\n{row[1]}", justify="right")
+    for index, metric in enumerate(columns[2:], start=2):
+        table.add_row(metric, *[row[index] for row in rows])
     return table
 
 

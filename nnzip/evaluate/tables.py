@@ -68,7 +68,8 @@ def model_labels(models: list[dict]) -> list[str]:
 
 def summary_columns(models: list[dict]) -> list[str]:
     latency = [f"p50 b{key.removeprefix('batch')} (ms)" for key in batch_keys(models)]
-    return ["Model", "Stage", "Params", "Non-zero", "Size", "Ratio", "MFLOPs", *latency,
+    speedup = [f"Speedup b{key.removeprefix('batch')}" for key in batch_keys(models)]
+    return ["Model", "Stage", "Params", "Non-zero", "Size", "Ratio", "MFLOPs", *latency, *speedup,
             "Throughput (/s)", "Peak mem", "Accuracy", "Top-5", "Agreement", "Energy"]
 
 
@@ -78,11 +79,13 @@ def summary_rows(models: list[dict]) -> list[list[str]]:
     rows = []
     for model in models:
         latency = model.get("latency_ms") or {}
+        speedup = model.get("speedup") or {}
         rows.append([
             str(model["name"]), str(model["stage"]), fmt_count(model["params"]),
             fmt_count(model["nonzero_params"]), fmt_bytes(model["size_bytes"]),
             fmt_ratio(model["compression_ratio"]), fmt_mflops(model["flops"]),
             *[fmt_ms((latency.get(key) or {}).get("p50")) for key in keys],
+            *[fmt_ratio(speedup.get(key)) for key in keys],
             fmt_count(model["throughput_per_s"]), fmt_bytes(model["peak_memory_bytes"]),
             fmt_percent(model["accuracy"]), fmt_percent(model["top5"]),
             fmt_percent(model["agreement"]), fmt_energy(model["energy_j"]),

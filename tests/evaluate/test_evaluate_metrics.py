@@ -17,6 +17,7 @@ def test_evaluate_returns_exactly_the_stable_keys(tiny_model, tiny_data, fast_co
     assert entry["compression_ratio"] == 1.0 and entry["agreement"] == 1.0
     assert entry["flops"] == 2 * (36 * 16 + 16 * 10)
     assert set(entry["latency_ms"]) == {"batch1", "batch8"}
+    assert entry["speedup"] == {"batch1": 1.0, "batch8": 1.0}  # its own reference
     p50 = entry["latency_ms"]["batch8"]["p50"]
     assert entry["throughput_per_s"] == pytest.approx(8 / (p50 / 1000))
     assert set(entry["robustness"]["gaussian"]) == {"0.1", "0.2", "0.3"}
@@ -35,6 +36,8 @@ def test_reference_sets_ratio_and_agreement(tiny_model, tiny_data, fast_config):
     twin = evaluate(tiny_model, tiny_data, reference=copy.deepcopy(tiny_model),
                     reference_size_bytes=123_456, config=fast_config)
     assert twin["agreement"] == 1.0
+    assert set(twin["speedup"]) == {"batch1", "batch8"}
+    assert all(value > 0 for value in twin["speedup"].values())
     assert twin["compression_ratio"] == pytest.approx(123_456 / twin["size_bytes"])
 
 

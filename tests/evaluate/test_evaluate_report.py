@@ -25,6 +25,7 @@ def _entry(name: str, stage: str, size_bytes: int, acc: float, **overrides) -> d
         "size_bytes": size_bytes, "compression_ratio": 940_000 / size_bytes,
         "flops": 470_400, "macs": 235_200,
         "latency_ms": {"batch1": {"p50": 0.05, "p95": 0.07}, "batch64": {"p50": 0.8, "p95": 1.1}},
+        "speedup": {"batch1": 1.5, "batch64": 2.0},
         "throughput_per_s": 80_000.0, "peak_memory_bytes": 1_200_000, "accuracy": acc,
         "top5": 0.999, "agreement": 0.98,
         "robustness": {"gaussian": {"0.1": acc - 0.01, "0.2": acc - 0.05},
@@ -45,7 +46,7 @@ def report() -> dict:
         _entry("mlp-int8", "quantized", 120_000, 0.97, flops=None, macs=None,
                latency_ms={"batch1": {"p50": None, "p95": None},
                            "batch64": {"p50": None, "p95": None}},
-               throughput_per_s=None,
+               speedup={"batch1": None, "batch64": None}, throughput_per_s=None,
                robustness={"gaussian": {"0.1": 0.96, "0.2": 0.9},
                            "fgsm": {"0.05": None, "0.1": None}}),
     ]
@@ -100,11 +101,14 @@ def test_markdown_has_both_tables_human_units_and_the_machine(report):
     assert int8_row.count("n/a") >= 5  # MFLOPs, two latencies, throughput, energy
 
 
-def test_rich_table_has_one_row_per_model(report):
+def test_rich_table_has_one_column_per_model_and_one_row_per_metric(report):
     table = rich_table(report)
     assert isinstance(table, Table)
-    assert table.row_count == 3
-    assert [c.header for c in table.columns][:3] == ["Model", "Stage", "Params"]
+    assert len(table.columns) == 1 + len(report["models"])
+    first = report["models"][0]
+    assert table.columns[1].header == f"{first['name']}\n{first['stage']}"
+    metrics = list(table.columns[0].cells)
+    assert metrics[0] == "Params" and "Accuracy" in metrics and "Agreement" in metrics
 
 
 def test_load_report_rejects_corrupt_json(tmp_path):

@@ -1,0 +1,84 @@
+"""compress() measures the model before and after every stage and keeps finished rows."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from nnzip.evaluate import REPORT_MODEL_KEYS, EvalConfig
+from nnzip.models import create_model, load_model
+from nnzip.pipeline import compress, evaluate_models
+from nnzip.recipe import STAGES, parse_recipe
+from nnzip.stage import Context, Stage
+
+FAST = EvalConfig(warmup=1, repeats=3, robustness_samples=200)
+
+
+@pytest.fixture
+def mlp(digits):
+    torch.manual_seed(0)
+    return create_model("lenet300", input_shape=digits.input_shape,
+                        num_classes=digits.num_classes)
+
+
+def test_finetune_recipe_measures_baseline_and_each_stage(mlp, digits, tmp_path):
+    recipe = parse_recipe({"name": "t", "stages": [{"finetune": {"epochs": 3, "lr": 1e-3}},
+                                                   {"finetune": {"label": "polish", "epochs": 1}}]})
+    result = compress(mlp, recipe, digits, name="mlp", out_dir=tmp_path, eval_config=FAST,
+                      progress=False)
+    rows = result.report["models"]
+    assert [row["stage"] for row in rows] == ["baseline", "finetune", "polish"]
+    assert all(tuple(row) == REPORT_MODEL_KEYS for row in rows)
+    # The untrained baseline is near chance; fine-tuning on real digits must lift it far above.
+    assert rows[0]["accuracy"] < 0.3 and rows[1]["accuracy"] > 0.85
+    assert rows[0]["agreement"] == 1.0 and rows[1]["agreement"] < 0.5
+    assert rows[1]["compression_ratio"] == pytest.approx(1.0, abs=0.01)
+    on_disk = json.loads((tmp_path / "report.json").read_text())
+    assert on_disk["models"] == json.loads(json.dumps(rows))
+    assert [s["label"] for s in on_disk["stages"]] == ["finetune", "polish"]
+    assert on_disk["recipe"]["name"] == "t"
+    reloaded = load_model(result.paths["model"])
+    x = digits.test.tensors[0][:16]
+    assert torch.equal(reloaded(x), result.model.eval()(x))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "report.html", "report.json",
+                                                          "report.md"]
+
+
+class _Explode(Stage):
+    kind = "explode"
+
+    def apply(self, model: nn.Module, context: Context) -> nn.Module:
+        raise KeyboardInterrupt
+
+
+def test_an_interrupted_recipe_keeps_the_rows_it_finished(mlp, digits, tmp_path, monkeypatch):
+    monkeypatch.setitem(STAGES, "explode", _Explode)
+    recipe = parse_recipe({"stages": [{"finetune": {"epochs": 1}}, "explode"]})
+    with pytest.raises(KeyboardInterrupt):
+        compress(mlp, recipe, digits, out_dir=tmp_path, eval_config=FAST, progress=False)
+    rows = json.loads((tmp_path / "report.json").read_text())["models"]
+    assert [row["stage"] for row in rows] == ["baseline", "finetune"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no temporaries"
+
+
+def test_a_user_model_outside_the_zoo_is_saved_as_torch_export(digits, tmp_path):
+    torch.manual_seed(0)
+    user_model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    recipe = parse_recipe({"stages": [{"finetune": {"epochs": 1}}]})
+    result = compress(user_model, recipe, digits, out_dir=tmp_path, eval_config=FAST,
+                      progress=False)
+    assert result.paths["model"].name == "model.pt2"
+    x = digits.test.tensors[0][:8]
+    assert torch.allclose(load_model(result.paths["model"])(x), user_model.eval()(x))
+
+
+def test_evaluate_models_compares_each_model_with_the_first(lenet5, lenet300, mnist, tmp_path):
+    report, paths = evaluate_models([("lenet5", "baseline", lenet5),
+                                     ("lenet300", "baseline", lenet300)], mnist,
+                                    out_dir=tmp_path, eval_config=FAST)
+    first, second = report["models"]
+    assert first["compression_ratio"] == 1.0 and first["agreement"] == 1.0
+    assert second["compression_ratio"] == pytest.approx(first["size_bytes"] / second["size_bytes"])
+    assert 0.9 < second["agreement"] < 1.0  # two good models mostly, not always, agree
+    assert set(paths) == {"json", "md", "html"}
