@@ -93,13 +93,15 @@ def compress(model: nn.Module, recipe: Recipe | str | Path, data: DataSplits, *,
     for step in recipe.steps:
         log.info("stage %s (%s)", step.label, step.stage.kind)
         started = time.perf_counter()
+        context.details = {}
         result = step.stage.apply(model, context)
         if not isinstance(result, nn.Module):
             raise NnzipError(f"stage {step.label} returned {type(result).__name__}, not a model: "
                              "a stage's apply() must return the compressed nn.Module")
         model = result
         extra["stages"].append({"label": step.label, "kind": step.stage.kind,
-                                "seconds": round(time.perf_counter() - started, 3)})
+                                "seconds": round(time.perf_counter() - started, 3),
+                                "details": context.details})
         rows.append(evaluate(model, data, name=name, stage=step.label, reference=reference,
                              reference_size_bytes=baseline["size_bytes"], config=eval_config))
         report, paths = _write(rows, eval_config, out_dir, extra)

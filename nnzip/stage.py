@@ -37,10 +37,17 @@ class Context:
     workdir: Path | None = None
     progress: bool = True
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("nnzip"))
+    #: What the running stage wants in the report (e.g. per-layer sparsity); the pipeline stores
+    #: it under the stage's entry in ``report["stages"]`` and empties it before the next stage.
+    details: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.teacher is None:
             self.teacher = self.reference
+
+    def record(self, key: str, value: object) -> None:
+        """Keep a JSON-ready ``value`` for the report of the stage that is running."""
+        self.details[key] = value
 
 
 class Stage(BaseModel):

@@ -82,3 +82,21 @@ def test_evaluate_models_compares_each_model_with_the_first(lenet5, lenet300, mn
     assert second["compression_ratio"] == pytest.approx(first["size_bytes"] / second["size_bytes"])
     assert 0.9 < second["agreement"] < 1.0  # two good models mostly, not always, agree
     assert set(paths) == {"json", "md", "html"}
+
+
+class _Record(Stage):
+    kind = "record"
+
+    def apply(self, model: nn.Module, context: Context) -> nn.Module:
+        context.record("layers", {"fc1": 0.5})
+        return model
+
+
+def test_what_a_stage_records_lands_under_its_entry_in_the_report(mlp, digits, tmp_path,
+                                                                 monkeypatch):
+    monkeypatch.setitem(STAGES, "record", _Record)
+    recipe = parse_recipe({"stages": ["record", {"finetune": {"epochs": 1}}]})
+    compress(mlp, recipe, digits, out_dir=tmp_path, eval_config=FAST, progress=False)
+    stages = json.loads((tmp_path / "report.json").read_text())["stages"]
+    assert stages[0]["details"] == {"layers": {"fc1": 0.5}}
+    assert stages[1]["details"] == {}
