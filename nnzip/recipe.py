@@ -24,11 +24,13 @@ import yaml
 from pydantic import ValidationError
 
 from nnzip.errors import NnzipError
+from nnzip.prune.stages import Prune
+from nnzip.prune.structured import PruneChannels
 from nnzip.stage import Stage
 from nnzip.train import Finetune
 
 #: Every stage a recipe may name, by its kind. Method families add theirs here.
-STAGES: dict[str, type[Stage]] = {cls.kind: cls for cls in (Finetune,)}
+STAGES: dict[str, type[Stage]] = {cls.kind: cls for cls in (Finetune, Prune, PruneChannels)}
 
 _TOP_LEVEL_KEYS = ("name", "description", "stages")
 

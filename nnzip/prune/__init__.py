@@ -1,0 +1,73 @@
+"""Pruning: importance criteria, masks, unstructured and N:M pruning, schedules, sensitivity.
+
+*What* to remove (:mod:`~nnzip.prune.importance`) is kept apart from *how* (masks and surgery).
+Everything is a plain function first; the recipe stage ``prune`` wraps them.
+
+```python
+from nnzip.prune import magnitude_prune, fold_masks, layer_sparsity
+masks = magnitude_prune(model, 0.9)          # in place; masks keyed by "fc1.weight"
+fold_masks(model, masks)                     # a plain model with exact zeros
+```
+"""
+
+from nnzip.prune.importance import (
+    Scores,
+    calibration_batches,
+    channel_scores,
+    fisher_diagonal,
+    hessian_scores,
+    hutchinson_diagonal,
+    importance_scores,
+    magnitude_scores,
+    random_scores,
+    taylor_scores,
+)
+from nnzip.prune.masks import (
+    Masks,
+    apply_masks,
+    fold_masks,
+    global_masks,
+    layer_masks,
+    layer_sparsity,
+    mask_hook,
+    masks_from_model,
+    nm_incompatible,
+    nm_masks,
+    prunable_names,
+    select_parameters,
+    sparsity_summary,
+)
+from nnzip.prune.schedules import (
+    cubic_sparsity,
+    finetune_masked,
+    gradual_prune,
+    iterative_prune,
+    iterative_sparsities,
+    oneshot_prune,
+)
+from nnzip.prune.sensitivity import (
+    allocate_sparsity,
+    layer_sensitivity,
+    preferred_sparsity,
+    weighted_sparsity,
+)
+from nnzip.prune.stages import Prune
+from nnzip.prune.unstructured import (
+    compute_scores,
+    magnitude_prune,
+    masks_from_scores,
+    nm_prune,
+    prune_unstructured,
+)
+
+__all__ = [
+    "Masks", "Prune", "Scores", "allocate_sparsity", "apply_masks", "calibration_batches",
+    "channel_scores", "compute_scores", "cubic_sparsity", "finetune_masked", "fisher_diagonal",
+    "fold_masks", "global_masks", "gradual_prune", "hessian_scores", "hutchinson_diagonal",
+    "importance_scores", "iterative_prune", "iterative_sparsities", "layer_masks",
+    "layer_sensitivity", "layer_sparsity", "magnitude_prune", "magnitude_scores", "mask_hook",
+    "masks_from_model", "masks_from_scores", "nm_incompatible", "nm_masks", "nm_prune",
+    "oneshot_prune", "preferred_sparsity", "prunable_names", "prune_unstructured",
+    "random_scores", "select_parameters", "sparsity_summary", "taylor_scores",
+    "weighted_sparsity",
+]

@@ -1,0 +1,246 @@
+"""Importance criteria: *what* to remove, kept apart from the surgery that removes it.
+
+Every criterion returns ``Scores``, a dict from parameter name (``"fc1.weight"``) to a tensor of the
+weight's shape holding non-negative importances: the lowest-scoring weights are pruned first.
+
+- magnitude (Han et al. 2015, "Learning both Weights and Connections"): ``|w|`` (L1) or ``w²``
+  (L2). Element-wise both rank weights identically; they differ once reduced over a channel.
+- random: a seeded uniform draw, the baseline every criterion must beat.
+- first-order Taylor (Molchanov et al. 2017, "Pruning CNNs for Resource Efficient Inference";
+  2019, "Importance Estimation for Neural Network Pruning"): ``|w · ∂L/∂w|``, the first-order
+  change of the loss when ``w`` is set to zero, accumulated over calibration batches.
+- Hessian / Optimal Brain Damage (LeCun et al. 1990): ``½ · H_ii · w²``, the second-order change
+  of the loss, with the Hessian diagonal from the empirical Fisher (mean of per-sample squared
+  gradients) or from Hutchinson's estimator ``E[z ⊙ Hz]`` with Rademacher probes ``z``
+  (Hutchinson 1990; used for sensitivity by Yao et al. 2020, PyHessian / HAWQ).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from nnzip.data.splits import DataSplits
+from nnzip.errors import NnzipError
+from nnzip.evaluate._modes import eval_mode
+
+Scores = dict[str, torch.Tensor]
+Batch = tuple[torch.Tensor, torch.Tensor]
+Criterion = Literal["magnitude", "l1", "l2", "random", "taylor", "hessian"]
+HessianMethod = Literal["fisher", "hutchinson"]
+ChannelReduce = Literal["l1", "l2", "sum", "mean", "max"]
+
+CRITERIA: tuple[str, ...] = ("magnitude", "l1", "l2", "random", "taylor", "hessian")
+#: Criteria that need calibration data (gradients of the loss).
+DATA_CRITERIA: tuple[str, ...] = ("taylor", "hessian")
+#: Samples per vmap call when computing per-sample gradients for the empirical Fisher.
+_FISHER_CHUNK = 32
+
+
+def _parameters(model: nn.Module, names: Sequence[str]) -> dict[str, nn.Parameter]:
+    params = dict(model.named_parameters())
+    missing = [name for name in names if name not in params]
+    if missing:
+        raise NnzipError(f"no parameter named {missing[0]!r} in the model: valid names are "
+                         f"{', '.join(params)}")
+    return {name: params[name] for name in names}
+
+
+def calibration_batches(data: DataSplits, count: int, batch_size: int = 64,
+                        seed: int = 0) -> list[Batch]:
+    """The first ``count`` batches of a seeded shuffle of the training split (no augmentation).
+
+    Calibration uses training data, never the test split; the validation split stays for choosing.
+    """
+    if count < 1:
+        raise NnzipError(f"calibration needs at least one batch, got {count}: pass "
+                         "calibration_batches >= 1")
+    batches = []
+    for index, batch in enumerate(data.loader("train", batch_size=batch_size, shuffle=True,
+                                              seed=seed)):
+        if index >= count:
+            break
+        batches.append((batch[0], batch[1]))
+    return batches
+
+
+def magnitude_scores(model: nn.Module, names: Sequence[str], p: int = 1) -> Scores:
+    """``|w|`` for ``p=1`` or ``w²`` for ``p=2`` (Han et al. 2015)."""
+    if p not in (1, 2):
+        raise NnzipError(f"magnitude norm must be 1 or 2, got {p}")
+    return {name: param.detach().abs().pow(p).clone()
+            for name, param in _parameters(model, names).items()}
+
+
+def random_scores(model: nn.Module, names: Sequence[str], seed: int = 0) -> Scores:
+    """Uniform random importances from a seeded generator: the criterion-free baseline."""
+    generator = torch.Generator().manual_seed(seed)
+    return {name: torch.rand(param.shape, generator=generator).to(param.device)
+            for name, param in _parameters(model, names).items()}
+
+
+def _default_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(outputs, targets)
+
+
+def _require_batches(batches: Sequence[Batch], what: str) -> None:
+    if not batches:
+        raise NnzipError(f"{what} needs calibration data: pass at least one (inputs, targets) "
+                         "batch (e.g. calibration_batches(data, 8))")
+
+
+def taylor_scores(model: nn.Module, batches: Iterable[Batch], names: Sequence[str],
+                  loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+                  ) -> Scores:
+    """First-order Taylor importance ``|w · ∂L/∂w|``, averaged over calibration batches.
+
+    Molchanov et al. (2017, 2019): the first-order estimate of the loss change when a weight is
+    removed. Gradients are taken with ``torch.autograd.grad``, so ``.grad`` is left untouched.
+    """
+    batches = list(batches)
+    _require_batches(batches, "the Taylor criterion")
+    loss_fn = loss_fn or _default_loss
+    params = _parameters(model, names)
+    device = next(iter(params.values())).device
+    totals = {name: torch.zeros_like(param) for name, param in params.items()}
+    with eval_mode(model):
+        for inputs, targets in batches:
+            loss = loss_fn(model(inputs.to(device)), targets.to(device))
+            grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+            for (name, param), gradient in zip(params.items(), grads, strict=True):
+                if gradient is not None:
+                    totals[name] += (param.detach() * gradient).abs()
+    return {name: total / len(batches) for name, total in totals.items()}
+
+
+def fisher_diagonal(model: nn.Module, batches: Iterable[Batch], names: Sequence[str]) -> Scores:
+    """Diagonal of the empirical Fisher, ``mean_n (∂ℓ_n/∂w)²`` over every calibration sample.
+
+    Per-sample gradients come from ``torch.func.vmap`` over ``grad`` (squaring a mini-batch mean
+    gradient instead would be biased towards zero by the batch size).
+    """
+    batches = list(batches)
+    _require_batches(batches, "the Fisher Hessian estimate")
+    params = _parameters(model, names)
+    device = next(iter(params.values())).device
+    frozen = {name: tensor.detach() for name, tensor in model.named_parameters()
+              if name not in params}
+    frozen.update({name: buffer for name, buffer in model.named_buffers()})
+
+    def sample_loss(trainable: dict[str, torch.Tensor], x: torch.Tensor,
+                    y: torch.Tensor) -> torch.Tensor:
+        outputs = functional_call(model, {**frozen, **trainable}, (x.unsqueeze(0),))
+        return F.cross_entropy(outputs, y.unsqueeze(0))
+
+    per_sample_grad = vmap(grad(sample_loss), in_dims=(None, 0, 0))
+    trainable = {name: param.detach() for name, param in params.items()}
+    totals = {name: torch.zeros_like(param) for name, param in params.items()}
+    count = 0
+    with eval_mode(model):
+        for inputs, targets in batches:
+            for start in range(0, len(targets), _FISHER_CHUNK):
+                x = inputs[start:start + _FISHER_CHUNK].to(device)
+                y = targets[start:start + _FISHER_CHUNK].to(device)
+                grads = per_sample_grad(trainable, x, y)
+                for name in totals:
+                    totals[name] += grads[name].pow(2).sum(dim=0)
+                count += len(y)
+    return {name: total / count for name, total in totals.items()}
+
+
+def hutchinson_diagonal(model: nn.Module, batches: Iterable[Batch], names: Sequence[str],
+                        probes: int = 1, seed: int = 0) -> Scores:
+    """Hutchinson's estimate of the Hessian diagonal, ``E[z ⊙ Hz]`` with Rademacher ``z``.
+
+    ``Hz`` is a Hessian-vector product by double back-propagation; ``probes`` vectors are drawn
+    per calibration batch. The result is an unbiased but noisy estimate that may be negative
+    where off-diagonal terms dominate; :func:`hessian_scores` uses its magnitude.
+    """
+    batches = list(batches)
+    _require_batches(batches, "the Hutchinson Hessian estimate")
+    if probes < 1:
+        raise NnzipError(f"Hutchinson needs at least one probe vector, got {probes}")
+    params = _parameters(model, names)
+    tensors = list(params.values())
+    device = tensors[0].device
+    generator = torch.Generator().manual_seed(seed)
+    totals = {name: torch.zeros_like(param) for name, param in params.items()}
+    with eval_mode(model):
+        for inputs, targets in batches:
+            loss = F.cross_entropy(model(inputs.to(device)), targets.to(device))
+            grads = torch.autograd.grad(loss, tensors, create_graph=True)
+            for _ in range(probes):
+                probe = [(torch.randint(0, 2, t.shape, generator=generator) * 2 - 1)
+                         .to(device=device, dtype=t.dtype) for t in tensors]
+                hvp = torch.autograd.grad(grads, tensors, grad_outputs=probe, retain_graph=True)
+                for name, z, hz in zip(params, probe, hvp, strict=True):
+                    totals[name] += z * hz.detach()
+    samples = len(batches) * probes
+    return {name: total / samples for name, total in totals.items()}
+
+
+def hessian_scores(model: nn.Module, batches: Iterable[Batch], names: Sequence[str],
+                   method: HessianMethod = "fisher", seed: int = 0) -> Scores:
+    """Optimal Brain Damage saliency ``½ · H_ii · w²`` (LeCun et al. 1990).
+
+    ``method`` picks the Hessian diagonal: ``"fisher"`` (empirical Fisher, always ≥ 0) or
+    ``"hutchinson"`` (its absolute value: with few probes the sign is mostly noise). A weight that
+    is already zero scores exactly zero.
+    """
+    if method == "fisher":
+        diagonal = fisher_diagonal(model, batches, names)
+    elif method == "hutchinson":
+        diagonal = {name: h.abs() for name, h in
+                    hutchinson_diagonal(model, batches, names, seed=seed).items()}
+    else:
+        raise NnzipError(f"unknown Hessian estimate {method!r}: use 'fisher' or 'hutchinson'")
+    params = _parameters(model, names)
+    return {name: 0.5 * diagonal[name] * params[name].detach().pow(2) for name in names}
+
+
+def importance_scores(model: nn.Module, criterion: Criterion, names: Sequence[str], *,
+                      batches: Sequence[Batch] | None = None, hessian: HessianMethod = "fisher",
+                      seed: int = 0) -> Scores:
+    """Scores of ``names`` under ``criterion``; taylor and hessian need calibration ``batches``."""
+    if criterion in ("magnitude", "l1"):
+        return magnitude_scores(model, names, p=1)
+    if criterion == "l2":
+        return magnitude_scores(model, names, p=2)
+    if criterion == "random":
+        return random_scores(model, names, seed=seed)
+    if criterion in DATA_CRITERIA and batches is None:
+        raise NnzipError(f"criterion {criterion!r} needs calibration data: pass batches (or "
+                         "data=) or use criterion 'magnitude'")
+    if criterion == "taylor":
+        return taylor_scores(model, batches, names)
+    if criterion == "hessian":
+        return hessian_scores(model, batches, names, method=hessian, seed=seed)
+    raise NnzipError(f"unknown pruning criterion {criterion!r}: use one of {', '.join(CRITERIA)}")
+
+
+def channel_scores(score: torch.Tensor, reduce: ChannelReduce = "l2") -> torch.Tensor:
+    """One score per output channel / neuron: ``score`` reduced over every dim but the first.
+
+    Pass a weight for norm-based channel importance (``"l1"``: Li et al. 2017, "Pruning Filters for
+    Efficient ConvNets"; ``"l2"``) or an element-wise score (Taylor, OBD) with ``"sum"`` or
+    ``"mean"`` (Molchanov et al. 2019 sum the element-wise contributions of a filter).
+    """
+    if score.dim() == 0:
+        raise NnzipError("channel_scores needs a tensor with a channel dimension, got a scalar")
+    flat = score.detach().reshape(score.shape[0], -1)
+    if reduce == "l1":
+        return flat.abs().sum(dim=1)
+    if reduce == "l2":
+        return flat.pow(2).sum(dim=1).sqrt()
+    if reduce == "sum":
+        return flat.sum(dim=1)
+    if reduce == "mean":
+        return flat.mean(dim=1)
+    if reduce == "max":
+        return flat.amax(dim=1)
+    raise NnzipError(f"unknown channel reduction {reduce!r}: use l1, l2, sum, mean or max")
