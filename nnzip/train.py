@@ -289,6 +289,31 @@ def train_zoo_model(arch: str, data: DataSplits, config: TrainConfig | None = No
     return model
 
 
+class FinetunedStage(Stage):
+    """Base of the stages that compress and then recover accuracy with :func:`fit`.
+
+    The fine-tune options are shared so every such stage spells them the same way in a recipe;
+    ``finetune_epochs`` defaults to the pipeline's budget, and early stopping is off (the budget
+    is spent, the best validation epoch is kept).
+    """
+
+    finetune_epochs: int | None = Field(None, ge=0)
+    lr: float = Field(1e-3, gt=0)
+    optimizer: Literal["adam", "sgd"] = "adam"
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: int = Field(64, ge=1)
+    augment: bool = True
+
+    def finetune_budget(self, context: Context) -> int:
+        return context.finetune_epochs if self.finetune_epochs is None else self.finetune_epochs
+
+    def finetune_config(self, context: Context, epochs: int | None = None) -> TrainConfig:
+        return TrainConfig(epochs=self.finetune_budget(context) if epochs is None else epochs,
+                           optimizer=self.optimizer, lr=self.lr, weight_decay=self.weight_decay,
+                           batch_size=self.batch_size, augment=self.augment, patience=None,
+                           seed=context.seed)
+
+
 class Finetune(Stage):
     """Recipe stage ``finetune``: train the current model further with the shared loop.
 

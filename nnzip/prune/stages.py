@@ -35,8 +35,8 @@ from nnzip.prune.sensitivity import (
     layer_sensitivity,
 )
 from nnzip.prune.unstructured import nm_prune, prune_unstructured
-from nnzip.stage import Context, Stage
-from nnzip.train import TrainConfig
+from nnzip.stage import Context
+from nnzip.train import FinetunedStage, TrainConfig
 
 
 def _check_fraction(value: float, what: str) -> float:
@@ -46,7 +46,7 @@ def _check_fraction(value: float, what: str) -> float:
     return value
 
 
-class Prune(Stage):
+class Prune(FinetunedStage):
     """Zero the least important weights (unstructured, or N of every M), then fine-tune.
 
     ``sparsity`` is the fraction of the selected weights to remove (unstructured; N:M removes
@@ -72,12 +72,6 @@ class Prune(Stage):
     steps: int = Field(5, ge=1, description="iterative rounds, or gradual mask updates")
     spacing: Literal["geometric", "linear"] = "geometric"
     ramp_fraction: float = Field(0.5, gt=0, le=1)
-    finetune_epochs: int | None = Field(None, ge=0)
-    lr: float = Field(1e-3, gt=0)
-    optimizer: Literal["adam", "sgd"] = "adam"
-    weight_decay: float = Field(0.0, ge=0)
-    batch_size: int = Field(64, ge=1)
-    augment: bool = True
     layers: list[str] | None = None
     exclude: list[str] = Field(default_factory=list)
     calibration_batches: int = Field(8, ge=1)
@@ -114,16 +108,9 @@ class Prune(Stage):
                              "to remove, e.g. sparsity: 0.9")
         return self
 
-    def train_config(self, context: Context) -> TrainConfig:
-        epochs = context.finetune_epochs if self.finetune_epochs is None else self.finetune_epochs
-        return TrainConfig(epochs=epochs, optimizer=self.optimizer, lr=self.lr,
-                           weight_decay=self.weight_decay, batch_size=self.batch_size,
-                           augment=self.augment, patience=None, schedule="cosine",
-                           seed=context.seed)
-
     def apply(self, model: nn.Module, context: Context) -> nn.Module:
         names = select_parameters(model, self.layers, self.exclude)  # fail before any work
-        config = self.train_config(context)
+        config = self.finetune_config(context)
         if self.pattern == "n:m":
             masks = self._prune_nm(model, context, names, config)
         else:

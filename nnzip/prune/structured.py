@@ -39,8 +39,8 @@ from torch_pruning import ops
 
 from nnzip.errors import NnzipError
 from nnzip.prune.importance import Batch, calibration_batches, channel_scores, taylor_scores
-from nnzip.stage import Context, Stage
-from nnzip.train import TrainConfig, fit
+from nnzip.stage import Context
+from nnzip.train import FinetunedStage, fit
 
 log = logging.getLogger(__name__)
 
@@ -365,7 +365,7 @@ def removed_fraction(before: dict[str, int], after: dict[str, int],
     return 0.0 if total == 0 else 1.0 - sum(after.get(name, 0) for name in names) / total
 
 
-class PruneChannels(Stage):
+class PruneChannels(FinetunedStage):
     """Recipe stage ``prune_channels``: remove channels structurally, then fine-tune.
 
     ``ratio`` is the fraction of prunable channels removed; ``criterion`` ranks them (``taylor``
@@ -388,12 +388,6 @@ class PruneChannels(Stage):
     iterative_steps: int = Field(1, ge=1)
     ignored_layers: list[str] = Field(default_factory=list)
     calibration_batches: int = Field(8, ge=1)
-    finetune_epochs: int | None = Field(None, ge=0)
-    lr: float = Field(1e-3, gt=0)
-    optimizer: Literal["adam", "sgd"] = "adam"
-    weight_decay: float = Field(0.0, ge=0)
-    batch_size: int = Field(64, ge=1)
-    augment: bool = True
 
     @field_validator("ratio")
     @classmethod
@@ -403,13 +397,8 @@ class PruneChannels(Stage):
                              f"0.5, got {value}")
         return value
 
-    def train_config(self, epochs: int, context: Context) -> TrainConfig:
-        return TrainConfig(epochs=epochs, lr=self.lr, optimizer=self.optimizer,
-                           weight_decay=self.weight_decay, batch_size=self.batch_size,
-                           augment=self.augment, patience=None, seed=context.seed)
-
     def apply(self, model: nn.Module, context: Context) -> nn.Module:
-        epochs = context.finetune_epochs if self.finetune_epochs is None else self.finetune_epochs
+        epochs = self.finetune_budget(context)
         per_step = epochs // self.iterative_steps
         device = next(model.parameters()).device
         example = context.data.train.tensors[0][:2].to(device)
@@ -419,7 +408,7 @@ class PruneChannels(Stage):
 
         def finetune(pruned: nn.Module, step: int) -> None:
             if per_step > 0:
-                fit(pruned, context.data, self.train_config(per_step, context),
+                fit(pruned, context.data, self.finetune_config(context, per_step),
                     progress=context.progress, description=f"finetune step {step + 1}")
 
         before = channel_counts(model)
@@ -433,7 +422,7 @@ class PruneChannels(Stage):
         final_epochs = epochs - per_step * (self.iterative_steps - 1)
         result = None
         if final_epochs > 0:
-            result = fit(pruned, context.data, self.train_config(final_epochs, context),
+            result = fit(pruned, context.data, self.finetune_config(context, final_epochs),
                          progress=context.progress, description="finetune pruned")
         outputs = output_layers(model, example)
         context.record("criterion", self.criterion)
