@@ -17,6 +17,7 @@ from rich.table import Table
 
 from nnzip.atomic import write_text
 from nnzip.errors import NnzipError
+from nnzip.evaluate.details import sensitivity_chart, stage_tables, value_rows
 from nnzip.evaluate.figures import model_colors, report_figures
 from nnzip.evaluate.metrics import REPORT_MODEL_KEYS
 from nnzip.evaluate.tables import (
@@ -28,6 +29,8 @@ from nnzip.evaluate.tables import (
 )
 
 REPORT_KEYS = ("nnzip_version", "machine", "models")
+#: Context keys drawn as sections of their own rather than dumped as JSON.
+_RENDERED_KEYS = ("stages",)
 
 
 def _nnzip_version() -> str:
@@ -68,7 +71,46 @@ def render_markdown(report: dict) -> str:
     notes = [f"- {m['name']} ({m['stage']}): {m['energy_note']}" for m in models]
     if notes:
         parts += ["## Energy", "", *notes, ""]
+    for stage in report.get("stages") or []:
+        parts += [f"## Stage {_stage_title(stage)}", ""]
+        rows = value_rows(stage.get("details") or {})
+        if rows:
+            parts += [_markdown_table(["Detail", "Value"], rows), ""]
+        for title, (columns, table_rows) in stage_tables(stage.get("details") or {}):
+            parts += [f"### {title}", "", _markdown_table(columns, table_rows), ""]
     return "\n".join(parts)
+
+
+def _stage_title(stage: dict) -> str:
+    seconds = stage.get("seconds")
+    took = f" · {seconds:.1f} s" if isinstance(seconds, (int, float)) else ""
+    return f"{stage.get('label', '?')} ({stage.get('kind', '?')}){took}"
+
+
+def _png_figure(title: str, png: bytes, wide: bool = False) -> str:
+    return (f'<figure{WIDE if wide else ""}><img alt="{html.escape(title)}" '
+            f'src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}"></figure>')
+
+
+def _stage_sections(report: dict) -> str:
+    """One section per recipe stage: its recorded values, per-layer tables, sensitivity chart."""
+    sections = []
+    for stage in report.get("stages") or []:
+        details = stage.get("details") or {}
+        parts = [f"<h3>{html.escape(_stage_title(stage))}</h3>"]
+        rows = value_rows(details)
+        if rows:
+            parts.append(f'<div class="scroll">{_html_table(["Detail", "Value"], rows)}</div>')
+        chart = sensitivity_chart(details.get("sensitivity") or {},
+                                  details.get("allocated_sparsity"))
+        if chart is not None:
+            parts.append(f'<div class="figures">{_png_figure("Sensitivity", chart)}</div>')
+        for title, (columns, table_rows) in stage_tables(details):
+            parts.append(f"<details open><summary>{html.escape(title)}</summary>"
+                         f'<div class="scroll">{_html_table(columns, table_rows)}</div>'
+                         "</details>")
+        sections.append("".join(parts))
+    return f"<h2>Stages</h2>{''.join(sections)}" if sections else ""
 
 
 _CSS = """
@@ -88,6 +130,8 @@ th { background: #f6f8fa; } td:first-child, th:first-child { text-align: left; }
 figure.wide { grid-column: 1 / -1; text-align: center; }
 figure { margin: 0; border: 1px solid #d0d7de; border-radius: 6px; padding: .5rem; }
 figure img { max-width: 100%; height: auto; }
+h3 { margin: 1.4rem 0 .4rem; }
+summary { cursor: pointer; font-weight: 600; margin: .4rem 0; }
 pre { background: #f6f8fa; padding: .6rem; overflow-x: auto; font-size: .8rem; }
 """
 
@@ -116,17 +160,14 @@ def render_html(report: dict) -> str:
     """One self-contained HTML page: header, tables and every chart embedded as base64 PNG."""
     models = report["models"]
     swatches = [_hex(c) for c in model_colors(len(models))]  # the charts' palette
-    figures = "".join(
-        f'<figure{WIDE if title == "Robustness" else ""}>'
-        f'<img alt="{html.escape(title)}" '
-        f'src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}"></figure>'
-        for title, png in report_figures(models))
+    figures = "".join(_png_figure(title, png, wide=title == "Robustness")
+                      for title, png in report_figures(models))
     notes = "".join(f"<li>{html.escape(str(m['name']))} ({html.escape(str(m['stage']))}): "
                     f"{html.escape(str(m['energy_note']))}</li>" for m in models)
     extras = "".join(
         f"<details><summary>{html.escape(key)}</summary>"
         f"<pre>{html.escape(json.dumps(value, indent=2, default=str))}</pre></details>"
-        for key, value in report.items() if key not in REPORT_KEYS)
+        for key, value in report.items() if key not in (*REPORT_KEYS, *_RENDERED_KEYS))
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -144,6 +185,7 @@ nnzip {html.escape(str(report["nnzip_version"]))}</p>
 <div class="figures">{figures or "<p>No measurements to chart.</p>"}</div>
 <h2>Energy</h2>
 <ul>{notes}</ul>
+{_stage_sections(report)}
 {extras}
 </body></html>
 """

@@ -4,15 +4,16 @@
 Everything is a plain function first; the recipe stage ``prune`` wraps them.
 
 ```python
-from nnzip.prune import magnitude_prune, fold_masks, layer_sparsity
+from nnzip.prune import magnitude_prune, fold_masks, layer_sparsity, prune_channels
 masks = magnitude_prune(model, 0.9)          # in place; masks keyed by "fc1.weight"
 fold_masks(model, masks)                     # a plain model with exact zeros
+smaller = prune_channels(model, 0.5, example_inputs)   # a copy with half the channels removed
 ```
 """
 
+from nnzip.data.splits import calibration_batches
 from nnzip.prune.importance import (
     Scores,
-    calibration_batches,
     channel_scores,
     fisher_diagonal,
     hessian_scores,
@@ -51,7 +52,8 @@ from nnzip.prune.sensitivity import (
     preferred_sparsity,
     weighted_sparsity,
 )
-from nnzip.prune.stages import Prune
+from nnzip.prune.stages import Prune, Sensitivity, layer_sizes
+from nnzip.prune.structured import PruneChannels, prunable_layers, prune_channels
 from nnzip.prune.unstructured import (
     compute_scores,
     magnitude_prune,
@@ -69,5 +71,6 @@ __all__ = [
     "masks_from_model", "masks_from_scores", "nm_incompatible", "nm_masks", "nm_prune",
     "oneshot_prune", "preferred_sparsity", "prunable_names", "prune_unstructured",
     "random_scores", "select_parameters", "sparsity_summary", "taylor_scores",
-    "weighted_sparsity",
+    "weighted_sparsity", "Sensitivity", "layer_sizes", "PruneChannels", "prune_channels",
+    "prunable_layers",
 ]

@@ -18,7 +18,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from torch import nn
 
-from nnzip.prune.importance import calibration_batches
+from nnzip.data.splits import calibration_batches
 from nnzip.prune.masks import (
     Masks,
     fold_masks,
@@ -35,7 +35,7 @@ from nnzip.prune.sensitivity import (
     layer_sensitivity,
 )
 from nnzip.prune.unstructured import nm_prune, prune_unstructured
-from nnzip.stage import Context
+from nnzip.stage import Context, Stage
 from nnzip.train import FinetunedStage, TrainConfig
 
 
@@ -125,6 +125,7 @@ class Prune(FinetunedStage):
         context.record("weight_sparsity", summary["weight_sparsity"])
         context.record("param_sparsity", summary["param_sparsity"])
         context.record("layer_sparsity", layer_sparsity(model))
+        context.record("layer_params", layer_sizes(model))
         context.record("finetune_epochs", config.epochs)
         return model
 
@@ -176,6 +177,60 @@ class Prune(FinetunedStage):
                                  progress=context.progress)
         return oneshot_prune(model, context.data, self._target(), config, pruner=pruner,
                              progress=context.progress)
+
+
+def layer_sizes(model: nn.Module) -> dict[str, int]:
+    """Element count of every prunable weight (the rows of the report's sparsity table)."""
+    params = dict(model.named_parameters())
+    return {name: params[name].numel() for name in layer_sparsity(model)}
+
+
+class Sensitivity(Stage):
+    """Analysis only: validation accuracy with each layer pruned alone, drawn in the report.
+
+    The model is returned unchanged. ``sparsities`` is the grid each layer is tried at;
+    ``criterion`` ranks the weights as the ``prune`` stage would. ``target`` (optional) also
+    records the per-layer split of that global sparsity that ``scope: sensitivity`` would use.
+    """
+
+    kind = "sensitivity"
+
+    sparsities: list[float] = Field(default_factory=lambda: list(DEFAULT_SENSITIVITY_SPARSITIES))
+    criterion: Literal["magnitude", "l1", "l2", "random", "taylor", "hessian"] = "magnitude"
+    hessian: Literal["fisher", "hutchinson"] = "fisher"
+    layers: list[str] | None = None
+    exclude: list[str] = Field(default_factory=list)
+    calibration_batches: int = Field(8, ge=1)
+    target: float | None = None
+    tolerance: float = Field(0.01, ge=0, le=1)
+
+    @field_validator("sparsities")
+    @classmethod
+    def _grid_in_range(cls, values: list[float]) -> list[float]:
+        for value in values:
+            _check_fraction(value, "every sensitivity sparsity")
+        return values
+
+    @field_validator("target")
+    @classmethod
+    def _target_in_range(cls, value: float | None) -> float | None:
+        return None if value is None else _check_fraction(value, "target")
+
+    def apply(self, model: nn.Module, context: Context) -> nn.Module:
+        names = select_parameters(model, self.layers, self.exclude)
+        batches = (calibration_batches(context.data, self.calibration_batches, seed=context.seed)
+                   if self.criterion in ("taylor", "hessian") else None)
+        curves = layer_sensitivity(model, context.data, self.sparsities,
+                                   criterion=self.criterion, layers=names, batches=batches,
+                                   hessian=self.hessian, seed=context.seed)
+        context.record("criterion", self.criterion)
+        context.record("sensitivity", _json_curves(curves))
+        if self.target is not None:
+            sizes = {name: p.numel() for name, p in model.named_parameters()}
+            context.record("target", self.target)
+            context.record("allocated_sparsity",
+                           allocate_sparsity(curves, sizes, self.target, self.tolerance))
+        return model
 
 
 def _json_curves(curves: Curves) -> dict[str, dict[str, float]]:

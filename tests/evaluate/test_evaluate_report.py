@@ -129,3 +129,43 @@ def test_load_report_rejects_missing_file_and_missing_keys(tmp_path, report):
     path.write_text(json.dumps(report), encoding="utf-8")
     with pytest.raises(NnzipError, match="accuracy"):
         load_report(path)
+
+
+def _stages() -> list[dict]:
+    return [
+        {"label": "prune", "kind": "prune", "seconds": 12.5, "details": {
+            "criterion": "magnitude", "achieved_sparsity": 0.9,
+            "layer_sparsity": {"fc1.weight": 0.95, "fc2.weight": 0.5},
+            "layer_params": {"fc1.weight": 1000, "fc2.weight": 40},
+            "allocated_sparsity": {"fc1.weight": 0.96, "fc2.weight": 0.4},
+            "sensitivity": {"fc1.weight": {"0": 0.98, "0.5": 0.97, "0.9": 0.9},
+                            "fc2.weight": {"0": 0.98, "0.5": 0.6, "0.9": 0.2}}}},
+        {"label": "channels", "kind": "prune_channels", "seconds": 3.0, "details": {
+            "widths_before": {"conv1": 16, "fc": 10}, "widths_after": {"conv1": 8, "fc": 10},
+            "skipped_layers": []}},
+    ]
+
+
+def test_stage_details_become_tables_and_a_sensitivity_chart(report):
+    charts_without = render_html(report).count("data:image/png;base64,")
+    report["stages"] = _stages()
+    page = render_html(report)
+    assert page.count("data:image/png;base64,") == charts_without + 1  # the sensitivity chart
+    assert 'alt="Sensitivity"' in page
+    assert "prune (prune) · 12.5 s" in page and "Per-layer sparsity" in page
+    # fc1: 1k weights, 95 % zeros -> 50 kept; allocated 96 %.
+    assert "<td>fc1.weight</td><td>1k</td><td>96.00%</td><td>95.00%</td><td>50</td>" in page
+    assert "<td>conv1</td><td>16</td><td>8</td><td>50.00%</td>" in page
+    assert "<td>skipped_layers</td><td>none</td>" in page
+    assert '"widths_before"' not in page  # rendered as tables, not dumped as JSON
+    text = render_markdown(report)
+    assert "## Stage channels (prune_channels) · 3.0 s" in text
+    assert "| fc2.weight | 40 | 40.00% | 50.00% | 20 |" in text
+
+
+def test_sensitivity_chart_is_a_png_and_empty_curves_draw_nothing():
+    from nnzip.evaluate.details import sensitivity_chart
+
+    png = sensitivity_chart(_stages()[0]["details"]["sensitivity"])
+    assert png is not None and png.startswith(b"\x89PNG")
+    assert sensitivity_chart({}) is None and sensitivity_chart({"fc.weight": {}}) is None

@@ -73,6 +73,10 @@ def test_prune_stage_in_a_recipe_reports_layer_sparsity(trained_mlp, digits, tmp
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved["stages"][0]["details"]["layer_sparsity"] == details["layer_sparsity"]
     assert not any(k.endswith(("_orig", "_mask")) for k in result.model.state_dict())
+    assert details["layer_params"] == {"fc1.weight": 64 * 300, "fc2.weight": 300 * 100,
+                                       "fc3.weight": 100 * 10}
+    html = (tmp_path / "report.html").read_text()
+    assert "Per-layer sparsity" in html and "<td>fc2.weight</td><td>30k</td>" in html
 
 
 def test_nm_stage_skips_layers_whose_inputs_do_not_divide_and_lists_them(mlp, digits):
@@ -94,6 +98,24 @@ def test_sensitivity_scope_records_curves_and_meets_the_target(trained_mlp, digi
     assert list(curves["fc1.weight"]) == ["0", "0.5", "0.8", "0.95"]
     assert context.details["achieved_sparsity"] == pytest.approx(0.8, abs=0.01)
     json.dumps(context.details)  # everything recorded is JSON-ready
+
+
+def test_sensitivity_stage_analyses_without_changing_the_model(trained_mlp, digits):
+    before = {k: v.clone() for k, v in trained_mlp.state_dict().items()}
+    recipe = parse_recipe({"stages": [{"sensitivity": {"sparsities": [0.5, 0.9],
+                                                       "target": 0.8}}]})
+    context = Context(data=digits, progress=False)
+    assert recipe.steps[0].stage.apply(trained_mlp, context) is trained_mlp
+    assert all((trained_mlp.state_dict()[k] == v).all() for k, v in before.items())
+    curves = context.details["sensitivity"]
+    assert set(curves) == {"fc1.weight", "fc2.weight", "fc3.weight"}
+    assert all(list(curve) == ["0", "0.5", "0.9"] for curve in curves.values())
+    assert all(0 <= acc <= 1 for curve in curves.values() for acc in curve.values())
+    # The big middle layer tolerates more than the 10-way classifier (Han et al.'s finding).
+    allocated = context.details["allocated_sparsity"]
+    assert allocated["fc2.weight"] > allocated["fc3.weight"]
+    with pytest.raises(NnzipError, match=r"option 'target'.*\[0, 1\)"):
+        parse_recipe({"stages": [{"sensitivity": {"target": 1.5}}]})
 
 
 def test_hessian_criterion_stage_prunes_iteratively_on_real_digits(trained_mlp, digits):

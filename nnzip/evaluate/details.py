@@ -1,0 +1,118 @@
+"""What each recipe stage recorded, as tables and charts for the report.
+
+A stage records plain JSON values with ``Context.record`` (see :mod:`nnzip.stage`). A few keys
+have a known shape and get a table or a chart of their own; every other value is listed as is:
+
+- ``layer_sparsity`` ({layer: fraction of zeros}), with ``layer_params`` ({layer: count}) and
+  ``allocated_sparsity`` ({layer: target}) when present: the per-layer sparsity table.
+- ``widths_before`` / ``widths_after`` ({layer: channels}): the per-layer width table of
+  structured pruning.
+- ``sensitivity`` ({layer: {sparsity: val. accuracy}}): the sensitivity chart, one line per layer.
+"""
+
+from __future__ import annotations
+
+import json
+
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+
+from nnzip.evaluate.figures import to_png
+from nnzip.evaluate.tables import NA, fmt_count, fmt_percent
+
+#: Keys drawn as their own table or chart; the rest go to the key/value list.
+STRUCTURED_KEYS = ("layer_sparsity", "layer_params", "allocated_sparsity", "widths_before",
+                   "widths_after", "sensitivity")
+
+Table = tuple[list[str], list[list[str]]]
+
+
+def sparsity_table(details: dict) -> Table | None:
+    """Layer, parameters, sparsity reached (and the allocated target), one row per layer."""
+    sparsity = details.get("layer_sparsity")
+    if not sparsity:
+        return None
+    params = details.get("layer_params") or {}
+    allocated = details.get("allocated_sparsity") or {}
+    columns = ["Layer", "Weights", "Sparsity", "Kept"]
+    if allocated:
+        columns.insert(2, "Allocated")
+    rows = []
+    for layer, fraction in sparsity.items():
+        count = params.get(layer)
+        kept = NA if count is None else fmt_count(round(count * (1 - fraction)))
+        row = [layer, fmt_count(count), fmt_percent(fraction), kept]
+        if allocated:
+            row.insert(2, fmt_percent(allocated.get(layer)))
+        rows.append(row)
+    return columns, rows
+
+
+def width_table(details: dict) -> Table | None:
+    """Layer, output channels before and after structured pruning, fraction kept."""
+    before, after = details.get("widths_before"), details.get("widths_after")
+    if not before or not after:
+        return None
+    rows = []
+    for layer, width in before.items():
+        now = after.get(layer)
+        kept = NA if now is None or not width else fmt_percent(now / width)
+        rows.append([layer, str(width), NA if now is None else str(now), kept])
+    return ["Layer", "Channels before", "Channels after", "Kept"], rows
+
+
+def _short(value: object, limit: int = 160) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        text = ", ".join(map(str, value)) if value else "none"
+    elif isinstance(value, dict):
+        text = json.dumps(value, default=str)
+    else:
+        text = str(value)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def value_rows(details: dict) -> list[list[str]]:
+    """Every recorded value without a table of its own, as (key, short text) rows."""
+    return [[key, _short(value)] for key, value in details.items()
+            if key not in STRUCTURED_KEYS]
+
+
+def sensitivity_chart(curves: dict[str, dict[str, float]],
+                      allocated: dict[str, float] | None = None) -> bytes | None:
+    """Validation accuracy against the sparsity of one layer alone, one line per layer.
+
+    A dot marks each layer's allocated sparsity when the stage allocated per-layer targets.
+    """
+    lines = {layer: sorted((float(s), 100 * acc) for s, acc in points.items())
+             for layer, points in curves.items() if points}
+    if not lines:
+        return None
+    fig = Figure(figsize=(7.5, 4.2))
+    ax = fig.add_subplot()
+    palette = colormaps["tab20"].colors
+    for index, (layer, points) in enumerate(lines.items()):
+        color = palette[index % len(palette)]
+        xs, ys = zip(*points, strict=True)
+        ax.plot([100 * x for x in xs], ys, marker="o", markersize=3, color=color, label=layer)
+        target = (allocated or {}).get(layer)
+        if target is not None:
+            nearest = min(points, key=lambda point: abs(point[0] - target))
+            ax.scatter([100 * target], [nearest[1]], s=60, facecolors="none", edgecolors=color,
+                       linewidths=1.5, zorder=3)
+    ax.set_title("Sensitivity: accuracy with one layer pruned"
+                 + (" (circles: allocated sparsity)" if allocated else ""))
+    ax.set_xlabel("sparsity of the layer (%)")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.legend(fontsize=7, ncol=2 if len(lines) > 8 else 1, loc="lower left", frameon=False)
+    return to_png(fig)
+
+
+def stage_tables(details: dict) -> list[tuple[str, Table]]:
+    """(title, table) for every table the stage's details support, in reading order."""
+    tables = [("Per-layer sparsity", sparsity_table(details)),
+              ("Per-layer channels", width_table(details))]
+    return [(title, table) for title, table in tables if table is not None]
