@@ -56,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-v", "--verbose", action="store_true", help="log each epoch and stage")
     common.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    common.add_argument("--work-threads", type=int, default=None, metavar="N",
+                        help="torch threads for training and other work (default: torch's "
+                             "choice; on a shared machine 1 is often faster). Latency timing "
+                             "uses --threads")
     subparsers = parser.add_subparsers(dest="command", required=True)
 
     class Commands:  # every command takes the common options after its name
@@ -231,6 +235,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(message)s", handlers=[RichHandler(console=error_console)])
     try:
+        if args.work_threads is not None:
+            if args.work_threads < 1:
+                raise NnzipError(f"--work-threads must be at least 1, got {args.work_threads}")
+            import torch  # late: `nnzip --help` stays fast
+
+            torch.set_num_threads(args.work_threads)
         COMMANDS[args.command](args)
     except NnzipError as error:
         # One line, never wrapped, and the message's own brackets are not read as markup.

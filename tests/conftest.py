@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from nnzip.data import DataSplits, find_mnist_dir, load_digits, load_mnist
+from nnzip.evaluate.latency import fixed_threads
 from nnzip.train import train_zoo_model
 
 
@@ -29,8 +30,11 @@ def digits() -> DataSplits:
 def zoo_cache(tmp_path_factory, mnist) -> Path:
     """A cache folder holding LeNet-5 and LeNet-300-100 trained with their default recipes."""
     cache = tmp_path_factory.mktemp("zoo-cache")
-    for arch in ("lenet5", "lenet300"):
-        train_zoo_model(arch, mnist, cache_dir=cache, progress=False)
+    # One thread: on a shared 2-core machine two OpenMP threads fighting other work made
+    # training several times slower (benchmarks/prune_structured.py measured 67 s vs 5 s).
+    with fixed_threads(1):
+        for arch in ("lenet5", "lenet300"):
+            train_zoo_model(arch, mnist, cache_dir=cache, progress=False)
     return cache
 
 

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from nnzip.cli import main
 from nnzip.evaluate import REPORT_MODEL_KEYS
@@ -54,8 +55,13 @@ def test_demo_writes_the_three_report_files_with_every_key(zoo_cache, tmp_path, 
 
 def test_train_then_eval_then_compress_then_report(tmp_path, capsys):
     model_dir = tmp_path / "mlp"
-    assert main(["train", "--arch", "lenet300", "--data", "digits", "--epochs", "3",
-                 "--out", str(model_dir), "--no-progress"]) == 0
+    threads = torch.get_num_threads()
+    try:
+        assert main(["train", "--arch", "lenet300", "--data", "digits", "--epochs", "3",
+                     "--out", str(model_dir), "--no-progress", "--work-threads", "1"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
     assert "test accuracy" in capsys.readouterr().out
     assert main(["eval", "--model", str(model_dir), "--data", "digits",
                  "--out", str(tmp_path / "eval"), *FAST]) == 0
@@ -134,3 +140,9 @@ def test_the_installed_command_exits_nonzero_with_one_line(tmp_path):
     assert result.stderr.strip().splitlines() == [
         f"error: recipe file {tmp_path / 'missing.yaml'} not found: check the path (built-in "
         "recipes are in the repository's recipes/ folder)"]
+
+
+def test_work_threads_below_one_is_a_clear_error(tmp_path, capsys):
+    out = tmp_path / "m"
+    _fails(capsys, ["train", "--arch", "lenet300", "--data", "digits", "--out", str(out),
+                    "--work-threads", "0"], "--work-threads must be at least 1", out)
