@@ -11,12 +11,20 @@ from pathlib import Path
 
 from nnzip.data.digits import load_digits
 from nnzip.data.mnist import find_mnist_dir, load_mnist, random_shift, read_idx
-from nnzip.data.splits import DataSplits, stratified_split, three_way_split, to_dataset
+from nnzip.data.splits import (
+    Batch,
+    DataSplits,
+    calibration_batches,
+    stratified_split,
+    three_way_split,
+    to_dataset,
+)
 from nnzip.data.user import load_image_folder, load_npz
 from nnzip.errors import NnzipError
 
 __all__ = [
-    "BUILTIN_DATASETS", "DataSplits", "find_mnist_dir", "load_dataset", "load_digits",
+    "BUILTIN_DATASETS", "Batch", "DataSplits", "calibration_batches", "find_mnist_dir",
+    "load_dataset", "load_digits",
     "load_image_folder", "load_mnist", "load_npz", "random_shift", "read_idx",
     "stratified_split", "three_way_split", "to_dataset",
 ]

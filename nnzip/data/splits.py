@@ -11,6 +11,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from nnzip.errors import NnzipError
 
+#: One (inputs, targets) mini-batch.
+Batch = tuple[torch.Tensor, torch.Tensor]
+
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 
@@ -105,3 +108,21 @@ def splits_from_arrays(name: str, x: np.ndarray, y: np.ndarray, *, val_fraction:
                       num_classes=num_classes, input_shape=tuple(int(d) for d in x.shape[1:]),
                       input_range=(float(input_range[0]), float(input_range[1])),
                       augment=augment, class_names=class_names)
+
+
+def calibration_batches(data: DataSplits, count: int, batch_size: int = 64,
+                        seed: int = 0) -> list[Batch]:
+    """The first ``count`` batches of a seeded shuffle of the training split (no augmentation).
+
+    Calibration uses training data, never the test split; the validation split stays for choosing.
+    """
+    if count < 1:
+        raise NnzipError(f"calibration needs at least one batch, got {count}: pass "
+                         "calibration_batches >= 1")
+    batches = []
+    for index, batch in enumerate(data.loader("train", batch_size=batch_size, shuffle=True,
+                                              seed=seed)):
+        if index >= count:
+            break
+        batches.append((batch[0], batch[1]))
+    return batches

@@ -25,12 +25,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from nnzip.data.splits import DataSplits
+from nnzip.data.splits import Batch
 from nnzip.errors import NnzipError
 from nnzip.evaluate._modes import eval_mode
 
 Scores = dict[str, torch.Tensor]
-Batch = tuple[torch.Tensor, torch.Tensor]
 Criterion = Literal["magnitude", "l1", "l2", "random", "taylor", "hessian"]
 HessianMethod = Literal["fisher", "hutchinson"]
 ChannelReduce = Literal["l1", "l2", "sum", "mean", "max"]
@@ -49,24 +48,6 @@ def _parameters(model: nn.Module, names: Sequence[str]) -> dict[str, nn.Paramete
         raise NnzipError(f"no parameter named {missing[0]!r} in the model: valid names are "
                          f"{', '.join(params)}")
     return {name: params[name] for name in names}
-
-
-def calibration_batches(data: DataSplits, count: int, batch_size: int = 64,
-                        seed: int = 0) -> list[Batch]:
-    """The first ``count`` batches of a seeded shuffle of the training split (no augmentation).
-
-    Calibration uses training data, never the test split; the validation split stays for choosing.
-    """
-    if count < 1:
-        raise NnzipError(f"calibration needs at least one batch, got {count}: pass "
-                         "calibration_batches >= 1")
-    batches = []
-    for index, batch in enumerate(data.loader("train", batch_size=batch_size, shuffle=True,
-                                              seed=seed)):
-        if index >= count:
-            break
-        batches.append((batch[0], batch[1]))
-    return batches
 
 
 def magnitude_scores(model: nn.Module, names: Sequence[str], p: int = 1) -> Scores:

@@ -16,10 +16,10 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from nnzip.data.splits import DataSplits
+from nnzip.data.splits import Batch, DataSplits
 from nnzip.errors import NnzipError
 from nnzip.evaluate.accuracy import accuracy, predict_logits
-from nnzip.prune.importance import Batch, Criterion, HessianMethod, Scores
+from nnzip.prune.importance import Criterion, HessianMethod, Scores
 from nnzip.prune.masks import check_sparsity, global_masks, select_parameters
 from nnzip.prune.unstructured import compute_scores
 

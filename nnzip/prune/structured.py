@@ -37,8 +37,9 @@ from pydantic import Field, field_validator
 from torch import nn
 from torch_pruning import ops
 
+from nnzip.data.splits import Batch, calibration_batches
 from nnzip.errors import NnzipError
-from nnzip.prune.importance import Batch, calibration_batches, channel_scores, taylor_scores
+from nnzip.prune.importance import channel_scores, taylor_scores
 from nnzip.stage import Context
 from nnzip.train import FinetunedStage, fit
 
@@ -316,7 +317,7 @@ def prune_channels(model: nn.Module, ratio: float, example_inputs: torch.Tensor,
     _check_options(ratio, importance, round_to, iterative_steps)
     if importance == "taylor" and calibration is None:
         raise NnzipError("the taylor criterion needs calibration batches: pass calibration= "
-                         "(e.g. nnzip.prune.importance.calibration_batches(data, 8)) or use l1")
+                         "(e.g. nnzip.data.calibration_batches(data, 8)) or use l1")
     batches = list(calibration) if calibration is not None else []
     pruned = copy.deepcopy(model)
     with torch.no_grad():

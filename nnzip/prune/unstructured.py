@@ -16,15 +16,13 @@ from typing import Literal
 
 from torch import nn
 
-from nnzip.data.splits import DataSplits
+from nnzip.data.splits import Batch, DataSplits, calibration_batches
 from nnzip.errors import NnzipError
 from nnzip.prune.importance import (
     DATA_CRITERIA,
-    Batch,
     Criterion,
     HessianMethod,
     Scores,
-    calibration_batches,
     importance_scores,
 )
 from nnzip.prune.masks import (
