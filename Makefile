@@ -23,6 +23,9 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/zoo_mnist.py
 	$(PY) benchmarks/latency_stability.py
+	$(PY) benchmarks/prune_unstructured.py
+	$(PY) benchmarks/prune_structured.py
+	$(PY) benchmarks/quant_ptq.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check nnzip tests benchmarks
