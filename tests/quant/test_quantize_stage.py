@@ -1,0 +1,47 @@
+import pytest
+
+from nnzip.errors import NnzipError
+from nnzip.evaluate import EvalConfig
+from nnzip.pipeline import compress
+from nnzip.quant import Quantize, quantized_layers
+from nnzip.recipe import STAGES, parse_recipe
+
+FAST = EvalConfig(warmup=1, repeats=3, robustness_samples=200, batch_sizes=(1,))
+
+
+def _recipe(**options):
+    return parse_recipe({"name": "q", "stages": [{"quantize": options}]})
+
+
+def test_quantize_is_a_registered_stage_with_validated_options():
+    assert STAGES["quantize"] is Quantize
+    with pytest.raises(NnzipError, match="option 'weight_bits'"):
+        _recipe(weight_bits=12)
+    with pytest.raises(NnzipError, match="needs group_size"):
+        _recipe(granularity="group")
+    with pytest.raises(NnzipError, match=r"layer_bits\['fc1'\] must be from 2 to 8"):
+        _recipe(layer_bits={"fc1": 1})
+    with pytest.raises(NnzipError, match="unknown option 'observr'.*did you mean 'observer'"):
+        _recipe(observr="kl")
+
+
+def test_static_int8_stage_in_the_pipeline_is_small_and_accurate(lenet5, mnist, tmp_path):
+    result = compress(lenet5, _recipe(calibration_batches=4), mnist, name="lenet5",
+                      out_dir=tmp_path, eval_config=FAST, progress=False)
+    baseline, quantized = result.report["models"]
+    assert quantized["size_bytes"] <= 0.27 * baseline["size_bytes"]
+    assert baseline["accuracy"] - quantized["accuracy"] <= 0.003
+    details = result.report["stages"][0]["details"]
+    assert details["layer_bits"] == {"conv1": 8, "conv2": 8, "fc1": 8, "fc2": 8}
+    assert details["calibration_samples"] == 4 * 64
+    assert all(0 < error < 1e-3 for error in details["weight_error"].values())
+    assert set(quantized_layers(result.model)) == {"conv1", "conv2", "fc1", "fc2"}
+
+
+def test_dynamic_stage_quantizes_linear_layers_only(lenet5, mnist):
+    from nnzip.stage import Context
+
+    context = Context(data=mnist, progress=False)
+    quantized = Quantize(mode="dynamic").apply(lenet5, context)
+    assert set(quantized_layers(quantized)) == {"fc1", "fc2"}
+    assert context.details["mode"] == "dynamic"
