@@ -8,6 +8,8 @@ have a known shape and get a table or a chart of their own; every other value is
 - ``widths_before`` / ``widths_after`` ({layer: channels}): the per-layer width table of
   structured pruning.
 - ``sensitivity`` ({layer: {sparsity: val. accuracy}}): the sensitivity chart, one line per layer.
+- ``layer_bits`` ({layer: bits}) with ``weight_error`` ({layer: ‖W_q − W‖² / ‖W‖²}): the
+  per-layer quantization table.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from nnzip.evaluate.tables import NA, fmt_count, fmt_percent
 
 #: Keys drawn as their own table or chart; the rest go to the key/value list.
 STRUCTURED_KEYS = ("layer_sparsity", "layer_params", "allocated_sparsity", "widths_before",
-                   "widths_after", "sensitivity")
+                   "widths_after", "sensitivity", "layer_bits", "weight_error")
 
 Table = tuple[list[str], list[list[str]]]
 
@@ -59,6 +61,17 @@ def width_table(details: dict) -> Table | None:
         kept = NA if now is None or not width else fmt_percent(now / width)
         rows.append([layer, str(width), NA if now is None else str(now), kept])
     return ["Layer", "Channels before", "Channels after", "Kept"], rows
+
+
+def quantization_table(details: dict) -> Table | None:
+    """Layer, weight bits and relative weight error of each quantized layer."""
+    bits = details.get("layer_bits")
+    if not bits:
+        return None
+    errors = details.get("weight_error") or {}
+    rows = [[layer, str(width), NA if errors.get(layer) is None else f"{errors[layer]:.2e}"]
+            for layer, width in bits.items()]
+    return ["Layer", "Weight bits", "Weight error (relative)"], rows
 
 
 def _short(value: object, limit: int = 160) -> str:
@@ -114,5 +127,6 @@ def sensitivity_chart(curves: dict[str, dict[str, float]],
 def stage_tables(details: dict) -> list[tuple[str, Table]]:
     """(title, table) for every table the stage's details support, in reading order."""
     tables = [("Per-layer sparsity", sparsity_table(details)),
-              ("Per-layer channels", width_table(details))]
+              ("Per-layer channels", width_table(details)),
+              ("Per-layer quantization", quantization_table(details))]
     return [(title, table) for title, table in tables if table is not None]

@@ -143,6 +143,9 @@ def _stages() -> list[dict]:
         {"label": "channels", "kind": "prune_channels", "seconds": 3.0, "details": {
             "widths_before": {"conv1": 16, "fc": 10}, "widths_after": {"conv1": 8, "fc": 10},
             "skipped_layers": []}},
+        {"label": "int4", "kind": "quantize", "seconds": 1.0, "details": {
+            "mode": "static", "layer_bits": {"fc1": 4, "fc2": 8},
+            "weight_error": {"fc1": 0.0123, "fc2": 4.5e-05}}},
     ]
 
 
@@ -158,6 +161,7 @@ def test_stage_details_become_tables_and_a_sensitivity_chart(report):
     assert "<td>conv1</td><td>16</td><td>8</td><td>50.00%</td>" in page
     assert "<td>skipped_layers</td><td>none</td>" in page
     assert '"widths_before"' not in page  # rendered as tables, not dumped as JSON
+    assert "<td>fc1</td><td>4</td><td>1.23e-02</td>" in page
     text = render_markdown(report)
     assert "## Stage channels (prune_channels) · 3.0 s" in text
     assert "| fc2.weight | 40 | 40.00% | 50.00% | 20 |" in text
