@@ -29,10 +29,12 @@ from nnzip.quant.ptq import (
     quantize_dynamic,
     quantize_static,
 )
-from nnzip.quant.stages import Quantize
+from nnzip.quant.qat import quantization_aware_training
+from nnzip.quant.stages import QAT, Quantize
 
 __all__ = [
-    "OBSERVERS", "QParams", "QScheme", "QuantConfig", "Quantize", "QuantizedLayer", "calibrate",
+    "OBSERVERS", "QAT", "QParams", "QScheme", "QuantConfig", "Quantize", "QuantizedLayer",
+    "calibrate", "quantization_aware_training",
     "convert", "dequantize", "fake_quantize", "make_observer", "minmax_qparams",
     "mse_weight_qparams", "prepare", "qparams_from_range", "quantizable_layers",
     "quantization_error", "quantize", "quantize_dynamic", "quantize_static", "quantized_layers",

@@ -186,17 +186,21 @@ def entropy_threshold(magnitudes: np.ndarray, levels: int, bins: int = 2048) -> 
     """
     hist, edges = np.histogram(magnitudes, bins=bins, range=(0.0, float(magnitudes.max())))
     hist = hist.astype(np.float64)
+    occupied = (hist > 0).astype(np.float64)
     best_threshold, best_kl = float(edges[-1]), math.inf
     for stop in range(levels, bins + 1):
         reference = hist[:stop].copy()
         reference[-1] += hist[stop:].sum()
-        candidate = np.zeros(stop)
-        chunks = np.array_split(np.arange(stop), levels)
-        for chunk in chunks:
-            counts = hist[chunk]
-            nonzero = counts > 0
-            if nonzero.any():
-                candidate[chunk[nonzero]] = counts.sum() / nonzero.sum()
+        # The `levels` chunks of np.array_split(range(stop), levels), vectorised: the first
+        # stop % levels chunks hold one bin more. Each chunk's mass is spread evenly over its
+        # non-empty bins (empty bins stay empty in Q).
+        size, extra = divmod(stop, levels)
+        lengths = np.full(levels, size)
+        lengths[:extra] += 1
+        starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+        mass = np.add.reduceat(hist[:stop], starts)
+        filled = np.add.reduceat(occupied[:stop], starts)
+        candidate = np.repeat(mass / np.maximum(filled, 1.0), lengths) * occupied[:stop]
         divergence = _kl_divergence(reference, candidate)
         if divergence < best_kl:
             best_kl, best_threshold = divergence, float(edges[stop])

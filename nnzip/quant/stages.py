@@ -19,7 +19,9 @@ from torch import nn
 from nnzip.data.splits import calibration_batches
 from nnzip.quant.modules import quantized_layers
 from nnzip.quant.ptq import QuantConfig, calibrate, convert, prepare, quantize_dynamic
+from nnzip.quant.qat import quantization_aware_training
 from nnzip.stage import Context, Stage
+from nnzip.train import FinetunedStage
 
 
 class Quantize(Stage):
@@ -88,3 +90,41 @@ def _relative_error(layer) -> float:
     weight = layer.layer.weight.detach()
     error = (layer.dequantized_weight() - weight).pow(2).sum()
     return float(error / torch.clamp(weight.pow(2).sum(), min=1e-12))
+
+
+class QAT(FinetunedStage):
+    """Quantization-aware training: static PTQ, then ``finetune_epochs`` through the rounding.
+
+    Same quantization options as ``quantize`` (static only; weight ranges are min-max).
+    """
+
+    kind = "qat"
+
+    weight_bits: int = Field(8, ge=2, le=8)
+    activation_bits: int | None = Field(8, ge=2, le=8)
+    granularity: Literal["tensor", "channel", "group"] = "channel"
+    group_size: int | None = Field(None, ge=1)
+    observer: Literal["minmax", "moving_average", "percentile", "mse", "kl"] = "minmax"
+    calibration_batches: int = Field(8, ge=1)
+    layers: list[str] | None = None
+    skip: list[str] = Field(default_factory=list)
+    layer_bits: dict[str, int] = Field(default_factory=dict)
+    lr: float = Field(1e-4, gt=0)
+
+    def apply(self, model: nn.Module, context: Context) -> nn.Module:
+        config = QuantConfig(weight_bits=self.weight_bits, activation_bits=self.activation_bits,
+                             weight_granularity=self.granularity, group_size=self.group_size,
+                             observer=self.observer, layer_bits=dict(self.layer_bits),
+                             skip=tuple(self.skip), layers=self.layers)
+        batches = calibration_batches(context.data, self.calibration_batches, seed=context.seed)
+        quantized, result = quantization_aware_training(
+            model, context.data, batches, config, self.finetune_config(context),
+            progress=context.progress)
+        layers = quantized_layers(quantized)
+        context.record("layer_bits", {name: layer.weight_scheme.bits
+                                      for name, layer in layers.items()})
+        context.record("weight_error", {name: round(_relative_error(layer), 6)
+                                        for name, layer in layers.items()})
+        context.record("finetune_epochs", result.epochs_run)
+        context.record("finetune_best_val_accuracy", round(result.best_val_accuracy, 4))
+        return quantized

@@ -1,0 +1,39 @@
+"""Quantization-aware training: start from static PTQ, then fine-tune through the rounding.
+
+Jacob et al. (2018): the forward pass uses fake-quantized weights and activations, the backward
+pass the straight-through estimator (clipped), so the weights learn to sit well on the integer
+grid. nnzip starts from a calibrated PTQ model (activation ranges fixed by calibration), trains
+with the shared :func:`nnzip.train.fit` loop, and finally rounds the trained weights to integers.
+During training each weight's range is its current min-max (an MSE search every step would cost
+more than the step), so QAT always uses ``weight_range="minmax"``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+
+from torch import nn
+
+from nnzip.data.splits import DataSplits
+from nnzip.quant.modules import quantized_layers, set_mode
+from nnzip.quant.ptq import QuantConfig, calibrate, convert, prepare
+from nnzip.train import TrainConfig, TrainResult, fit
+
+
+def quantization_aware_training(model: nn.Module, data: DataSplits, batches: Iterable,
+                                config: QuantConfig | None = None,
+                                train_config: TrainConfig | None = None, *,
+                                progress: bool = False) -> tuple[nn.Module, TrainResult]:
+    """A quantized copy of ``model``: PTQ on ``batches``, then QAT with ``train_config``."""
+    config = dataclasses.replace(config or QuantConfig(), weight_range="minmax")
+    quantized = prepare(model, config)
+    calibrate(quantized, batches)
+    convert(quantized)
+    set_mode(quantized, "train")
+    result = fit(quantized, data, train_config or TrainConfig(epochs=3, patience=None),
+                 progress=progress, description="quantization-aware training")
+    for layer in quantized_layers(quantized).values():
+        layer.freeze_weight()
+        layer.set_mode("quantize")
+    return quantized, result
