@@ -27,6 +27,7 @@ from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 from nnzip.errors import NnzipError
+from nnzip.models.surgery import set_module
 from nnzip.stage import Context, Stage
 
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -69,12 +70,6 @@ def foldable_pairs(model: nn.Module) -> list[tuple[str, str]]:
     return pairs
 
 
-def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, module)
-
-
 def fold_batchnorm(model: nn.Module, inplace: bool = False) -> nn.Module:
     """The model with every foldable BatchNorm merged into the layer before it (eval mode).
 
@@ -92,8 +87,8 @@ def fold_batchnorm(model: nn.Module, inplace: bool = False) -> nn.Module:
         with torch.no_grad():
             fused = (fuse_conv_bn_eval(layer, bn) if isinstance(layer, _CONVS)
                      else fuse_linear_bn_eval(layer, bn))
-        _set_module(target, layer_name, fused)
-        _set_module(target, bn_name, nn.Identity())
+        set_module(target, layer_name, fused)
+        set_module(target, bn_name, nn.Identity())
     return target
 
 

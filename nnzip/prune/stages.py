@@ -46,6 +46,13 @@ def _check_fraction(value: float, what: str) -> float:
     return value
 
 
+def _check_grid(values: list[float]) -> list[float]:
+    """A sensitivity grid: every point a fraction to remove in [0, 1)."""
+    for value in values:
+        _check_fraction(value, "every sensitivity sparsity")
+    return values
+
+
 class Prune(FinetunedStage):
     """Zero the least important weights (unstructured, or N of every M), then fine-tune.
 
@@ -84,12 +91,8 @@ class Prune(FinetunedStage):
     def _sparsity_in_range(cls, value: float | None) -> float | None:
         return None if value is None else _check_fraction(value, "sparsity")
 
-    @field_validator("sensitivity_sparsities")
-    @classmethod
-    def _grid_in_range(cls, values: list[float]) -> list[float]:
-        for value in values:
-            _check_fraction(value, "every sensitivity sparsity")
-        return values
+    _grid_in_range = field_validator("sensitivity_sparsities")(classmethod(
+        lambda cls, values: _check_grid(values)))
 
     @model_validator(mode="after")
     def _consistent(self) -> Prune:
@@ -204,12 +207,8 @@ class Sensitivity(Stage):
     target: float | None = None
     tolerance: float = Field(0.01, ge=0, le=1)
 
-    @field_validator("sparsities")
-    @classmethod
-    def _grid_in_range(cls, values: list[float]) -> list[float]:
-        for value in values:
-            _check_fraction(value, "every sensitivity sparsity")
-        return values
+    _grid_in_range = field_validator("sparsities")(classmethod(
+        lambda cls, values: _check_grid(values)))
 
     @field_validator("target")
     @classmethod

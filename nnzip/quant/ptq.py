@@ -25,6 +25,7 @@ from torch import nn
 from nnzip.errors import NnzipError
 from nnzip.evaluate._modes import eval_mode
 from nnzip.models.fold import fold_batchnorm
+from nnzip.models.surgery import set_module
 from nnzip.quant.affine import Granularity, QScheme
 from nnzip.quant.modules import QUANTIZABLE, QuantizedLayer, WeightRange, quantized_layers
 from nnzip.quant.observers import ObserverKind
@@ -86,11 +87,6 @@ def _selected(model: nn.Module, config: QuantConfig) -> list[str]:
     return [name for name in chosen if name not in set(config.skip)]
 
 
-def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
-
-
 def prepare(model: nn.Module, config: QuantConfig | None = None) -> nn.Module:
     """A copy of ``model`` with BatchNorm folded and its layers wrapped for calibration."""
     config = config or QuantConfig()
@@ -104,7 +100,7 @@ def prepare(model: nn.Module, config: QuantConfig | None = None) -> nn.Module:
                                  config.input_scheme(), observer=config.observer,
                                  weight_range=config.weight_range,
                                  observer_options=config.observer_options)
-        _set_module(target, name, wrapped)
+        set_module(target, name, wrapped)
     return target
 
 
