@@ -96,12 +96,10 @@ class _SampledObserver(Observer):
         self.sample_size = sample_size
         self.generator = torch.Generator().manual_seed(seed)
         self.samples: list[torch.Tensor] = []
-        self.seen = 0
 
     def update(self, x: torch.Tensor) -> None:
         super().update(x)
         flat = x.detach().float().reshape(-1)
-        self.seen += flat.numel()
         # Keep each batch's share of the sample proportional to its size (a simple stratified
         # sample); trimmed to sample_size at the end.
         keep = min(flat.numel(), self.sample_size)

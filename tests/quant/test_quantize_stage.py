@@ -23,6 +23,9 @@ def test_quantize_is_a_registered_stage_with_validated_options():
         _recipe(layer_bits={"fc1": 1})
     with pytest.raises(NnzipError, match="unknown option 'observr'.*did you mean 'observer'"):
         _recipe(observr="kl")
+    # qat shares the options and their checks.
+    with pytest.raises(NnzipError, match=r"stage 1 \(qat\).*needs group_size"):
+        parse_recipe({"stages": [{"qat": {"granularity": "group"}}]})
 
 
 def test_static_int8_stage_in_the_pipeline_is_small_and_accurate(lenet5, mnist, tmp_path):
