@@ -43,8 +43,8 @@ def _add_eval_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True,
-                        help="a saved nnzip model folder, a torch.export .pt2, a TorchScript file, "
-                             "or a pickled model with --trust-pickle")
+                        help="a saved nnzip model folder, a torch.export .pt2, an .onnx file, a "
+                             "TorchScript file, or a pickled model with --trust-pickle")
     parser.add_argument("--trust-pickle", action="store_true",
                         help="allow loading a pickled full model (pickle runs code: trusted files "
                              "only)")
@@ -104,6 +104,21 @@ def build_parser() -> argparse.ArgumentParser:
                           help="default fine-tune budget of the stages")
     _add_data_options(compress)
     _add_eval_options(compress)
+
+    deploy = commands.add_parser("deploy", help="run a model on every runtime (PyTorch, ONNX "
+                                 "Runtime fp32/int8) and keep the fastest correct one")
+    _add_model_options(deploy)
+    deploy.add_argument("--reference", default=None,
+                        help="the original model, timed beside the runtimes as the baseline")
+    deploy.add_argument("--out", type=Path, default=Path("runs/deploy"))
+    deploy.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64],
+                        help="batch sizes to time; the first decides the choice")
+    deploy.add_argument("--threads", type=int, default=1, help="threads of every runtime")
+    deploy.add_argument("--repeats", type=int, default=50, help="timed runs per batch size")
+    deploy.add_argument("--max-accuracy-change", type=float, default=0.2,
+                        help="accuracy points a runtime may differ from the model and count as "
+                             "correct")
+    _add_data_options(deploy)
 
     report = commands.add_parser("report", help="print and re-render report.json files "
                                                 "(several are merged into one comparison)")
@@ -212,6 +227,38 @@ def cmd_compress(args: argparse.Namespace) -> None:
     _show(result.report, result.paths)
 
 
+def cmd_deploy(args: argparse.Namespace) -> None:
+    from rich.table import Table
+
+    from nnzip.runtime import deploy
+
+    data = _load_data(args)
+    model = _load_model(args.model, args.trust_pickle)
+    reference = _load_model(args.reference, args.trust_pickle) if args.reference else None
+    deployment = deploy(model, data, args.out, batch_sizes=tuple(args.batch_sizes),
+                        threads=args.threads, repeats=args.repeats,
+                        max_accuracy_change=args.max_accuracy_change, original=reference)
+    table = Table(title=f"runtimes on {deployment.machine['cpu_model']} "
+                        f"({', '.join(deployment.machine['cpu_flags'])})")
+    for column in ("runtime", "correct", "accuracy Δ (points)", "integer ops",
+                   *(f"p50 ms @{batch}" for batch in args.batch_sizes)):
+        table.add_column(column)
+    for runtime in deployment.runtimes:
+        table.add_row(("→ " if runtime is deployment.chosen else "") + runtime.name,
+                      {True: "yes", False: "no", None: "baseline"}[runtime.correct
+                                                                   if runtime.candidate
+                                                                   else None],
+                      f"{runtime.accuracy_change_points:+.2f}",
+                      "" if runtime.integer_ops is None else str(runtime.integer_ops),
+                      *(f"{runtime.latency_ms[batch]['p50']:.3f}" for batch in args.batch_sizes))
+    console.print(table)
+    speedups = ", ".join(f"{deployment.speedup(batch):.2f}× at batch {batch}"
+                         for batch in args.batch_sizes)
+    console.print(f"chosen: {deployment.chosen.name} ({speedups} vs "
+                  f"{'the reference' if reference is not None else 'PyTorch eager'})")
+    console.print(f"model: {deployment.path}\n deploy.json: {args.out / 'deploy.json'}")
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     from nnzip.evaluate import build_report, load_report, write_report
 
@@ -227,7 +274,7 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 COMMANDS = {"demo": cmd_demo, "train": cmd_train, "eval": cmd_eval, "compress": cmd_compress,
-            "report": cmd_report}
+            "deploy": cmd_deploy, "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:

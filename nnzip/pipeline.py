@@ -111,13 +111,24 @@ def compress(model: nn.Module, recipe: Recipe | str | Path, data: DataSplits, *,
 
 
 def save_final_model(model: nn.Module, out_dir: Path, data: DataSplits) -> Path:
-    """Save as a zoo folder (safetensors + spec) when the zoo can rebuild it, else as a .pt2."""
+    """Save as a zoo folder (safetensors + spec) when the zoo can rebuild it, else as a .pt2.
+
+    A model quantized by nnzip is saved as a QDQ ``.onnx`` file: int8 weights with their scales,
+    runnable on ONNX Runtime's integer kernels (a .pt2 would hold fp32 copies of the weights).
+    """
     from nnzip.models import export_model, model_spec, save_model
+    from nnzip.runtime.onnx_export import export_onnx, is_quantized
+
+    example = data.test.tensors[0][:2]
+    if is_quantized(model):
+        try:
+            return export_onnx(model, out_dir / "model.onnx", example)
+        except NnzipError as error:  # e.g. dynamic quantization: ORT quantizes that itself
+            log.info("saving as torch.export instead of ONNX: %s", error)
 
     if model_spec(model) is not None:
         try:
             return save_model(model, out_dir / "model")
         except NnzipError as error:  # e.g. a method changed layer shapes: the spec no longer fits
             log.info("saving as torch.export instead of a zoo folder: %s", error)
-    example = data.test.tensors[0][:2]
     return export_model(model, out_dir / "model.pt2", example)

@@ -14,8 +14,8 @@ import torch
 CPUINFO = Path("/proc/cpuinfo")
 
 # Vector / matrix extensions that decide how fast int8 and float kernels can run.
-CPU_FLAGS_OF_INTEREST = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile", "fma",
-                         "sse4_2")
+CPU_FLAGS_OF_INTEREST = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile", "amx_int8",
+                         "fma", "sse4_2", "asimddp")
 
 
 def _cpuinfo_field(field: str) -> str | None:
@@ -30,9 +30,24 @@ def _cpuinfo_field(field: str) -> str | None:
     return None
 
 
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where the file does not exist)."""
+    return set((_cpuinfo_field("flags") or "").split())
+
+
+def int8_weights_saturate() -> bool:
+    """True on x86 CPUs with AVX2 but no VNNI, where int8 GEMM kernels (ONNX Runtime's MLAS)
+    multiply u8 activations by s8 weights with ``vpmaddubsw``, whose int16 pair sums saturate
+    (255·127·2 > 32767). There, weights stored as uint8 (zero point shifted by 128) take the
+    exact u8u8 path instead."""
+    flags = cpu_flags()
+    vnni = {"avx512_vnni", "avx_vnni", "amx_int8"} & flags
+    return "avx2" in flags and not vnni
+
+
 def machine_info(threads: int) -> dict:
     """A JSON-ready description of this machine; ``threads`` is the torch thread count used."""
-    flags = set((_cpuinfo_field("flags") or "").split())
+    flags = cpu_flags()
     return {
         "cpu_model": _cpuinfo_field("model name") or platform.processor() or "unknown",
         "cpu_flags": [flag for flag in CPU_FLAGS_OF_INTEREST if flag in flags],

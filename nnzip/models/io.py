@@ -232,7 +232,8 @@ def _load_pickle(path: Path, trust_pickle: bool) -> nn.Module:
 
 
 def load_model(path: str | os.PathLike, *, trust_pickle: bool = False) -> nn.Module:
-    """Load a model folder (save_model), a torch.export ``.pt2``, TorchScript, or a trusted pickle.
+    """Load a model folder (save_model), a torch.export ``.pt2``, an ``.onnx`` file (run by ONNX
+    Runtime), TorchScript, or a trusted pickle.
 
     The format is recognised from the content, not the suffix. Models come back on the CPU and,
     except for ``.pt2`` programs (which do not support it), in eval mode.
@@ -247,6 +248,10 @@ def load_model(path: str | os.PathLike, *, trust_pickle: bool = False) -> nn.Mod
         path = path.parent  # the user pointed at a file inside a model folder
     if path.is_dir():
         return _load_folder(path)
+    if path.suffix.lower() == ".onnx":
+        from nnzip.runtime.session import OrtModule  # runs in ONNX Runtime, callable like torch
+
+        return OrtModule(path)
     names = _zip_names(path)
     if names is not None:
         if any(n.rsplit("/", 1)[-1] == "archive_format" for n in names):

@@ -2,6 +2,7 @@ import pytest
 
 from nnzip.errors import NnzipError
 from nnzip.evaluate import EvalConfig
+from nnzip.models import load_model
 from nnzip.pipeline import compress
 from nnzip.quant import Quantize, quantized_layers
 from nnzip.recipe import STAGES, parse_recipe
@@ -39,6 +40,14 @@ def test_static_int8_stage_in_the_pipeline_is_small_and_accurate(lenet5, mnist, 
     assert details["calibration_samples"] == 4 * 64
     assert all(0 < error < 1e-3 for error in details["weight_error"].values())
     assert set(quantized_layers(result.model)) == {"conv1", "conv2", "fc1", "fc2"}
+    # The saved artifact is the int8 QDQ ONNX file, and it runs with the measured accuracy.
+    saved = result.paths["model"]
+    assert saved.name == "model.onnx"
+    assert saved.stat().st_size <= 0.27 * baseline["size_bytes"]
+    x, y = mnist.test.tensors[0][:2000], mnist.test.tensors[1][:2000]
+    runs = load_model(saved)(x).argmax(1)
+    assert (runs == result.model(x).argmax(1)).float().mean() >= 0.995
+    assert (runs == y).float().mean() >= 0.97
 
 
 def test_dynamic_stage_quantizes_linear_layers_only(lenet5, mnist):

@@ -1,0 +1,172 @@
+"""Export to ONNX: float models as they are, quantized models in the QDQ form with nnzip's scales.
+
+A model quantized by nnzip holds :class:`~nnzip.quant.modules.QuantizedLayer` modules whose
+integer weights, scales and zero points were chosen by nnzip (observers, GPTQ, QAT...). The export
+must carry exactly those numbers, not re-derive them, or the exported model is not the one nnzip
+measured. So each QuantizedLayer is swapped, for the export only, for a small module that
+expresses the layer with PyTorch's ``quantized_decomposed`` ops, which the ONNX exporter turns into
+``QuantizeLinear`` / ``DequantizeLinear`` nodes (the QDQ format, ONNX opset ≥ 13):
+
+    x ─ QuantizeLinear(s_x, z_x) ─ DequantizeLinear ─┐
+    W_int8 (initializer) ─ DequantizeLinear(s_w[c]) ─┴─ Conv / Gemm ─ ...
+
+The weight initializer is stored as 8-bit integers with its per-channel scales, so the ``.onnx``
+file holds one byte per weight. ONNX Runtime fuses DQ → Conv → Q patterns into integer kernels
+(QLinearConv, QGemm...); see :mod:`nnzip.runtime.session`.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Registers torch.ops.quantized_decomposed, which torch.onnx maps to QuantizeLinear and
+# DequantizeLinear. It must happen at import: the exporter builds its op registry on first use,
+# and a registry built before this import lacks these ops for the rest of the process.
+from torch.ao.quantization.fx import _decomposed  # noqa: F401
+
+from nnzip.atomic import atomic_path
+from nnzip.errors import NnzipError
+from nnzip.evaluate.machine import int8_weights_saturate
+from nnzip.models.surgery import set_module
+from nnzip.quant.modules import QuantizedLayer, quantized_layers
+
+log = logging.getLogger(__name__)
+
+#: Opset 18: per-channel QuantizeLinear/DequantizeLinear and all ops of the zoo and HF models.
+OPSET = 18
+
+
+def _decomposed_ops():
+    return torch.ops.quantized_decomposed
+
+
+class QDQLayer(nn.Module):
+    """Export view of a frozen QuantizedLayer: int8 weight + scales, input quantize/dequantize."""
+
+    def __init__(self, quantized: QuantizedLayer, weight_dtype: str = "int8") -> None:
+        super().__init__()
+        if quantized.weight_int is None or quantized.mode not in ("quantize", "dynamic"):
+            raise NnzipError("export needs a converted model: call nnzip.quant.convert() (or "
+                             "finish QAT) before exporting; a layer is still in mode "
+                             f"{quantized.mode!r}")
+        params = quantized.weight_qparams
+        scheme = params.scheme
+        if scheme.granularity == "group":
+            raise NnzipError("group-wise weight scales have no QDQ export yet: quantize with "
+                             "granularity 'channel' or 'tensor' to export to ONNX")
+        if scheme.axis != 0 and scheme.granularity == "channel":
+            raise NnzipError(f"per-channel weights along axis {scheme.axis} cannot be exported: "
+                             "ONNX Conv/Gemm weights are per output channel (axis 0)")
+        self.layer = quantized.layer
+        self.qmin, self.qmax = scheme.qmin, scheme.qmax
+        self.per_channel = scheme.granularity == "channel"
+        if weight_dtype not in ("int8", "uint8"):
+            raise NnzipError(f"weight_dtype must be 'int8' or 'uint8', got {weight_dtype!r}")
+        # uint8 stores q + 128 with zero point + 128: the same integers, shifted.
+        shift = 128 if weight_dtype == "uint8" else 0
+        self.weight_range = (0, 255, torch.uint8) if shift else (-128, 127, torch.int8)
+        self.register_buffer("weight_int", (quantized.weight_int.to(torch.int16) + shift)
+                             .to(self.weight_range[2]))
+        channels = quantized.weight_int.shape[0]
+        scale = params.scale.float().reshape(-1)
+        zero_point = params.zero_point.reshape(-1).to(torch.int64) + shift
+        if self.per_channel:
+            scale, zero_point = scale.expand(channels), zero_point.expand(channels)
+        self.register_buffer("weight_scale", scale.contiguous())
+        self.register_buffer("weight_zero_point", zero_point.contiguous())
+        self.dynamic = quantized.mode == "dynamic"
+        inputs = quantized.input_qparams
+        self.input = None
+        if inputs is not None and not self.dynamic:
+            input_scheme = inputs.scheme
+            # Python numbers: the exporter makes them scalar initializers of QuantizeLinear.
+            self.input = (float(inputs.scale.reshape(-1)[0]), int(inputs.zero_point.reshape(-1)[0]),
+                          input_scheme.qmin, input_scheme.qmax,
+                          torch.int8 if input_scheme.qmin < 0 else torch.uint8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ops = _decomposed_ops()
+        if self.input is not None:
+            scale, zero_point, qmin, qmax, dtype = self.input
+            x = ops.dequantize_per_tensor(ops.quantize_per_tensor(x, scale, zero_point, qmin, qmax,
+                                                                  dtype),
+                                          scale, zero_point, qmin, qmax, dtype)
+        if self.per_channel:
+            weight = ops.dequantize_per_channel(self.weight_int, self.weight_scale,
+                                                self.weight_zero_point, 0, *self.weight_range)
+        else:
+            weight = ops.dequantize_per_tensor(self.weight_int, float(self.weight_scale[0]),
+                                               int(self.weight_zero_point[0]), *self.weight_range)
+        layer = self.layer
+        if isinstance(layer, nn.Linear):
+            return F.linear(x, weight, layer.bias)
+        return layer._conv_forward(x, weight, layer.bias)
+
+
+def export_view(model: nn.Module, weight_dtype: str = "int8") -> nn.Module:
+    """A copy of ``model`` with every QuantizedLayer replaced by its :class:`QDQLayer`."""
+    view = copy.deepcopy(model).eval()
+    for name, layer in quantized_layers(view).items():
+        if layer.mode == "dynamic":
+            raise NnzipError(f"layer {name!r} is dynamically quantized; ONNX export of dynamic "
+                             "quantization is done by ONNX Runtime itself: export the float model "
+                             "and use onnxruntime.quantization.quantize_dynamic")
+        set_module(view, name, QDQLayer(layer, weight_dtype))
+    return view
+
+
+def float_view(model: nn.Module) -> nn.Module:
+    """A float copy of a quantized model: each layer back to nn.Conv/Linear holding its
+    dequantized weight, activations unquantized (weights-only quantization, run by float kernels).
+    """
+    view = copy.deepcopy(model).eval()
+    for name, layer in quantized_layers(view).items():
+        float_layer = layer.layer
+        with torch.no_grad():
+            float_layer.weight.copy_(layer.dequantized_weight())
+        set_module(view, name, float_layer)
+    return view
+
+
+def is_quantized(model: nn.Module) -> bool:
+    return bool(quantized_layers(model))
+
+
+def export_onnx(model: nn.Module, path: str | os.PathLike, example: torch.Tensor, *,
+                dynamic_batch: bool = True, opset: int = OPSET,
+                weight_dtype: str = "auto") -> Path:
+    """Write ``model`` as an ONNX file (QDQ form if it is quantized by nnzip), atomically.
+
+    ``example`` is one input batch; the batch dimension stays dynamic unless ``dynamic_batch`` is
+    False. ``weight_dtype`` stores the integer weights as ``int8`` or as ``uint8`` (the same
+    integers shifted by 128); ``auto`` picks uint8 on this machine if it is an AVX2 CPU without
+    VNNI, where ONNX Runtime's int8-weight kernels saturate and change the results
+    (:func:`nnzip.evaluate.machine.int8_weights_saturate`). Returns the path written.
+    """
+    path = Path(path)
+    if weight_dtype == "auto":
+        weight_dtype = "uint8" if int8_weights_saturate() else "int8"
+    view = export_view(model, weight_dtype) if is_quantized(model) else copy.deepcopy(model).eval()
+    shapes = ({0: torch.export.Dim("batch", min=1)},) if dynamic_batch else None
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's deprecation chatter is not the user's
+        try:
+            with torch.no_grad():
+                torch.onnx.export(view, (example,), str(tmp), dynamo=True, opset_version=opset,
+                                  dynamic_shapes=shapes, verbose=False, optimize=True,
+                                  external_data=False)
+        except Exception as exc:  # the exporter raises many types; all mean "cannot export"
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise NnzipError(f"cannot export {type(model).__name__} to ONNX "
+                             f"({type(exc).__name__}: {first[:300]}); models must be traceable "
+                             "by torch.export (no data-dependent Python control flow)") from exc
+    log.info("exported %s to %s", type(model).__name__, path)
+    return path
