@@ -156,6 +156,9 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, example: torch.Tensor
         weight_dtype = "uint8" if int8_weights_saturate() else "int8"
     view = export_view(model, weight_dtype) if is_quantized(model) else copy.deepcopy(model).eval()
     shapes = ({0: torch.export.Dim("batch", min=1)},) if dynamic_batch else None
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
+    registration.setLevel(logging.ERROR)  # "torchvision is not installed" is not the user's news
     with atomic_path(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's deprecation chatter is not the user's
         try:
@@ -168,5 +171,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, example: torch.Tensor
             raise NnzipError(f"cannot export {type(model).__name__} to ONNX "
                              f"({type(exc).__name__}: {first[:300]}); models must be traceable "
                              "by torch.export (no data-dependent Python control flow)") from exc
+        finally:
+            registration.setLevel(level)
     log.info("exported %s to %s", type(model).__name__, path)
     return path
