@@ -105,6 +105,8 @@ def torch_dynamic_int8(model: nn.Module) -> nn.Module:
 
 
 def file_size(model: nn.Module, folder: Path, name: str) -> int:
+    # torch.save, not nnzip's artifact_bytes (safetensors): PyTorch's int8 modules keep their
+    # weights in packed-params objects that only torch.save writes.
     path = folder / f"{name}.pt"
     torch.save(model.state_dict(), path)
     return path.stat().st_size
@@ -124,8 +126,8 @@ def run_model(arch: str, data, cache_dir: Path, console: Console) -> dict:
     qdq_u8 = export_onnx(int8, folder / "nnzip-qdq-u8.onnx", example, weight_dtype="uint8")
     qdq_s8 = export_onnx(int8, folder / "nnzip-qdq-s8.onnx", example, weight_dtype="int8")
     qop_u8 = to_qoperator(qdq_u8, folder / "nnzip-qop-u8.onnx")
-    rounded = export_onnx(fold_batchnorm(float_view(int8)) if folded is not dense
-                          else float_view(int8), folder / "nnzip-w8-fp32.onnx", example)
+    # quantize_static folded BatchNorm already: the float view is the deployable float graph.
+    rounded = export_onnx(float_view(int8), folder / "nnzip-w8-fp32.onnx", example)
     ort_path = ort_quantize_static(fp32_path, folder / "ort-qdq.onnx", batches)
     ort_qop = to_qoperator(ort_path, folder / "ort-qop.onnx")
     ort_u8 = ort_quantize_static(fp32_path, folder / "ort-qdq-u8.onnx", batches, "uint8")

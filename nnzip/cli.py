@@ -244,10 +244,8 @@ def cmd_deploy(args: argparse.Namespace) -> None:
                    *(f"p50 ms @{batch}" for batch in args.batch_sizes)):
         table.add_column(column)
     for runtime in deployment.runtimes:
-        table.add_row(("→ " if runtime is deployment.chosen else "") + runtime.name,
-                      {True: "yes", False: "no", None: "baseline"}[runtime.correct
-                                                                   if runtime.candidate
-                                                                   else None],
+        status = ("yes" if runtime.correct else "no") if runtime.candidate else "baseline"
+        table.add_row(("→ " if runtime is deployment.chosen else "") + runtime.name, status,
                       f"{runtime.accuracy_change_points:+.2f}",
                       "" if runtime.integer_ops is None else str(runtime.integer_ops),
                       *(f"{runtime.latency_ms[batch]['p50']:.3f}" for batch in args.batch_sizes))

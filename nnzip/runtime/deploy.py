@@ -33,12 +33,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from nnzip.atomic import write_text
+from nnzip.atomic import atomic_path, write_text
 from nnzip.data.splits import DataSplits
 from nnzip.errors import NnzipError
 from nnzip.evaluate.accuracy import accuracy, agreement, predict_logits
 from nnzip.evaluate.latency import compare_latency, fixed_threads
 from nnzip.evaluate.machine import machine_info
+from nnzip.evaluate.size import file_bytes
 from nnzip.models.fold import fold_batchnorm, foldable_pairs
 from nnzip.runtime.onnx_export import export_onnx, float_view, is_quantized
 from nnzip.runtime.session import OrtModule, integer_op_count, op_counts, to_qoperator
@@ -181,7 +182,7 @@ def deploy(model: nn.Module, data: DataSplits, out_dir: str | Path, *,
         check_accuracy(runtimes, data, samples, max_accuracy_change)
     for runtime in runtimes:
         if runtime.path is not None:
-            runtime.file_bytes = runtime.path.stat().st_size
+            runtime.file_bytes = file_bytes(runtime.path)
             runtime.integer_ops = integer_op_count(op_counts(runtime.path))
     for batch in batch_sizes:
         timings = compare_latency([runtime.module for runtime in runtimes], data.input_shape,
@@ -203,11 +204,9 @@ def _save_chosen(chosen: Runtime, model: nn.Module, example: torch.Tensor,
 
     if chosen.path is None:
         return export_model(model, out_dir / "model.pt2", example)
-    target = out_dir / "model.onnx"
-    tmp = target.with_name(f".{target.name}.tmp")
-    shutil.copyfile(chosen.path, tmp)
-    tmp.replace(target)
-    return target
+    with atomic_path(out_dir / "model.onnx") as tmp:
+        shutil.copyfile(chosen.path, tmp)
+    return out_dir / "model.onnx"
 
 
 def _ort_version() -> str:

@@ -44,16 +44,12 @@ log = logging.getLogger(__name__)
 OPSET = 18
 
 
-def _decomposed_ops():
-    return torch.ops.quantized_decomposed
-
-
 class QDQLayer(nn.Module):
     """Export view of a frozen QuantizedLayer: int8 weight + scales, input quantize/dequantize."""
 
     def __init__(self, quantized: QuantizedLayer, weight_dtype: str = "int8") -> None:
         super().__init__()
-        if quantized.weight_int is None or quantized.mode not in ("quantize", "dynamic"):
+        if quantized.weight_int is None or quantized.mode != "quantize":
             raise NnzipError("export needs a converted model: call nnzip.quant.convert() (or "
                              "finish QAT) before exporting; a layer is still in mode "
                              f"{quantized.mode!r}")
@@ -82,10 +78,9 @@ class QDQLayer(nn.Module):
             scale, zero_point = scale.expand(channels), zero_point.expand(channels)
         self.register_buffer("weight_scale", scale.contiguous())
         self.register_buffer("weight_zero_point", zero_point.contiguous())
-        self.dynamic = quantized.mode == "dynamic"
         inputs = quantized.input_qparams
         self.input = None
-        if inputs is not None and not self.dynamic:
+        if inputs is not None:
             input_scheme = inputs.scheme
             # Python numbers: the exporter makes them scalar initializers of QuantizeLinear.
             self.input = (float(inputs.scale.reshape(-1)[0]), int(inputs.zero_point.reshape(-1)[0]),
@@ -93,7 +88,7 @@ class QDQLayer(nn.Module):
                           torch.int8 if input_scheme.qmin < 0 else torch.uint8)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ops = _decomposed_ops()
+        ops = torch.ops.quantized_decomposed
         if self.input is not None:
             scale, zero_point, qmin, qmax, dtype = self.input
             x = ops.dequantize_per_tensor(ops.quantize_per_tensor(x, scale, zero_point, qmin, qmax,
