@@ -1,0 +1,292 @@
+"""Per-tensor encodings of the .nnz file, each exactly invertible.
+
+- ``dense``: every value, raw (float16 when that is lossless) or, for integer tensors, bit-packed.
+- ``sparse``: the non-zero values and where they are. Positions are either *relative* indices —
+  the gap since the previous entry in ``index_bits`` bits, with a filler zero entry whenever a gap
+  does not fit (Deep Compression, Han et al. 2016, §2: 8 bits for conv, 5 for fc) — or CSR
+  (entries per row + column indices). Every index width 2–8 and CSR are tried; the smallest wins.
+- ``codes``: weight sharing. A codebook of k entries (scalars, or d-vectors for product
+  quantization) and one ⌈log2 k⌉-bit code per entry; a pruned layer stores the codes of its
+  non-zeros in sparse form, fillers taking the code of the exact-zero codebook entry.
+- ``integer``: integer-quantized weights, bit-packed, with their scales and zero points.
+
+Integer streams (codes, gaps) can be Huffman-coded when that is smaller (``huffman=True``).
+"Zero" means all bits zero, so −0.0 and NaN survive the round trip bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from nnzip.codec.streams import Stream, dtype_name, dtype_of, int_stream, raw_stream, read_ints, \
+    read_raw
+from nnzip.errors import NnzipError
+
+INDEX_BITS = range(2, 9)
+
+
+@dataclass(frozen=True)
+class Coded:
+    """A weight-shared tensor: ``codebook[codes]`` reshaped to ``shape`` is the tensor."""
+
+    codebook: torch.Tensor  # (k,) or (k, d)
+    codes: torch.Tensor  # integer, (n,) with n·d = numel
+    bits: int
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Integer:
+    """An integer-quantized tensor; ``scheme`` is the JSON the quantizer needs to dequantize."""
+
+    values: torch.Tensor
+    bits: int
+    low: int
+    scale: torch.Tensor
+    zero_point: torch.Tensor
+    scheme: dict
+
+
+def _nonzero_mask(values: torch.Tensor) -> np.ndarray:
+    """True where any bit is set (so −0.0 counts as a value to keep)."""
+    flat = values.detach().reshape(-1).cpu().contiguous()
+    if flat.dtype == torch.bool:
+        return flat.numpy().copy()
+    raw = flat.view(torch.uint8).numpy().reshape(flat.numel(), flat.element_size())
+    return raw.any(axis=1)
+
+
+# -- positions -------------------------------------------------------------------------------
+def relative_entries(positions: np.ndarray, index_bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """(gaps, is_filler) of the relative-index stream for sorted ``positions``.
+
+    Each entry skips ``gap`` zeros and then holds a value; a gap wider than ``2^b − 1`` is split
+    by filler entries that skip ``2^b − 1`` zeros and hold an (explicit) zero.
+    """
+    span = 1 << index_bits
+    gaps = np.diff(positions, prepend=-1) - 1
+    fillers = gaps // span
+    owner = np.repeat(np.arange(gaps.size), fillers + 1)
+    starts = np.cumsum(fillers + 1) - (fillers + 1)
+    rank = np.arange(owner.size) - starts[owner]
+    is_filler = rank < fillers[owner]
+    stream_gaps = np.where(is_filler, span - 1, gaps[owner] - fillers[owner] * span)
+    return stream_gaps.astype(np.int64), is_filler
+
+
+def relative_positions(gaps: np.ndarray) -> np.ndarray:
+    return np.cumsum(gaps + 1) - 1
+
+
+def _rows_cols(shape: tuple[int, ...]) -> tuple[int, int]:
+    if len(shape) < 2:
+        return 1, math.prod(shape)
+    return shape[0], math.prod(shape[1:])
+
+
+def _position_options(positions: np.ndarray, shape: tuple[int, ...], huffman: bool
+                      ) -> list[tuple[dict, list[Stream], np.ndarray | None]]:
+    """Every way to store ``positions``: (index meta, streams, filler flags or None for CSR)."""
+    options = []
+    for bits in INDEX_BITS:
+        gaps, is_filler = relative_entries(positions, bits)
+        options.append(({"index": "relative", "index_bits": bits},
+                        [int_stream(gaps, bits=bits, huffman=huffman)], is_filler))
+    rows, cols = _rows_cols(shape)
+    row_counts = np.bincount(positions // max(cols, 1), minlength=rows) if rows else \
+        np.zeros(0, dtype=np.int64)
+    column_bits = max(1, (max(cols, 1) - 1).bit_length())
+    if column_bits <= 16 and (row_counts.size == 0 or row_counts.max() < 2**16):
+        options.append(({"index": "csr"},
+                        [int_stream(row_counts, huffman=huffman),
+                         int_stream(positions % max(cols, 1), bits=column_bits,
+                                    huffman=huffman)], None))
+    return options
+
+
+def _decode_positions(record: dict, streams: list[tuple[dict, bytes]], numel: int
+                      ) -> tuple[np.ndarray, int]:
+    """(positions of all entries, number of streams used)."""
+    if record.get("index") == "relative":
+        positions = relative_positions(read_ints(*streams[0]))
+        used = 1
+    elif record.get("index") == "csr":
+        rows, cols = _rows_cols(tuple(record["shape"]))
+        counts = read_ints(*streams[0])
+        columns = read_ints(*streams[1])
+        if counts.size != rows or counts.sum() != columns.size:
+            raise NnzipError("CSR row counts do not match the column indices: corrupt data")
+        positions = np.repeat(np.arange(rows), counts) * cols + columns
+        used = 2
+    else:
+        raise NnzipError(f"unknown sparse index {record.get('index')!r}: corrupt data")
+    if positions.size and (positions.min() < 0 or positions.max() >= numel
+                           or np.any(np.diff(positions) <= 0)):
+        raise NnzipError("sparse positions fall outside the tensor: corrupt data")
+    return positions, used
+
+
+def _size(streams: list[Stream]) -> int:
+    return sum(len(data) for _, data in streams)
+
+
+# -- encode ----------------------------------------------------------------------------------
+def encode_tensor(name: str, value: torch.Tensor | Coded | Integer, *, huffman: bool = False,
+                  allow_sparse: bool = True) -> tuple[dict, list[Stream]]:
+    """The smallest record for one tensor: (JSON record without stream metas, streams)."""
+    if isinstance(value, Coded):
+        return _encode_coded(name, value, huffman, allow_sparse)
+    if isinstance(value, Integer):
+        return _encode_integer(name, value, huffman)
+    return _encode_plain(name, value.detach().cpu(), huffman, allow_sparse)
+
+
+def _base(name: str, shape: torch.Size | tuple[int, ...], dtype: torch.dtype, encoding: str
+          ) -> dict:
+    return {"name": name, "shape": list(shape), "dtype": dtype_name(dtype), "encoding": encoding}
+
+
+def _dense_streams(tensor: torch.Tensor, huffman: bool) -> list[Stream]:
+    is_int = not tensor.dtype.is_floating_point and tensor.dtype != torch.bool
+    if is_int and tensor.numel():
+        span = int(tensor.max()) - int(tensor.min())
+        if span < 2**16:
+            packed = int_stream(tensor.reshape(-1).to(torch.int64).numpy(), huffman=huffman)
+            raw = raw_stream(tensor)
+            return [packed] if len(packed[1]) < len(raw[1]) else [raw]
+    return [raw_stream(tensor)]
+
+
+def _encode_plain(name: str, tensor: torch.Tensor, huffman: bool, allow_sparse: bool
+                  ) -> tuple[dict, list[Stream]]:
+    best = (_base(name, tensor.shape, tensor.dtype, "dense"), _dense_streams(tensor, huffman))
+    keep = _nonzero_mask(tensor)
+    if not allow_sparse or keep.all() or not tensor.numel():
+        return best
+    positions = np.flatnonzero(keep)
+    flat = tensor.reshape(-1)
+    for index_meta, position_streams, is_filler in _position_options(positions, tensor.shape,
+                                                                     huffman):
+        if is_filler is None:
+            entries = flat[torch.from_numpy(positions)]
+        else:
+            entries = torch.zeros(is_filler.size, dtype=tensor.dtype)
+            entries[torch.from_numpy(~is_filler)] = flat[torch.from_numpy(positions)]
+        streams = [*position_streams, *_dense_streams(entries, huffman)]
+        if _size(streams) < _size(best[1]):
+            best = ({**_base(name, tensor.shape, tensor.dtype, "sparse"), **index_meta}, streams)
+    return best
+
+
+def _encode_coded(name: str, coded: Coded, huffman: bool, allow_sparse: bool
+                  ) -> tuple[dict, list[Stream]]:
+    codebook = coded.codebook.detach().cpu()
+    codes = coded.codes.detach().reshape(-1).cpu().to(torch.int64)
+    k = codebook.shape[0]
+    if not 1 <= coded.bits <= 16 or k > 2**coded.bits:
+        raise NnzipError(f"{name}: a codebook of {k} entries does not fit in {coded.bits} bits")
+    if codes.numel() and (codes.min() < 0 or codes.max() >= k):
+        raise NnzipError(f"{name}: codes index outside the codebook of {k} entries")
+    if codes.numel() * math.prod(codebook.shape[1:]) != math.prod(coded.shape):
+        raise NnzipError(f"{name}: {codes.numel()} codes of {tuple(codebook.shape[1:])} vectors "
+                         f"do not make a tensor of shape {tuple(coded.shape)}")
+    base = {**_base(name, tuple(coded.shape), codebook.dtype, "codes"),
+            "codebook_shape": list(codebook.shape), "bits": coded.bits}
+    book = raw_stream(codebook)
+    best = (dict(base), [book, int_stream(codes.numpy(), bits=coded.bits, huffman=huffman)])
+    zero_rows = (~torch.from_numpy(_nonzero_mask(codebook.reshape(k, -1)).reshape(k, -1)
+                                   .any(axis=1))).nonzero().reshape(-1) if k else []
+    if allow_sparse and len(zero_rows):
+        zero_code = int(zero_rows[0])
+        positions = np.flatnonzero(codes.numpy() != zero_code)
+        for index_meta, position_streams, is_filler in _position_options(
+                positions, (codes.numel(),), huffman):
+            if is_filler is None:
+                continue  # codes are a flat stream: relative indices are the natural fit
+            entries = np.full(is_filler.size, zero_code, dtype=np.int64)
+            entries[~is_filler] = codes.numpy()[positions]
+            streams = [book, *position_streams,
+                       int_stream(entries, bits=coded.bits, huffman=huffman)]
+            if _size(streams) < _size(best[1]):
+                best = ({**base, "zero_code": zero_code, **index_meta}, streams)
+    return best
+
+
+def _encode_integer(name: str, value: Integer, huffman: bool) -> tuple[dict, list[Stream]]:
+    values = value.values.detach().cpu()
+    record = {**_base(name, values.shape, torch.float32, "integer"), "bits": value.bits,
+              "low": value.low, "scale_shape": list(value.scale.shape),
+              "zero_point_shape": list(value.zero_point.shape),
+              "zero_point_dtype": dtype_name(value.zero_point.dtype), "scheme": value.scheme}
+    high = value.low + 2**value.bits - 1
+    if values.numel() and (int(values.min()) < value.low or int(values.max()) > high):
+        raise NnzipError(f"{name}: integer weights outside [{value.low}, {high}]")
+    ints = values.reshape(-1).to(torch.int64).numpy()
+    stream = int_stream(ints - value.low, bits=value.bits, huffman=huffman)
+    return record, [stream, raw_stream(value.scale.float(), shrink_floats=False),
+                    raw_stream(value.zero_point)]
+
+
+# -- decode ----------------------------------------------------------------------------------
+def decode_tensor(record: dict, streams: list[tuple[dict, bytes]]) -> torch.Tensor | Integer:
+    """Inverse of :func:`encode_tensor` (an ``integer`` record comes back as :class:`Integer`)."""
+    shape = tuple(record["shape"])
+    if not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise NnzipError(f"record {record.get('name')!r} has an invalid shape: corrupt data")
+    numel = math.prod(shape)
+    encoding = record.get("encoding")
+    dtype = dtype_of(record.get("dtype"))
+    if encoding == "dense":
+        return _read_dense(streams[0], dtype).reshape(shape)
+    if encoding == "sparse":
+        positions, used = _decode_positions(record, streams, numel)
+        entries = _read_dense(streams[used], dtype)
+        if entries.numel() != positions.size:
+            raise NnzipError("sparse values do not match their positions: corrupt data")
+        out = torch.zeros(numel, dtype=dtype)
+        out[torch.from_numpy(positions)] = entries
+        return out.reshape(shape)
+    if encoding == "codes":
+        return _decode_coded(record, streams, dtype, numel).reshape(shape)
+    if encoding == "integer":
+        ints = read_ints(*streams[0]) + int(record["low"])
+        scale = read_raw(*streams[1], torch.float32).reshape(record["scale_shape"])
+        zero_point = read_raw(*streams[2], dtype_of(record["zero_point_dtype"])) \
+            .reshape(record["zero_point_shape"])
+        if ints.size != numel:
+            raise NnzipError("integer weights have the wrong count: corrupt data")
+        return Integer(torch.from_numpy(ints).reshape(shape), int(record["bits"]),
+                       int(record["low"]), scale, zero_point, dict(record["scheme"]))
+    raise NnzipError(f"unknown tensor encoding {encoding!r}: corrupt data or a newer format")
+
+
+def _read_dense(stream: tuple[dict, bytes], dtype: torch.dtype) -> torch.Tensor:
+    meta, data = stream
+    if meta.get("coding") == "raw":
+        return read_raw(meta, data, dtype)
+    return torch.from_numpy(read_ints(meta, data)).to(dtype)
+
+
+def _decode_coded(record: dict, streams: list[tuple[dict, bytes]], dtype: torch.dtype,
+                  numel: int) -> torch.Tensor:
+    book_shape = tuple(record["codebook_shape"])
+    codebook = read_raw(*streams[0], dtype).reshape(book_shape)
+    vector = max(1, math.prod(book_shape[1:]))
+    count = numel // vector
+    if "zero_code" in record:
+        positions, used = _decode_positions(record, streams[1:], count)
+        entries = read_ints(*streams[1 + used])
+        if entries.size != positions.size:
+            raise NnzipError("sparse codes do not match their positions: corrupt data")
+        codes = np.full(count, int(record["zero_code"]), dtype=np.int64)
+        codes[positions] = entries
+    else:
+        codes = read_ints(*streams[1])
+    if codes.size != count or (codes.size and (codes.min() < 0
+                                               or codes.max() >= book_shape[0])):
+        raise NnzipError("codes do not index the codebook: corrupt data")
+    return codebook[torch.from_numpy(codes)].reshape(-1)
