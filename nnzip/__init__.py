@@ -5,7 +5,8 @@ The public API is five verbs; everything else lives in the method families' pack
     nnzip.compress(model, "recipe.yaml", data)   run a recipe, measuring after every stage
     nnzip.evaluate(model, data)                  every metric of one model, as a report entry
     nnzip.load_recipe("recipe.yaml")             parse and validate a recipe
-    nnzip.save(model, "folder") / nnzip.load()   the model artifact (safetensors + JSON spec)
+    nnzip.save(model, "folder") / nnzip.load()   the model artifact (safetensors + JSON spec,
+                                                 or one compressed file: "model.nnz")
 """
 
 __version__ = "0.1.0"

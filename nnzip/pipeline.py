@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from nnzip.codec.nnz import codec_options, nnz_artifact, save_nnz
 from nnzip.data.splits import DataSplits
 from nnzip.errors import NnzipError
 from nnzip.evaluate import EvalConfig, build_report, evaluate, machine_info, write_report
@@ -102,8 +104,11 @@ def compress(model: nn.Module, recipe: Recipe | str | Path, data: DataSplits, *,
         extra["stages"].append({"label": step.label, "kind": step.stage.kind,
                                 "seconds": round(time.perf_counter() - started, 3),
                                 "details": context.details})
-        rows.append(evaluate(model, data, name=name, stage=step.label, reference=reference,
-                             reference_size_bytes=baseline["size_bytes"], config=eval_config))
+        with tempfile.TemporaryDirectory(prefix="nnzip-artifact-") as folder:
+            # After weight sharing (or an encode stage) the size is that of the .nnz file.
+            rows.append(evaluate(model, data, name=name, stage=step.label, reference=reference,
+                                 reference_size_bytes=baseline["size_bytes"],
+                                 artifact_path=nnz_artifact(model, folder), config=eval_config))
         report, paths = _write(rows, eval_config, out_dir, extra)
     if out_dir is not None:
         paths["model"] = save_final_model(model, out_dir, data)
@@ -113,6 +118,8 @@ def compress(model: nn.Module, recipe: Recipe | str | Path, data: DataSplits, *,
 def save_final_model(model: nn.Module, out_dir: Path, data: DataSplits) -> Path:
     """Save as a zoo folder (safetensors + spec) when the zoo can rebuild it, else as a .pt2.
 
+    After weight sharing (or an ``encode`` stage) a zoo model is saved as its ``.nnz`` file.
+
     A model quantized by nnzip is saved as a QDQ ``.onnx`` file: int8 weights with their scales,
     runnable on ONNX Runtime's integer kernels (a .pt2 would hold fp32 copies of the weights).
     """
@@ -120,6 +127,9 @@ def save_final_model(model: nn.Module, out_dir: Path, data: DataSplits) -> Path:
     from nnzip.runtime.onnx_export import export_onnx, is_quantized
 
     example = data.test.tensors[0][:2]
+    options = codec_options(model)
+    if options is not None and model_spec(model) is not None:
+        return save_nnz(model, out_dir / "model.nnz", huffman=options["huffman"])
     if is_quantized(model):
         try:
             return export_onnx(model, out_dir / "model.onnx", example)

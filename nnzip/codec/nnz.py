@@ -250,3 +250,85 @@ def is_nnz(path: str | os.PathLike) -> bool:
         with path.open("rb") as file:
             return file.read(len(MAGIC)) == MAGIC
     return False
+
+
+# -- measuring -------------------------------------------------------------------------------
+#: Attribute a stage sets on a model to say "measure and save me as .nnz, with these options".
+CODEC_ATTRIBUTE = "nnzip_codec"
+
+
+def codec_options(model: nn.Module) -> dict | None:
+    """The .nnz options a stage attached to ``model`` (``{"huffman": bool}``), else None."""
+    options = getattr(model, CODEC_ATTRIBUTE, None)
+    return dict(options) if isinstance(options, dict) else None
+
+
+def set_codec_options(model: nn.Module, *, huffman: bool) -> None:
+    setattr(model, CODEC_ATTRIBUTE, {"huffman": huffman})
+
+
+def nnz_artifact(model: nn.Module, folder: str | os.PathLike, name: str = "model") -> Path | None:
+    """Write ``model`` as ``folder/name.nnz`` if a stage asked for .nnz (else None): the file
+    whose bytes the report's size is."""
+    options = codec_options(model)
+    if options is None:
+        return None
+    return save_nnz(model, Path(folder) / f"{name}{SUFFIX}", huffman=options["huffman"])
+
+
+def _index_and_value_bytes(record: dict) -> tuple[int, int, int]:
+    """(index bytes, value/code bytes, codebook/other bytes) of one encoded record."""
+    sizes = [meta["nbytes"] for meta in record["streams"]]
+    encoding = record["encoding"]
+    if encoding == "sparse":
+        used = 1 if record["index"] == "relative" else 2
+        return sum(sizes[:used]), sum(sizes[used:]), 0
+    if encoding == "codes":
+        if "zero_code" in record:
+            return sum(sizes[1:-1]), sizes[-1], sizes[0]
+        return 0, sizes[1], sizes[0]
+    if encoding == "integer":
+        return 0, sizes[0], sum(sizes[1:])
+    return 0, sum(sizes), 0
+
+
+def layer_table(model: nn.Module) -> dict[str, dict]:
+    """Deep Compression's Table 1 for every weight (Linear/Conv) of a zoo model, in bytes.
+
+    For each weight: its count, the fraction kept (non-zero), and its size stored dense (fp32),
+    after pruning (sparse fp32 with relative indices), after weight sharing (codes bit-packed)
+    and after Huffman coding, with the average index and weight bits per kept weight.
+    """
+    from nnzip.models.zoo import model_spec
+    from nnzip.prune.masks import PRUNABLE_TYPES
+
+    spec = model_spec(model)
+    if spec is None:
+        raise NnzipError("the per-layer size table needs a zoo model (create_model)")
+    names = [n for n in _plain_names(spec) if n.endswith(".weight") and isinstance(
+        model.get_submodule(n.rpartition(".")[0]), PRUNABLE_TYPES)]
+    tensors = model_tensors(model, names)
+    table = {}
+    for name, value in tensors.items():
+        dense = value if isinstance(value, torch.Tensor) else None
+        if dense is None:
+            module = model.get_submodule(name.rpartition(".")[0])
+            dense = getattr(module, "weight", None)
+            if not isinstance(dense, torch.Tensor):
+                from nnzip.codec.quant_bridge import dequantize_integer
+                dense = dequantize_integer(value)
+        dense = dense.detach().float()
+        kept = int((dense != 0).sum())
+        _, pruned_streams = encode_tensor(name, dense, huffman=False)
+        row = {"weights": dense.numel(), "kept": kept, "dense_bytes": 4 * dense.numel(),
+               "pruned_bytes": sum(len(data) for _, data in pruned_streams)}
+        for label, huffman in (("shared", False), ("huffman", True)):
+            record, streams = encode_tensor(name, value, huffman=huffman)
+            record["streams"] = [m for m, _ in streams]
+            index, values, other = _index_and_value_bytes(record)
+            row[f"{label}_bytes"] = index + values + other
+            row[f"{label}_index_bits"] = 8 * index / max(kept, 1)
+            row[f"{label}_weight_bits"] = 8 * values / max(kept, 1)
+        row["bits"] = value.bits if isinstance(value, (Coded, Integer)) else 32
+        table[name] = row
+    return table

@@ -10,6 +10,8 @@ have a known shape and get a table or a chart of their own; every other value is
 - ``sensitivity`` ({layer: {sparsity: val. accuracy}}): the sensitivity chart, one line per layer.
 - ``layer_bits`` ({layer: bits}) with ``weight_error`` ({layer: ‖W_q − W‖² / ‖W‖²}): the
   per-layer quantization table.
+- ``layer_compression`` ({layer: {weights, kept, bits, dense_bytes, pruned_bytes, shared_bytes,
+  huffman_bytes, …}}): Deep Compression's Table 1, bytes of each weight after each step.
 """
 
 from __future__ import annotations
@@ -20,11 +22,11 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from nnzip.evaluate.figures import to_png
-from nnzip.evaluate.tables import NA, fmt_count, fmt_percent
+from nnzip.evaluate.tables import NA, fmt_bytes, fmt_count, fmt_percent
 
 #: Keys drawn as their own table or chart; the rest go to the key/value list.
 STRUCTURED_KEYS = ("layer_sparsity", "layer_params", "allocated_sparsity", "widths_before",
-                   "widths_after", "sensitivity", "layer_bits", "weight_error")
+                   "widths_after", "sensitivity", "layer_bits", "weight_error", "layer_compression")
 
 Table = tuple[list[str], list[list[str]]]
 
@@ -72,6 +74,35 @@ def quantization_table(details: dict) -> Table | None:
     rows = [[layer, str(width), NA if errors.get(layer) is None else f"{errors[layer]:.2e}"]
             for layer, width in bits.items()]
     return ["Layer", "Weight bits", "Weight error (relative)"], rows
+
+
+def compression_table(details: dict) -> Table | None:
+    """Deep Compression's Table 1: per weight, kept fraction, bits and bytes after each step."""
+    layers = details.get("layer_compression")
+    if not layers:
+        return None
+    columns = ["Layer", "Weights", "Kept", "Bits", "Index bits (P+Q / +H)",
+               "Weight bits (P+Q / +H)", "Dense fp32", "Pruned", "Pruned+shared", "+Huffman",
+               "Ratio"]
+    rows = []
+    totals = {"weights": 0, "kept": 0, "dense_bytes": 0, "pruned_bytes": 0, "shared_bytes": 0,
+              "huffman_bytes": 0}
+    for layer, row in layers.items():
+        for key in totals:
+            totals[key] += row[key]
+        rows.append([layer, fmt_count(row["weights"]), fmt_percent(row["kept"] / row["weights"]),
+                     str(row["bits"]),
+                     f"{row['shared_index_bits']:.1f} / {row['huffman_index_bits']:.1f}",
+                     f"{row['shared_weight_bits']:.1f} / {row['huffman_weight_bits']:.1f}",
+                     fmt_bytes(row["dense_bytes"]), fmt_bytes(row["pruned_bytes"]),
+                     fmt_bytes(row["shared_bytes"]), fmt_bytes(row["huffman_bytes"]),
+                     f"{row['dense_bytes'] / max(row['huffman_bytes'], 1):.1f}×"])
+    rows.append(["total", fmt_count(totals["weights"]),
+                 fmt_percent(totals["kept"] / max(totals["weights"], 1)), "", "", "",
+                 fmt_bytes(totals["dense_bytes"]), fmt_bytes(totals["pruned_bytes"]),
+                 fmt_bytes(totals["shared_bytes"]), fmt_bytes(totals["huffman_bytes"]),
+                 f"{totals['dense_bytes'] / max(totals['huffman_bytes'], 1):.1f}×"])
+    return columns, rows
 
 
 def _short(value: object, limit: int = 160) -> str:
@@ -128,5 +159,6 @@ def stage_tables(details: dict) -> list[tuple[str, Table]]:
     """(title, table) for every table the stage's details support, in reading order."""
     tables = [("Per-layer sparsity", sparsity_table(details)),
               ("Per-layer channels", width_table(details)),
-              ("Per-layer quantization", quantization_table(details))]
+              ("Per-layer quantization", quantization_table(details)),
+              ("Per-layer compression (weights only, bytes)", compression_table(details))]
     return [(title, table) for title, table in tables if table is not None]

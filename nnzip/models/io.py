@@ -69,10 +69,17 @@ def save_model(model: nn.Module, path: str | os.PathLike,
                extra: dict[str, Any] | None = None) -> Path:
     """Save a zoo model as the folder ``path`` (``model.safetensors`` + ``spec.json``), atomically.
 
+    A path ending in ``.nnz`` writes one compressed file instead (:func:`nnzip.codec.save_nnz`:
+    sparse, weight-shared and integer weights stored compactly), which :func:`load_model` reads.
+
     ``extra`` is any JSON-serialisable metadata (accuracy, data set, recipe) kept in spec.json.
     Models not made by :func:`create_model` raise :class:`NnzipError` pointing to torch.export.
     """
     path = Path(path)
+    if path.suffix.lower() == ".nnz":  # one compressed file (nnzip.codec) instead of a folder
+        from nnzip.codec.nnz import save_nnz
+
+        return save_nnz(model, path, extra=extra)
     spec = model_spec(model)
     if spec is None:
         raise NnzipError(f"{type(model).__name__} was not created by nnzip's model zoo, so a "
@@ -248,6 +255,10 @@ def load_model(path: str | os.PathLike, *, trust_pickle: bool = False) -> nn.Mod
         path = path.parent  # the user pointed at a file inside a model folder
     if path.is_dir():
         return _load_folder(path)
+    from nnzip.codec.nnz import is_nnz, load_nnz
+
+    if is_nnz(path):
+        return load_nnz(path)
     if path.suffix.lower() == ".onnx":
         from nnzip.runtime.session import OrtModule  # runs in ONNX Runtime, callable like torch
 
