@@ -11,7 +11,8 @@
 - ``integer``: integer-quantized weights, bit-packed, with their scales and zero points.
 
 Integer streams (codes, gaps) can be Huffman-coded when that is smaller (``huffman=True``).
-"Zero" means all bits zero, so −0.0 and NaN survive the round trip bit for bit.
+Every value survives bit for bit (NaN payloads included), except that a −0.0 dropped by the sparse
+form comes back as +0.0 (equal as a number, and in every product and sum).
 """
 
 from __future__ import annotations
@@ -52,12 +53,14 @@ class Integer:
 
 
 def _nonzero_mask(values: torch.Tensor) -> np.ndarray:
-    """True where any bit is set (so −0.0 counts as a value to keep)."""
-    flat = values.detach().reshape(-1).cpu().contiguous()
-    if flat.dtype == torch.bool:
-        return flat.numpy().copy()
-    raw = flat.view(torch.uint8).numpy().reshape(flat.numel(), flat.element_size())
-    return raw.any(axis=1)
+    """True where a value is not zero; NaN is kept, and −0.0 counts as zero.
+
+    Pruning by multiplying with a mask leaves −0.0 for about half the pruned weights; keeping
+    their sign would cost an index per pruned weight. The sparse form therefore stores them as
+    +0.0, which compares equal and multiplies to the same sums; every other bit is preserved.
+    """
+    flat = values.detach().reshape(-1).cpu()
+    return (flat != 0).numpy().copy()
 
 
 # -- positions -------------------------------------------------------------------------------
@@ -196,6 +199,9 @@ def _encode_coded(name: str, coded: Coded, huffman: bool, allow_sparse: bool
                          f"do not make a tensor of shape {tuple(coded.shape)}")
     base = {**_base(name, tuple(coded.shape), codebook.dtype, "codes"),
             "codebook_shape": list(codebook.shape), "bits": coded.bits}
+    codebook, codes = _used_entries(codebook, codes)
+    k = codebook.shape[0]
+    base["codebook_shape"] = list(codebook.shape)
     book = raw_stream(codebook)
     best = (dict(base), [book, int_stream(codes.numpy(), bits=coded.bits, huffman=huffman)])
     zero_rows = (~torch.from_numpy(_nonzero_mask(codebook.reshape(k, -1)).reshape(k, -1)
@@ -214,6 +220,25 @@ def _encode_coded(name: str, coded: Coded, huffman: bool, allow_sparse: bool
             if _size(streams) < _size(best[1]):
                 best = ({**base, "zero_code": zero_code, **index_meta}, streams)
     return best
+
+
+def _used_entries(codebook: torch.Tensor, codes: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop codebook entries no code uses (codes renumbered; the decoded tensor is the same).
+
+    k-means on a small or pruned layer leaves many clusters empty: an 8-bit codebook for a
+    300-weight layer would otherwise cost more than the codes. An all-zero entry is kept: it is
+    the filler of the sparse form.
+    """
+    k = codebook.shape[0]
+    used = torch.zeros(k, dtype=torch.bool)
+    used[codes] = True
+    flat = codebook.reshape(k, -1)
+    used |= ~torch.from_numpy(_nonzero_mask(flat).reshape(k, -1).any(axis=1)) if k else used
+    if bool(used.all()):
+        return codebook, codes
+    renumber = torch.cumsum(used, 0) - 1
+    return codebook[used], renumber[codes]
 
 
 def _encode_integer(name: str, value: Integer, huffman: bool) -> tuple[dict, list[Stream]]:

@@ -124,7 +124,8 @@ def kmeans_vectors(vectors: torch.Tensor, clusters: int, *, iterations: int = 30
     """k-means on the rows of ``vectors`` (n, d): (codebook (k, d), code of every row (n,)).
 
     Initialised with k distinct rows drawn at random, or with ``lbg`` by the splitting of Linde,
-    Buzo & Gray (1980): start from the mean, split every codeword into c·(1 ± ε), refine, repeat
+    Buzo & Gray (1980): start from the mean, split every codeword into c ± ε (ε a small random
+    step), refine, repeat
     until there are ``clusters`` (rounded up to a power of two, then the least used dropped).
     """
     check_clusters(clusters)
@@ -135,7 +136,10 @@ def kmeans_vectors(vectors: torch.Tensor, clusters: int, *, iterations: int = 30
     if lbg:
         codebook = data.mean(dim=0, keepdim=True)
         while codebook.shape[0] < clusters:
-            spread = 1e-3 * data.std(dim=0, keepdim=True).clamp_min(1e-12)
+            # A random direction per codeword: one shared direction (c·(1 ± ε)) can leave two
+            # true clusters under one codeword for good.
+            spread = 1e-2 * data.std(dim=0, keepdim=True).clamp_min(1e-12) * torch.randn(
+                codebook.shape, generator=generator)
             codebook = torch.cat([codebook - spread, codebook + spread])
             codebook, _ = _lloyd(data, codebook, iterations)
         if codebook.shape[0] > clusters:

@@ -92,6 +92,14 @@ def shared_weights(model: nn.Module) -> dict[str, SharedWeight]:
     return found
 
 
+@torch.no_grad()
+def round_codebooks(model: nn.Module, dtype: torch.dtype = torch.float16) -> None:
+    """Round every shared value to ``dtype`` (kept in the model's dtype), so the .nnz file can
+    store the codebooks in ``dtype`` without changing a single output bit."""
+    for shared in shared_weights(model).values():
+        shared.centroids.copy_(shared.centroids.to(dtype).to(shared.centroids.dtype))
+
+
 def unshare(model: nn.Module) -> nn.Module:
     """Turn every shared weight back into a plain parameter holding its current values."""
     for module in model.modules():
