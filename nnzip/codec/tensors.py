@@ -23,8 +23,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from nnzip.codec.streams import Stream, dtype_name, dtype_of, int_stream, raw_stream, read_ints, \
-    read_raw
+from nnzip.codec.streams import (
+    Stream,
+    dtype_name,
+    dtype_of,
+    int_stream,
+    raw_stream,
+    read_ints,
+    read_raw,
+)
 from nnzip.errors import NnzipError
 
 INDEX_BITS = range(2, 9)

@@ -80,7 +80,7 @@ def share_weight(layer: nn.Module, shared: SharedWeight, name: str = "weight") -
 
 
 def shared_weights(model: nn.Module) -> dict[str, SharedWeight]:
-    """Every :class:`SharedWeight` of ``model`` by the parameter name it replaces (``fc1.weight``)."""
+    """Every :class:`SharedWeight` of ``model``, by the name of the weight it replaces."""
     found = {}
     for module_name, module in model.named_modules():
         if not parametrize.is_parametrized(module):

@@ -3,8 +3,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nnzip.codec.huffman import MAX_CODE_BITS, canonical_codes, code_lengths, huffman_decode, \
-    huffman_encode
+from nnzip.codec.huffman import (
+    MAX_CODE_BITS,
+    canonical_codes,
+    code_lengths,
+    huffman_decode,
+    huffman_encode,
+)
 from nnzip.errors import NnzipError
 
 

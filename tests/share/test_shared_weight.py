@@ -58,7 +58,7 @@ def test_cluster_weights_uses_conv_and_linear_bits_and_leaves_a_working_model(le
     summary = cluster_weights(model, conv_bits=4, linear_bits=2)
     assert {n: s.bits for n, s in summary.items()} == {
         "conv1.weight": 4, "conv2.weight": 4, "fc1.weight": 2, "fc2.weight": 2}
-    for name, shared in shared_weights(model).items():
+    for name in shared_weights(model):
         weight = model.get_submodule(name.rpartition(".")[0]).weight
         assert weight.unique().numel() <= 2 ** summary[name].bits
     copy.deepcopy(model)(torch.randn(2, 1, 28, 28))
