@@ -208,8 +208,14 @@ def cmd_eval(args: argparse.Namespace) -> None:
     models = [("model", "evaluated", model)]
     if reference is not None:
         models.insert(0, ("reference", "baseline", reference))
+    from nnzip.codec.nnz import is_nnz
+
+    # An .nnz file is weighed as the file itself, not as the dense model it decodes to.
+    artifacts = {name: Path(spec) for name, spec in (("model", args.model),
+                                                     ("reference", args.reference))
+                 if spec and Path(spec).is_file() and is_nnz(spec)}
     report, paths = evaluate_models(models, data, out_dir=args.out,
-                                    eval_config=_eval_config(args))
+                                    eval_config=_eval_config(args), artifacts=artifacts)
     _show(report, paths)
 
 

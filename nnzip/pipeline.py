@@ -44,11 +44,12 @@ def _write(rows: list[dict], eval_config: EvalConfig, out_dir: Path | None,
 
 def evaluate_models(models: list[tuple[str, str, nn.Module]], data: DataSplits, *,
                     out_dir: str | Path | None = None, eval_config: EvalConfig | None = None,
-                    reference: nn.Module | None = None, extra: dict | None = None
-                    ) -> tuple[dict, dict[str, Path]]:
+                    reference: nn.Module | None = None, extra: dict | None = None,
+                    artifacts: dict[str, Path] | None = None) -> tuple[dict, dict[str, Path]]:
     """Measure ``(name, stage, model)`` triples against one reference and write the report.
 
-    Without a reference the first model is the reference of the others.
+    Without a reference the first model is the reference of the others. ``artifacts`` maps a
+    model's name to the file it was loaded from, whose bytes are then its size (e.g. an .nnz).
     """
     eval_config = eval_config or EvalConfig()
     out_dir = Path(out_dir) if out_dir is not None else None
@@ -62,7 +63,8 @@ def evaluate_models(models: list[tuple[str, str, nn.Module]], data: DataSplits, 
         is_reference = reference is None and index == 0
         entry = evaluate(model, data, name=name, stage=stage,
                          reference=None if is_reference else reference_model,
-                         reference_size_bytes=reference_size, config=eval_config)
+                         reference_size_bytes=reference_size, config=eval_config,
+                         artifact_path=(artifacts or {}).get(name))
         if is_reference:
             reference_size = entry["size_bytes"]
         rows.append(entry)
