@@ -270,8 +270,13 @@ def set_codec_options(model: nn.Module, *, huffman: bool) -> None:
 def nnz_artifact(model: nn.Module, folder: str | os.PathLike, name: str = "model") -> Path | None:
     """Write ``model`` as ``folder/name.nnz`` if a stage asked for .nnz (else None): the file
     whose bytes the report's size is."""
+    from nnzip.models.zoo import model_spec
+
     options = codec_options(model)
     if options is None:
+        return None
+    if model_spec(model) is None:
+        log.info("not a zoo model: weighed as its state dict, not as an .nnz file")
         return None
     return save_nnz(model, Path(folder) / f"{name}{SUFFIX}", huffman=options["huffman"])
 

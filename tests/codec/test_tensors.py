@@ -105,3 +105,21 @@ def test_sparse_storage_is_smaller_than_dense_for_a_pruned_weight():
     data = encode_tensors({"w": weight}, {}, huffman=False)
     assert len(data) < weight.numel() * 4 * 0.05 * 1.6  # values + ~5-bit indices + header
     assert decode_tensors(data).header["records"][0]["encoding"] == "sparse"
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=st.integers(1, 20), columns=st.integers(1, 30), bits=st.integers(2, 8),
+       huffman=st.booleans(), seed=st.integers(0, 2**31))
+def test_integer_weights_with_per_channel_scales_round_trip(rows, columns, bits, huffman, seed):
+    from nnzip.codec.tensors import Integer
+
+    generator = torch.Generator().manual_seed(seed)
+    low = -(2 ** (bits - 1)) + 1
+    values = torch.randint(low, -low + 1, (rows, columns), generator=generator)
+    scale = torch.rand(rows, 1, generator=generator) + 1e-3
+    zero_point = torch.zeros(rows, 1, dtype=torch.int32)
+    integer = Integer(values=values, bits=bits, low=low, scale=scale, zero_point=zero_point,
+                      scheme={"bits": bits, "granularity": "channel"})
+    decoded = _round_trip({"w": integer}, huffman)["w"]
+    assert torch.equal(decoded.values, values) and torch.equal(decoded.scale, scale)
+    assert torch.equal(decoded.zero_point, zero_point) and decoded.scheme == integer.scheme
