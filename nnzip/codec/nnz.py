@@ -210,7 +210,6 @@ def save_nnz(model: nn.Module, path: str | os.PathLike, *, huffman: bool = True,
 
 def model_from_nnz(file: NnzFile, source: str = "the .nnz file") -> nn.Module:
     """Rebuild the zoo model a decoded file describes (a plain model, in eval mode)."""
-    from nnzip.codec.quant_bridge import dequantize_integer
     from nnzip.models.zoo import create_model
 
     spec = file.header.get("spec")
@@ -219,7 +218,7 @@ def model_from_nnz(file: NnzFile, source: str = "the .nnz file") -> nn.Module:
                              num_classes=spec["num_classes"], **spec["kwargs"])
     except (TypeError, KeyError) as error:
         raise NnzipError(f"{source} has an invalid model spec ({error}): save it again") from error
-    state = {name: dequantize_integer(value) if isinstance(value, Integer) else value
+    state = {name: value.dequantize() if isinstance(value, Integer) else value
              for name, value in file.tensors.items()}
     expected = model.state_dict()
     problems = sorted(set(expected) ^ set(state)) + sorted(
@@ -320,8 +319,7 @@ def layer_table(model: nn.Module) -> dict[str, dict]:
             module = model.get_submodule(name.rpartition(".")[0])
             dense = getattr(module, "weight", None)
             if not isinstance(dense, torch.Tensor):
-                from nnzip.codec.quant_bridge import dequantize_integer
-                dense = dequantize_integer(value)
+                dense = value.dequantize()
         dense = dense.detach().float()
         kept = int((dense != 0).sum())
         _, pruned_streams = encode_tensor(name, dense, huffman=False)

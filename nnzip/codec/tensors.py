@@ -49,7 +49,10 @@ class Coded:
 
 @dataclass(frozen=True)
 class Integer:
-    """An integer-quantized tensor; ``scheme`` is the JSON the quantizer needs to dequantize."""
+    """An integer-quantized tensor: ``(values − zero_point) · scale`` (broadcast) in float32.
+
+    ``values`` lie in ``[low, low + 2^bits − 1]``; ``scheme`` is free JSON metadata.
+    """
 
     values: torch.Tensor
     bits: int
@@ -57,6 +60,13 @@ class Integer:
     scale: torch.Tensor
     zero_point: torch.Tensor
     scheme: dict
+    #: The shape the scale broadcasts against (e.g. (out, in·kh·kw) for a conv), if not its own.
+    view: tuple[int, ...] | None = None
+
+    def dequantize(self) -> torch.Tensor:
+        values = self.values if self.view is None else self.values.reshape(self.view)
+        return ((values.to(torch.float32) - self.zero_point) * self.scale) \
+            .reshape(self.values.shape)
 
 
 def _nonzero_mask(values: torch.Tensor) -> np.ndarray:
@@ -253,7 +263,8 @@ def _encode_integer(name: str, value: Integer, huffman: bool) -> tuple[dict, lis
     record = {**_base(name, values.shape, torch.float32, "integer"), "bits": value.bits,
               "low": value.low, "scale_shape": list(value.scale.shape),
               "zero_point_shape": list(value.zero_point.shape),
-              "zero_point_dtype": dtype_name(value.zero_point.dtype), "scheme": value.scheme}
+              "zero_point_dtype": dtype_name(value.zero_point.dtype), "scheme": value.scheme,
+              "view": None if value.view is None else list(value.view)}
     high = value.low + 2**value.bits - 1
     if values.numel() and (int(values.min()) < value.low or int(values.max()) > high):
         raise NnzipError(f"{name}: integer weights outside [{value.low}, {high}]")
@@ -291,8 +302,10 @@ def decode_tensor(record: dict, streams: list[tuple[dict, bytes]]) -> torch.Tens
             .reshape(record["zero_point_shape"])
         if ints.size != numel:
             raise NnzipError("integer weights have the wrong count: corrupt data")
+        view = record.get("view")
         return Integer(torch.from_numpy(ints).reshape(shape), int(record["bits"]),
-                       int(record["low"]), scale, zero_point, dict(record["scheme"]))
+                       int(record["low"]), scale, zero_point, dict(record["scheme"]),
+                       None if view is None else tuple(view))
     raise NnzipError(f"unknown tensor encoding {encoding!r}: corrupt data or a newer format")
 
 

@@ -62,7 +62,11 @@ def test_weight_only_int8_quantized_model_round_trips(lenet5, mnist, one_thread_
     from nnzip.quant.ptq import QuantConfig, convert, prepare
 
     model = convert(prepare(_copy(lenet5), QuantConfig(activation_bits=None)))
-    loaded = nnzip.codec.nnz.model_from_nnz(nnzip.codec.decode_tensors(nnz_bytes(model)))
+    file = nnzip.codec.decode_tensors(nnz_bytes(model))
+    encodings = {r["name"]: r["encoding"] for r in file.header["records"]}
+    assert all(encodings[f"{layer}.weight"] == "integer"
+               for layer in ("conv1", "conv2", "fc1", "fc2"))
+    loaded = nnzip.codec.nnz.model_from_nnz(file)
     images = mnist.test.tensors[0][:2000]
     assert torch.equal(_outputs(loaded, images), _outputs(model, images))
     assert len(nnz_bytes(model)) < 0.3 * artifact_bytes(lenet5)
