@@ -4,6 +4,8 @@
 from nnzip.quant import QuantConfig, quantize_static, quantize_dynamic
 int8 = quantize_static(model, calibration_batches(data, 8))       # W8A8, per-channel weights
 w4 = quantize_static(model, batches, QuantConfig(weight_bits=4, weight_range="mse"))
+better = quantize_static(model, batches, QuantConfig(weight_bits=4, equalize=True,
+                                                     rounding="gptq", bias_correction=True))
 dyn = quantize_dynamic(model)                                     # Linear layers, int8
 ```
 """
@@ -18,6 +20,9 @@ from nnzip.quant.affine import (
     quantization_error,
     quantize,
 )
+from nnzip.quant.bias_correction import bias_correction
+from nnzip.quant.equalize import cross_layer_equalization, equalizable_pairs
+from nnzip.quant.gptq import gptq, gptq_quantize_weight
 from nnzip.quant.modules import QuantizedLayer, quantized_layers, set_mode
 from nnzip.quant.observers import OBSERVERS, make_observer, mse_weight_qparams
 from nnzip.quant.ptq import (
@@ -28,15 +33,16 @@ from nnzip.quant.ptq import (
     quantizable_layers,
     quantize_dynamic,
     quantize_static,
+    static_ptq,
 )
 from nnzip.quant.qat import quantization_aware_training
 from nnzip.quant.stages import QAT, Quantize
 
 __all__ = [
     "OBSERVERS", "QAT", "QParams", "QScheme", "QuantConfig", "Quantize", "QuantizedLayer",
-    "calibrate", "quantization_aware_training",
-    "convert", "dequantize", "fake_quantize", "make_observer", "minmax_qparams",
-    "mse_weight_qparams", "prepare", "qparams_from_range", "quantizable_layers",
-    "quantization_error", "quantize", "quantize_dynamic", "quantize_static", "quantized_layers",
-    "set_mode",
+    "bias_correction", "calibrate", "convert", "cross_layer_equalization", "dequantize",
+    "equalizable_pairs", "gptq", "gptq_quantize_weight", "quantization_aware_training",
+    "fake_quantize", "make_observer", "minmax_qparams", "mse_weight_qparams", "prepare",
+    "qparams_from_range", "quantizable_layers", "quantization_error", "quantize",
+    "quantize_dynamic", "quantize_static", "quantized_layers", "set_mode", "static_ptq",
 ]

@@ -9,7 +9,13 @@
   and the input is fake-quantized with the calibrated scale; this is what the integer kernels of
   the exported model compute, simulated in float;
 - ``train`` (QAT): both are fake-quantized every step with the straight-through estimator, the
-  weight scale recomputed from the weight (or learned, LSQ).
+  weight scale recomputed from the weight (or learned, LSQ);
+- ``float``: weight and input as they are, without observing (the float reference that bias
+  correction compares against).
+
+Rounding other than to nearest (GPTQ) hands its integers to :meth:`QuantizedLayer.
+set_integer_weight`: they are kept by later calls to :meth:`~QuantizedLayer.freeze`, while the
+float weight stays the original one (so the weight error a report shows is the real one).
 
 Dynamic quantization is the same layer with ``input_scheme`` but no calibrated range: each batch
 computes its own.
@@ -37,7 +43,7 @@ from nnzip.quant.affine import (
 from nnzip.quant.observers import Observer, ObserverKind, make_observer, mse_weight_qparams
 
 QUANTIZABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-Mode = Literal["observe", "quantize", "train", "dynamic"]
+Mode = Literal["observe", "quantize", "train", "dynamic", "float"]
 WeightRange = Literal["minmax", "mse"]
 
 
@@ -71,6 +77,9 @@ class QuantizedLayer(nn.Module):
         self.input_qparams: QParams | None = None
         self.weight_qparams: QParams | None = None
         self.register_buffer("weight_int", None, persistent=False)
+        # True when weight_int came from elsewhere (GPTQ, a loaded state dict) rather than from
+        # rounding the float weight: re-rounding would undo it.
+        self.weight_fixed = False
         # Once frozen, the state dict holds the integer weight bit-packed, not the float one:
         # what a user ships, and what the report's size_bytes weighs.
         self._register_state_dict_hook(_packed_state)
@@ -85,12 +94,32 @@ class QuantizedLayer(nn.Module):
         self.mode = "quantize"
 
     def freeze_weight(self) -> None:
-        """Round the current weight to its integers (after QAT, or for dynamic quantization)."""
+        """Round the current weight to its integers (after QAT, or for dynamic quantization).
+
+        Integers set by :meth:`set_integer_weight` are kept: freezing again changes nothing.
+        """
+        if self.weight_fixed:
+            return
         self.weight_qparams = weight_qparams(self.layer.weight.detach(), self.weight_scheme,
                                              self.weight_range)
         self.weight_int = quantize(self.layer.weight, self.weight_qparams)
 
+    def set_integer_weight(self, weight_int: torch.Tensor, qparams: QParams) -> None:
+        """Use integers chosen by another rounding method (GPTQ) as this layer's weight."""
+        if weight_int.shape != self.layer.weight.shape:
+            raise NnzipError(f"integer weight of shape {tuple(weight_int.shape)} does not match "
+                             f"the layer's weight {tuple(self.layer.weight.shape)}")
+        if qparams.scheme != self.weight_scheme:
+            raise NnzipError(f"integer weight quantized with {qparams.scheme}, but the layer's "
+                             f"scheme is {self.weight_scheme}: quantize with the layer's scheme")
+        self.weight_int = weight_int
+        self.weight_qparams = qparams
+        self.weight_fixed = True
+
     def set_mode(self, mode: Mode) -> None:
+        if mode == "train":
+            # Training moves the float weight: its integers are recomputed when it ends.
+            self.weight_fixed = False
         if mode == "quantize" and self.weight_int is None:
             self.freeze()
         self.mode = mode
@@ -102,8 +131,9 @@ class QuantizedLayer(nn.Module):
         return dequantize(self.weight_int, self.weight_qparams).to(self.layer.weight.dtype)
 
     # -- forward -----------------------------------------------------------------------------
-    def _quantize_input(self, x: torch.Tensor) -> torch.Tensor:
-        if self.input_scheme is None:
+    def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The input as the layer's kernel sees it; in 'observe' mode the observer records it."""
+        if self.input_scheme is None or self.mode == "float":
             return x
         if self.mode == "observe":
             self.observer.update(x)
@@ -116,7 +146,7 @@ class QuantizedLayer(nn.Module):
         return fake_quantize(x, self.input_qparams)
 
     def _weight(self) -> torch.Tensor:
-        if self.mode == "observe":
+        if self.mode in ("observe", "float"):
             return self.layer.weight
         if self.mode == "train":
             return fake_quantize(self.layer.weight,
@@ -125,7 +155,7 @@ class QuantizedLayer(nn.Module):
         return self.dequantized_weight()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self._quantize_input(x)
+        x = self.quantize_input(x)
         weight = self._weight()
         layer = self.layer
         if isinstance(layer, nn.Linear):
@@ -144,6 +174,7 @@ class QuantizedLayer(nn.Module):
         zero_point = torch.zeros_like(scale, dtype=torch.int32)
         self.weight_qparams = QParams(scale=scale, zero_point=zero_point, scheme=scheme)
         self.weight_int = codes.reshape(weight.shape).to(torch.int8)
+        self.weight_fixed = True  # the shipped integers are the weight, whatever rounded them
         state_dict[prefix + "layer.weight"] = self.dequantized_weight()
         if prefix + "input_scale" in state_dict:
             self.input_qparams = QParams(scale=state_dict.pop(prefix + "input_scale"),

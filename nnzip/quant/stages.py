@@ -5,6 +5,7 @@ stages:
   - quantize: {}                                    # W8A8 static, per-channel weights, min-max
   - quantize: {weight_bits: 4, observer: kl, weight_range: mse}
   - quantize: {mode: dynamic}                       # int8 Linear weights, per-batch activations
+  - quantize: {weight_bits: 4, equalize: true, rounding: gptq, bias_correction: true}
 ```
 """
 
@@ -18,7 +19,7 @@ from torch import nn
 
 from nnzip.data.splits import calibration_batches
 from nnzip.quant.modules import quantized_layers
-from nnzip.quant.ptq import QuantConfig, calibrate, convert, prepare, quantize_dynamic
+from nnzip.quant.ptq import QuantConfig, quantize_dynamic, static_ptq
 from nnzip.quant.qat import quantization_aware_training
 from nnzip.stage import Context, Stage
 from nnzip.train import FinetunedStage
@@ -75,6 +76,9 @@ class Quantize(QuantOptions):
     ``calibration_batches`` training batches and rounds weights (``weight_range``: min-max or
     MSE-optimal per channel). ``activation_bits: null`` quantizes weights only. ``mode: dynamic``
     quantizes Linear weights and computes activation ranges per batch at run time.
+
+    Static mode only, for 4 bits: ``equalize`` (cross-layer equalization), ``rounding: gptq``
+    (with ``act_order``) and ``bias_correction``; see :class:`QuantConfig`.
     """
 
     kind = "quantize"
@@ -82,15 +86,35 @@ class Quantize(QuantOptions):
     mode: Literal["static", "dynamic"] = "static"
     weight_range: Literal["minmax", "mse"] = "minmax"
     fold_batchnorm: bool = True
+    equalize: bool = False
+    bias_correction: bool = False
+    rounding: Literal["nearest", "gptq"] = "nearest"
+    act_order: bool = False
+
+    @model_validator(mode="after")
+    def _static_only(self) -> Quantize:
+        better = [name for name in ("equalize", "bias_correction", "act_order")
+                  if getattr(self, name)] + (["rounding: gptq"] if self.rounding == "gptq" else [])
+        if self.mode == "dynamic" and better:
+            raise ValueError(f"{', '.join(better)} need calibration: use mode: static")
+        if self.act_order and self.rounding != "gptq":
+            raise ValueError("act_order is a GPTQ option: add rounding: gptq")
+        if self.equalize and not self.fold_batchnorm:
+            raise ValueError("equalize needs fold_batchnorm: true (a BatchNorm between two "
+                             "layers hides the pair)")
+        return self
 
     def apply(self, model: nn.Module, context: Context) -> nn.Module:
         if self.mode == "dynamic":
             quantized = quantize_dynamic(model, self.weight_bits, granularity=self.granularity)
         else:
-            quantized = prepare(model, self.config(weight_range=self.weight_range,
-                                                   fold_batchnorm=self.fold_batchnorm))
-            context.record("calibration_samples", calibrate(quantized, self.calibration(context)))
-            convert(quantized)
+            config = self.config(weight_range=self.weight_range,
+                                 fold_batchnorm=self.fold_batchnorm, equalize=self.equalize,
+                                 bias_correction=self.bias_correction, rounding=self.rounding,
+                                 act_order=self.act_order)
+            quantized, details = static_ptq(model, self.calibration(context), config)
+            for key, value in details.items():
+                context.record(key, value)
         context.record("mode", self.mode)
         self.record_layers(quantized, context)
         return quantized
