@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from torch import nn
@@ -27,8 +28,17 @@ from nnzip.evaluate._modes import eval_mode
 from nnzip.models.fold import fold_batchnorm
 from nnzip.models.surgery import set_module
 from nnzip.quant.affine import Granularity, QScheme
-from nnzip.quant.modules import QUANTIZABLE, QuantizedLayer, WeightRange, quantized_layers
+from nnzip.quant.lowbit import FIXED_BITS, WEIGHT_FORMATS, LowBitScheme, WeightFormat
+from nnzip.quant.modules import (
+    QUANTIZABLE,
+    QuantizedLayer,
+    WeightRange,
+    WeightScheme,
+    quantized_layers,
+)
 from nnzip.quant.observers import ObserverKind
+
+Estimator = Literal["ste", "lsq"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +48,13 @@ class QuantConfig:
 
     ``layer_bits`` overrides the weight bits of named layers (mixed precision); ``skip`` keeps
     named layers in float; ``layers`` restricts quantization to the named layers.
+
+    ``weight_format`` picks affine integers or a low-bit format of :mod:`nnzip.quant.lowbit`:
+    ``binary`` (1 bit) and ``ternary`` (2 bits) imply their width and ignore ``weight_bits``;
+    ``pow2`` uses ``weight_bits`` (2–8). ``weight_bits=1`` (or a layer_bits entry of 1) with
+    affine weights means binary. ``estimator`` is how QAT trains through the rounding: the
+    straight-through estimator with scales from the weights (``ste``), or learned step sizes
+    (``lsq``, QAT only).
     """
 
     weight_bits: int = 8
@@ -53,9 +70,47 @@ class QuantConfig:
     layers: Sequence[str] | None = None
     fold_batchnorm: bool = True
     layer_types: tuple[type[nn.Module], ...] = QUANTIZABLE
+    weight_format: WeightFormat = "affine"
+    estimator: Estimator = "ste"
 
-    def weight_scheme(self, bits: int | None = None) -> QScheme:
-        return QScheme(bits=bits or self.weight_bits, symmetric=True, signed=True,
+    def __post_init__(self) -> None:
+        for name, bits in {"weight_bits": self.weight_bits, **{
+                f"layer_bits[{layer!r}]": b for layer, b in self.layer_bits.items()}}.items():
+            if not isinstance(bits, int) or not 1 <= bits <= 8:
+                raise NnzipError(f"{name} must be an integer from 1 to 8 (1 is binary), got "
+                                 f"{bits!r}")
+        if self.weight_format not in WEIGHT_FORMATS:
+            raise NnzipError(f"weight_format must be one of {', '.join(WEIGHT_FORMATS)}, got "
+                             f"{self.weight_format!r}")
+        if self.estimator not in ("ste", "lsq"):
+            raise NnzipError(f"estimator must be 'ste' or 'lsq', got {self.estimator!r}")
+        if self.weight_format in FIXED_BITS and self.layer_bits:
+            raise NnzipError(f"{self.weight_format} weights have a fixed width, so layer_bits "
+                             "cannot change it: use skip to keep layers in float, or "
+                             "weight_format 'affine' with layer_bits {name: 1} for binary layers")
+        if self.weight_format != "affine" and self.weight_granularity != "channel":
+            raise NnzipError(f"{self.weight_format} weights have one scale per output channel: "
+                             "leave weight_granularity at 'channel'")
+        if self.weight_format != "affine" and self.weight_range != "minmax":
+            raise NnzipError(f"weight_range {self.weight_range!r} searches affine ranges; "
+                             f"{self.weight_format} weights have their own scale: use 'minmax'")
+        if self.weight_format == "pow2":
+            for bits in (self.weight_bits, *self.layer_bits.values()):
+                LowBitScheme("pow2", bits)  # says pow2 needs 2 to 8 bits
+        if self.estimator == "lsq" and self.weight_format == "pow2":
+            raise NnzipError("LSQ learns a real-valued step, which would break pow2's exact "
+                             "powers of two: train pow2 weights with estimator 'ste'")
+
+    def weight_scheme(self, bits: int | None = None) -> WeightScheme:
+        """The scheme of a layer's weight; ``bits`` overrides ``weight_bits`` (layer_bits)."""
+        bits = bits or self.weight_bits
+        if self.weight_format in FIXED_BITS:
+            return LowBitScheme(self.weight_format)
+        if self.weight_format == "pow2":
+            return LowBitScheme("pow2", bits)
+        if bits == 1:
+            return LowBitScheme("binary")
+        return QScheme(bits=bits, symmetric=True, signed=True,
                        granularity=self.weight_granularity, group_size=self.group_size)
 
     def input_scheme(self) -> QScheme | None:
@@ -134,6 +189,9 @@ def convert(model: nn.Module) -> nn.Module:
 def quantize_static(model: nn.Module, batches: Iterable,
                     config: QuantConfig | None = None) -> nn.Module:
     """Static PTQ: a quantized copy of ``model`` calibrated on ``batches``."""
+    if config is not None and config.estimator == "lsq":
+        raise NnzipError("estimator 'lsq' learns step sizes during training: use "
+                         "quantization_aware_training, or estimator 'ste' for PTQ")
     prepared = prepare(model, config)
     calibrate(prepared, batches)
     return convert(prepared)
