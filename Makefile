@@ -27,6 +27,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/prune_structured.py
 	$(PY) benchmarks/quant_ptq.py
 	$(PY) benchmarks/quant_runtime.py
+	$(PY) benchmarks/quant_qat.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check nnzip tests benchmarks

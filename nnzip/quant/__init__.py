@@ -1,4 +1,5 @@
-"""Quantization: affine math, observers, quantized layers, static and dynamic PTQ.
+"""Quantization: affine math, observers, quantized layers, static and dynamic PTQ, QAT (STE or
+LSQ), and low-bit weights (binary, ternary, power-of-two).
 
 ```python
 from nnzip.quant import QuantConfig, quantize_static, quantize_dynamic
@@ -7,6 +8,10 @@ w4 = quantize_static(model, batches, QuantConfig(weight_bits=4, weight_range="ms
 better = quantize_static(model, batches, QuantConfig(weight_bits=4, equalize=True,
                                                      rounding="gptq", bias_correction=True))
 dyn = quantize_dynamic(model)                                     # Linear layers, int8
+w1, _ = quantization_aware_training(model, data, batches, QuantConfig(weight_format="binary"),
+                                    TrainConfig(epochs=3, lr=1e-3))
+w4, _ = quantization_aware_training(model, data, batches,
+                                    QuantConfig(weight_bits=4, estimator="lsq"))
 ```
 """
 
@@ -23,6 +28,19 @@ from nnzip.quant.affine import (
 from nnzip.quant.bias_correction import bias_correction
 from nnzip.quant.equalize import cross_layer_equalization, equalizable_pairs
 from nnzip.quant.gptq import gptq, gptq_quantize_weight
+from nnzip.quant.lowbit import (
+    LowBitParams,
+    LowBitScheme,
+    binary_weights,
+    lowbit_dequantize,
+    lowbit_fake_quantize,
+    lowbit_quantize,
+    pack_codes,
+    pow2_weights,
+    ternary_weights,
+    unpack_codes,
+)
+from nnzip.quant.lsq import lsq_fake_quantize, lsq_gradient_scale
 from nnzip.quant.modules import QuantizedLayer, quantized_layers, set_mode
 from nnzip.quant.observers import OBSERVERS, make_observer, mse_weight_qparams
 from nnzip.quant.ptq import (
@@ -39,10 +57,13 @@ from nnzip.quant.qat import quantization_aware_training
 from nnzip.quant.stages import QAT, Quantize
 
 __all__ = [
-    "OBSERVERS", "QAT", "QParams", "QScheme", "QuantConfig", "Quantize", "QuantizedLayer",
-    "bias_correction", "calibrate", "convert", "cross_layer_equalization", "dequantize",
-    "equalizable_pairs", "gptq", "gptq_quantize_weight", "quantization_aware_training",
-    "fake_quantize", "make_observer", "minmax_qparams", "mse_weight_qparams", "prepare",
-    "qparams_from_range", "quantizable_layers", "quantization_error", "quantize",
+    "LowBitParams", "LowBitScheme", "OBSERVERS", "QAT", "QParams", "QScheme", "QuantConfig",
+    "Quantize", "QuantizedLayer", "bias_correction", "binary_weights", "calibrate", "convert",
+    "cross_layer_equalization", "dequantize", "equalizable_pairs", "fake_quantize", "gptq",
+    "gptq_quantize_weight", "lowbit_dequantize", "lowbit_fake_quantize", "lowbit_quantize",
+    "lsq_fake_quantize", "lsq_gradient_scale", "make_observer", "minmax_qparams",
+    "mse_weight_qparams", "pack_codes", "pow2_weights", "prepare", "qparams_from_range",
+    "quantizable_layers", "quantization_aware_training", "quantization_error", "quantize",
     "quantize_dynamic", "quantize_static", "quantized_layers", "set_mode", "static_ptq",
+    "ternary_weights", "unpack_codes",
 ]

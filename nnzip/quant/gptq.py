@@ -198,7 +198,8 @@ def gptq(model: nn.Module, batches: Iterable, *, block_size: int = 128, damping:
     Layers are taken in model order; each one's Hessian comes from ``batches`` (calibration
     inputs, tensors or (inputs, targets) pairs) run through the model with the earlier layers
     already GPTQ-quantized and activations quantized as calibrated. Each layer keeps its own
-    scheme (bits, granularity, weight range). Linear and Conv2d layers with groups=1 are
+    scheme (bits, granularity, weight range). Linear and Conv2d layers with groups=1 and affine
+    weights (not binary, ternary or pow2) are
     GPTQ-quantized (or only the named ``layers``); other layers keep round-to-nearest. Returns
     the names of the layers GPTQ quantized.
     """
@@ -211,7 +212,8 @@ def gptq(model: nn.Module, batches: Iterable, *, block_size: int = 128, damping:
         raise NnzipError(f"unknown layers {unknown} for GPTQ; quantized layers are: "
                          f"{', '.join(available)}")
     chosen = {name: layer for name, layer in available.items()
-              if (layers is None or name in layers) and supports_gptq(layer.layer)}
+              if (layers is None or name in layers) and supports_gptq(layer.layer)
+              and isinstance(layer.weight_scheme, QScheme)}
     unfrozen = sorted(name for name, layer in chosen.items() if layer.mode != "quantize")
     if unfrozen:
         raise NnzipError(f"GPTQ needs calibrated, frozen layers, but {unfrozen} are not in "

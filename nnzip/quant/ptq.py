@@ -37,8 +37,17 @@ from nnzip.quant.affine import Granularity, QScheme
 from nnzip.quant.bias_correction import bias_correction
 from nnzip.quant.equalize import cross_layer_equalization
 from nnzip.quant.gptq import gptq
-from nnzip.quant.modules import QUANTIZABLE, QuantizedLayer, WeightRange, quantized_layers
+from nnzip.quant.lowbit import FIXED_BITS, WEIGHT_FORMATS, LowBitScheme, WeightFormat
+from nnzip.quant.modules import (
+    QUANTIZABLE,
+    QuantizedLayer,
+    WeightRange,
+    WeightScheme,
+    quantized_layers,
+)
 from nnzip.quant.observers import ObserverKind
+
+Estimator = Literal["ste", "lsq"]
 
 
 @dataclass(frozen=True)
@@ -53,6 +62,13 @@ class QuantConfig:
     BatchNorm; ``rounding="gptq"`` rounds Linear/Conv2d weights with GPTQ (``act_order``: columns
     by decreasing Hessian diagonal); ``bias_correction`` corrects each layer's mean output shift.
     GPTQ and bias correction reuse the calibration batches.
+
+    ``weight_format`` picks affine integers or a low-bit format of :mod:`nnzip.quant.lowbit`:
+    ``binary`` (1 bit) and ``ternary`` (2 bits) imply their width and ignore ``weight_bits``;
+    ``pow2`` uses ``weight_bits`` (2–8). ``weight_bits=1`` (or a layer_bits entry of 1) with
+    affine weights means binary. ``estimator`` is how QAT trains through the rounding: the
+    straight-through estimator with scales from the weights (``ste``), or learned step sizes
+    (``lsq``, QAT only).
     """
 
     weight_bits: int = 8
@@ -72,8 +88,10 @@ class QuantConfig:
     bias_correction: bool = False
     rounding: Literal["nearest", "gptq"] = "nearest"
     act_order: bool = False
+    weight_format: WeightFormat = "affine"
+    estimator: Estimator = "ste"
 
-    def __post_init__(self) -> None:
+    def _check_rounding(self) -> None:
         if self.rounding not in ("nearest", "gptq"):
             raise NnzipError(f"rounding must be 'nearest' or 'gptq', got {self.rounding!r}")
         if self.act_order and self.rounding != "gptq":
@@ -81,9 +99,52 @@ class QuantConfig:
         if self.equalize and not self.fold_batchnorm:
             raise NnzipError("equalize needs fold_batchnorm=True: a BatchNorm between two "
                              "layers hides the pair from cross-layer equalization")
+        if self.rounding == "gptq" and self.weight_format != "affine":
+            raise NnzipError(f"GPTQ rounds to affine integers, not {self.weight_format} "
+                             "weights: use rounding 'nearest' or weight_format 'affine'")
 
-    def weight_scheme(self, bits: int | None = None) -> QScheme:
-        return QScheme(bits=bits or self.weight_bits, symmetric=True, signed=True,
+    def __post_init__(self) -> None:
+        self._check_formats()
+        self._check_rounding()
+
+    def _check_formats(self) -> None:
+        for name, bits in {"weight_bits": self.weight_bits, **{
+                f"layer_bits[{layer!r}]": b for layer, b in self.layer_bits.items()}}.items():
+            if not isinstance(bits, int) or not 1 <= bits <= 8:
+                raise NnzipError(f"{name} must be an integer from 1 to 8 (1 is binary), got "
+                                 f"{bits!r}")
+        if self.weight_format not in WEIGHT_FORMATS:
+            raise NnzipError(f"weight_format must be one of {', '.join(WEIGHT_FORMATS)}, got "
+                             f"{self.weight_format!r}")
+        if self.estimator not in ("ste", "lsq"):
+            raise NnzipError(f"estimator must be 'ste' or 'lsq', got {self.estimator!r}")
+        if self.weight_format in FIXED_BITS and self.layer_bits:
+            raise NnzipError(f"{self.weight_format} weights have a fixed width, so layer_bits "
+                             "cannot change it: use skip to keep layers in float, or "
+                             "weight_format 'affine' with layer_bits {name: 1} for binary layers")
+        if self.weight_format != "affine" and self.weight_granularity != "channel":
+            raise NnzipError(f"{self.weight_format} weights have one scale per output channel: "
+                             "leave weight_granularity at 'channel'")
+        if self.weight_format != "affine" and self.weight_range != "minmax":
+            raise NnzipError(f"weight_range {self.weight_range!r} searches affine ranges; "
+                             f"{self.weight_format} weights have their own scale: use 'minmax'")
+        if self.weight_format == "pow2":
+            for bits in (self.weight_bits, *self.layer_bits.values()):
+                LowBitScheme("pow2", bits)  # says pow2 needs 2 to 8 bits
+        if self.estimator == "lsq" and self.weight_format == "pow2":
+            raise NnzipError("LSQ learns a real-valued step, which would break pow2's exact "
+                             "powers of two: train pow2 weights with estimator 'ste'")
+
+    def weight_scheme(self, bits: int | None = None) -> WeightScheme:
+        """The scheme of a layer's weight; ``bits`` overrides ``weight_bits`` (layer_bits)."""
+        bits = bits or self.weight_bits
+        if self.weight_format in FIXED_BITS:
+            return LowBitScheme(self.weight_format)
+        if self.weight_format == "pow2":
+            return LowBitScheme("pow2", bits)
+        if bits == 1:
+            return LowBitScheme("binary")
+        return QScheme(bits=bits, symmetric=True, signed=True,
                        granularity=self.weight_granularity, group_size=self.group_size)
 
     def input_scheme(self) -> QScheme | None:
@@ -181,6 +242,9 @@ def static_ptq(model: nn.Module, batches: Iterable,
     """:func:`quantize_static`, and what it did: calibration samples, pairs equalized, the
     layers GPTQ rounded, the largest bias correction per layer (JSON-ready, for reports)."""
     config = config or QuantConfig()
+    if config.estimator == "lsq":
+        raise NnzipError("estimator 'lsq' learns step sizes during training: use "
+                         "quantization_aware_training, or estimator 'ste' for PTQ")
     # GPTQ and bias correction run the calibration batches again: a generator would be spent.
     batches = list(batches)
     prepared, pairs = _prepare(model, config)

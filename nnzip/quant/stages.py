@@ -6,18 +6,23 @@ stages:
   - quantize: {weight_bits: 4, observer: kl, weight_range: mse}
   - quantize: {mode: dynamic}                       # int8 Linear weights, per-batch activations
   - quantize: {weight_bits: 4, equalize: true, rounding: gptq, bias_correction: true}
+  - quantize: {weight_format: pow2, weight_bits: 4} # signed powers of two, 4 bits
+  - qat: {weight_bits: 4, estimator: lsq}           # learned step sizes
+  - qat: {weight_format: binary, lr: 0.001}         # 1-bit weights (XNOR-Net's BWN)
 ```
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field, model_validator
 from torch import nn
 
 from nnzip.data.splits import calibration_batches
+from nnzip.errors import NnzipError
+from nnzip.quant.lowbit import FIXED_BITS
 from nnzip.quant.modules import quantized_layers
 from nnzip.quant.ptq import QuantConfig, quantize_dynamic, static_ptq
 from nnzip.quant.qat import quantization_aware_training
@@ -29,7 +34,8 @@ class QuantOptions(Stage):
     """The quantization options ``quantize`` and ``qat`` share, validated and turned into a
     :class:`QuantConfig`, and the per-layer details both record."""
 
-    weight_bits: int = Field(8, ge=2, le=8)
+    weight_bits: int = Field(8, ge=1, le=8)
+    weight_format: Literal["affine", "binary", "ternary", "pow2"] = "affine"
     activation_bits: int | None = Field(8, ge=2, le=8)
     granularity: Literal["tensor", "channel", "group"] = "channel"
     group_size: int | None = Field(None, ge=1)
@@ -45,17 +51,32 @@ class QuantOptions(Stage):
         if self.granularity == "group" and self.group_size is None:
             raise ValueError("granularity 'group' needs group_size, e.g. group_size: 64")
         for name, bits in self.layer_bits.items():
-            if not 2 <= bits <= 8:
-                raise ValueError(f"layer_bits[{name!r}] must be from 2 to 8, got {bits}")
+            if not 1 <= bits <= 8:
+                raise ValueError(f"layer_bits[{name!r}] must be from 1 to 8 (1 is binary), got "
+                                 f"{bits}")
+        fixed = FIXED_BITS.get(self.weight_format)
+        if fixed is not None and "weight_bits" in self.model_fields_set \
+                and self.weight_bits != fixed:
+            raise ValueError(f"{self.weight_format} weights take {fixed} bit(s), got "
+                             f"weight_bits {self.weight_bits}: leave weight_bits out")
+        try:  # QuantConfig's own checks (formats, granularity, estimator), at parse time
+            self.config()
+        except NnzipError as error:
+            raise ValueError(str(error)) from None
         return self
 
-    def config(self, **overrides) -> QuantConfig:
+    def config_overrides(self) -> dict[str, Any]:
+        """The QuantConfig fields a subclass sets from its own options."""
+        return {}
+
+    def config(self) -> QuantConfig:
         options = {"percentile": self.percentile} if self.observer == "percentile" else {}
         return QuantConfig(weight_bits=self.weight_bits, activation_bits=self.activation_bits,
                            weight_granularity=self.granularity, group_size=self.group_size,
                            observer=self.observer, observer_options=options,
                            layer_bits=dict(self.layer_bits), skip=tuple(self.skip),
-                           layers=self.layers, **overrides)
+                           layers=self.layers, weight_format=self.weight_format,
+                           **self.config_overrides())
 
     def calibration(self, context: Context) -> list:
         return calibration_batches(context.data, self.calibration_batches, seed=context.seed)
@@ -65,6 +86,8 @@ class QuantOptions(Stage):
         layers = quantized_layers(quantized)
         context.record("layer_bits", {name: layer.weight_scheme.bits
                                       for name, layer in layers.items()})
+        context.record("weight_format", {name: getattr(layer.weight_scheme, "format", "affine")
+                                         for name, layer in layers.items()})
         context.record("weight_error", {name: round(_relative_error(layer), 6)
                                         for name, layer in layers.items()})
 
@@ -104,15 +127,31 @@ class Quantize(QuantOptions):
                              "layers hides the pair)")
         return self
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_estimator(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "estimator" in data:
+            raise ValueError("estimator (ste or lsq) is how QAT trains through the rounding, "
+                             "and quantize does not train: use the qat stage for it")
+        return data
+
+    @model_validator(mode="after")
+    def _dynamic_is_affine(self) -> Quantize:
+        if self.mode == "dynamic" and (self.weight_format != "affine" or self.weight_bits < 2):
+            raise ValueError("mode dynamic quantizes affine integer weights (2 to 8 bits): use "
+                             "mode static for binary, ternary or pow2 weights")
+        return self
+
+    def config_overrides(self) -> dict[str, Any]:
+        return {"weight_range": self.weight_range, "fold_batchnorm": self.fold_batchnorm,
+                "equalize": self.equalize, "bias_correction": self.bias_correction,
+                "rounding": self.rounding, "act_order": self.act_order}
+
     def apply(self, model: nn.Module, context: Context) -> nn.Module:
         if self.mode == "dynamic":
             quantized = quantize_dynamic(model, self.weight_bits, granularity=self.granularity)
         else:
-            config = self.config(weight_range=self.weight_range,
-                                 fold_batchnorm=self.fold_batchnorm, equalize=self.equalize,
-                                 bias_correction=self.bias_correction, rounding=self.rounding,
-                                 act_order=self.act_order)
-            quantized, details = static_ptq(model, self.calibration(context), config)
+            quantized, details = static_ptq(model, self.calibration(context), self.config())
             for key, value in details.items():
                 context.record(key, value)
         context.record("mode", self.mode)
@@ -131,12 +170,17 @@ class QAT(QuantOptions, FinetunedStage):
     """Quantization-aware training: static PTQ, then ``finetune_epochs`` through the rounding.
 
     Same quantization options as ``quantize`` (static only; weight ranges are min-max) plus the
-    shared fine-tune options.
+    shared fine-tune options and ``estimator``: ``ste`` (scales from the weights, gradients
+    straight through the rounding) or ``lsq`` (learned step sizes, Esser et al. 2020).
     """
 
     kind = "qat"
 
     lr: float = Field(1e-4, gt=0)
+    estimator: Literal["ste", "lsq"] = "ste"
+
+    def config_overrides(self) -> dict[str, Any]:
+        return {"estimator": self.estimator}
 
     def apply(self, model: nn.Module, context: Context) -> nn.Module:
         quantized, result = quantization_aware_training(

@@ -135,6 +135,17 @@ def test_group_wise_gptq_and_grouped_convs_keep_nearest_rounding():
     assert not layers["2"].weight_fixed  # depthwise: kept round-to-nearest
 
 
+def test_gptq_leaves_binary_layers_to_their_own_rounding():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 4)).eval()
+    batches = [torch.randn(16, 12) for _ in range(2)]
+    config = QuantConfig(weight_bits=4, layer_bits={"2": 1}, activation_bits=None)
+    prepared = convert(prepare(model, config))
+    assert gptq(prepared, batches) == ["0"]
+    binary = quantized_layers(prepared)["2"]
+    assert not binary.weight_fixed and set(binary.weight_int.unique().tolist()) <= {-1, 0, 1}
+
+
 def test_bad_gptq_inputs_are_clear_errors(lenet5, mnist):
     with pytest.raises(NnzipError, match="GPTQ needs calibration data"):
         gptq(quantize_static(lenet5, calibration_batches(mnist, 1)), [])
@@ -144,6 +155,8 @@ def test_bad_gptq_inputs_are_clear_errors(lenet5, mnist):
         gptq(lenet5, calibration_batches(mnist, 1))
     with pytest.raises(NnzipError, match="act_order is a GPTQ option"):
         QuantConfig(act_order=True)
+    with pytest.raises(NnzipError, match="GPTQ rounds to affine integers, not ternary"):
+        QuantConfig(rounding="gptq", weight_format="ternary")
     with pytest.raises(NnzipError, match="group_size 7 does not divide the 12 inputs"):
         gptq_quantize_weight(torch.randn(3, 12), torch.eye(12),
                              QScheme(bits=4, granularity="group", group_size=7))
