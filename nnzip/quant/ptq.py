@@ -72,7 +72,8 @@ def quantizable_layers(model: nn.Module,
             if isinstance(module, layer_types) and not isinstance(module, QuantizedLayer)]
 
 
-def _selected(model: nn.Module, config: QuantConfig) -> list[str]:
+def selected_layers(model: nn.Module, config: QuantConfig) -> list[str]:
+    """The layers ``config`` quantizes; an unknown name is an error listing the valid ones."""
     available = quantizable_layers(model, config.layer_types)
     if not available:
         kinds = ", ".join(t.__name__ for t in config.layer_types)
@@ -94,7 +95,7 @@ def prepare(model: nn.Module, config: QuantConfig | None = None) -> nn.Module:
     if config.fold_batchnorm and any(isinstance(m, nn.modules.batchnorm._BatchNorm)
                                      for m in target.modules()):
         target = fold_batchnorm(target, inplace=True)
-    for name in _selected(target, config):
+    for name in selected_layers(target, config):
         layer = target.get_submodule(name)
         wrapped = QuantizedLayer(layer, config.weight_scheme(config.layer_bits.get(name)),
                                  config.input_scheme(), observer=config.observer,
