@@ -26,6 +26,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/prune_unstructured.py
 	$(PY) benchmarks/prune_structured.py
 	$(PY) benchmarks/quant_ptq.py
+	$(PY) benchmarks/quant_mixed.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check nnzip tests benchmarks
