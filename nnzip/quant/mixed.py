@@ -209,6 +209,7 @@ def allocate_bits(sensitivity: Mapping[str, Mapping[int, float]],
     The measured values are used as they are, not forced to fall with more bits: an inversion
     (e.g. min-max ranges at 4 bits worse than at 3) is what that layer really does.
     """
+    # Imported here: scipy.optimize is slow to import and only the allocation needs it.
     from scipy.optimize import Bounds, LinearConstraint, milp
 
     kind, budget = _budget(average_bits, weight_bytes)
