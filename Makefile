@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/quant_ptq.py
 	$(PY) benchmarks/quant_runtime.py
 	$(PY) benchmarks/quant_qat.py
+	$(PY) benchmarks/quant_mixed.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check nnzip tests benchmarks

@@ -27,13 +27,13 @@ from nnzip.errors import NnzipError
 from nnzip.models.fold import FoldBatchNorm
 from nnzip.prune.stages import Prune, Sensitivity
 from nnzip.prune.structured import PruneChannels
-from nnzip.quant.stages import QAT, Quantize
+from nnzip.quant.stages import QAT, MixedPrecision, Quantize
 from nnzip.stage import Stage
 from nnzip.train import Finetune
 
 #: Every stage a recipe may name, by its kind. Method families add theirs here.
-STAGES: dict[str, type[Stage]] = {cls.kind: cls for cls in (Finetune, Prune, PruneChannels,
-                                                      Sensitivity, FoldBatchNorm, Quantize, QAT)}
+STAGES: dict[str, type[Stage]] = {cls.kind: cls for cls in (
+    Finetune, Prune, PruneChannels, Sensitivity, FoldBatchNorm, Quantize, QAT, MixedPrecision)}
 
 _TOP_LEVEL_KEYS = ("name", "description", "stages")
 

@@ -1,5 +1,6 @@
-"""Quantization: affine math, observers, quantized layers, static and dynamic PTQ, QAT (STE or
-LSQ), and low-bit weights (binary, ternary, power-of-two).
+"""Quantization: affine math, observers, quantized layers, static and dynamic PTQ (with
+CLE, bias correction and GPTQ), QAT (STE or LSQ), mixed precision, and low-bit weights
+(binary, ternary, power-of-two).
 
 ```python
 from nnzip.quant import QuantConfig, quantize_static, quantize_dynamic
@@ -12,6 +13,7 @@ w1, _ = quantization_aware_training(model, data, batches, QuantConfig(weight_for
                                     TrainConfig(epochs=3, lr=1e-3))
 w4, _ = quantization_aware_training(model, data, batches,
                                     QuantConfig(weight_bits=4, estimator="lsq"))
+mixed, plan = quantize_mixed(model, batches, val_batches, average_bits=4)   # W?A8, 4 bits mean
 ```
 """
 
@@ -41,6 +43,13 @@ from nnzip.quant.lowbit import (
     unpack_codes,
 )
 from nnzip.quant.lsq import lsq_fake_quantize, lsq_gradient_scale
+from nnzip.quant.mixed import (
+    BitSensitivity,
+    MixedPrecisionPlan,
+    allocate_bits,
+    bit_sensitivity,
+    quantize_mixed,
+)
 from nnzip.quant.modules import QuantizedLayer, quantized_layers, set_mode
 from nnzip.quant.observers import OBSERVERS, make_observer, mse_weight_qparams
 from nnzip.quant.ptq import (
@@ -51,19 +60,21 @@ from nnzip.quant.ptq import (
     quantizable_layers,
     quantize_dynamic,
     quantize_static,
+    selected_layers,
     static_ptq,
 )
 from nnzip.quant.qat import quantization_aware_training
-from nnzip.quant.stages import QAT, Quantize
+from nnzip.quant.stages import QAT, MixedPrecision, Quantize
 
 __all__ = [
-    "LowBitParams", "LowBitScheme", "OBSERVERS", "QAT", "QParams", "QScheme", "QuantConfig",
-    "Quantize", "QuantizedLayer", "bias_correction", "binary_weights", "calibrate", "convert",
-    "cross_layer_equalization", "dequantize", "equalizable_pairs", "fake_quantize", "gptq",
-    "gptq_quantize_weight", "lowbit_dequantize", "lowbit_fake_quantize", "lowbit_quantize",
+    "BitSensitivity", "LowBitParams", "LowBitScheme", "MixedPrecision", "MixedPrecisionPlan",
+    "OBSERVERS", "QAT", "QParams", "QScheme", "QuantConfig", "Quantize", "QuantizedLayer",
+    "allocate_bits", "bias_correction", "binary_weights", "bit_sensitivity", "calibrate",
+    "convert", "cross_layer_equalization", "dequantize", "equalizable_pairs", "fake_quantize",
+    "gptq", "gptq_quantize_weight", "lowbit_dequantize", "lowbit_fake_quantize", "lowbit_quantize",
     "lsq_fake_quantize", "lsq_gradient_scale", "make_observer", "minmax_qparams",
     "mse_weight_qparams", "pack_codes", "pow2_weights", "prepare", "qparams_from_range",
     "quantizable_layers", "quantization_aware_training", "quantization_error", "quantize",
-    "quantize_dynamic", "quantize_static", "quantized_layers", "set_mode", "static_ptq",
-    "ternary_weights", "unpack_codes",
+    "quantize_dynamic", "quantize_mixed", "quantize_static", "quantized_layers", "selected_layers",
+    "set_mode", "static_ptq", "ternary_weights", "unpack_codes",
 ]

@@ -161,7 +161,8 @@ def quantizable_layers(model: nn.Module,
             if isinstance(module, layer_types) and not isinstance(module, QuantizedLayer)]
 
 
-def _selected(model: nn.Module, config: QuantConfig) -> list[str]:
+def selected_layers(model: nn.Module, config: QuantConfig) -> list[str]:
+    """The layers ``config`` quantizes; an unknown name is an error listing the valid ones."""
     available = quantizable_layers(model, config.layer_types)
     if not available:
         kinds = ", ".join(t.__name__ for t in config.layer_types)
@@ -189,7 +190,7 @@ def _prepare(model: nn.Module, config: QuantConfig) -> tuple[nn.Module, int]:
                                      for m in target.modules()):
         target = fold_batchnorm(target, inplace=True)
     pairs = cross_layer_equalization(target, inplace=True)[1] if config.equalize else 0
-    for name in _selected(target, config):
+    for name in selected_layers(target, config):
         layer = target.get_submodule(name)
         if config.bias_correction and layer.bias is None:
             # Bias correction will give it one: create it now (zero, same function) so that

@@ -1,4 +1,4 @@
-"""Recipe stage ``quantize``: static (calibrated) or dynamic post-training quantization.
+"""Recipe stages ``quantize`` (static or dynamic PTQ), ``qat`` and ``mixed_precision``.
 
 ```yaml
 stages:
@@ -9,6 +9,7 @@ stages:
   - quantize: {weight_format: pow2, weight_bits: 4} # signed powers of two, 4 bits
   - qat: {weight_bits: 4, estimator: lsq}           # learned step sizes
   - qat: {weight_format: binary, lr: 0.001}         # 1-bit weights (XNOR-Net's BWN)
+  - mixed_precision: {average_bits: 4, candidate_bits: [2, 3, 4, 8]}   # W?A8 under a budget
 ```
 """
 
@@ -23,6 +24,7 @@ from torch import nn
 from nnzip.data.splits import calibration_batches
 from nnzip.errors import NnzipError
 from nnzip.quant.lowbit import FIXED_BITS
+from nnzip.quant.mixed import DEFAULT_CANDIDATE_BITS, check_candidate_bits, quantize_mixed
 from nnzip.quant.modules import quantized_layers
 from nnzip.quant.ptq import QuantConfig, quantize_dynamic, static_ptq
 from nnzip.quant.qat import quantization_aware_training
@@ -190,3 +192,73 @@ class QAT(QuantOptions, FinetunedStage):
         context.record("finetune_epochs", result.epochs_run)
         context.record("finetune_best_val_accuracy", round(result.best_val_accuracy, 4))
         return quantized
+
+
+class MixedPrecision(QuantOptions):
+    """Static PTQ with per-layer weight bits chosen from measured sensitivity under a budget.
+
+    Each layer's weights are quantized alone to every ``candidate_bits`` width and the KL
+    divergence of the outputs from the float model is measured on the validation split; the bits
+    that minimise the summed KL within the budget are then found exactly (see
+    :mod:`nnzip.quant.mixed`). The budget is exactly one of ``average_bits`` (mean weight bits,
+    weighted by parameter count) or ``weight_bytes`` (bit-packed integer weights; scales, biases
+    and headers come on top). ``layer_bits`` pins named layers (counted in the budget); the other
+    options are those of ``quantize``, activations at ``activation_bits`` everywhere.
+    """
+
+    kind = "mixed_precision"
+
+    average_bits: float | None = Field(None, gt=0, le=8)
+    weight_bytes: int | None = Field(None, gt=0)
+    candidate_bits: list[int] = Field(default_factory=lambda: list(DEFAULT_CANDIDATE_BITS))
+    weight_range: Literal["minmax", "mse"] = "minmax"
+    fold_batchnorm: bool = True
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> MixedPrecision:
+        if (self.average_bits is None) == (self.weight_bytes is None):
+            raise ValueError("give exactly one budget: average_bits (mean weight bits, e.g. 4) "
+                             "or weight_bytes (packed weight bytes)")
+        if "weight_bits" in self.model_fields_set:
+            raise ValueError("mixed_precision chooses the weight bits per layer: drop "
+                             "weight_bits and set candidate_bits (and layer_bits to pin layers)")
+        if self.weight_format != "affine":
+            raise ValueError(f"mixed_precision chooses affine bit widths; {self.weight_format} "
+                             "weights have one width: use the quantize or qat stage for them")
+        try:
+            check_candidate_bits(self.candidate_bits)
+        except NnzipError as error:
+            raise ValueError(str(error)) from None
+        return self
+
+    def config_overrides(self) -> dict[str, Any]:
+        return {"weight_range": self.weight_range, "fold_batchnorm": self.fold_batchnorm}
+
+    def apply(self, model: nn.Module, context: Context) -> nn.Module:
+        calibration = self.calibration(context)
+        validation = list(context.data.loader("val", batch_size=256))
+        quantized, plan = quantize_mixed(
+            model, calibration, validation, average_bits=self.average_bits,
+            weight_bytes=self.weight_bytes, candidate_bits=self.candidate_bits,
+            config=self.config(), progress=context.progress)
+        sensitivity = plan.sensitivity
+        context.record("budget", {"average_bits": self.average_bits} if self.average_bits
+                       is not None else {"weight_bytes": self.weight_bytes})
+        context.record("achieved_average_bits", round(plan.average_bits, 4))
+        context.record("achieved_weight_bytes", plan.weight_bytes)
+        context.record("candidate_bits", sorted(set(self.candidate_bits)))
+        context.record("sensitivity_metric", "KL(float ‖ one layer quantized) on the validation "
+                       "split; drop: validation accuracy points lost")
+        context.record("calibration_samples", sum(len(batch[0]) for batch in calibration))
+        context.record("layer_params", sensitivity.params)
+        context.record("bit_sensitivity", _json_table(sensitivity.kl))
+        if sensitivity.accuracy_drop:
+            context.record("bit_accuracy_drop", _json_table(sensitivity.accuracy_drop))
+        self.record_layers(quantized, context)
+        return quantized
+
+
+def _json_table(table: dict[str, dict[int, float]]) -> dict[str, dict[str, float]]:
+    """{layer: {bits: value}} with string keys, as JSON needs them."""
+    return {name: {str(bits): float(f"{value:.6g}") for bits, value in row.items()}
+            for name, row in table.items()}
