@@ -26,6 +26,7 @@ from pydantic import BaseModel, ValidationError
 
 from nnzip.distill.stages import Distill
 from nnzip.errors import NnzipError
+from nnzip.factorize.stages import SVD, Tucker
 from nnzip.models.fold import FoldBatchNorm
 from nnzip.prune.stages import Prune, Sensitivity
 from nnzip.prune.structured import PruneChannels
@@ -36,7 +37,7 @@ from nnzip.train import Finetune
 #: Every stage a recipe may name, by its kind. Method families add theirs here.
 STAGES: dict[str, type[Stage]] = {cls.kind: cls for cls in (Finetune, Prune, PruneChannels,
                                                       Sensitivity, FoldBatchNorm, Quantize, QAT,
-                                                      Distill)}
+                                                      Distill, SVD, Tucker)}
 
 _TOP_LEVEL_KEYS = ("name", "description", "stages")
 
