@@ -27,6 +27,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/prune_structured.py
 	$(PY) benchmarks/quant_ptq.py
 	$(PY) benchmarks/quant_runtime.py
+	$(PY) benchmarks/distill_mnist.py
+	$(PY) benchmarks/factorize_mnist.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check nnzip tests benchmarks
