@@ -13,18 +13,22 @@ each fine-tuned with cross-entropy and with distillation from the dense model (t
 
 from __future__ import annotations
 
-import argparse
 import copy
-import json
 import statistics
 import time
-from pathlib import Path
 
 import torch
 from rich.console import Console
 from torch import nn
 
-from nnzip.atomic import write_text
+from common import (
+    RESULTS,
+    benchmark_parser,
+    machine_line,
+    markdown_table,
+    rewrite_markdown,
+    write_results,
+)
 from nnzip.data import DataSplits, load_mnist
 from nnzip.distill import DistillOptions, distill
 from nnzip.evaluate import count_params, machine_info
@@ -35,8 +39,6 @@ from nnzip.quant.stages import QAT
 from nnzip.stage import Context
 from nnzip.train import TrainConfig, fit, train_zoo_model
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
 THREADS = 1
 STUDENT = "lenet5_small"
 KD = DistillOptions(temperature=4.0, alpha=0.9)
@@ -101,13 +103,13 @@ def render_markdown(report: dict) -> str:
              f"seeds {setup['seeds']}; the best validation epoch is kept. KD: T = "
              f"{KD.temperature:g}, α = {KD.alpha:g}. Feature distillation: KD plus a FitNets "
              f"hint {HINTS} through a learned 1×1 conv (20 → 50 channels), weight "
-             f"{setup['hint_weight']:g}.", "",
-             "| student | test accuracy (mean ± std) | per seed |", "|---|---|---|"]
+             f"{setup['hint_weight']:g}.", ""]
     labels = {"alone": "trained alone (labels)", "kd": "distilled (KD)",
               "kd+hint": "distilled (KD + FitNets hint)"}
-    for row in report["summary"]:
-        lines.append(f"| {labels[row['arm']]} | {row['mean']:.2f}% ± {row['std']:.2f} | "
-                     + ", ".join(f"{value:.2f}%" for value in row["values"]) + " |")
+    lines += markdown_table(
+        ["student", "test accuracy (mean ± std)", "per seed"],
+        [[labels[row["arm"]], f"{row['mean']:.2f}% ± {row['std']:.2f}",
+          ", ".join(f"{value:.2f}%" for value in row["values"])] for row in report["summary"]])
     gain = report["summary"][1]["mean"] - report["summary"][0]["mean"]
     hint_gain = report["summary"][2]["mean"] - report["summary"][1]["mean"]
     lines += ["", f"Distilled minus alone: {gain:+.2f} points on average "
@@ -126,10 +128,9 @@ def render_markdown(report: dict) -> str:
               "(W4A8, per-channel), then fine-tuned for the same epochs with cross-entropy or by "
               "distillation from the dense model (`distill: {temperature: 4, alpha: 0.9}` on the "
               "stage). One seed each.", "",
-              "| method | fine-tune loss | epochs | test accuracy |", "|---|---|---|---|"]
-    for row in report["compressed"]:
-        lines.append(f"| {row['method']} | {row['finetune_loss']} | {row['epochs']} | "
-                     f"{100 * row['accuracy']:.2f}% |")
+              *markdown_table(["method", "fine-tune loss", "epochs", "test accuracy"],
+                              [[row["method"], row["finetune_loss"], str(row["epochs"]),
+                                f"{100 * row['accuracy']:.2f}%"] for row in report["compressed"]])]
     by_key = {(row["method"], row["finetune_loss"]): row["accuracy"]
               for row in report["compressed"]}
     deltas = [f"{method}: {100 * (by_key[(method, 'distillation')] - accuracy_ce):+.2f}"
@@ -139,14 +140,12 @@ def render_markdown(report: dict) -> str:
               "variation (not measured here for these stages), so no advantage of "
               "distillation as the fine-tune loss is shown; the stages' `distill` option makes "
               "the comparison a one-line change."]
-    lines += ["", f"Machine: {machine['cpu_model']}, {machine['cores']} cores, torch "
-              f"{machine['torch_version']}; everything on {THREADS} torch thread."]
+    lines += ["", machine_line(machine, f"; everything on {THREADS} torch thread")]
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cache-dir", type=Path, default=Path("runs/cache"))
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--lr", type=float, default=2e-3)
@@ -157,8 +156,7 @@ def main() -> None:
     args = parser.parse_args()
     console = Console(width=140)
     if args.render_only:
-        report = json.loads((RESULTS / "distill_mnist.json").read_text(encoding="utf-8"))
-        write_text(RESULTS / "distill_mnist.md", render_markdown(report))
+        rewrite_markdown("distill_mnist", render_markdown)
         return
     data = load_mnist()
     teacher = train_zoo_model("lenet5", data, cache_dir=args.cache_dir, progress=False).eval()
@@ -172,10 +170,9 @@ def main() -> None:
                   STUDENT, input_shape=data.input_shape, num_classes=data.num_classes)),
               "runs": [], "summary": [], "compressed": []}
 
-    def save() -> None:
-        write_text(RESULTS / "distill_mnist.json", json.dumps(report, indent=2))
-        if report["summary"] and report["compressed"]:
-            write_text(RESULTS / "distill_mnist.md", render_markdown(report))
+    def save() -> None:  # the markdown needs the summary and the compressed rows
+        write_results("distill_mnist", report,
+                      render_markdown if report["summary"] and report["compressed"] else None)
 
     for seed in args.seeds:
         for arm in ("alone", "kd", "kd+hint"):

@@ -12,7 +12,6 @@ Writes benchmarks/results/factorize_mnist.{md,json}.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import time
@@ -22,7 +21,14 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from nnzip.atomic import write_text
+from common import (
+    RESULTS,
+    benchmark_parser,
+    machine_line,
+    markdown_table,
+    rewrite_markdown,
+    run_each,
+)
 from nnzip.data import DataSplits, load_mnist
 from nnzip.evaluate import compare_latency, count_flops, count_params, machine_info
 from nnzip.evaluate.accuracy import accuracy, predict_logits
@@ -30,8 +36,6 @@ from nnzip.factorize.stages import SVD, Tucker
 from nnzip.stage import Context
 from nnzip.train import train_zoo_model
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
 THREADS, WARMUP = 1, 20
 #: What each run factorizes, with which stage options (the stage is the one a recipe would use).
 RUNS = [
@@ -137,8 +141,7 @@ def render_markdown(report: dict) -> str:
              "dense / factorized (> 1: fewer, faster). Targets (issue 5): SVD of LeNet-300-100 "
              "≥ 3× fewer parameters at ≤ 0.5 points drop; Tucker on ResNet-8 ≥ 2× fewer FLOPs "
              "at ≤ 1 point drop, latency reported.", "",
-             "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS),
-             *("| " + " | ".join(_row(result)) + " |" for result in report["runs"]), ""]
+             *markdown_table(COLUMNS, (_row(result) for result in report["runs"])), ""]
     for result in report["runs"]:
         met = ", ".join(f"{key}: {'yes' if value else 'NO'}"
                         for key, value in result["targets_met"].items()) or "none (for comparison)"
@@ -185,14 +188,12 @@ def render_markdown(report: dict) -> str:
             "that meets the target.")
     lines += ["- Absolute latencies on this shared machine move with its load (compare the "
               "dense rows); the ratios come from timing dense and factorized interleaved.",
-              "", f"Machine: {machine['cpu_model']}, {machine['cores']} cores, torch "
-              f"{machine['torch_version']}."]
+              "", machine_line(machine)]
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cache-dir", type=Path, default=Path("runs/cache"))
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--repeats-b1", type=int, default=300)
     parser.add_argument("--repeats-b64", type=int, default=60)
     parser.add_argument("--render-only", action="store_true",
@@ -200,18 +201,15 @@ def main() -> None:
     args = parser.parse_args()
     console = Console(width=140)
     if args.render_only:
-        report = json.loads((RESULTS / "factorize_mnist.json").read_text(encoding="utf-8"))
-        write_text(RESULTS / "factorize_mnist.md", render_markdown(report))
+        rewrite_markdown("factorize_mnist", render_markdown)
         return
     data = load_mnist()
     report = {"benchmark": "factorize_mnist", "machine": machine_info(THREADS),
               "threads": THREADS, "warmup": WARMUP, "runs": []}
-    for arch, label, stage, targets in RUNS:
-        report["runs"].append(run(arch, label, stage, targets, data, args.cache_dir,
-                                  {1: args.repeats_b1, 64: args.repeats_b64}, console))
-        # Written after every run, so an interrupted benchmark keeps what it finished.
-        write_text(RESULTS / "factorize_mnist.json", json.dumps(report, indent=2))
-        write_text(RESULTS / "factorize_mnist.md", render_markdown(report))
+    repeats = {1: args.repeats_b1, 64: args.repeats_b64}
+    run_each("factorize_mnist", report, RUNS,
+             lambda spec: run(*spec, data, args.cache_dir, repeats, console), render_markdown,
+             key="runs")
     console.print(f"-> {RESULTS / 'factorize_mnist.md'}")
 
 

@@ -13,17 +13,14 @@ benchmarks/results/quant_mixed.{md,json}.
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 from rich.console import Console
-from rich.table import Table
 
-from nnzip.atomic import write_text
+from common import benchmark_parser, markdown_table, print_table, run_each
 from nnzip.data import calibration_batches, load_mnist
 from nnzip.evaluate import artifact_bytes, machine_info
 from nnzip.evaluate.accuracy import accuracy, predict_logits
@@ -31,8 +28,6 @@ from nnzip.quant import QuantConfig, allocate_bits, bit_sensitivity, quantize_st
 from nnzip.quant.mixed import mean_weight_bits, packed_weight_bytes
 from nnzip.train import train_zoo_model
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
 CANDIDATE_BITS = (2, 3, 4, 8)
 BUDGETS = (4.0, 3.0)
 WEIGHT_RANGES = ("minmax", "mse")
@@ -113,8 +108,7 @@ def render_markdown(report: dict) -> str:
     for result in report["models"]:
         lines += [f"## {result['arch']}: fp32 {100 * result['fp32_accuracy']:.2f}%, "
                   f"{result['fp32_bytes']:,} bytes", "",
-                  "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS),
-                  *("| " + " | ".join(row) + " |" for row in table_rows(result)), "",
+                  *markdown_table(COLUMNS, table_rows(result)), "",
                   "Bits chosen per layer:", "", *_bits_lines(result), ""]
     machine = report["machine"]
     lines += [f"Machine: {machine['cpu_model']}, {machine['cores']} cores, one torch thread, "
@@ -123,25 +117,15 @@ def render_markdown(report: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cache-dir", type=Path, default=Path("runs/cache"))
-    parser.add_argument("--archs", nargs="+", default=["lenet5", "resnet8"])
-    args = parser.parse_args()
+    args = benchmark_parser(__doc__, ["lenet5", "resnet8"]).parse_args()
     console = Console(width=140)
     data = load_mnist()
     report = {"benchmark": "quant_mixed", "machine": machine_info(1), "models": []}
-    for arch in args.archs:
-        report["models"].append(run_model(arch, data, args.cache_dir, console))
-        write_text(RESULTS / "quant_mixed.json", json.dumps(report, indent=2))
-        write_text(RESULTS / "quant_mixed.md", render_markdown(report))
+    run_each("quant_mixed", report, args.archs,
+             lambda arch: run_model(arch, data, args.cache_dir, console), render_markdown)
     for result in report["models"]:
-        table = Table(title=f"{result['arch']} (fp32 {100 * result['fp32_accuracy']:.2f}%)")
-        for column in COLUMNS:
-            table.add_column(column, justify="left" if column in ("scheme", "weights")
-                             else "right")
-        for row in table_rows(result):
-            table.add_row(*row)
-        console.print(table)
+        print_table(console, f"{result['arch']} (fp32 {100 * result['fp32_accuracy']:.2f}%)",
+                    COLUMNS, table_rows(result), left=["scheme", "weights"])
 
 
 if __name__ == "__main__":
