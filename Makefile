@@ -26,7 +26,12 @@ bench: $(STAMP)
 	$(PY) benchmarks/prune_unstructured.py
 	$(PY) benchmarks/prune_structured.py
 	$(PY) benchmarks/quant_ptq.py
+	$(PY) benchmarks/quant_better_ptq.py
 	$(PY) benchmarks/quant_runtime.py
+	$(PY) benchmarks/quant_qat.py
+	$(PY) benchmarks/quant_mixed.py
+	$(PY) benchmarks/distill_mnist.py
+	$(PY) benchmarks/factorize_mnist.py
 	$(PY) benchmarks/share_deep_compression.py
 
 lint: $(STAMP)

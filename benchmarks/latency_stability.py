@@ -8,27 +8,40 @@ is shown beside it to show why. Run: make bench. Writes benchmarks/results/laten
 
 from __future__ import annotations
 
-import argparse
-import json
-from pathlib import Path
-
 import torch
 from rich.console import Console
-from rich.table import Table
 
-from nnzip.atomic import write_text
+from common import benchmark_parser, machine_line, markdown_table, print_table, write_results
 from nnzip.data import load_mnist
 from nnzip.evaluate import EvalConfig, compare_latency, machine_info, measure_latency
 from nnzip.train import train_zoo_model
 
-RESULTS = Path(__file__).resolve().parent / "results"
 TOLERANCE = 0.15
+COLUMNS = ["model", "batch", "1st p50 (ms)", "2nd p50 (ms)", "1st p95 (ms)", "2nd p95 (ms)",
+           "p50 ratio", "stable", "back-to-back ratio"]
+
+
+def table_rows(report: dict) -> list[list[str]]:
+    return [[row["model"], str(row["batch"]), f"{row['first_p50_ms']:.3f}",
+             f"{row['second_p50_ms']:.3f}", f"{row['first_p95_ms']:.3f}",
+             f"{row['second_p95_ms']:.3f}", f"{row['p50_ratio']:.3f}",
+             "yes" if row["stable"] else "NO", f"{row['back_to_back_p50_ratio']:.3f}"]
+            for row in report["rows"]]
+
+
+def render_markdown(report: dict) -> str:
+    lines = ["# Latency stability", "",
+             f"Same model timed twice in one run, interleaved in rounds as nnzip times compared "
+             f"models; {report['threads']} torch thread, {report['warmup']} warm-up runs, "
+             f"{report['repeats']} timed runs per measurement. Stable means the two p50s agree "
+             f"within {report['tolerance']:.0%}. The last column is the naive alternative: two "
+             "measurements one after the other.", "",
+             *markdown_table(COLUMNS, table_rows(report)), "", machine_line(report["machine"])]
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cache-dir", type=Path, default=Path("runs/cache"))
-    parser.add_argument("--archs", nargs="+", default=["lenet5", "resnet8"])
+    parser = benchmark_parser(__doc__, ["lenet5", "resnet8"])
     parser.add_argument("--repeats", type=int, default=200)
     args = parser.parse_args()
     config = EvalConfig(threads=1, warmup=20, repeats=args.repeats)
@@ -52,33 +65,11 @@ def main() -> None:
               "torch_threads_default": torch.get_num_threads(),
               "machine": machine_info(config.threads), "rows": rows,
               "all_stable": all(row["stable"] for row in rows)}
-
-    table = Table(title=f"Same model timed twice in one run (p50 within {TOLERANCE:.0%}?)")
-    for column in ("model", "batch", "1st p50 ms", "2nd p50 ms", "1st p95 ms", "2nd p95 ms",
-                   "p50 ratio", "stable", "back-to-back ratio"):
-        table.add_column(column, justify="right")
-    lines = ["# Latency stability", "",
-             f"Same model timed twice in one run, interleaved in rounds as nnzip times compared "
-             f"models; {config.threads} torch thread, {config.warmup} warm-up runs, "
-             f"{config.repeats} timed runs per measurement. Stable means the two p50s agree "
-             f"within {TOLERANCE:.0%}. The last column is the naive alternative: two "
-             "measurements one after the other.", "",
-             "| model | batch | 1st p50 (ms) | 2nd p50 (ms) | 1st p95 (ms) | 2nd p95 (ms) | "
-             "p50 ratio | stable | back-to-back ratio |", "|---|---|---|---|---|---|---|---|---|"]
-    for row in rows:
-        cells = [row["model"], str(row["batch"]), f"{row['first_p50_ms']:.3f}",
-                 f"{row['second_p50_ms']:.3f}", f"{row['first_p95_ms']:.3f}",
-                 f"{row['second_p95_ms']:.3f}", f"{row['p50_ratio']:.3f}",
-                 "yes" if row["stable"] else "NO", f"{row['back_to_back_p50_ratio']:.3f}"]
-        table.add_row(*cells)
-        lines.append("| " + " | ".join(cells) + " |")
-    machine = result["machine"]
-    lines += ["", f"Machine: {machine['cpu_model']}, {machine['cores']} cores, "
-                  f"torch {machine['torch_version']}."]
-    write_text(RESULTS / "latency_stability.json", json.dumps(result, indent=2))
-    write_text(RESULTS / "latency_stability.md", "\n".join(lines) + "\n")
-    Console().print(table)
-    Console().print(f"all stable: {result['all_stable']}  ->  {RESULTS / 'latency_stability.md'}")
+    path = write_results("latency_stability", result, render_markdown)
+    console = Console()
+    print_table(console, f"Same model timed twice in one run (p50 within {TOLERANCE:.0%}?)",
+                COLUMNS, table_rows(result))
+    console.print(f"all stable: {result['all_stable']}  ->  {path}")
 
 
 if __name__ == "__main__":

@@ -13,9 +13,7 @@ importance and recipe add, at the same pruning ratio. Run: make bench, or
 
 from __future__ import annotations
 
-import argparse
 import copy
-import json
 import time
 from importlib.metadata import version
 from pathlib import Path
@@ -23,10 +21,16 @@ from pathlib import Path
 import torch
 import torch_pruning as tp
 from rich.console import Console
-from rich.table import Table
 from torch import nn
 
-from nnzip.atomic import write_text
+from common import (
+    RESULTS,
+    benchmark_parser,
+    machine_line,
+    markdown_table,
+    print_table,
+    run_each,
+)
 from nnzip.data import DataSplits, load_mnist
 from nnzip.evaluate import artifact_bytes, compare_latency, count_flops, count_params, machine_info
 from nnzip.evaluate.accuracy import accuracy, predict_logits
@@ -37,7 +41,6 @@ from nnzip.stage import Context
 from nnzip.train import fit, train_zoo_model
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
 RECIPES = {"resnet20": ROOT / "recipes" / "prune-channels-resnet.yaml",
            "resnet8": ROOT / "recipes" / "prune-channels-resnet.yaml",
            "mobilenetv2": ROOT / "recipes" / "prune-channels-mobilenet.yaml"}
@@ -218,20 +221,7 @@ def comparison_rows(result: dict) -> list[list[str]]:
 MODEL_COLUMNS = ["metric", "dense", "pruned + BN folded", "change"]
 COMPARISON_COLUMNS = ["model", "method", "acc. pruned", "acc. fine-tuned", "prune s",
                       "fine-tune s", "params"]
-
-
-def _markdown(columns: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns),
-            *("| " + " | ".join(row) + " |" for row in rows)]
-
-
-def _rich(title: str, columns: list[str], rows: list[list[str]]) -> Table:
-    table = Table(title=title)
-    for column in columns:
-        table.add_column(column, justify="left" if column in ("metric", "method") else "right")
-    for row in rows:
-        table.add_row(*row)
-    return table
+TEXT_COLUMNS = ["metric", "method"]  # left-aligned in the console; numbers go right
 
 
 _LATENCY_SPANS = {"speedup64": ("batch64", "speedup_p50"), "speedup1": ("batch1", "speedup_p50"),
@@ -257,7 +247,6 @@ def _largest_gap(report: dict) -> float:
 
 
 def render_markdown(report: dict) -> str:
-    machine = report["machine"]
     lines = ["# Structured pruning (prune_channels) on the zoo", "",
              "Channels are physically removed (Torch-Pruning's dependency graph does the "
              "surgery), then the model is fine-tuned with nnzip's loop, as the built-in recipes "
@@ -276,8 +265,9 @@ def render_markdown(report: dict) -> str:
                   f"{options['criterion']}, round_to {options['round_to']}, global "
                   f"{options['global_pruning']}, {result['finetune_epochs']} fine-tune epochs "
                   f"at lr {options['lr']}; {100 * (result['removed_fraction'] or 0):.1f} % of the "
-                  "prunable channels removed.", "", *_markdown(MODEL_COLUMNS, model_rows(result)),
-                  "", f"Targets met: {met}.", ""]
+                  "prunable channels removed.", "",
+                  *markdown_table(MODEL_COLUMNS, model_rows(result)), "",
+                  f"Targets met: {met}.", ""]
     lines += ["## nnzip vs Torch-Pruning used directly (same ratio, same fine-tune)", "",
               "nnzip uses Torch-Pruning underneath, so the surgery is the same; the rows differ "
               "in importance (nnzip scores a channel by the filters that produce it; "
@@ -287,8 +277,8 @@ def render_markdown(report: dict) -> str:
               "importance=MagnitudeImportance(), pruning_ratio=r, ignored_layers=[classifier])`, "
               "then `step()`. Seconds are wall-clock on this shared machine; a different "
               "`round_to` gives slightly different widths (params column).", "",
-              *_markdown(COMPARISON_COLUMNS,
-                         [row for result in report["models"] for row in comparison_rows(result)]),
+              *markdown_table(COMPARISON_COLUMNS, [row for result in report["models"]
+                                                   for row in comparison_rows(result)]),
               "", "## Reading the numbers", "",
               "- Right after removing half of every layer's channels in one shot, both "
               "importances leave the model near chance (~10 %): the fine-tune does the recovery. "
@@ -311,15 +301,13 @@ def render_markdown(report: dict) -> str:
               "Folding helps the dense model too; with the dense model folded the same way, "
               f"pruning alone accounts for {_span(report, 'both_folded1')}× at batch 1 (rows "
               "'dense with BN folded too'). Both are measured in the same interleaved run.",
-              "", f"Machine: {machine['cpu_model']}, {machine['cores']} cores, torch "
-              f"{machine['torch_version']}, torch-pruning {report['torch_pruning_version']}."]
+              "", machine_line(report["machine"],
+                               f", torch-pruning {report['torch_pruning_version']}")]
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cache-dir", type=Path, default=Path("runs/cache"))
-    parser.add_argument("--archs", nargs="+", default=["resnet20", "resnet8", "mobilenetv2"])
+    parser = benchmark_parser(__doc__, ["resnet20", "resnet8", "mobilenetv2"])
     parser.add_argument("--repeats-b1", type=int, default=300)
     parser.add_argument("--repeats-b64", type=int, default=100)
     args = parser.parse_args()
@@ -328,17 +316,15 @@ def main() -> None:
     report = {"benchmark": "prune_structured", "machine": machine_info(THREADS),
               "torch_pruning_version": version("torch-pruning"), "threads": THREADS,
               "warmup": WARMUP, "models": []}
-    for arch in args.archs:
-        report["models"].append(run_model(arch, data, args.cache_dir, args.repeats_b1,
-                                          args.repeats_b64, console))
-        # Written after every model, so an interrupted run keeps what it finished.
-        write_text(RESULTS / "prune_structured.json", json.dumps(report, indent=2))
-        write_text(RESULTS / "prune_structured.md", render_markdown(report))
+    run_each("prune_structured", report, args.archs,
+             lambda arch: run_model(arch, data, args.cache_dir, args.repeats_b1,
+                                    args.repeats_b64, console), render_markdown)
     for result in report["models"]:
-        console.print(_rich(f"{result['arch']}: dense vs pruned", MODEL_COLUMNS,
-                            model_rows(result)))
-    console.print(_rich("nnzip vs Torch-Pruning directly (same ratio)", COMPARISON_COLUMNS,
-                        [row for result in report["models"] for row in comparison_rows(result)]))
+        print_table(console, f"{result['arch']}: dense vs pruned", MODEL_COLUMNS,
+                    model_rows(result), left=TEXT_COLUMNS)
+    print_table(console, "nnzip vs Torch-Pruning directly (same ratio)", COMPARISON_COLUMNS,
+                [row for result in report["models"] for row in comparison_rows(result)],
+                left=TEXT_COLUMNS)
     console.print(f"-> {RESULTS / 'prune_structured.md'}")
 
 

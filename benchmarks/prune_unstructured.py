@@ -12,7 +12,6 @@ benchmarks/results/prune_unstructured.{json,md}.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import statistics
@@ -22,11 +21,10 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
-from rich.table import Table
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from nnzip.atomic import write_text
+from common import benchmark_parser, markdown_table, print_table, write_results
 from nnzip.data import load_mnist
 from nnzip.data.splits import DataSplits
 from nnzip.evaluate import machine_info
@@ -47,7 +45,6 @@ from nnzip.stage import Context
 from nnzip.train import TrainConfig, fit, train_zoo_model
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = Path(__file__).resolve().parent / "results"
 #: Issue 3's done-when: at least this fraction of weights removed, at most this accuracy drop.
 TARGETS = {"lenet300": {"sparsity": 0.92, "max_drop": 0.002},
            "lenet5": {"sparsity": 0.90, "max_drop": 0.002}}
@@ -163,25 +160,20 @@ def percent(value: float) -> str:
 
 
 class Report:
-    """Every table goes to the console (rich) and to the markdown file from the same cells."""
+    """Every table goes to the markdown lines and, given a console, to the console (rich), from
+    the same cells."""
 
-    def __init__(self) -> None:
-        self.console = Console()
+    def __init__(self, console: Console | None = None) -> None:
+        self.console = console
         self.lines: list[str] = []
 
     def text(self, *lines: str) -> None:
         self.lines += [*lines, ""]
 
     def table(self, title: str, columns: list[str], rows: list[list[str]]) -> None:
-        table = Table(title=title)
-        for column in columns:
-            table.add_column(column, justify="right")
-        for row in rows:
-            table.add_row(*row)
-        self.console.print(table)
-        self.lines += [f"**{title}**", "", "| " + " | ".join(columns) + " |",
-                       "|" + "---|" * len(columns)]
-        self.lines += ["| " + " | ".join(row) + " |" for row in rows] + [""]
+        if self.console is not None:
+            print_table(self.console, title, columns, rows)
+        self.lines += [f"**{title}**", "", *markdown_table(columns, rows), ""]
 
 
 def report_model(report: Report, arch: str, result: dict) -> None:
@@ -239,16 +231,37 @@ def report_model(report: Report, arch: str, result: dict) -> None:
             percent(nm["oneshot_accuracy"]), percent(nm["finetuned_accuracy"]),
             f"{nm['prune_seconds'] + nm['finetune_seconds']:.1f}"]])
     curves = result["sensitivity"]
-    grid = list(next(iter(curves.values())))
+    grid = list(next(iter(curves.values())))  # sparsities: floats, or their text in the JSON
     report.table(f"{arch} (d): validation accuracy with one layer pruned alone (magnitude)",
-                 ["layer", *[percent(s) for s in grid]],
+                 ["layer", *[percent(float(s)) for s in grid]],
                  [[name, *[percent(curve[s]) for s in grid]] for name, curve in curves.items()])
 
 
+def render_markdown(results: dict) -> str:
+    machine = results["machine"]
+    header = ["# Unstructured pruning on MNIST", "",
+              f"Models start from the cached baselines; accuracy on the 10 000 MNIST test images; "
+              f"sensitivity on the 500-image validation split. {results['threads']} torch "
+              f"thread(s) on {machine['cpu_model']} ({machine['cores']} cores, shared), torch "
+              f"{machine['torch_version']}; the whole run took {results['seconds']:.0f} s. "
+              "Weights = every Linear/Conv weight; params also count the (dense) biases.", ""]
+    report = Report()
+    for arch, result in results["models"].items():
+        report_model(report, arch, result)
+    return "\n".join(header + report.lines)
+
+
+def as_json(results: dict) -> dict:
+    """The results as JSON holds them: plain types, sensitivities keyed by their text."""
+    results_json = json.loads(json.dumps(results, default=str))
+    for result in results_json["models"].values():
+        result["sensitivity"] = {name: {f"{float(s):g}": acc for s, acc in curve.items()}
+                                 for name, curve in result["sensitivity"].items()}
+    return results_json
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cache-dir", type=Path, default=Path("runs/cache"))
-    parser.add_argument("--archs", nargs="+", default=["lenet300", "lenet5"])
+    parser = benchmark_parser(__doc__, ["lenet300", "lenet5"])
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1: the 2 cores are shared with other work)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
@@ -258,7 +271,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data = load_mnist()
-    report = Report()
+    console = Console()
     results: dict = {"benchmark": "prune_unstructured", "threads": args.threads,
                      "machine": machine_info(args.threads), "targets": TARGETS, "models": {}}
     started = time.perf_counter()
@@ -275,22 +288,11 @@ def main() -> None:
         result["two_four"] = two_four(base, data, epochs=2, seed=args.seeds[0])
         result["sensitivity"] = layer_sensitivity(base, data)
         results["models"][arch] = result
-        report_model(report, arch, result)
+        report_model(Report(console), arch, result)  # the tables, as each model finishes
     results["seconds"] = time.perf_counter() - started
-    machine = results["machine"]
-    header = ["# Unstructured pruning on MNIST", "",
-              f"Models start from the cached baselines; accuracy on the 10 000 MNIST test images; "
-              f"sensitivity on the 500-image validation split. {args.threads} torch thread(s) on "
-              f"{machine['cpu_model']} ({machine['cores']} cores, shared), torch "
-              f"{machine['torch_version']}; the whole run took {results['seconds']:.0f} s. "
-              "Weights = every Linear/Conv weight; params also count the (dense) biases.", ""]
-    results_json = json.loads(json.dumps(results, default=str))
-    for result in results_json["models"].values():
-        result["sensitivity"] = {name: {f"{float(s):g}": acc for s, acc in curve.items()}
-                                 for name, curve in result["sensitivity"].items()}
-    write_text(RESULTS / "prune_unstructured.json", json.dumps(results_json, indent=2))
-    write_text(RESULTS / "prune_unstructured.md", "\n".join(header + report.lines))
-    report.console.print(f"results: {RESULTS / 'prune_unstructured.md'}")
+    # The markdown is rendered from the JSON, so the committed .md can be rebuilt from the .json.
+    path = write_results("prune_unstructured", as_json(results), render_markdown)
+    console.print(f"results: {path}")
 
 
 if __name__ == "__main__":

@@ -10,24 +10,19 @@ issue 4. Run: ``python benchmarks/quant_ptq.py``. Writes benchmarks/results/quan
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from pathlib import Path
 
 import torch
 from rich.console import Console
-from rich.table import Table
 
-from nnzip.atomic import write_text
+from common import benchmark_parser, machine_line, markdown_table, print_table, run_each
 from nnzip.data import calibration_batches, load_mnist
 from nnzip.evaluate import artifact_bytes, machine_info
 from nnzip.evaluate.accuracy import accuracy, predict_logits
 from nnzip.quant import QuantConfig, quantize_static
 from nnzip.train import train_zoo_model
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
 SCHEMES: dict[str, QuantConfig] = {
     "W8A8 min-max": QuantConfig(),
     "W8A8 percentile 99.99": QuantConfig(observer="percentile"),
@@ -87,34 +82,22 @@ def render_markdown(report: dict) -> str:
     for result in report["models"]:
         lines += [f"## {result['arch']}: fp32 {100 * result['fp32_accuracy']:.2f}%, "
                   f"{result['fp32_bytes']:,} bytes", "",
-                  "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS),
-                  *("| " + " | ".join(row) + " |" for row in table_rows(result)), ""]
-    machine = report["machine"]
-    lines += [f"Machine: {machine['cpu_model']}, {machine['cores']} cores, torch "
-              f"{machine['torch_version']}."]
+                  *markdown_table(COLUMNS, table_rows(result)), ""]
+    lines.append(machine_line(report["machine"]))
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cache-dir", type=Path, default=Path("runs/cache"))
-    parser.add_argument("--archs", nargs="+", default=["lenet5", "resnet8", "resnet20",
-                                                       "mobilenetv2"])
+    parser = benchmark_parser(__doc__, ["lenet5", "resnet8", "resnet20", "mobilenetv2"])
     args = parser.parse_args()
     console = Console(width=140)
     data = load_mnist()
     report = {"benchmark": "quant_ptq", "machine": machine_info(1), "models": []}
-    for arch in args.archs:
-        report["models"].append(run_model(arch, data, args.cache_dir, console))
-        write_text(RESULTS / "quant_ptq.json", json.dumps(report, indent=2))
-        write_text(RESULTS / "quant_ptq.md", render_markdown(report))
+    run_each("quant_ptq", report, args.archs,
+             lambda arch: run_model(arch, data, args.cache_dir, console), render_markdown)
     for result in report["models"]:
-        table = Table(title=f"{result['arch']} (fp32 {100 * result['fp32_accuracy']:.2f}%)")
-        for column in COLUMNS:
-            table.add_column(column, justify="left" if column == "scheme" else "right")
-        for row in table_rows(result):
-            table.add_row(*row)
-        console.print(table)
+        print_table(console, f"{result['arch']} (fp32 {100 * result['fp32_accuracy']:.2f}%)",
+                    COLUMNS, table_rows(result), left=["scheme"])
 
 
 if __name__ == "__main__":

@@ -22,9 +22,7 @@ batch 1.
 
 from __future__ import annotations
 
-import argparse
 import copy
-import json
 import logging
 import tempfile
 import time
@@ -34,10 +32,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from rich.console import Console
-from rich.table import Table
 from torch import nn
 
-from nnzip.atomic import write_text
+from common import benchmark_parser, markdown_table, print_table, run_each
 from nnzip.data import calibration_batches, load_mnist
 from nnzip.evaluate import machine_info
 from nnzip.evaluate.accuracy import accuracy, predict_logits
@@ -48,7 +45,6 @@ from nnzip.runtime import OrtModule, deploy, export_onnx, integer_op_count, op_c
 from nnzip.runtime.onnx_export import float_view
 from nnzip.train import train_zoo_model
 
-RESULTS = Path(__file__).parent / "results"
 BATCHES = (1, 64)
 
 
@@ -208,8 +204,7 @@ def render_markdown(report: dict) -> str:
     for result in report["models"]:
         deployed = result["deploy"]
         lines += [f"## {result['arch']}", "",
-                  "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS),
-                  *("| " + " | ".join(row) + " |" for row in table_rows(result)), "",
+                  *markdown_table(COLUMNS, table_rows(result)), "",
                   f"`nnzip.runtime.deploy` of the W8A8 model chose **{deployed['chosen']}**: "
                   f"{deployed['speedup']['1']:.2f}× faster than PyTorch eager fp32 at batch 1, "
                   f"{deployed['speedup']['64']:.2f}× at batch 64 (timed in its own run).", ""]
@@ -219,25 +214,17 @@ def render_markdown(report: dict) -> str:
 def main() -> None:
     import onnxruntime
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cache-dir", type=Path, default=Path("runs/cache"))
-    parser.add_argument("--archs", nargs="+", default=["lenet5", "resnet8"])
-    args = parser.parse_args()
+    args = benchmark_parser(__doc__, ["lenet5", "resnet8"]).parse_args()
     console = Console(width=160)
     data = load_mnist()
     report = {"benchmark": "quant_runtime", "machine": machine_info(1),
               "onnxruntime_version": onnxruntime.__version__, "models": []}
-    for arch in args.archs:
-        report["models"].append(run_model(arch, data, args.cache_dir, console))
-        write_text(RESULTS / "quant_runtime.json", json.dumps(report, indent=2, default=float))
-        write_text(RESULTS / "quant_runtime.md", render_markdown(report))
+    run_each("quant_runtime", report, args.archs,
+             lambda arch: run_model(arch, data, args.cache_dir, console), render_markdown,
+             default=float)
     for result in report["models"]:
-        table = Table(title=f"{result['arch']}: deploy chose {result['deploy']['chosen']}")
-        for column in COLUMNS:
-            table.add_column(column, justify="left" if column == "runtime" else "right")
-        for row in table_rows(result):
-            table.add_row(*row)
-        console.print(table)
+        print_table(console, f"{result['arch']}: deploy chose {result['deploy']['chosen']}",
+                    COLUMNS, table_rows(result), left=["runtime"])
 
 
 if __name__ == "__main__":

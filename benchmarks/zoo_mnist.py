@@ -6,12 +6,12 @@ benchmarks/results/zoo_mnist.{json,md,html}: the baselines every compression ben
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
 from rich.console import Console
 
+from common import benchmark_parser
 from nnzip.data import load_mnist
 from nnzip.evaluate import EvalConfig, rich_table
 from nnzip.pipeline import evaluate_models
@@ -22,10 +22,8 @@ TARGETS = {"lenet5": 0.975, "lenet300": 0.95}  # issue 2's accuracy floors
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cache-dir", type=Path, default=Path("runs/cache"))
-    parser.add_argument("--archs", nargs="+",
-                        default=["lenet5", "lenet300", "resnet8", "resnet20", "mobilenetv2"])
+    parser = benchmark_parser(__doc__, ["lenet5", "lenet300", "resnet8", "resnet20",
+                                        "mobilenetv2"])
     args = parser.parse_args()
     console = Console()
     data = load_mnist()

@@ -17,25 +17,28 @@ starts, and the error names the recipe, the stage and the option.
 from __future__ import annotations
 
 import difflib
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
+from nnzip.distill.stages import Distill
 from nnzip.errors import NnzipError
+from nnzip.factorize.stages import SVD, Tucker
 from nnzip.models.fold import FoldBatchNorm
 from nnzip.prune.stages import Prune, Sensitivity
 from nnzip.prune.structured import PruneChannels
-from nnzip.quant.stages import QAT, Quantize
+from nnzip.quant.stages import QAT, MixedPrecision, Quantize
 from nnzip.share.stages import Cluster, Encode, ProductQuantize
 from nnzip.stage import Stage
 from nnzip.train import Finetune
 
 #: Every stage a recipe may name, by its kind. Method families add theirs here.
-STAGES: dict[str, type[Stage]] = {cls.kind: cls for cls in (Finetune, Prune, PruneChannels,
-                                                      Sensitivity, FoldBatchNorm, Quantize, QAT,
-                                                      Cluster, ProductQuantize, Encode)}
+STAGES: dict[str, type[Stage]] = {cls.kind: cls for cls in (
+    Finetune, Prune, PruneChannels, Sensitivity, FoldBatchNorm, Quantize, QAT, MixedPrecision,
+    Distill, SVD, Tucker, Cluster, ProductQuantize, Encode)}
 
 _TOP_LEVEL_KEYS = ("name", "description", "stages")
 
@@ -64,14 +67,27 @@ def _suggest(word: str, choices: list[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def _nested_options(model_cls: type[BaseModel], path: tuple) -> list[str]:
+    """The option names valid at ``path`` inside a stage (e.g. ``distill`` -> its fields)."""
+    for part in path:
+        field = model_cls.model_fields.get(str(part))
+        nested = [arg for arg in typing.get_args(field.annotation) + (field.annotation,)
+                  if isinstance(arg, type) and issubclass(arg, BaseModel)] if field else []
+        if not nested:
+            return []
+        model_cls = nested[0]
+    return sorted(model_cls.model_fields)
+
+
 def _stage_error(source: str, index: int, kind: str, error: ValidationError) -> NnzipError:
     stage_cls = STAGES[kind]
     problems = []
     for item in error.errors():
         option = ".".join(str(part) for part in item["loc"]) or "(options)"
         if item["type"] == "extra_forbidden":
-            valid = sorted(stage_cls.model_fields)
-            problems.append(f"unknown option {option!r}{_suggest(option, valid)}; "
+            valid = _nested_options(stage_cls, item["loc"][:-1])
+            name = str(item["loc"][-1]) if item["loc"] else option
+            problems.append(f"unknown option {option!r}{_suggest(name, valid)}; "
                             f"valid options: {', '.join(valid)}")
         else:
             problems.append(f"option {option!r}: {item['msg']}")

@@ -20,13 +20,14 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 from torch.utils.data import DataLoader
 
 from nnzip.atomic import atomic_path
 from nnzip.data.splits import DataSplits
+from nnzip.distill.losses import DistillOptions, distillation_loss
 from nnzip.errors import NnzipError
 from nnzip.stage import Context, Stage
 
@@ -57,6 +58,25 @@ class TrainConfig(BaseModel):
     patience: int | None = Field(5, ge=1, description="epochs without val gain before stopping")
     augment: bool = True
     seed: int = 0
+
+    # Not an option (not saved, not compared on resume): the objective a stage chose for the
+    # loops it hands this config to, e.g. distillation as the fine-tune loss of pruning or QAT.
+    _loss_fn: LossHook | None = PrivateAttr(None)
+
+    def with_loss(self, loss_fn: LossHook | None) -> TrainConfig:
+        """A copy whose :func:`fit` runs use ``loss_fn`` unless the caller passes its own.
+
+        This is how a stage's fine-tune objective reaches the loops of other method families
+        (pruning schedules, QAT) without their code knowing about it; copies made with
+        ``model_copy`` keep it.
+        """
+        config = self.model_copy()
+        config._loss_fn = loss_fn
+        return config
+
+    @property
+    def loss_fn(self) -> LossHook | None:
+        return self._loss_fn
 
 
 @dataclass
@@ -156,7 +176,7 @@ def fit(model: nn.Module, data: DataSplits, config: TrainConfig | None = None, *
     every epoch and an existing checkpoint is resumed (or, if it finished, simply loaded).
     """
     config = config or TrainConfig()
-    loss_fn = loss_fn or cross_entropy
+    loss_fn = loss_fn or config.loss_fn or cross_entropy
     device = _device_of(model)
     optimizer = _make_optimizer(model, config)
     scheduler = _make_scheduler(optimizer, config)
@@ -289,10 +309,9 @@ def train_zoo_model(arch: str, data: DataSplits, config: TrainConfig | None = No
     return model
 
 
-class FinetunedStage(Stage):
-    """Base of the stages that compress and then recover accuracy with :func:`fit`.
+class FinetuneOptions(Stage):
+    """The fine-tune options every training stage spells the same way in a recipe.
 
-    The fine-tune options are shared so every such stage spells them the same way in a recipe;
     ``finetune_epochs`` defaults to the pipeline's budget, and early stopping is off (the budget
     is spent, the best validation epoch is kept).
     """
@@ -307,11 +326,33 @@ class FinetunedStage(Stage):
     def finetune_budget(self, context: Context) -> int:
         return context.finetune_epochs if self.finetune_epochs is None else self.finetune_epochs
 
-    def finetune_config(self, context: Context, epochs: int | None = None) -> TrainConfig:
+    def train_config(self, context: Context, epochs: int | None = None) -> TrainConfig:
+        """The :class:`TrainConfig` of these options (cross-entropy loss)."""
         return TrainConfig(epochs=self.finetune_budget(context) if epochs is None else epochs,
                            optimizer=self.optimizer, lr=self.lr, weight_decay=self.weight_decay,
                            batch_size=self.batch_size, augment=self.augment, patience=None,
                            seed=context.seed)
+
+
+class FinetunedStage(FinetuneOptions):
+    """Base of the stages that compress and then recover accuracy with :func:`fit`.
+
+    ``distill: {temperature, alpha, targets}`` makes the recovery a distillation from
+    ``context.teacher`` (by default the model before compression) instead of plain
+    cross-entropy, for every stage built on this class (prune, prune_channels, qat, svd, ...).
+    """
+
+    distill: DistillOptions | None = None
+
+    def finetune_config(self, context: Context, epochs: int | None = None) -> TrainConfig:
+        config = self.train_config(context, epochs)
+        if self.distill is None:
+            return config
+        if context.teacher is None:
+            raise NnzipError(f"stage {self.kind!r} fine-tunes by distillation but there is no "
+                             "teacher: run it in a pipeline (the model before compression is "
+                             "the teacher) or pass Context(teacher=...)")
+        return config.with_loss(distillation_loss(context.teacher, self.distill))
 
 
 class Finetune(Stage):

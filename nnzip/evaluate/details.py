@@ -10,6 +10,9 @@ have a known shape and get a table or a chart of their own; every other value is
 - ``sensitivity`` ({layer: {sparsity: val. accuracy}}): the sensitivity chart, one line per layer.
 - ``layer_bits`` ({layer: bits}) with ``weight_error`` ({layer: ‖W_q − W‖² / ‖W‖²}): the
   per-layer quantization table.
+- ``bit_sensitivity`` ({layer: {bits: KL}}), with ``layer_bits``, ``layer_params``,
+  ``bit_accuracy_drop`` and ``weight_error``: the mixed-precision table (it replaces the
+  quantization table) and chart.
 - ``layer_compression`` ({layer: {weights, kept, bits, dense_bytes, pruned_bytes, shared_bytes,
   huffman_bytes, …}}): Deep Compression's Table 1, bytes of each weight after each step.
 """
@@ -26,7 +29,8 @@ from nnzip.evaluate.tables import NA, fmt_bytes, fmt_count, fmt_percent
 
 #: Keys drawn as their own table or chart; the rest go to the key/value list.
 STRUCTURED_KEYS = ("layer_sparsity", "layer_params", "allocated_sparsity", "widths_before",
-                   "widths_after", "sensitivity", "layer_bits", "weight_error", "layer_compression")
+                   "widths_after", "sensitivity", "layer_bits", "weight_error", "bit_sensitivity",
+                   "bit_accuracy_drop", "layer_compression")
 
 Table = tuple[list[str], list[list[str]]]
 
@@ -71,8 +75,7 @@ def quantization_table(details: dict) -> Table | None:
     if not bits:
         return None
     errors = details.get("weight_error") or {}
-    rows = [[layer, str(width), NA if errors.get(layer) is None else f"{errors[layer]:.2e}"]
-            for layer, width in bits.items()]
+    rows = [[layer, str(width), _error_cell(errors, layer)] for layer, width in bits.items()]
     return ["Layer", "Weight bits", "Weight error (relative)"], rows
 
 
@@ -102,6 +105,47 @@ def compression_table(details: dict) -> Table | None:
                  fmt_bytes(totals["dense_bytes"]), fmt_bytes(totals["pruned_bytes"]),
                  fmt_bytes(totals["shared_bytes"]), fmt_bytes(totals["huffman_bytes"]),
                  f"{totals['dense_bytes'] / max(totals['huffman_bytes'], 1):.1f}×"])
+    return columns, rows
+
+
+def _candidate_bits(table: dict[str, dict[str, float]]) -> list[str]:
+    return sorted({bits for row in table.values() for bits in row}, key=int)
+
+
+def _error_cell(errors: dict, layer: str) -> str:
+    return NA if errors.get(layer) is None else f"{errors[layer]:.2e}"
+
+
+def mixed_precision_table(details: dict) -> Table | None:
+    """Layer, weights, chosen bits, weight error, then KL and accuracy drop at each candidate.
+
+    The KL and drop (accuracy points lost on the validation split) columns are each layer
+    quantized alone, the others in float; the chosen bits minimise the summed KL within the
+    budget.
+    """
+    kl = details.get("bit_sensitivity")
+    if not kl:
+        return None
+    candidates = _candidate_bits(kl)
+    drops = details.get("bit_accuracy_drop") or {}
+    params = details.get("layer_params") or {}
+    chosen = details.get("layer_bits") or {}
+    errors = details.get("weight_error") or {}
+    # Chosen bits first: the answer, visible even where the wide table scrolls.
+    columns = ["Layer", "Weights", "Chosen bits", "Weight error (relative)",
+               *[f"KL @{b}b" for b in candidates]]
+    if drops:
+        columns += [f"Drop @{b}b (pts)" for b in candidates]
+    rows = []
+    for layer, row in kl.items():
+        bits = chosen.get(layer)
+        cells = [layer, fmt_count(params.get(layer)), NA if bits is None else str(bits),
+                 _error_cell(errors, layer),
+                 *[NA if row.get(b) is None else f"{row[b]:.2e}" for b in candidates]]
+        if drops:
+            drop = drops.get(layer) or {}
+            cells += [NA if drop.get(b) is None else f"{100 * drop[b]:.1f}" for b in candidates]
+        rows.append(cells)
     return columns, rows
 
 
@@ -155,10 +199,69 @@ def sensitivity_chart(curves: dict[str, dict[str, float]],
     return to_png(fig)
 
 
+def bit_allocation_chart(details: dict) -> bytes | None:
+    """Mixed precision at a glance: each layer's KL against its bits, and the bits it got.
+
+    Top: one line per layer (log KL against bits), a circle at the chosen bits. Bottom: the
+    chosen bits per layer, each bar labelled with the layer's weights, so a reader sees where
+    the budget went; the dashed line is the achieved parameter-weighted average.
+    """
+    kl = details.get("bit_sensitivity")
+    chosen = details.get("layer_bits") or {}
+    if not kl:
+        return None
+    palette = colormaps["tab20"].colors
+    fig = Figure(figsize=(10, 7.4))
+    top, bottom = fig.subplots(2, 1, gridspec_kw={"height_ratios": [1.1, 1]})
+    floor = 1e-9  # KL at 8 bits can round to 0: keep it on the log axis
+    for index, (layer, row) in enumerate(kl.items()):
+        color = palette[index % len(palette)]
+        points = sorted((int(b), max(float(v), floor)) for b, v in row.items())
+        xs, ys = zip(*points, strict=True)
+        top.plot(xs, ys, marker="o", markersize=3, color=color, label=layer)
+        bits = chosen.get(layer)
+        if bits is not None and str(bits) in row:
+            top.scatter([bits], [max(float(row[str(bits)]), floor)], s=70, facecolors="none",
+                        edgecolors=color, linewidths=1.5, zorder=3)
+    top.set_yscale("log")
+    top.set_xticks(sorted({int(b) for row in kl.values() for b in row}))
+    top.set_title("Sensitivity: output KL with one layer quantized (circles: chosen bits)")
+    top.set_xlabel("weight bits of the layer")
+    top.set_ylabel("KL(float ‖ quantized), nats")
+    top.grid(alpha=0.3)
+    top.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    layers = list(kl)
+    heights = [chosen.get(layer, 0) for layer in layers]
+    colors = [palette[i % len(palette)] for i in range(len(layers))]
+    bars = bottom.bar(range(len(layers)), heights, color=colors)
+    params = details.get("layer_params") or {}
+    for bar, layer in zip(bars, layers, strict=True):
+        bottom.annotate(fmt_count(params.get(layer)), (bar.get_x() + bar.get_width() / 2,
+                        bar.get_height()), ha="center", va="bottom", fontsize=7,
+                        xytext=(0, 2), textcoords="offset points")
+    average = details.get("achieved_average_bits")
+    if isinstance(average, (int, float)):
+        bottom.axhline(average, color="#57606a", linestyle="--", linewidth=1,
+                       label=f"average {average:.2f} bits")
+        bottom.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    bottom.set_xticks(range(len(layers)), layers, rotation=30 if len(layers) > 4 else 0,
+                      ha="right" if len(layers) > 4 else "center", fontsize=8)
+    bottom.set_ylim(0, 9)
+    bottom.set_ylabel("chosen weight bits")
+    bottom.set_title("Bits per layer (labels: weights)")
+    for ax in (top, bottom):
+        ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    return to_png(fig)
+
+
 def stage_tables(details: dict) -> list[tuple[str, Table]]:
     """(title, table) for every table the stage's details support, in reading order."""
+    mixed = mixed_precision_table(details)
     tables = [("Per-layer sparsity", sparsity_table(details)),
               ("Per-layer channels", width_table(details)),
-              ("Per-layer quantization", quantization_table(details)),
+              ("Per-layer mixed precision", mixed),
+              # The mixed-precision table already has the bits and errors.
+              ("Per-layer quantization", quantization_table(details) if mixed is None else None),
               ("Per-layer compression (weights only, bytes)", compression_table(details))]
     return [(title, table) for title, table in tables if table is not None]

@@ -17,7 +17,12 @@ from rich.table import Table
 
 from nnzip.atomic import write_text
 from nnzip.errors import NnzipError
-from nnzip.evaluate.details import sensitivity_chart, stage_tables, value_rows
+from nnzip.evaluate.details import (
+    bit_allocation_chart,
+    sensitivity_chart,
+    stage_tables,
+    value_rows,
+)
 from nnzip.evaluate.figures import model_colors, report_figures
 from nnzip.evaluate.metrics import REPORT_MODEL_KEYS
 from nnzip.evaluate.tables import (
@@ -93,7 +98,7 @@ def _png_figure(title: str, png: bytes, wide: bool = False) -> str:
 
 
 def _stage_sections(report: dict) -> str:
-    """One section per recipe stage: its recorded values, per-layer tables, sensitivity chart."""
+    """One section per recipe stage: its recorded values, per-layer tables and charts."""
     sections = []
     for stage in report.get("stages") or []:
         details = stage.get("details") or {}
@@ -105,6 +110,10 @@ def _stage_sections(report: dict) -> str:
                                   details.get("allocated_sparsity"))
         if chart is not None:
             parts.append(f'<div class="figures">{_png_figure("Sensitivity", chart)}</div>')
+        bits_chart = bit_allocation_chart(details)
+        if bits_chart is not None:
+            figure = _png_figure("Mixed precision", bits_chart, wide=True)
+            parts.append(f'<div class="figures">{figure}</div>')
         for title, (columns, table_rows) in stage_tables(details):
             parts.append(f"<details open><summary>{html.escape(title)}</summary>"
                          f'<div class="scroll">{_html_table(columns, table_rows)}</div>'

@@ -9,7 +9,17 @@
   and the input is fake-quantized with the calibrated scale; this is what the integer kernels of
   the exported model compute, simulated in float;
 - ``train`` (QAT): both are fake-quantized every step with the straight-through estimator, the
-  weight scale recomputed from the weight (or learned, LSQ).
+  weight scale recomputed from the weight, or learned (LSQ, after :meth:`learn_step_sizes`);
+- ``float``: weight and input as they are, without observing (the float reference that bias
+  correction compares against).
+
+The weight is affine (a :class:`QScheme`) or one of the low-bit formats of
+:mod:`nnzip.quant.lowbit` (a :class:`LowBitScheme`: binary, ternary, power-of-two); either way a
+frozen layer holds integer codes and a scale, and its state dict stores the codes bit-packed.
+
+Rounding other than to nearest (GPTQ) hands its integers to :meth:`QuantizedLayer.
+set_integer_weight`: they are kept by later calls to :meth:`~QuantizedLayer.freeze`, while the
+float weight stays the original one (so the weight error a report shows is the real one).
 
 Dynamic quantization is the same layer with ``input_scheme`` but no calibrated range: each batch
 computes its own.
@@ -26,19 +36,34 @@ from torch import nn
 from nnzip.codec.bitpack import pack_bits, unpack_bits
 from nnzip.errors import NnzipError
 from nnzip.quant.affine import (
+    MIN_SCALE,
     QParams,
     QScheme,
     dequantize,
     fake_quantize,
+    grouped,
     minmax_qparams,
     qparams_from_range,
     quantize,
+    ungrouped,
 )
+from nnzip.quant.lowbit import (
+    LowBitParams,
+    LowBitScheme,
+    channel_rows,
+    lowbit_dequantize,
+    lowbit_fake_quantize,
+    lowbit_quantize,
+    pack_codes,
+    unpack_codes,
+)
+from nnzip.quant.lsq import lsq_codes, lsq_fake_quantize, lsq_gradient_scale, sign_levels
 from nnzip.quant.observers import Observer, ObserverKind, make_observer, mse_weight_qparams
 
 QUANTIZABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-Mode = Literal["observe", "quantize", "train", "dynamic"]
+Mode = Literal["observe", "quantize", "train", "dynamic", "float"]
 WeightRange = Literal["minmax", "mse"]
+WeightScheme = QScheme | LowBitScheme
 
 
 def weight_qparams(weight: torch.Tensor, scheme: QScheme,
@@ -52,7 +77,7 @@ def weight_qparams(weight: torch.Tensor, scheme: QScheme,
 class QuantizedLayer(nn.Module):
     """A quantizable layer with its weight scheme, input scheme and calibration state."""
 
-    def __init__(self, layer: nn.Module, weight_scheme: QScheme,
+    def __init__(self, layer: nn.Module, weight_scheme: WeightScheme,
                  input_scheme: QScheme | None = None, observer: ObserverKind = "minmax",
                  weight_range: WeightRange = "minmax", observer_options: dict | None = None
                  ) -> None:
@@ -67,10 +92,19 @@ class QuantizedLayer(nn.Module):
         self.observer: Observer | None = (
             make_observer(observer, input_scheme, **(observer_options or {}))
             if input_scheme is not None else None)
+        if isinstance(weight_scheme, LowBitScheme) and weight_range != "minmax":
+            raise NnzipError(f"weight_range {weight_range!r} searches affine ranges; "
+                             f"{weight_scheme.format} weights have their own scale: use 'minmax'")
         self.mode: Mode = "observe" if input_scheme is not None else "quantize"
         self.input_qparams: QParams | None = None
-        self.weight_qparams: QParams | None = None
+        self.weight_qparams: QParams | LowBitParams | None = None
         self.register_buffer("weight_int", None, persistent=False)
+        # True when weight_int came from elsewhere (GPTQ, a loaded state dict) rather than from
+        # rounding the float weight: re-rounding would undo it.
+        self.weight_fixed = False
+        # LSQ's learned steps: parameters only between learn_step_sizes() and finish_training().
+        self.register_parameter("weight_step", None)
+        self.register_parameter("input_step", None)
         # Once frozen, the state dict holds the integer weight bit-packed, not the float one:
         # what a user ships, and what the report's size_bytes weighs.
         self._register_state_dict_hook(_packed_state)
@@ -84,13 +118,112 @@ class QuantizedLayer(nn.Module):
         self.freeze_weight()
         self.mode = "quantize"
 
+    @property
+    def low_bit(self) -> bool:
+        return isinstance(self.weight_scheme, LowBitScheme)
+
     def freeze_weight(self) -> None:
-        """Round the current weight to its integers (after QAT, or for dynamic quantization)."""
-        self.weight_qparams = weight_qparams(self.layer.weight.detach(), self.weight_scheme,
-                                             self.weight_range)
-        self.weight_int = quantize(self.layer.weight, self.weight_qparams)
+        """Round the current weight to its integers (after QAT, or for dynamic quantization).
+
+        With learned steps (LSQ) the weight is rounded on the learned step, exactly as in
+        training; otherwise the scale comes from the weight itself. Integers set by
+        :meth:`set_integer_weight` are kept: freezing again changes nothing.
+        """
+        if self.weight_fixed:
+            return
+        weight = self.layer.weight.detach()
+        scheme = self.weight_scheme
+        if self.weight_step is not None:
+            step = torch.clamp(self.weight_step.detach(), min=MIN_SCALE)  # as in training
+            codes = lsq_codes(self._weight_view(weight), step, scheme.qmin, scheme.qmax,
+                              levels=self._step_levels())
+            self.weight_int = self._weight_unview(codes, weight)
+            self.weight_qparams = (LowBitParams(scale=step, scheme=scheme) if self.low_bit else
+                                   QParams(scale=step, scheme=scheme,
+                                           zero_point=torch.zeros_like(step, dtype=torch.int32)))
+        elif self.low_bit:
+            self.weight_int, self.weight_qparams = lowbit_quantize(weight, scheme)
+        else:
+            self.weight_qparams = weight_qparams(weight, scheme, self.weight_range)
+            self.weight_int = quantize(self.layer.weight, self.weight_qparams)
+
+    # -- LSQ ---------------------------------------------------------------------------------
+    def learn_step_sizes(self) -> None:
+        """Start LSQ (Esser et al. 2020): the weight steps (one per channel, or group) and the
+        input step become parameters, initialised from the frozen PTQ scales.
+
+        The input keeps its calibrated zero point; only its step is learned.
+        """
+        if self.weight_qparams is None:
+            raise NnzipError("learn_step_sizes() starts from calibrated scales: freeze the "
+                             "layer (calibrate and convert) first")
+        scheme = self.weight_scheme
+        if self.low_bit and scheme.format == "pow2":
+            raise NnzipError("LSQ learns a real-valued step, which would break pow2's exact "
+                             "powers of two: train pow2 weights with estimator 'ste'")
+        self.weight_step = nn.Parameter(self.weight_qparams.scale.detach().clone().float())
+        if self.input_qparams is not None:
+            self.input_step = nn.Parameter(self.input_qparams.scale.detach().clone().float())
+
+    def finish_training(self) -> None:
+        """End QAT: round the trained weight (on the learned step, if any), keep the learned
+        input step, drop the step parameters and switch to ``quantize``."""
+        self.freeze_weight()
+        if self.input_step is not None:
+            self.input_qparams = QParams(scale=torch.clamp(self.input_step.detach(),
+                                                           min=MIN_SCALE),
+                                         zero_point=self.input_qparams.zero_point,
+                                         scheme=self.input_scheme)
+        self.weight_step = None
+        self.input_step = None
+        self.mode = "quantize"
+
+    def _weight_view(self, weight: torch.Tensor) -> torch.Tensor:
+        """The view one weight step broadcasts against: channel rows, or affine groups."""
+        return channel_rows(weight) if self.low_bit else grouped(weight, self.weight_scheme)
+
+    def _weight_unview(self, view: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        if self.low_bit:
+            return view.reshape(weight.shape)
+        return ungrouped(view, weight, self.weight_scheme)
+
+    def _step_levels(self):
+        """LSQ's level function: the sign for binary weights, rounding otherwise."""
+        binary = self.low_bit and self.weight_scheme.format == "binary"
+        return sign_levels if binary else torch.round
+
+    def _lsq_weight(self) -> torch.Tensor:
+        weight = self.layer.weight
+        scheme = self.weight_scheme
+        view = self._weight_view(weight)
+        gradient_scale = lsq_gradient_scale(weight.numel() // self.weight_step.numel(),
+                                            scheme.qmax)
+        fake = lsq_fake_quantize(view, self.weight_step, scheme.qmin, scheme.qmax,
+                                 gradient_scale=gradient_scale, levels=self._step_levels())
+        return self._weight_unview(fake, weight)
+
+    def _lsq_input(self, x: torch.Tensor) -> torch.Tensor:
+        scheme, qparams = self.input_scheme, self.input_qparams
+        gradient_scale = lsq_gradient_scale(max(1, x[0].numel()), scheme.qmax)
+        return lsq_fake_quantize(x, self.input_step, scheme.qmin, scheme.qmax,
+                                 zero_point=qparams.zero_point, gradient_scale=gradient_scale)
+
+    def set_integer_weight(self, weight_int: torch.Tensor, qparams: QParams) -> None:
+        """Use integers chosen by another rounding method (GPTQ) as this layer's weight."""
+        if weight_int.shape != self.layer.weight.shape:
+            raise NnzipError(f"integer weight of shape {tuple(weight_int.shape)} does not match "
+                             f"the layer's weight {tuple(self.layer.weight.shape)}")
+        if qparams.scheme != self.weight_scheme:
+            raise NnzipError(f"integer weight quantized with {qparams.scheme}, but the layer's "
+                             f"scheme is {self.weight_scheme}: quantize with the layer's scheme")
+        self.weight_int = weight_int
+        self.weight_qparams = qparams
+        self.weight_fixed = True
 
     def set_mode(self, mode: Mode) -> None:
+        if mode == "train":
+            # Training moves the float weight: its integers are recomputed when it ends.
+            self.weight_fixed = False
         if mode == "quantize" and self.weight_int is None:
             self.freeze()
         self.mode = mode
@@ -99,15 +232,22 @@ class QuantizedLayer(nn.Module):
         """The weight the integer kernels use, back in float."""
         if self.weight_int is None:
             self.freeze_weight()
-        return dequantize(self.weight_int, self.weight_qparams).to(self.layer.weight.dtype)
+        if self.low_bit:
+            weight = lowbit_dequantize(self.weight_int, self.weight_qparams)
+        else:
+            weight = dequantize(self.weight_int, self.weight_qparams)
+        return weight.to(self.layer.weight.dtype)
 
     # -- forward -----------------------------------------------------------------------------
-    def _quantize_input(self, x: torch.Tensor) -> torch.Tensor:
-        if self.input_scheme is None:
+    def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The input as the layer's kernel sees it; in 'observe' mode the observer records it."""
+        if self.input_scheme is None or self.mode == "float":
             return x
         if self.mode == "observe":
             self.observer.update(x)
             return x
+        if self.mode == "train" and self.input_step is not None:
+            return self._lsq_input(x)
         if self.mode == "dynamic" or self.input_qparams is None:
             # Dynamic: each batch its own range (of the whole batch, as ONNX Runtime's
             # DynamicQuantizeLinear and PyTorch's quantize_dynamic do).
@@ -116,16 +256,20 @@ class QuantizedLayer(nn.Module):
         return fake_quantize(x, self.input_qparams)
 
     def _weight(self) -> torch.Tensor:
-        if self.mode == "observe":
+        if self.mode in ("observe", "float"):
             return self.layer.weight
         if self.mode == "train":
+            if self.weight_step is not None:
+                return self._lsq_weight()
+            if self.low_bit:
+                return lowbit_fake_quantize(self.layer.weight, self.weight_scheme)
             return fake_quantize(self.layer.weight,
                                  weight_qparams(self.layer.weight, self.weight_scheme,
                                                 self.weight_range))
         return self.dequantized_weight()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self._quantize_input(x)
+        x = self.quantize_input(x)
         weight = self._weight()
         layer = self.layer
         if isinstance(layer, nn.Linear):
@@ -139,11 +283,16 @@ class QuantizedLayer(nn.Module):
             return
         scheme = self.weight_scheme
         weight = self.layer.weight
-        codes = unpack_bits(state_dict.pop(key), scheme.bits, weight.numel(), scheme.qmin)
         scale = state_dict.pop(prefix + "weight_scale")
-        zero_point = torch.zeros_like(scale, dtype=torch.int32)
-        self.weight_qparams = QParams(scale=scale, zero_point=zero_point, scheme=scheme)
+        if self.low_bit:
+            codes = unpack_codes(state_dict.pop(key), scheme, weight.numel())
+            self.weight_qparams = LowBitParams(scale=scale, scheme=scheme)
+        else:
+            codes = unpack_bits(state_dict.pop(key), scheme.bits, weight.numel(), scheme.qmin)
+            zero_point = torch.zeros_like(scale, dtype=torch.int32)
+            self.weight_qparams = QParams(scale=scale, zero_point=zero_point, scheme=scheme)
         self.weight_int = codes.reshape(weight.shape).to(torch.int8)
+        self.weight_fixed = True  # the shipped integers are the weight, whatever rounded them
         state_dict[prefix + "layer.weight"] = self.dequantized_weight()
         if prefix + "input_scale" in state_dict:
             self.input_qparams = QParams(scale=state_dict.pop(prefix + "input_scale"),
@@ -154,6 +303,10 @@ class QuantizedLayer(nn.Module):
     def extra_repr(self) -> str:
         scheme = self.weight_scheme
         text = f"w{scheme.bits} {scheme.granularity}"
+        if self.low_bit:
+            text = f"{scheme.format} {text}"
+        if self.weight_step is not None:
+            text += ", lsq"
         if self.input_scheme is not None:
             text += f", a{self.input_scheme.bits}"
         return f"{text}, mode={self.mode}"
@@ -165,7 +318,9 @@ def _packed_state(module: QuantizedLayer, state_dict: dict, prefix: str, _metada
         return
     scheme = module.weight_scheme
     del state_dict[prefix + "layer.weight"]
-    state_dict[prefix + "weight_packed"] = pack_bits(module.weight_int, scheme.bits, scheme.qmin)
+    state_dict[prefix + "weight_packed"] = (
+        pack_codes(module.weight_int, scheme) if module.low_bit
+        else pack_bits(module.weight_int, scheme.bits, scheme.qmin))
     state_dict[prefix + "weight_scale"] = module.weight_qparams.scale.float()
     if module.input_qparams is not None and module.mode == "quantize":
         state_dict[prefix + "input_scale"] = module.input_qparams.scale.float().reshape(1)

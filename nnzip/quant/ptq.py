@@ -8,9 +8,15 @@ Quantization") in three steps, each a plain function:
 2. :func:`calibrate`: run calibration batches (training data, never the test set);
 3. :func:`convert`: fix every input range and round every weight to its integers.
 
-:func:`quantize_static` does all three; :func:`quantize_dynamic` is the one-call equivalent of
-PyTorch's ``torch.ao.quantization.quantize_dynamic`` for any model with Linear layers: int8
-per-channel weights, activation ranges computed from each batch at run time.
+At 4 bits three optional steps reduce what rounding to nearest loses (Nagel et al.
+2019; Frantar et al. 2023), each its own module and switched on in :class:`QuantConfig`:
+``equalize`` (cross-layer equalization, after folding), ``rounding="gptq"`` (after convert) and
+``bias_correction`` (last, so it corrects the final weights).
+
+:func:`quantize_static` does all of it (:func:`static_ptq` also says what it did);
+:func:`quantize_dynamic` is the one-call equivalent of PyTorch's
+``torch.ao.quantization.quantize_dynamic`` for any model with Linear layers: int8 per-channel
+weights, activation ranges computed from each batch at run time.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -27,8 +34,20 @@ from nnzip.evaluate._modes import eval_mode
 from nnzip.models.fold import fold_batchnorm
 from nnzip.models.surgery import set_module
 from nnzip.quant.affine import Granularity, QScheme
-from nnzip.quant.modules import QUANTIZABLE, QuantizedLayer, WeightRange, quantized_layers
+from nnzip.quant.bias_correction import bias_correction
+from nnzip.quant.equalize import cross_layer_equalization
+from nnzip.quant.gptq import gptq
+from nnzip.quant.lowbit import FIXED_BITS, WEIGHT_FORMATS, LowBitScheme, WeightFormat
+from nnzip.quant.modules import (
+    QUANTIZABLE,
+    QuantizedLayer,
+    WeightRange,
+    WeightScheme,
+    quantized_layers,
+)
 from nnzip.quant.observers import ObserverKind
+
+Estimator = Literal["ste", "lsq"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +57,18 @@ class QuantConfig:
 
     ``layer_bits`` overrides the weight bits of named layers (mixed precision); ``skip`` keeps
     named layers in float; ``layers`` restricts quantization to the named layers.
+
+    Better PTQ at low bits: ``equalize`` applies cross-layer equalization after folding
+    BatchNorm; ``rounding="gptq"`` rounds Linear/Conv2d weights with GPTQ (``act_order``: columns
+    by decreasing Hessian diagonal); ``bias_correction`` corrects each layer's mean output shift.
+    GPTQ and bias correction reuse the calibration batches.
+
+    ``weight_format`` picks affine integers or a low-bit format of :mod:`nnzip.quant.lowbit`:
+    ``binary`` (1 bit) and ``ternary`` (2 bits) imply their width and ignore ``weight_bits``;
+    ``pow2`` uses ``weight_bits`` (2–8). ``weight_bits=1`` (or a layer_bits entry of 1) with
+    affine weights means binary. ``estimator`` is how QAT trains through the rounding: the
+    straight-through estimator with scales from the weights (``ste``), or learned step sizes
+    (``lsq``, QAT only).
     """
 
     weight_bits: int = 8
@@ -53,9 +84,67 @@ class QuantConfig:
     layers: Sequence[str] | None = None
     fold_batchnorm: bool = True
     layer_types: tuple[type[nn.Module], ...] = QUANTIZABLE
+    equalize: bool = False
+    bias_correction: bool = False
+    rounding: Literal["nearest", "gptq"] = "nearest"
+    act_order: bool = False
+    weight_format: WeightFormat = "affine"
+    estimator: Estimator = "ste"
 
-    def weight_scheme(self, bits: int | None = None) -> QScheme:
-        return QScheme(bits=bits or self.weight_bits, symmetric=True, signed=True,
+    def _check_rounding(self) -> None:
+        if self.rounding not in ("nearest", "gptq"):
+            raise NnzipError(f"rounding must be 'nearest' or 'gptq', got {self.rounding!r}")
+        if self.act_order and self.rounding != "gptq":
+            raise NnzipError("act_order is a GPTQ option: set rounding='gptq' or drop act_order")
+        if self.equalize and not self.fold_batchnorm:
+            raise NnzipError("equalize needs fold_batchnorm=True: a BatchNorm between two "
+                             "layers hides the pair from cross-layer equalization")
+        if self.rounding == "gptq" and self.weight_format != "affine":
+            raise NnzipError(f"GPTQ rounds to affine integers, not {self.weight_format} "
+                             "weights: use rounding 'nearest' or weight_format 'affine'")
+
+    def __post_init__(self) -> None:
+        self._check_formats()
+        self._check_rounding()
+
+    def _check_formats(self) -> None:
+        for name, bits in {"weight_bits": self.weight_bits, **{
+                f"layer_bits[{layer!r}]": b for layer, b in self.layer_bits.items()}}.items():
+            if not isinstance(bits, int) or not 1 <= bits <= 8:
+                raise NnzipError(f"{name} must be an integer from 1 to 8 (1 is binary), got "
+                                 f"{bits!r}")
+        if self.weight_format not in WEIGHT_FORMATS:
+            raise NnzipError(f"weight_format must be one of {', '.join(WEIGHT_FORMATS)}, got "
+                             f"{self.weight_format!r}")
+        if self.estimator not in ("ste", "lsq"):
+            raise NnzipError(f"estimator must be 'ste' or 'lsq', got {self.estimator!r}")
+        if self.weight_format in FIXED_BITS and self.layer_bits:
+            raise NnzipError(f"{self.weight_format} weights have a fixed width, so layer_bits "
+                             "cannot change it: use skip to keep layers in float, or "
+                             "weight_format 'affine' with layer_bits {name: 1} for binary layers")
+        if self.weight_format != "affine" and self.weight_granularity != "channel":
+            raise NnzipError(f"{self.weight_format} weights have one scale per output channel: "
+                             "leave weight_granularity at 'channel'")
+        if self.weight_format != "affine" and self.weight_range != "minmax":
+            raise NnzipError(f"weight_range {self.weight_range!r} searches affine ranges; "
+                             f"{self.weight_format} weights have their own scale: use 'minmax'")
+        if self.weight_format == "pow2":
+            for bits in (self.weight_bits, *self.layer_bits.values()):
+                LowBitScheme("pow2", bits)  # says pow2 needs 2 to 8 bits
+        if self.estimator == "lsq" and self.weight_format == "pow2":
+            raise NnzipError("LSQ learns a real-valued step, which would break pow2's exact "
+                             "powers of two: train pow2 weights with estimator 'ste'")
+
+    def weight_scheme(self, bits: int | None = None) -> WeightScheme:
+        """The scheme of a layer's weight; ``bits`` overrides ``weight_bits`` (layer_bits)."""
+        bits = bits or self.weight_bits
+        if self.weight_format in FIXED_BITS:
+            return LowBitScheme(self.weight_format)
+        if self.weight_format == "pow2":
+            return LowBitScheme("pow2", bits)
+        if bits == 1:
+            return LowBitScheme("binary")
+        return QScheme(bits=bits, symmetric=True, signed=True,
                        granularity=self.weight_granularity, group_size=self.group_size)
 
     def input_scheme(self) -> QScheme | None:
@@ -72,7 +161,8 @@ def quantizable_layers(model: nn.Module,
             if isinstance(module, layer_types) and not isinstance(module, QuantizedLayer)]
 
 
-def _selected(model: nn.Module, config: QuantConfig) -> list[str]:
+def selected_layers(model: nn.Module, config: QuantConfig) -> list[str]:
+    """The layers ``config`` quantizes; an unknown name is an error listing the valid ones."""
     available = quantizable_layers(model, config.layer_types)
     if not available:
         kinds = ", ".join(t.__name__ for t in config.layer_types)
@@ -88,20 +178,31 @@ def _selected(model: nn.Module, config: QuantConfig) -> list[str]:
 
 
 def prepare(model: nn.Module, config: QuantConfig | None = None) -> nn.Module:
-    """A copy of ``model`` with BatchNorm folded and its layers wrapped for calibration."""
-    config = config or QuantConfig()
+    """A copy of ``model`` with BatchNorm folded (and layers equalized if the config says so)
+    and its layers wrapped for calibration."""
+    return _prepare(model, config or QuantConfig())[0]
+
+
+def _prepare(model: nn.Module, config: QuantConfig) -> tuple[nn.Module, int]:
+    """:func:`prepare`, and the number of layer pairs equalized."""
     target = copy.deepcopy(model).eval()
     if config.fold_batchnorm and any(isinstance(m, nn.modules.batchnorm._BatchNorm)
                                      for m in target.modules()):
         target = fold_batchnorm(target, inplace=True)
-    for name in _selected(target, config):
+    pairs = cross_layer_equalization(target, inplace=True)[1] if config.equalize else 0
+    for name in selected_layers(target, config):
         layer = target.get_submodule(name)
+        if config.bias_correction and layer.bias is None:
+            # Bias correction will give it one: create it now (zero, same function) so that
+            # the corrected state dict loads into any model prepared with this config.
+            layer.bias = nn.Parameter(torch.zeros(layer.weight.shape[0],
+                                                  dtype=layer.weight.dtype))
         wrapped = QuantizedLayer(layer, config.weight_scheme(config.layer_bits.get(name)),
                                  config.input_scheme(), observer=config.observer,
                                  weight_range=config.weight_range,
                                  observer_options=config.observer_options)
         set_module(target, name, wrapped)
-    return target
+    return target, pairs
 
 
 def calibrate(model: nn.Module, batches: Iterable) -> int:
@@ -134,9 +235,30 @@ def convert(model: nn.Module) -> nn.Module:
 def quantize_static(model: nn.Module, batches: Iterable,
                     config: QuantConfig | None = None) -> nn.Module:
     """Static PTQ: a quantized copy of ``model`` calibrated on ``batches``."""
-    prepared = prepare(model, config)
-    calibrate(prepared, batches)
-    return convert(prepared)
+    return static_ptq(model, batches, config)[0]
+
+
+def static_ptq(model: nn.Module, batches: Iterable,
+               config: QuantConfig | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """:func:`quantize_static`, and what it did: calibration samples, pairs equalized, the
+    layers GPTQ rounded, the largest bias correction per layer (JSON-ready, for reports)."""
+    config = config or QuantConfig()
+    if config.estimator == "lsq":
+        raise NnzipError("estimator 'lsq' learns step sizes during training: use "
+                         "quantization_aware_training, or estimator 'ste' for PTQ")
+    # GPTQ and bias correction run the calibration batches again: a generator would be spent.
+    batches = list(batches)
+    prepared, pairs = _prepare(model, config)
+    details: dict[str, Any] = {"calibration_samples": calibrate(prepared, batches)}
+    convert(prepared)
+    if config.equalize:
+        details["equalized_pairs"] = pairs
+    if config.rounding == "gptq":
+        details["gptq_layers"] = gptq(prepared, batches, act_order=config.act_order)
+    if config.bias_correction:
+        details["bias_corrections"] = {name: round(value, 6) for name, value in
+                                       bias_correction(prepared, batches).items()}
+    return prepared, details
 
 
 def quantize_dynamic(model: nn.Module, bits: int = 8,

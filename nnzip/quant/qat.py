@@ -6,6 +6,10 @@ grid. nnzip starts from a calibrated PTQ model (activation ranges fixed by calib
 with the shared :func:`nnzip.train.fit` loop, and finally rounds the trained weights to integers.
 During training each weight's range is its current min-max (an MSE search every step would cost
 more than the step), so QAT always uses ``weight_range="minmax"``.
+
+With ``QuantConfig(estimator="lsq")`` the steps are learned instead (LSQ, Esser et al. 2020, see
+:mod:`nnzip.quant.lsq`): one per weight channel and one per activation tensor, initialised from
+the PTQ scales and trained with the weights; the final rounding uses the learned steps.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from collections.abc import Iterable
 from torch import nn
 
 from nnzip.data.splits import DataSplits
-from nnzip.quant.modules import quantized_layers, set_mode
+from nnzip.quant.modules import quantized_layers
 from nnzip.quant.ptq import QuantConfig, calibrate, convert, prepare
 from nnzip.train import TrainConfig, TrainResult, fit
 
@@ -30,10 +34,12 @@ def quantization_aware_training(model: nn.Module, data: DataSplits, batches: Ite
     quantized = prepare(model, config)
     calibrate(quantized, batches)
     convert(quantized)
-    set_mode(quantized, "train")
+    for layer in quantized_layers(quantized).values():
+        if config.estimator == "lsq":
+            layer.learn_step_sizes()  # before fit() builds its optimizer over the parameters
+        layer.set_mode("train")
     result = fit(quantized, data, train_config or TrainConfig(epochs=3, patience=None),
                  progress=progress, description="quantization-aware training")
     for layer in quantized_layers(quantized).values():
-        layer.freeze_weight()
-        layer.set_mode("quantize")
+        layer.finish_training()
     return quantized, result

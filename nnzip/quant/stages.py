@@ -1,24 +1,32 @@
-"""Recipe stage ``quantize``: static (calibrated) or dynamic post-training quantization.
+"""Recipe stages ``quantize`` (static or dynamic PTQ), ``qat`` and ``mixed_precision``.
 
 ```yaml
 stages:
   - quantize: {}                                    # W8A8 static, per-channel weights, min-max
   - quantize: {weight_bits: 4, observer: kl, weight_range: mse}
   - quantize: {mode: dynamic}                       # int8 Linear weights, per-batch activations
+  - quantize: {weight_bits: 4, equalize: true, rounding: gptq, bias_correction: true}
+  - quantize: {weight_format: pow2, weight_bits: 4} # signed powers of two, 4 bits
+  - qat: {weight_bits: 4, estimator: lsq}           # learned step sizes
+  - qat: {weight_format: binary, lr: 0.001}         # 1-bit weights (XNOR-Net's BWN)
+  - mixed_precision: {average_bits: 4, candidate_bits: [2, 3, 4, 8]}   # W?A8 under a budget
 ```
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field, model_validator
 from torch import nn
 
 from nnzip.data.splits import calibration_batches
+from nnzip.errors import NnzipError
+from nnzip.quant.lowbit import FIXED_BITS
+from nnzip.quant.mixed import DEFAULT_CANDIDATE_BITS, check_candidate_bits, quantize_mixed
 from nnzip.quant.modules import quantized_layers
-from nnzip.quant.ptq import QuantConfig, calibrate, convert, prepare, quantize_dynamic
+from nnzip.quant.ptq import QuantConfig, quantize_dynamic, static_ptq
 from nnzip.quant.qat import quantization_aware_training
 from nnzip.stage import Context, Stage
 from nnzip.train import FinetunedStage
@@ -28,7 +36,8 @@ class QuantOptions(Stage):
     """The quantization options ``quantize`` and ``qat`` share, validated and turned into a
     :class:`QuantConfig`, and the per-layer details both record."""
 
-    weight_bits: int = Field(8, ge=2, le=8)
+    weight_bits: int = Field(8, ge=1, le=8)
+    weight_format: Literal["affine", "binary", "ternary", "pow2"] = "affine"
     activation_bits: int | None = Field(8, ge=2, le=8)
     granularity: Literal["tensor", "channel", "group"] = "channel"
     group_size: int | None = Field(None, ge=1)
@@ -44,17 +53,32 @@ class QuantOptions(Stage):
         if self.granularity == "group" and self.group_size is None:
             raise ValueError("granularity 'group' needs group_size, e.g. group_size: 64")
         for name, bits in self.layer_bits.items():
-            if not 2 <= bits <= 8:
-                raise ValueError(f"layer_bits[{name!r}] must be from 2 to 8, got {bits}")
+            if not 1 <= bits <= 8:
+                raise ValueError(f"layer_bits[{name!r}] must be from 1 to 8 (1 is binary), got "
+                                 f"{bits}")
+        fixed = FIXED_BITS.get(self.weight_format)
+        if fixed is not None and "weight_bits" in self.model_fields_set \
+                and self.weight_bits != fixed:
+            raise ValueError(f"{self.weight_format} weights take {fixed} bit(s), got "
+                             f"weight_bits {self.weight_bits}: leave weight_bits out")
+        try:  # QuantConfig's own checks (formats, granularity, estimator), at parse time
+            self.config()
+        except NnzipError as error:
+            raise ValueError(str(error)) from None
         return self
 
-    def config(self, **overrides) -> QuantConfig:
+    def config_overrides(self) -> dict[str, Any]:
+        """The QuantConfig fields a subclass sets from its own options."""
+        return {}
+
+    def config(self) -> QuantConfig:
         options = {"percentile": self.percentile} if self.observer == "percentile" else {}
         return QuantConfig(weight_bits=self.weight_bits, activation_bits=self.activation_bits,
                            weight_granularity=self.granularity, group_size=self.group_size,
                            observer=self.observer, observer_options=options,
                            layer_bits=dict(self.layer_bits), skip=tuple(self.skip),
-                           layers=self.layers, **overrides)
+                           layers=self.layers, weight_format=self.weight_format,
+                           **self.config_overrides())
 
     def calibration(self, context: Context) -> list:
         return calibration_batches(context.data, self.calibration_batches, seed=context.seed)
@@ -64,6 +88,8 @@ class QuantOptions(Stage):
         layers = quantized_layers(quantized)
         context.record("layer_bits", {name: layer.weight_scheme.bits
                                       for name, layer in layers.items()})
+        context.record("weight_format", {name: getattr(layer.weight_scheme, "format", "affine")
+                                         for name, layer in layers.items()})
         context.record("weight_error", {name: round(_relative_error(layer), 6)
                                         for name, layer in layers.items()})
 
@@ -75,6 +101,9 @@ class Quantize(QuantOptions):
     ``calibration_batches`` training batches and rounds weights (``weight_range``: min-max or
     MSE-optimal per channel). ``activation_bits: null`` quantizes weights only. ``mode: dynamic``
     quantizes Linear weights and computes activation ranges per batch at run time.
+
+    Static mode only, for 4 bits: ``equalize`` (cross-layer equalization), ``rounding: gptq``
+    (with ``act_order``) and ``bias_correction``; see :class:`QuantConfig`.
     """
 
     kind = "quantize"
@@ -82,15 +111,51 @@ class Quantize(QuantOptions):
     mode: Literal["static", "dynamic"] = "static"
     weight_range: Literal["minmax", "mse"] = "minmax"
     fold_batchnorm: bool = True
+    equalize: bool = False
+    bias_correction: bool = False
+    rounding: Literal["nearest", "gptq"] = "nearest"
+    act_order: bool = False
+
+    @model_validator(mode="after")
+    def _static_only(self) -> Quantize:
+        better = [name for name in ("equalize", "bias_correction", "act_order")
+                  if getattr(self, name)] + (["rounding: gptq"] if self.rounding == "gptq" else [])
+        if self.mode == "dynamic" and better:
+            raise ValueError(f"{', '.join(better)} need calibration: use mode: static")
+        if self.act_order and self.rounding != "gptq":
+            raise ValueError("act_order is a GPTQ option: add rounding: gptq")
+        if self.equalize and not self.fold_batchnorm:
+            raise ValueError("equalize needs fold_batchnorm: true (a BatchNorm between two "
+                             "layers hides the pair)")
+        return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_estimator(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "estimator" in data:
+            raise ValueError("estimator (ste or lsq) is how QAT trains through the rounding, "
+                             "and quantize does not train: use the qat stage for it")
+        return data
+
+    @model_validator(mode="after")
+    def _dynamic_is_affine(self) -> Quantize:
+        if self.mode == "dynamic" and (self.weight_format != "affine" or self.weight_bits < 2):
+            raise ValueError("mode dynamic quantizes affine integer weights (2 to 8 bits): use "
+                             "mode static for binary, ternary or pow2 weights")
+        return self
+
+    def config_overrides(self) -> dict[str, Any]:
+        return {"weight_range": self.weight_range, "fold_batchnorm": self.fold_batchnorm,
+                "equalize": self.equalize, "bias_correction": self.bias_correction,
+                "rounding": self.rounding, "act_order": self.act_order}
 
     def apply(self, model: nn.Module, context: Context) -> nn.Module:
         if self.mode == "dynamic":
             quantized = quantize_dynamic(model, self.weight_bits, granularity=self.granularity)
         else:
-            quantized = prepare(model, self.config(weight_range=self.weight_range,
-                                                   fold_batchnorm=self.fold_batchnorm))
-            context.record("calibration_samples", calibrate(quantized, self.calibration(context)))
-            convert(quantized)
+            quantized, details = static_ptq(model, self.calibration(context), self.config())
+            for key, value in details.items():
+                context.record(key, value)
         context.record("mode", self.mode)
         self.record_layers(quantized, context)
         return quantized
@@ -107,12 +172,17 @@ class QAT(QuantOptions, FinetunedStage):
     """Quantization-aware training: static PTQ, then ``finetune_epochs`` through the rounding.
 
     Same quantization options as ``quantize`` (static only; weight ranges are min-max) plus the
-    shared fine-tune options.
+    shared fine-tune options and ``estimator``: ``ste`` (scales from the weights, gradients
+    straight through the rounding) or ``lsq`` (learned step sizes, Esser et al. 2020).
     """
 
     kind = "qat"
 
     lr: float = Field(1e-4, gt=0)
+    estimator: Literal["ste", "lsq"] = "ste"
+
+    def config_overrides(self) -> dict[str, Any]:
+        return {"estimator": self.estimator}
 
     def apply(self, model: nn.Module, context: Context) -> nn.Module:
         quantized, result = quantization_aware_training(
@@ -122,3 +192,73 @@ class QAT(QuantOptions, FinetunedStage):
         context.record("finetune_epochs", result.epochs_run)
         context.record("finetune_best_val_accuracy", round(result.best_val_accuracy, 4))
         return quantized
+
+
+class MixedPrecision(QuantOptions):
+    """Static PTQ with per-layer weight bits chosen from measured sensitivity under a budget.
+
+    Each layer's weights are quantized alone to every ``candidate_bits`` width and the KL
+    divergence of the outputs from the float model is measured on the validation split; the bits
+    that minimise the summed KL within the budget are then found exactly (see
+    :mod:`nnzip.quant.mixed`). The budget is exactly one of ``average_bits`` (mean weight bits,
+    weighted by parameter count) or ``weight_bytes`` (bit-packed integer weights; scales, biases
+    and headers come on top). ``layer_bits`` pins named layers (counted in the budget); the other
+    options are those of ``quantize``, activations at ``activation_bits`` everywhere.
+    """
+
+    kind = "mixed_precision"
+
+    average_bits: float | None = Field(None, gt=0, le=8)
+    weight_bytes: int | None = Field(None, gt=0)
+    candidate_bits: list[int] = Field(default_factory=lambda: list(DEFAULT_CANDIDATE_BITS))
+    weight_range: Literal["minmax", "mse"] = "minmax"
+    fold_batchnorm: bool = True
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> MixedPrecision:
+        if (self.average_bits is None) == (self.weight_bytes is None):
+            raise ValueError("give exactly one budget: average_bits (mean weight bits, e.g. 4) "
+                             "or weight_bytes (packed weight bytes)")
+        if "weight_bits" in self.model_fields_set:
+            raise ValueError("mixed_precision chooses the weight bits per layer: drop "
+                             "weight_bits and set candidate_bits (and layer_bits to pin layers)")
+        if self.weight_format != "affine":
+            raise ValueError(f"mixed_precision chooses affine bit widths; {self.weight_format} "
+                             "weights have one width: use the quantize or qat stage for them")
+        try:
+            check_candidate_bits(self.candidate_bits)
+        except NnzipError as error:
+            raise ValueError(str(error)) from None
+        return self
+
+    def config_overrides(self) -> dict[str, Any]:
+        return {"weight_range": self.weight_range, "fold_batchnorm": self.fold_batchnorm}
+
+    def apply(self, model: nn.Module, context: Context) -> nn.Module:
+        calibration = self.calibration(context)
+        validation = list(context.data.loader("val", batch_size=256))
+        quantized, plan = quantize_mixed(
+            model, calibration, validation, average_bits=self.average_bits,
+            weight_bytes=self.weight_bytes, candidate_bits=self.candidate_bits,
+            config=self.config(), progress=context.progress)
+        sensitivity = plan.sensitivity
+        context.record("budget", {"average_bits": self.average_bits} if self.average_bits
+                       is not None else {"weight_bytes": self.weight_bytes})
+        context.record("achieved_average_bits", round(plan.average_bits, 4))
+        context.record("achieved_weight_bytes", plan.weight_bytes)
+        context.record("candidate_bits", sorted(set(self.candidate_bits)))
+        context.record("sensitivity_metric", "KL(float ‖ one layer quantized) on the validation "
+                       "split; drop: validation accuracy points lost")
+        context.record("calibration_samples", sum(len(batch[0]) for batch in calibration))
+        context.record("layer_params", sensitivity.params)
+        context.record("bit_sensitivity", _json_table(sensitivity.kl))
+        if sensitivity.accuracy_drop:
+            context.record("bit_accuracy_drop", _json_table(sensitivity.accuracy_drop))
+        self.record_layers(quantized, context)
+        return quantized
+
+
+def _json_table(table: dict[str, dict[int, float]]) -> dict[str, dict[str, float]]:
+    """{layer: {bits: value}} with string keys, as JSON needs them."""
+    return {name: {str(bits): float(f"{value:.6g}") for bits, value in row.items()}
+            for name, row in table.items()}

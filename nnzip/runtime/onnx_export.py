@@ -36,12 +36,37 @@ from nnzip.atomic import atomic_path
 from nnzip.errors import NnzipError
 from nnzip.evaluate.machine import int8_weights_saturate
 from nnzip.models.surgery import set_module
+from nnzip.quant.lowbit import LowBitParams
 from nnzip.quant.modules import QuantizedLayer, quantized_layers
 
 log = logging.getLogger(__name__)
 
 #: Opset 18: per-channel QuantizeLinear/DequantizeLinear and all ops of the zoo and HF models.
 OPSET = 18
+
+
+def affine_weight(quantized: QuantizedLayer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A frozen layer's weight as affine int8 ``(integers, scale, zero_point)``, which ONNX's
+    DequantizeLinear reads: affine weights as they are; binary and ternary codes (±1, 0) with
+    their channel scale; pow2 codes as the integers ±2^(|code| − 1) on the scale
+    ``scale · 2^(1 − top code)``, exact up to 4 bits (2^6 = 64 fits int8, 2^14 does not).
+    """
+    params = quantized.weight_qparams
+    codes = quantized.weight_int
+    if not isinstance(params, LowBitParams):
+        return codes, params.scale, params.zero_point
+    zero_point = torch.zeros_like(params.scale, dtype=torch.int32)
+    scheme = params.scheme
+    if scheme.format != "pow2":
+        return codes, params.scale, zero_point
+    top_code = scheme.qmax
+    if 2 ** (top_code - 1) > 127:
+        raise NnzipError(f"pow2 weights of {scheme.bits} bits span 2^{top_code - 1}, more than "
+                         "int8 holds, so they have no exact ONNX QDQ export: use 2 to 4 bits, "
+                         "or export float_view(model)")
+    magnitudes = torch.where(codes == 0, 0, 2 ** (codes.abs().to(torch.int32) - 1).clamp(min=0))
+    return (torch.sign(codes) * magnitudes).to(torch.int8), params.scale * 2.0 ** (1 - top_code), \
+        zero_point
 
 
 class QDQLayer(nn.Module):
@@ -53,27 +78,26 @@ class QDQLayer(nn.Module):
             raise NnzipError("export needs a converted model: call nnzip.quant.convert() (or "
                              "finish QAT) before exporting; a layer is still in mode "
                              f"{quantized.mode!r}")
-        params = quantized.weight_qparams
-        scheme = params.scheme
+        weight_int, scale, zero_point = affine_weight(quantized)
+        scheme = quantized.weight_qparams.scheme
         if scheme.granularity == "group":
             raise NnzipError("group-wise weight scales have no QDQ export yet: quantize with "
                              "granularity 'channel' or 'tensor' to export to ONNX")
-        if scheme.axis != 0 and scheme.granularity == "channel":
+        if getattr(scheme, "axis", 0) != 0 and scheme.granularity == "channel":
             raise NnzipError(f"per-channel weights along axis {scheme.axis} cannot be exported: "
                              "ONNX Conv/Gemm weights are per output channel (axis 0)")
         self.layer = quantized.layer
-        self.qmin, self.qmax = scheme.qmin, scheme.qmax
         self.per_channel = scheme.granularity == "channel"
         if weight_dtype not in ("int8", "uint8"):
             raise NnzipError(f"weight_dtype must be 'int8' or 'uint8', got {weight_dtype!r}")
         # uint8 stores q + 128 with zero point + 128: the same integers, shifted.
         shift = 128 if weight_dtype == "uint8" else 0
         self.weight_range = (0, 255, torch.uint8) if shift else (-128, 127, torch.int8)
-        self.register_buffer("weight_int", (quantized.weight_int.to(torch.int16) + shift)
+        self.register_buffer("weight_int", (weight_int.to(torch.int16) + shift)
                              .to(self.weight_range[2]))
-        channels = quantized.weight_int.shape[0]
-        scale = params.scale.float().reshape(-1)
-        zero_point = params.zero_point.reshape(-1).to(torch.int64) + shift
+        channels = weight_int.shape[0]
+        scale = scale.float().reshape(-1)
+        zero_point = zero_point.reshape(-1).to(torch.int64) + shift
         if self.per_channel:
             scale, zero_point = scale.expand(channels), zero_point.expand(channels)
         self.register_buffer("weight_scale", scale.contiguous())

@@ -173,3 +173,41 @@ def test_sensitivity_chart_is_a_png_and_empty_curves_draw_nothing():
     png = sensitivity_chart(_stages()[0]["details"]["sensitivity"])
     assert png is not None and png.startswith(b"\x89PNG")
     assert sensitivity_chart({}) is None and sensitivity_chart({"fc.weight": {}}) is None
+
+
+def _mixed_stage() -> dict:
+    return {"label": "mixed", "kind": "mixed_precision", "seconds": 4.0, "details": {
+        "budget": {"average_bits": 4.0}, "achieved_average_bits": 3.9,
+        "layer_params": {"conv1": 500, "fc1": 40_000},
+        "bit_sensitivity": {"conv1": {"2": 0.03, "4": 2.4e-4, "8": 6.7e-7},
+                            "fc1": {"2": 0.04, "4": 4e-5, "8": 0.0}},
+        "bit_accuracy_drop": {"conv1": {"2": 0.01, "4": 0.0, "8": 0.0},
+                              "fc1": {"2": 0.004, "4": 0.0, "8": 0.0}},
+        "layer_bits": {"conv1": 8, "fc1": 4},
+        "weight_error": {"conv1": 1.2e-5, "fc1": 0.0123}}}
+
+
+def test_mixed_precision_details_become_one_table_and_a_bits_chart(report):
+    charts_without = render_html(report).count("data:image/png;base64,")
+    report["stages"] = [_mixed_stage()]
+    page = render_html(report)
+    assert page.count("data:image/png;base64,") == charts_without + 1
+    assert 'alt="Mixed precision"' in page and "Per-layer mixed precision" in page
+    # Layer, weights, chosen bits, weight error, KL at 2/4/8 bits, val. drop (points) at 2/4/8.
+    assert ("<td>fc1</td><td>40k</td><td>4</td><td>1.23e-02</td><td>4.00e-02</td>"
+            "<td>4.00e-05</td><td>0.00e+00</td><td>0.4</td><td>0.0</td><td>0.0</td>") in page
+    assert "Per-layer quantization" not in page  # its columns are in the mixed table
+    assert '"bit_sensitivity"' not in page and "<td>budget</td>" in page
+    text = render_markdown(report)
+    assert ("| Layer | Weights | Chosen bits | Weight error (relative) | KL @2b | KL @4b | KL @8b "
+            "| Drop @2b (pts) |") in text
+    assert "| conv1 | 500 | 8 | 1.20e-05 | 3.00e-02 | 2.40e-04 | 6.70e-07 | 1.0 | 0.0 | 0.0 |" \
+        in text
+
+
+def test_bit_allocation_chart_is_a_png_and_needs_a_sensitivity_table():
+    from nnzip.evaluate.details import bit_allocation_chart
+
+    png = bit_allocation_chart(_mixed_stage()["details"])
+    assert png is not None and png.startswith(b"\x89PNG")
+    assert bit_allocation_chart({"layer_bits": {"fc1": 4}}) is None

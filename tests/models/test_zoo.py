@@ -41,6 +41,14 @@ def test_deep_compression_parameter_counts():
     assert _params(LeNet5()) == 431_080
 
 
+def test_lenet5_small_is_a_student_about_ten_times_smaller_than_lenet5():
+    small = create_model("lenet5_small", input_shape=MNIST_SHAPE, num_classes=10)
+    assert _params(small) == 38_390
+    assert (small.conv1.out_channels, small.fc1.out_features) == (10, 100)
+    with pytest.raises(NnzipError, match="two positive conv widths"):
+        LeNet5(channels=[20])
+
+
 def test_resnet_depths_follow_6n_plus_2():
     assert len(CifarResNet(depth=8).layer1) == 1 and len(CifarResNet(depth=20).layer3) == 3
     with pytest.raises(NnzipError, match="6n\\+2"):

@@ -90,7 +90,7 @@ def test_bad_inputs_are_clear_errors(lenet5):
         prepare(nn.Sequential(nn.ReLU(), nn.Flatten()))
     with pytest.raises(NnzipError, match=r"unknown or unquantizable layers \['fc9'\].*conv1"):
         prepare(lenet5, QuantConfig(skip=("fc9",)))
-    with pytest.raises(NnzipError, match="bits must be an integer from 2 to 8"):
+    with pytest.raises(NnzipError, match="weight_bits must be an integer from 1 to 8"):
         prepare(lenet5, QuantConfig(weight_bits=12))
     with pytest.raises(NnzipError, match="not quantizable"):
         QuantizedLayer(nn.LSTM(4, 4), QuantConfig().weight_scheme())

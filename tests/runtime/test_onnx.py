@@ -94,6 +94,33 @@ def test_float_view_keeps_the_rounded_weights(int8):
         assert torch.equal(view.get_submodule(name).weight, layer.dequantized_weight())
 
 
+@pytest.mark.parametrize("weight_format, bits", [("binary", 1), ("ternary", 2), ("pow2", 4)])
+def test_low_bit_weights_export_exactly(lenet5, mnist, example, tmp_path, weight_format, bits):
+    quantized = quantize_static(lenet5, calibration_batches(mnist, 1),
+                                QuantConfig(weight_format=weight_format, weight_bits=bits))
+    path = export_onnx(quantized, tmp_path / "low.onnx", example, weight_dtype="int8")
+    initializers = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(str(path)).graph
+                    .initializer}
+    levels = set(initializers["fc1.weight_int"].ravel().tolist())
+    assert levels <= ({-1, 0, 1} if bits <= 2 else {0, *(s * 2**k for s in (-1, 1)
+                                                          for k in range(7))})
+    batch = mnist.test.tensors[0][:200]
+    with torch.no_grad():
+        simulated = quantized(batch)
+    # Unfused (float) execution of the exported integers and scales: nnzip's arithmetic, up to
+    # summation order (which can move a rare activation to the next integer level).
+    exported = OrtModule(path, optimization="none")(batch)
+    assert (exported - simulated).abs().median() < 1e-5
+    assert agreement(exported, simulated) >= 0.99
+
+
+def test_wide_pow2_weights_are_not_exported(lenet5, mnist, example, tmp_path):
+    quantized = quantize_static(lenet5, calibration_batches(mnist, 1),
+                                QuantConfig(weight_format="pow2", weight_bits=5))
+    with pytest.raises(NnzipError, match="pow2 weights of 5 bits span 2\\^14"):
+        export_onnx(quantized, tmp_path / "p.onnx", example)
+
+
 def test_group_wise_weights_cannot_be_exported_yet(lenet5, mnist, example, tmp_path):
     grouped = quantize_static(lenet5, calibration_batches(mnist, 1),
                               QuantConfig(weight_granularity="group", group_size=25,

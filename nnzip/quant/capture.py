@@ -1,0 +1,66 @@
+"""Run calibration batches up to one layer and look at what it sees (GPTQ, bias correction).
+
+Methods that work layer by layer need, for each layer, its inputs or outputs in the model as it
+is *now* (earlier layers already quantized). :func:`feed_layer` runs each batch through the model
+and stops the forward pass as soon as the layer has been reached, so layer k costs the forward of
+layers 1..k only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Literal
+
+import torch
+from torch import nn
+
+from nnzip.errors import NnzipError
+from nnzip.evaluate._modes import eval_mode
+
+
+class _LayerReached(Exception):
+    """Raised by a hook to end a forward pass once the layer of interest has run."""
+
+
+def batch_inputs(batch) -> torch.Tensor:
+    """The inputs of a batch given as a tensor or an (inputs, targets) pair."""
+    return batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
+def feed_layer(model: nn.Module, layer: nn.Module, batches: Iterable,
+               visit: Callable[[torch.Tensor], None],
+               where: Literal["input", "output"] = "input") -> int:
+    """Call ``visit`` on ``layer``'s first input (or its output) for every batch.
+
+    Returns the number of samples fed. A layer called several times per forward is visited at
+    its first call only. An empty ``batches`` or a layer the forward never reaches is an error.
+    """
+    def on_input(_module, args):
+        visit(args[0])
+        raise _LayerReached
+
+    def on_output(_module, _args, output):
+        visit(output)
+        raise _LayerReached
+
+    handle = (layer.register_forward_pre_hook(on_input) if where == "input"
+              else layer.register_forward_hook(on_output))
+    samples = reached = 0
+    try:
+        with eval_mode(model), torch.no_grad():
+            for batch in batches:
+                inputs = batch_inputs(batch)
+                try:
+                    model(inputs)
+                except _LayerReached:
+                    reached += 1
+                samples += len(inputs)
+    finally:
+        handle.remove()
+    if samples == 0:
+        raise NnzipError("the calibration set is empty: pass at least one batch of training "
+                         "inputs (e.g. nnzip.data.calibration_batches(data, 8))")
+    if reached == 0:
+        raise NnzipError(f"the forward pass never reached {type(layer).__name__}: is it part "
+                         "of the model's forward?")
+    return samples
