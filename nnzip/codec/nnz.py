@@ -309,8 +309,12 @@ def layer_table(model: nn.Module) -> dict[str, dict]:
     spec = model_spec(model)
     if spec is None:
         raise NnzipError("the per-layer size table needs a zoo model (create_model)")
-    names = [n for n in _plain_names(spec) if n.endswith(".weight") and isinstance(
-        model.get_submodule(n.rpartition(".")[0]), PRUNABLE_TYPES)]
+    def is_layer_weight(name: str) -> bool:
+        module = model.get_submodule(name.rpartition(".")[0])
+        wrapped = getattr(module, "layer", None)  # a quantized layer wraps the float one
+        return isinstance(module, PRUNABLE_TYPES) or isinstance(wrapped, PRUNABLE_TYPES)
+
+    names = [n for n in _plain_names(spec) if n.endswith(".weight") and is_layer_weight(n)]
     tensors = model_tensors(model, names)
     table = {}
     for name, value in tensors.items():
