@@ -8,13 +8,12 @@ per-layer table of Deep Compression's Table 1; (c) k-means with linear, density 
 initialization and a Gaussian mixture, at the recipe's bits and at fewer bits, from the same
 pruned model, before and after training the centroids; (d) a dense fine-tune of the same length
 as the recipe's, the control for how much of the accuracy is extra training.
-Run: .venv/bin/python benchmarks/share_deep_compression.py. Writes
-benchmarks/results/share_deep_compression.{json,md}.
+Run: .venv/bin/python benchmarks/share_deep_compression.py (``--render-only`` rewrites the .md
+from the committed .json). Writes benchmarks/results/share_deep_compression.{json,md}.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import tempfile
@@ -23,10 +22,16 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
-from rich.table import Table
 from torch import nn
 
-from nnzip.atomic import write_text
+from common import (
+    RESULTS,
+    benchmark_parser,
+    machine_line,
+    markdown_table,
+    rewrite_markdown,
+    write_results,
+)
 from nnzip.codec.nnz import codec_options, load_nnz, nnz_bytes, save_nnz
 from nnzip.data import load_mnist
 from nnzip.data.splits import DataSplits
@@ -39,7 +44,7 @@ from nnzip.stage import Context
 from nnzip.train import TrainConfig, fit, train_zoo_model
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = Path(__file__).resolve().parent / "results"
+NAME = "share_deep_compression"
 RECIPE = ROOT / "recipes" / "deep-compression.yaml"
 #: Issue 6's done-when: .nnz at least this many times smaller than fp32, accuracy drop at most.
 TARGETS = {"ratio": 40.0, "stretch_ratio": 50.0, "max_drop": 0.002}
@@ -125,31 +130,20 @@ def kib(value: float) -> str:
     return f"{value / 1024:.1f} KiB"
 
 
-class Report:
-    """Every table goes to the console (rich) and to the markdown file from the same cells."""
+class Lines:
+    """Markdown paragraphs and tables, in order."""
 
     def __init__(self) -> None:
-        self.console = Console()
         self.lines: list[str] = []
 
     def text(self, *lines: str) -> None:
-        for line in lines:
-            self.console.print(line)
         self.lines += [*lines, ""]
 
     def table(self, title: str, columns: list[str], rows: list[list[str]]) -> None:
-        table = Table(title=title)
-        for column in columns:
-            table.add_column(column, justify="right")
-        for row in rows:
-            table.add_row(*row)
-        self.console.print(table)
-        self.lines += [f"**{title}**", "", "| " + " | ".join(columns) + " |",
-                       "|" + "---|" * len(columns)]
-        self.lines += ["| " + " | ".join(row) + " |" for row in rows] + [""]
+        self.lines += [f"**{title}**", "", *markdown_table(columns, rows), ""]
 
 
-def report_model(report: Report, arch: str, result: dict) -> None:
+def report_model(report: Lines, arch: str, result: dict) -> None:
     base, fp32 = result["baseline_accuracy"], result["fp32_safetensors_bytes"]
     recipe, exact = result["recipe"], result["recipe"]["exactness"]
     report.text(f"## {arch}", f"Baseline (cached): test accuracy {percent(base)}, fp32 "
@@ -217,20 +211,38 @@ def report_model(report: Report, arch: str, result: dict) -> None:
                 "the baseline is extra training, not compression.")
 
 
+def render_markdown(results: dict) -> str:
+    """The markdown results page, from the JSON report alone."""
+    lines = Lines()
+    for arch, result in results["models"].items():
+        report_model(lines, arch, result)
+    header = ["# Deep Compression on MNIST: weight sharing and the .nnz file", "",
+              "Models start from the cached baselines; accuracy on the 10 000 MNIST test images. "
+              f"One seed ({results['seed']}), {results['threads']} torch thread(s); the whole run "
+              f"took {results['seconds']:.0f} s. Sizes are file bytes: the fp32 state dict as "
+              "safetensors, and the whole .nnz file (header, biases, codebooks, CRC).", ""]
+    footer = [machine_line(results["machine"], " (2 cores shared with other work)"), ""]
+    return "\n".join(header + lines.lines + footer)
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cache-dir", type=Path, default=Path("runs/cache"))
-    parser.add_argument("--archs", nargs="+", default=["lenet300", "lenet5"])
+    parser = benchmark_parser(__doc__, ["lenet300", "lenet5"])
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1: the 2 cores are shared with other work)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=4, help="centroid training in (c)")
+    parser.add_argument("--render-only", action="store_true",
+                        help="rewrite the .md from the committed .json without running")
     args = parser.parse_args()
+    console = Console(width=140)
+    if args.render_only:
+        console.print(f"-> {rewrite_markdown(NAME, render_markdown)}")
+        return
     torch.set_num_threads(args.threads)
     data = load_mnist()
-    report = Report()
-    results: dict = {"benchmark": "share_deep_compression", "threads": args.threads,
-                     "machine": machine_info(args.threads), "targets": TARGETS, "models": {}}
+    results: dict = {"benchmark": NAME, "threads": args.threads, "seed": args.seed,
+                     "machine": machine_info(args.threads), "targets": TARGETS, "models": {},
+                     "seconds": 0.0}
     started = time.perf_counter()
     for arch in args.archs:
         base = train_zoo_model(arch, data, cache_dir=args.cache_dir, progress=False).eval()
@@ -244,20 +256,16 @@ def main() -> None:
             args.seed)
         epochs = sum(s["details"].get("finetune_epochs", 0) for s in result["recipe"]["steps"])
         result["dense_control"] = dense_control(base, data, epochs, args.seed)
-        results["models"][arch] = result
-        report_model(report, arch, result)
-    results["seconds"] = time.perf_counter() - started
-    machine = results["machine"]
-    header = ["# Deep Compression on MNIST: weight sharing and the .nnz file", "",
-              "Models start from the cached baselines; accuracy on the 10 000 MNIST test images. "
-              f"One seed ({args.seed}). {args.threads} torch thread(s) on {machine['cpu_model']} "
-              f"({machine['cores']} cores, shared), torch {machine['torch_version']}; the whole "
-              f"run took {results['seconds']:.0f} s. Sizes are file bytes: the fp32 state dict "
-              "as safetensors, and the whole .nnz file (header, biases, codebooks, CRC).", ""]
-    write_text(RESULTS / "share_deep_compression.json",
-               json.dumps(json.loads(json.dumps(results, default=str)), indent=2))
-    write_text(RESULTS / "share_deep_compression.md", "\n".join(header + report.lines))
-    report.console.print(f"results: {RESULTS / 'share_deep_compression.md'}")
+        results["models"][arch] = json.loads(json.dumps(result, default=str))
+        results["seconds"] = time.perf_counter() - started
+        exact = result["recipe"]["exactness"]
+        console.print(f"{arch}: .nnz {exact['file_bytes']:,} bytes "
+                      f"({result['fp32_safetensors_bytes'] / exact['file_bytes']:.1f}x smaller), "
+                      f"accuracy {percent(result['baseline_accuracy'])} -> "
+                      f"{percent(exact['loaded_accuracy'])}, loaded logits bit-identical: "
+                      f"{exact['logits_bit_identical']}")
+        write_results(NAME, results, render_markdown)  # an interrupted run keeps each model
+    console.print(f"-> {RESULTS / (NAME + '.md')}")
 
 
 if __name__ == "__main__":
