@@ -3,10 +3,20 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 from nnzip.data import DataSplits, find_mnist_dir, load_digits, load_mnist
 from nnzip.evaluate.latency import fixed_threads
-from nnzip.train import train_zoo_model
+from nnzip.models import create_model
+from nnzip.train import TrainConfig, fit, train_zoo_model
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Every test runs on one torch thread: on the shared 2-core machine two OpenMP threads
+    fighting other work ran several times slower than one (and timing was noisier)."""
+    with fixed_threads(1):
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -46,3 +56,33 @@ def lenet5(zoo_cache, mnist):
 @pytest.fixture(scope="session")
 def lenet300(zoo_cache, mnist):
     return train_zoo_model("lenet300", mnist, cache_dir=zoo_cache, progress=False)
+
+
+def make_mlp(digits, seed: int = 0):
+    """An untrained LeNet-300-100 sized for scikit-learn's 8×8 digits."""
+    torch.manual_seed(seed)
+    return create_model("lenet300", input_shape=digits.input_shape,
+                        num_classes=digits.num_classes)
+
+
+@pytest.fixture
+def mlp(digits):
+    """An untrained LeNet-300-100 sized for 8×8 digits (fresh for every test)."""
+    return make_mlp(digits)
+
+
+@pytest.fixture(scope="session")
+def trained_mlp_state(digits):
+    """Weights of a LeNet-300-100 trained for 6 epochs on digits (a second of training)."""
+    model = make_mlp(digits)
+    with fixed_threads(1):
+        fit(model, digits, TrainConfig(epochs=6, patience=None), progress=False)
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.fixture
+def trained_mlp(digits, trained_mlp_state):
+    """A LeNet-300-100 for 8×8 digits, trained for 6 epochs (a fresh copy for every test)."""
+    model = make_mlp(digits)
+    model.load_state_dict(trained_mlp_state)
+    return model

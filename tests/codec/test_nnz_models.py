@@ -21,8 +21,7 @@ def _copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model)
 
 
-def test_pruned_clustered_lenet300_round_trips_bit_for_bit_on_mnist(lenet300, mnist, tmp_path,
-                                                                   one_thread_here):
+def test_pruned_clustered_lenet300_round_trips_bit_for_bit_on_mnist(lenet300, mnist, tmp_path):
     model = _copy(lenet300)
     magnitude_prune(model, 0.92)
     cluster_weights(model, 5)
@@ -33,8 +32,7 @@ def test_pruned_clustered_lenet300_round_trips_bit_for_bit_on_mnist(lenet300, mn
     assert path.stat().st_size * 40 < artifact_bytes(lenet300)
 
 
-def test_lenet5_with_8_bit_conv_and_5_bit_fc_codes_round_trips_on_mnist(lenet5, mnist, tmp_path,
-                                                                       one_thread_here):
+def test_lenet5_with_8_bit_conv_and_5_bit_fc_codes_round_trips_on_mnist(lenet5, mnist, tmp_path):
     model = _copy(lenet5)
     magnitude_prune(model, 0.9)
     cluster_weights(model, conv_bits=8, linear_bits=5)
@@ -43,7 +41,7 @@ def test_lenet5_with_8_bit_conv_and_5_bit_fc_codes_round_trips_on_mnist(lenet5, 
     assert torch.equal(_outputs(loaded, images), _outputs(model, images))
 
 
-def test_product_quantized_and_plain_pruned_models_round_trip(lenet300, mnist, one_thread_here):
+def test_product_quantized_and_plain_pruned_models_round_trip(lenet300, mnist):
     images = mnist.test.tensors[0][:1000]
     pq = _copy(lenet300)
     product_quantize(pq, dim=4, bits=6, layers=["fc1", "fc2"])
@@ -58,7 +56,7 @@ def test_product_quantized_and_plain_pruned_models_round_trip(lenet300, mnist, o
     assert len(nnz_bytes(pruned)) < 0.25 * artifact_bytes(lenet300)
 
 
-def test_weight_only_int8_quantized_model_round_trips(lenet5, mnist, one_thread_here):
+def test_weight_only_int8_quantized_model_round_trips(lenet5, mnist):
     from nnzip.quant.ptq import QuantConfig, convert, prepare
 
     model = convert(prepare(_copy(lenet5), QuantConfig(activation_bits=None)))

@@ -30,14 +30,6 @@ from nnzip.train import TrainConfig, fit
 FAST = EvalConfig(warmup=1, repeats=3, robustness_samples=200)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def teacher(digits):
     """LeNet-300-100 trained for a few epochs on the 8×8 digits (~93 % test accuracy)."""

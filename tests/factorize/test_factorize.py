@@ -27,14 +27,6 @@ from nnzip.recipe import parse_recipe
 FAST = EvalConfig(warmup=1, repeats=3, robustness_samples=200)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def test_svd_at_full_rank_reproduces_the_linear_layer():
     torch.manual_seed(0)
     layer = nn.Linear(40, 24)

@@ -17,8 +17,6 @@ from nnzip.prune import (
     taylor_scores,
 )
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 @pytest.fixture
 def batches(digits):

@@ -21,8 +21,6 @@ from nnzip.prune import (
     sparsity_summary,
 )
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def _pruned_count(masks) -> int:
     return sum(int((~mask).sum()) for mask in masks.values())

@@ -23,8 +23,6 @@ from nnzip.prune import (
 from nnzip.prune.sensitivity import split_accuracy
 from nnzip.train import TrainConfig, fit
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def test_cubic_schedule_starts_at_initial_ends_at_final_and_is_cubic_in_between():
     assert cubic_sparsity(0, 0.9, end_step=100) == 0.0

@@ -13,8 +13,6 @@ from nnzip.prune import (
     weighted_sparsity,
 )
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def test_sensitivity_gives_one_validation_curve_per_layer_and_restores_the_model(trained_mlp,
                                                                                  digits):

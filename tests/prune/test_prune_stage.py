@@ -12,8 +12,6 @@ from nnzip.prune import Prune, layer_sparsity
 from nnzip.recipe import STAGES, load_recipe, parse_recipe
 from nnzip.stage import Context
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 FAST = EvalConfig(warmup=1, repeats=3, robustness_samples=200)
 
 

@@ -26,7 +26,6 @@ from nnzip.prune.structured import (
 from nnzip.recipe import STAGES, parse_recipe
 
 # One torch thread: on the shared 2-core machine two threads contend and run ~5x slower.
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 SHAPE = (1, 28, 28)
 FAST = EvalConfig(warmup=1, repeats=3, robustness_samples=200)

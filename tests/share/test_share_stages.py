@@ -31,7 +31,7 @@ def test_bad_cluster_options_fail_when_the_recipe_is_read(options, message):
         parse_recipe({"stages": [{"cluster": options}]})
 
 
-def test_cluster_stage_trains_centroids_and_records_the_table(trained_mlp, digits, one_thread):
+def test_cluster_stage_trains_centroids_and_records_the_table(trained_mlp, digits):
     recipe = parse_recipe({"stages": [
         {"prune": {"sparsity": 0.8, "finetune_epochs": 1}},
         {"cluster": {"bits": 4, "finetune_epochs": 1, "lr": 1e-3}}]})
@@ -49,7 +49,7 @@ def test_cluster_stage_trains_centroids_and_records_the_table(trained_mlp, digit
     assert context.details["layer_bits"] == {"fc1.weight": 4, "fc2.weight": 4, "fc3.weight": 4}
 
 
-def test_pipeline_weighs_the_nnz_file_after_sharing(trained_mlp, digits, tmp_path, one_thread):
+def test_pipeline_weighs_the_nnz_file_after_sharing(trained_mlp, digits, tmp_path):
     recipe = parse_recipe({"stages": [
         {"prune": {"sparsity": 0.8, "finetune_epochs": 0}},
         {"product_quantize": {"dim": 4, "bits": 4, "finetune_epochs": 0,
