@@ -333,8 +333,8 @@ class QuantizedLayer(nn.Module):
 
     def _load_packed(self, state_dict: dict, prefix: str, *args) -> None:
         if prefix + "smoothing" in state_dict and self.smoothing is None:
-            # A None buffer is not loaded by default: these factors are part of the layer.
-            self.smoothing = state_dict.pop(prefix + "smoothing").float()
+            # A None buffer is not loaded: make room for the factors, which load as usual.
+            self.smoothing = torch.ones_like(state_dict[prefix + "smoothing"], dtype=torch.float32)
         key = prefix + "weight_packed"
         if key not in state_dict:
             return
