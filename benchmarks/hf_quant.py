@@ -71,7 +71,17 @@ def int4(group: int, rounding: str) -> QuantConfig:
                        group_size=group, rounding=rounding, embedding_bits=8)
 
 
-def schemes(calibration: list[torch.Tensor]) -> list[tuple[str, callable]]:
+def layernorm_fed_layers(model: nn.Module) -> list[str]:
+    """The Linears whose input is a LayerNorm's output in BERT (Q, K, V and FC1): the ones the
+    SmoothQuant paper smooths (its FC2 and out-projection inputs come from GELU / attention)."""
+    suffixes = ("attention.self.query", "attention.self.key", "attention.self.value",
+                "intermediate.dense")
+    return [name for name, module in model.named_modules()
+            if isinstance(module, nn.Linear) and name.endswith(suffixes)]
+
+
+def schemes(calibration: list[torch.Tensor], calibration_model: nn.Module
+            ) -> list[tuple[str, callable]]:
     """(name, build) pairs; each build returns a quantized copy of the fp32 model."""
     def static(config: QuantConfig):
         return lambda model: quantize_static(model, calibration, config)
@@ -88,6 +98,9 @@ def schemes(calibration: list[torch.Tensor]) -> list[tuple[str, callable]]:
         ("nnzip W8A8 static + int8 emb.", static(QuantConfig(embedding_bits=8))),
         ("nnzip W8A8 static + SmoothQuant α=0.5 + int8 emb.",
          static(QuantConfig(embedding_bits=8, smoothquant_alpha=0.5))),
+        ("nnzip W8A8 static + SmoothQuant α=0.5 on Q/K/V/FC1 + int8 emb.",
+         static(QuantConfig(embedding_bits=8, smoothquant_alpha=0.5,
+                            smoothquant_layers=layernorm_fed_layers(calibration_model)))),
         *((f"nnzip int4 g{g} RTN + int8 emb.", static(int4(g, "nearest"))) for g in (128, 64, 32)),
         *((f"nnzip int4 g{g} GPTQ + int8 emb.", static(int4(g, "gptq"))) for g in (128, 64, 32)),
     ]
@@ -161,7 +174,7 @@ def run(args, console: Console) -> dict:
     console.print(f"fp32: Spearman {fp32_row['spearman']:.4f}, {fp32_bytes:,} bytes, "
                   f"{len(pairs)} pairs, {len(sentences)} sentences")
     rows, models = [], {}
-    for name, build in schemes(calibration):
+    for name, build in schemes(calibration, fp32):
         started = time.perf_counter()
         model = build(fp32)
         seconds = time.perf_counter() - started
@@ -177,12 +190,13 @@ def run(args, console: Console) -> dict:
                       f"{row['bytes_fraction']:.1%} bytes, built in {seconds:.0f} s")
     error_schemes = ["nnzip W8A8 static + int8 emb.",
                      "nnzip W8A8 static + SmoothQuant α=0.5 + int8 emb.",
+                     "nnzip W8A8 static + SmoothQuant α=0.5 on Q/K/V/FC1 + int8 emb.",
                      "nnzip int4 g128 RTN + int8 emb.", "nnzip int4 g128 GPTQ + int8 emb."]
     errors = {name: layer_errors(models[name], calibration[:4], fp32) for name in error_schemes}
 
     folder = Path(tempfile.mkdtemp(prefix="nnzip-hf-"))
     batches = latency_batches(fp32, pairs)
-    exported = {name: models[name] for name in error_schemes[:2]}
+    exported = {name: models[name] for name in error_schemes[:3]}
     runtimes = onnx_runtimes(fp32, exported, batches[32], folder, console)
     onnx_rows = []
     for name, module, size in runtimes:
@@ -266,6 +280,7 @@ def render_markdown(report: dict) -> str:
               "error of its output against the fp32 model's (everything up to this layer).", ""]
     schemes = list(report["layer_errors"])
     short = {name: name.removeprefix("nnzip ").split(" + int8")[0]
+             .replace(" + SmoothQuant α=0.5 on Q/K/V/FC1", " +SQ(QKV,FC1)")
              .replace(" + SmoothQuant α=0.5", " +SQ") for name in schemes}
     columns = ["layer"] + [f"{short[s]} {kind}" for s in schemes for kind in ("w", "own", "acc")]
     layers = list(report["layer_errors"][schemes[0]])

@@ -75,7 +75,8 @@ class QuantConfig:
     Transformers: ``embedding_bits`` also quantizes every ``nn.Embedding`` table, weight-only
     with one scale per row (they stay float by default); ``smoothquant_alpha`` (0.5 in Xiao et
     al. 2023) migrates activation outliers into the Linear weights before calibration
-    (:mod:`nnzip.quant.smooth`).
+    (:mod:`nnzip.quant.smooth`), of every Linear with quantized inputs or of the named
+    ``smoothquant_layers`` only (the paper smooths the layers fed by a LayerNorm: Q, K, V, FC1).
     """
 
     weight_bits: int = 8
@@ -99,6 +100,7 @@ class QuantConfig:
     estimator: Estimator = "ste"
     embedding_bits: int | None = None
     smoothquant_alpha: float | None = None
+    smoothquant_layers: Sequence[str] | None = None
 
     def _check_rounding(self) -> None:
         if self.rounding not in ("nearest", "gptq"):
@@ -127,6 +129,9 @@ class QuantConfig:
             if not 0.0 < alpha < 1.0:
                 raise NnzipError(f"smoothquant_alpha must lie strictly between 0 and 1 (0.5 is "
                                  f"the paper's default), got {alpha!r}")
+            if self.smoothquant_layers is not None and not self.smoothquant_layers:
+                raise NnzipError("smoothquant_layers is empty: name layers, or leave it at None "
+                                 "to smooth every Linear")
             if self.activation_bits is None:
                 raise NnzipError("SmoothQuant eases activation quantization: it needs "
                                  "activation_bits (W8A8), not weight-only quantization")
@@ -287,7 +292,8 @@ def static_ptq(model: nn.Module, batches: Iterable,
     batches = list(batches)
     prepared, pairs = _prepare(model, config)
     if config.smoothquant_alpha is not None:
-        smoothed = smooth_quant(prepared, batches, alpha=config.smoothquant_alpha)
+        smoothed = smooth_quant(prepared, batches, alpha=config.smoothquant_alpha,
+                                layers=config.smoothquant_layers)
     details: dict[str, Any] = {"calibration_samples": calibrate(prepared, batches)}
     if config.smoothquant_alpha is not None:
         details["smoothed_layers"] = smoothed

@@ -8,7 +8,14 @@ from torch import nn
 
 from nnzip.errors import NnzipError
 from nnzip.evaluate import artifact_bytes
-from nnzip.quant import QuantConfig, prepare, quantize_dynamic, quantize_static, quantized_layers
+from nnzip.quant import (
+    QuantConfig,
+    prepare,
+    quantize_dynamic,
+    quantize_static,
+    quantized_layers,
+    static_ptq,
+)
 from nnzip.quant.layer_error import layer_errors
 from nnzip.quant.smooth import smooth_quant, smoothing_factors
 
@@ -82,6 +89,13 @@ def test_smoothquant_state_dict_round_trips(minilm, token_ids, calibration):
     restored.load_state_dict(quantized.state_dict())
     with torch.no_grad():
         assert torch.allclose(restored(token_ids), quantized(token_ids), atol=1e-5)
+
+
+def test_smoothquant_layers_limits_smoothing_to_the_named_ones(minilm, calibration):
+    query = f"{LAYER0}.attention.self.query"
+    _, details = static_ptq(minilm, calibration, QuantConfig(smoothquant_alpha=0.5,
+                                                              smoothquant_layers=[query]))
+    assert details["smoothed_layers"] == [query]
 
 
 def test_smoothquant_needs_quantized_activations():
