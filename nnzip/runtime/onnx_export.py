@@ -115,8 +115,21 @@ class QDQLayer(nn.Module):
                           input_scheme.qmin, input_scheme.qmax,
                           torch.int8 if input_scheme.qmin < 0 else torch.uint8)
 
+    def _lookup(self, ids: torch.Tensor) -> torch.Tensor:
+        """Embedding rows gathered as integers, then dequantized: dequantizing the whole table
+        at every call would cost more than the rest of a small encoder at batch 1."""
+        codes = self.weight_int[ids].to(torch.float32)
+        if self.per_channel:
+            scale = self.weight_scale[ids].unsqueeze(-1)
+            zero_point = self.weight_zero_point[ids].unsqueeze(-1).to(torch.float32)
+        else:
+            scale, zero_point = self.weight_scale[0], self.weight_zero_point[0].float()
+        return (codes - zero_point) * scale
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ops = torch.ops.quantized_decomposed
+        if isinstance(self.layer, nn.Embedding):  # Gather of int8 rows, then their scales
+            return self._lookup(x)
         if self.smoothing is not None:
             x = x / self.smoothing
         if self.input is not None:
@@ -133,8 +146,6 @@ class QDQLayer(nn.Module):
         layer = self.layer
         if isinstance(layer, nn.Linear):
             return F.linear(x, weight, layer.bias)
-        if isinstance(layer, nn.Embedding):  # DequantizeLinear + Gather: int8 table in the file
-            return F.embedding(x, weight, layer.padding_idx)
         return layer._conv_forward(x, weight, layer.bias)
 
 
