@@ -254,9 +254,10 @@ def render_markdown(report: dict) -> str:
               f"int4 GPTQ (cos ≥ 0.97, |Δ Spearman| ≤ 0.02): {gptq}.", ""]
     lines += ["## ONNX Runtime", "",
               "Exported with `nnzip.runtime.export_onnx` (dynamic batch and sequence; W8A8 as "
-              "QDQ with nnzip's own scales, the int8 embedding table as DequantizeLinear + "
-              "Gather). Group-wise int4 has no QDQ export (opset 18 DequantizeLinear has no "
-              "blocked scales): export `float_view(model)` for it, at float size.", ""]
+              "QDQ with nnzip's own scales; the int8 embedding table is gathered as integers "
+              "and only the rows looked up are dequantized). Group-wise int4 has no QDQ export "
+              "(opset 18 DequantizeLinear has no blocked scales): export `float_view(model)` "
+              "for it, at float size.", ""]
     lines += _md_table(["runtime", "cos", "Spearman", "NN@10", "file bytes"],
                        [[row["runtime"], f"{row['cosine']:.4f}", f"{row['spearman']:.4f}",
                          f"{row['nn_overlap']:.3f}", f"{row['bytes']:,}"]
