@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/distill_mnist.py
 	$(PY) benchmarks/factorize_mnist.py
 	$(PY) benchmarks/share_deep_compression.py
+	$(PY) benchmarks/hf_quant.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check nnzip tests benchmarks

@@ -86,3 +86,13 @@ def trained_mlp(digits, trained_mlp_state):
     model = make_mlp(digits)
     model.load_state_dict(trained_mlp_state)
     return model
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    """The shipped pretrained all-MiniLM-L6-v2, loaded once (tests must not change it in place:
+    quantization works on copies)."""
+    pytest.importorskip("transformers", reason="needs the transformers extra")
+    from nnzip.models.hf import load_hf
+
+    return load_hf("minilm")
