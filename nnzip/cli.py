@@ -44,7 +44,9 @@ def _add_eval_options(parser: argparse.ArgumentParser) -> None:
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True,
                         help="a saved nnzip model folder, a torch.export .pt2, an .onnx file, a "
-                             "TorchScript file, or a pickled model with --trust-pickle")
+                             "TorchScript file, a pickled model with --trust-pickle, or "
+                             "hf:FOLDER for a Hugging Face encoder (hf:minilm: the shipped "
+                             "all-MiniLM-L6-v2)")
     parser.add_argument("--trust-pickle", action="store_true",
                         help="allow loading a pickled full model (pickle runs code: trusted files "
                              "only)")

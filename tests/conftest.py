@@ -46,3 +46,13 @@ def lenet5(zoo_cache, mnist):
 @pytest.fixture(scope="session")
 def lenet300(zoo_cache, mnist):
     return train_zoo_model("lenet300", mnist, cache_dir=zoo_cache, progress=False)
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    """The shipped pretrained all-MiniLM-L6-v2, loaded once (tests must not change it in place:
+    quantization works on copies)."""
+    pytest.importorskip("transformers", reason="needs the transformers extra")
+    from nnzip.models.hf import load_hf
+
+    return load_hf("minilm")

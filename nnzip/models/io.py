@@ -236,8 +236,14 @@ def load_model(path: str | os.PathLike, *, trust_pickle: bool = False) -> nn.Mod
     Runtime), TorchScript, or a trusted pickle.
 
     The format is recognised from the content, not the suffix. Models come back on the CPU and,
-    except for ``.pt2`` programs (which do not support it), in eval mode.
+    except for ``.pt2`` programs (which do not support it), in eval mode. ``hf:FOLDER`` (or
+    ``hf:minilm``, the shipped all-MiniLM-L6-v2) loads a Hugging Face encoder as a
+    :class:`~nnzip.models.hf.SentenceEncoder`.
     """
+    if str(path).startswith("hf:"):
+        from nnzip.models.hf import load_hf  # transformers is an optional extra
+
+        return load_hf(str(path)[3:])
     path = Path(path).expanduser()
     if not path.exists():
         hint = (f"{str(path)!r} is a zoo architecture, not a file: use create_model"
