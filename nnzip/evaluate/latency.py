@@ -50,13 +50,16 @@ def _timed_calls(model: nn.Module, batch: torch.Tensor, count: int) -> list[floa
 
 def compare_latency(models: list[nn.Module], input_shape: tuple[int, ...], batch_size: int = 1,
                     threads: int = 1, warmup: int = 10, repeats: int = 50,
-                    rounds: int = 10) -> list[dict[str, float]]:
+                    rounds: int = 10, batch: torch.Tensor | None = None
+                    ) -> list[dict[str, float]]:
     """Latency of several models timed interleaved: ``[{"p50": ms, "p95": ms}, ...]``.
 
     Every model gets ``warmup`` untimed calls, then ``rounds`` rounds in each of which every
-    model (in rotating order) runs ``repeats / rounds`` timed calls on the same seeded batch.
+    model (in rotating order) runs ``repeats / rounds`` timed calls on the same seeded batch
+    (or on ``batch``, e.g. real token ids, when given: ``input_shape`` and ``batch_size`` are
+    then unused).
     """
-    batch = random_batch(input_shape, batch_size)
+    batch = random_batch(input_shape, batch_size) if batch is None else batch
     rounds = max(1, min(rounds, repeats))
     per_round = max(1, -(-repeats // rounds))  # ceil: at least `repeats` samples in all
     samples: list[list[float]] = [[] for _ in models]

@@ -32,11 +32,14 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from pydantic import Field
 from torch import nn
 
+from nnzip.data.splits import calibration_batches
 from nnzip.errors import NnzipError
 from nnzip.evaluate._modes import eval_mode
 from nnzip.quant.capture import run_batch
+from nnzip.stage import Context, Stage
 
 Criterion = Literal["activation", "gradient"]
 CRITERIA: tuple[str, ...] = ("activation", "gradient")
@@ -351,3 +354,76 @@ def encoder_shape(model: nn.Module) -> list[dict[str, int]]:
     """Heads, head size and FFN neurons of every layer (what the surgery changed)."""
     return [{"heads": layer.heads, "head_size": layer.head_size, "neurons": layer.neurons}
             for layer in encoder_layers(model)]
+
+
+def _calibration_batches(model: nn.Module, context: Context, source: str, count: int,
+                         sentences: int) -> list:
+    if source == "data":
+        return calibration_batches(context.data, count, seed=context.seed)
+    if not hasattr(model, "tokenize"):
+        raise NnzipError(f"calibration 'sts' needs a sentence encoder that can tokenize "
+                         f"(nnzip.models.hf.load_hf), not a {type(model).__name__}: use "
+                         "calibration 'data'")
+    from nnzip.data.sts import calibration_sentences
+    from nnzip.evaluate.embedding import token_batches
+
+    batches, _ = token_batches(model, calibration_sentences(sentences, seed=context.seed),
+                               batch_size=max(1, -(-sentences // count)))
+    return batches
+
+
+class PruneHeads(Stage):
+    """Recipe stage ``prune_heads``: remove a share of every layer's attention heads and FFN
+    neurons of a BERT-style encoder, scored by their activation on calibration inputs.
+
+    ``calibration: sts`` draws ``calibration_sentences`` STS-B training sentences and tokenizes
+    them with the model's tokenizer (a :class:`~nnzip.models.hf.SentenceEncoder`); ``data`` takes
+    ``calibration_batches`` batches of the pipeline's training split.
+
+    ```yaml
+    stages:
+      - prune_heads: {head_ratio: 0.3, neuron_ratio: 0.3}
+      - drop_layers: {keep: [1, 3, 5]}
+    ```
+    """
+
+    kind = "prune_heads"
+
+    head_ratio: float = Field(0.3, ge=0, lt=1)
+    neuron_ratio: float = Field(0.3, ge=0, lt=1)
+    criterion: Literal["activation"] = "activation"
+    calibration: Literal["sts", "data"] = "sts"
+    calibration_batches: int = Field(8, ge=1)
+    calibration_sentences: int = Field(256, ge=1)
+
+    def apply(self, model: nn.Module, context: Context) -> nn.Module:
+        before = encoder_shape(model)  # fails early on a model that is not an encoder
+        params_before = sum(p.numel() for p in model.parameters())
+        batches = _calibration_batches(model, context, self.calibration,
+                                       self.calibration_batches, self.calibration_sentences)
+        removed = prune_heads_and_neurons(model, batches, self.head_ratio, self.neuron_ratio,
+                                          criterion=self.criterion)
+        context.record("removed_heads", {str(k): v for k, v in removed["heads"].items()})
+        context.record("removed_neurons", {str(k): len(v) for k, v in removed["neurons"].items()})
+        context.record("shape_before", before)
+        context.record("shape_after", encoder_shape(model))
+        context.record("params_before", params_before)
+        context.record("params_after", sum(p.numel() for p in model.parameters()))
+        return model
+
+
+class DropLayers(Stage):
+    """Recipe stage ``drop_layers``: keep only the encoder layers ``keep`` (default: every other
+    one, 1, 3, 5, ...); follow it with distillation to recover."""
+
+    kind = "drop_layers"
+
+    keep: list[int] | None = None
+
+    def apply(self, model: nn.Module, context: Context) -> nn.Module:
+        count = len(encoder_layers(model))
+        keep = self.keep if self.keep is not None else every_other_layer(count)
+        drop_layers(model, keep)
+        context.record("kept_layers", list(keep))
+        context.record("layers_before", count)
+        return model
