@@ -143,10 +143,21 @@ def _shrunk(layer: nn.Linear, index: torch.Tensor, dim: int) -> nn.Linear:
     return shrunk
 
 
-def _check_layers(layers: list[EncoderLayer], removals: Mapping[int, Sequence[int]]) -> None:
+def _plan(model: nn.Module, removals: Mapping[int, Sequence[int]],
+          unit: str) -> list[tuple[EncoderLayer, list[int]]]:
+    """(layer, units it keeps) for every layer that loses a unit; checked before any change."""
+    layers = encoder_layers(model)
     bad = [index for index in removals if not 0 <= int(index) < len(layers)]
     if bad:
         raise NnzipError(f"the encoder has layers 0..{len(layers) - 1}, got layer {bad[0]}")
+    plan = []
+    for index, removed in removals.items():
+        layer = layers[int(index)]
+        total = layer.heads if unit == "head" else layer.neurons
+        keep = _kept(int(index), total, removed, unit)
+        if len(keep) < total:
+            plan.append((layer, keep))
+    return plan
 
 
 def prune_heads(model: nn.Module, heads: Mapping[int, Sequence[int]]) -> None:
@@ -154,14 +165,7 @@ def prune_heads(model: nn.Module, heads: Mapping[int, Sequence[int]]) -> None:
 
     Every check runs before any layer changes; removing every head of a layer is an error.
     """
-    layers = encoder_layers(model)
-    _check_layers(layers, heads)
-    kept = {int(i): _kept(int(i), layers[int(i)].heads, removed, "head")
-            for i, removed in heads.items()}
-    for index, keep in kept.items():
-        layer = layers[index]
-        if len(keep) == layer.heads:
-            continue
+    for layer, keep in _plan(model, heads, "head"):
         size = layer.head_size
         columns = torch.cat([torch.arange(h * size, (h + 1) * size) for h in keep])
         for name in ("query", "key", "value"):
@@ -173,17 +177,10 @@ def prune_heads(model: nn.Module, heads: Mapping[int, Sequence[int]]) -> None:
 
 def prune_neurons(model: nn.Module, neurons: Mapping[int, Sequence[int]]) -> None:
     """Remove FFN neurons in place: ``neurons`` maps a layer index to the neurons to remove."""
-    layers = encoder_layers(model)
-    _check_layers(layers, neurons)
-    kept = {int(i): _kept(int(i), layers[int(i)].neurons, removed, "FFN neuron")
-            for i, removed in neurons.items()}
-    for index, keep in kept.items():
-        layer = layers[index]
-        if len(keep) == layer.neurons:
-            continue
-        index_tensor = torch.tensor(keep)
-        layer.module.intermediate.dense = _shrunk(layer.intermediate, index_tensor, 0)
-        layer.module.output.dense = _shrunk(layer.output, index_tensor, 1)
+    for layer, keep in _plan(model, neurons, "FFN neuron"):
+        index = torch.tensor(keep)
+        layer.module.intermediate.dense = _shrunk(layer.intermediate, index, 0)
+        layer.module.output.dense = _shrunk(layer.output, index, 1)
 
 
 def drop_layers(model: nn.Module, keep: Sequence[int]) -> None:
@@ -342,9 +339,7 @@ def prune_heads_and_neurons(model: nn.Module, batches: Iterable, head_ratio: flo
     scores = unit_importance(model, batches, criterion, loss_fn)
     heads = {i: _lowest(s, head_ratio) for i, s in enumerate(scores.heads)}
     neurons = {i: _lowest(s, neuron_ratio) for i, s in enumerate(scores.neurons)}
-    layers = encoder_layers(model)
-    for i, removed in heads.items():  # check before any surgery
-        _kept(i, layers[i].heads, removed, "head")
+    _plan(model, heads, "head")  # every check before any surgery
     prune_heads(model, heads)
     prune_neurons(model, neurons)
     return {"heads": heads, "neurons": neurons}
