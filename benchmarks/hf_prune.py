@@ -44,11 +44,11 @@ from nnzip.models.hf import load_hf
 from nnzip.prune import (
     calibrated_prune,
     drop_layers,
+    encoder_linear_weights,
     encoder_shape,
     magnitude_prune,
     nm_prune,
     prune_heads_and_neurons,
-    select_parameters,
     sparsity_summary,
 )
 from nnzip.prune.transformer import every_other_layer
@@ -68,14 +68,9 @@ def params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def encoder_weights(model: nn.Module) -> list[str]:
-    """Every Linear weight inside the transformer layers (no embeddings, no unused pooler)."""
-    return [name for name in select_parameters(model) if ".encoder.layer." in name]
-
-
 def prune_one(base: nn.Module, method: str, pattern: str, calibration: list) -> tuple:
     model = copy.deepcopy(base)
-    names = encoder_weights(model)
+    names = encoder_linear_weights(model)
     if method == "magnitude":
         prune = (lambda: magnitude_prune(model, 0.5, scope="layer", layers=names)) \
             if pattern == "50%" else (lambda: nm_prune(model, 2, 4, layers=names))

@@ -68,6 +68,7 @@ from nnzip.prune.transformer import (
     PruneHeads,
     drop_layers,
     encoder_layers,
+    encoder_linear_weights,
     encoder_shape,
     prune_heads,
     prune_heads_and_neurons,
@@ -94,5 +95,6 @@ __all__ = [
     "weighted_sparsity", "Sensitivity", "layer_sizes", "PruneChannels", "prune_channels",
     "prunable_layers", "calibrated_prune", "sparsegpt_prune", "sparsegpt_prune_weight",
     "wanda_mask", "wanda_prune", "DropLayers", "PruneHeads", "drop_layers", "encoder_layers",
+    "encoder_linear_weights",
     "encoder_shape", "prune_heads", "prune_heads_and_neurons", "prune_neurons", "unit_importance",
 ]

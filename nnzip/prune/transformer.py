@@ -107,6 +107,15 @@ def encoder_layers(model: nn.Module) -> list[EncoderLayer]:
     return [_as_layer(module) for module in _layer_list(model)]
 
 
+def encoder_linear_weights(model: nn.Module) -> list[str]:
+    """Names of every Linear weight inside the encoder layers (not the embeddings, nor a pooler
+    the sentence embedding does not use): what Wanda / SparseGPT prune in a transformer."""
+    layers = {id(module) for module in _layer_list(model)}
+    return [f"{name}.{sub}.weight" for name, module in model.named_modules()
+            if id(module) in layers
+            for sub, child in module.named_modules() if isinstance(child, nn.Linear)]
+
+
 def _check_ratio(ratio: float, what: str) -> float:
     if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0.0 <= ratio < 1.0:
         raise NnzipError(f"{what} must be a fraction to remove in [0, 1), e.g. 0.3, got "

@@ -10,6 +10,7 @@ from nnzip.errors import NnzipError
 from nnzip.prune import (
     drop_layers,
     encoder_layers,
+    encoder_linear_weights,
     encoder_shape,
     prune_heads,
     prune_heads_and_neurons,
@@ -176,3 +177,10 @@ def test_prune_heads_and_drop_layers_are_recipe_stages(encoder, digits):
     assert encoder_shape(encoder) == [{"heads": 9, "head_size": 32, "neurons": 768}] * 3
     with pytest.raises(NnzipError, match="option 'head_ratio'"):
         parse_recipe({"stages": [{"prune_heads": {"head_ratio": 1.0}}]})
+
+
+def test_encoder_linear_weights_are_the_36_matrices_of_the_six_layers(minilm):
+    names = encoder_linear_weights(minilm)
+    assert len(names) == 36 and len(set(names)) == 36
+    assert names[0] == "transformer.encoder.layer.0.attention.self.query.weight"
+    assert not any("embeddings" in name or "pooler" in name for name in names)
