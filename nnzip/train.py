@@ -284,7 +284,7 @@ def fit_batches(model: nn.Module, batches: list, batch_loss: BatchLoss,
     not classification over a :class:`DataSplits`, e.g. sentence embeddings: ``batch_loss`` runs
     the model on a batch of any shape. The batch order is shuffled per epoch with ``config.seed``;
     there is no validation split, so no early stopping and no best-epoch restore (the caller
-    evaluates). Returns the mean training loss of every epoch.
+    evaluates). The model is left in eval mode. Returns the mean training loss of every epoch.
     """
     config = config or TrainConfig()
     if not batches:

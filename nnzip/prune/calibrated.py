@@ -190,6 +190,9 @@ def calibrated_prune(model: nn.Module, batches: Iterable, method: Method = "wand
             log.warning("N:M %d:%d skips %s: input length not a multiple of %d", n, m,
                         ", ".join(skipped), m)
         modules = {name: module for name, module in modules.items() if name not in skipped}
+        if not modules:
+            raise NnzipError(f"no selected layer has an input length divisible by M={m}: pick "
+                             "another M or other layers")
     masks: Masks = {}
     for name, module in modules.items():
         weight = module.weight
