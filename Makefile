@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/quant_mixed.py
 	$(PY) benchmarks/distill_mnist.py
 	$(PY) benchmarks/factorize_mnist.py
+	$(PY) benchmarks/hf_quant.py
 	$(PY) benchmarks/hf_prune.py
 
 lint: $(STAMP)

@@ -122,6 +122,19 @@ def build_parser() -> argparse.ArgumentParser:
                              "correct")
     _add_data_options(deploy)
 
+    sts = commands.add_parser("sts", help="judge a sentence encoder (hf:FOLDER, hf:minilm) on "
+                              "the STS Benchmark dev split, optionally quantized")
+    _add_model_options(sts)
+    sts.add_argument("--quantize", choices=sorted(STS_SCHEMES), default="none",
+                     help="quantize first (calibrated on STS training sentences): dynamic int8, "
+                          "weight-only int8, W8A8 (with SmoothQuant), int4 group-wise RTN/GPTQ; "
+                          "all but 'dynamic' also store the embedding tables in int8")
+    sts.add_argument("--group-size", type=int, default=64, help="group size of the int4 schemes")
+    sts.add_argument("--pairs", type=int, default=None, help="only the first N dev pairs")
+    sts.add_argument("--calibration", type=int, default=256,
+                     help="training sentences used for calibration")
+    sts.add_argument("--batch-size", type=int, default=64, help="sentences per forward pass")
+
     report = commands.add_parser("report", help="print and re-render report.json files "
                                                 "(several are merged into one comparison)")
     report.add_argument("reports", nargs="+", type=Path)
@@ -259,6 +272,53 @@ def cmd_deploy(args: argparse.Namespace) -> None:
     console.print(f"model: {deployment.path}\n deploy.json: {args.out / 'deploy.json'}")
 
 
+STS_SCHEMES = {
+    "none": None,
+    "dynamic": {"dynamic": True},
+    "int8": {"activation_bits": None, "embedding_bits": 8},
+    "w8a8": {"embedding_bits": 8},
+    "w8a8-smooth": {"embedding_bits": 8, "smoothquant_alpha": 0.5},
+    "int4-rtn": {"weight_bits": 4, "activation_bits": None, "weight_granularity": "group",
+                 "embedding_bits": 8},
+    "int4-gptq": {"weight_bits": 4, "activation_bits": None, "weight_granularity": "group",
+                  "embedding_bits": 8, "rounding": "gptq"},
+}
+
+
+def cmd_sts(args: argparse.Namespace) -> None:
+    from nnzip.data.sts import calibration_sentences, load_sts
+    from nnzip.evaluate import artifact_bytes
+    from nnzip.evaluate.embedding import evaluate_sts, sts_embeddings, token_batches
+    from nnzip.quant import QuantConfig, quantize_dynamic, quantize_static
+
+    model = _load_model(args.model, args.trust_pickle)
+    if not hasattr(model, "tokenize"):
+        raise NnzipError(f"{args.model} is not a sentence encoder: pass hf:FOLDER or hf:minilm")
+    pairs = load_sts("dev")
+    pairs = pairs.head(args.pairs) if args.pairs else pairs
+    _, reference = sts_embeddings(model, pairs, args.batch_size)
+    result = evaluate_sts(model, pairs, batch_size=args.batch_size)
+    console.print(f"fp32: Spearman {result['spearman']:.4f} on {len(pairs)} dev pairs, "
+                  f"{artifact_bytes(model):,} bytes")
+    options = dict(STS_SCHEMES[args.quantize] or {})
+    if not STS_SCHEMES[args.quantize]:
+        return
+    if options.pop("dynamic", False):
+        quantized = quantize_dynamic(model)
+    else:
+        if options.get("weight_granularity") == "group":
+            options["group_size"] = args.group_size
+        calibration, _ = token_batches(model, calibration_sentences(args.calibration), 32)
+        quantized = quantize_static(model, calibration, QuantConfig(**options))
+    scores = evaluate_sts(quantized, pairs, reference, batch_size=args.batch_size)
+    size = artifact_bytes(quantized)
+    console.print(f"{args.quantize}: Spearman {scores['spearman']:.4f} "
+                  f"({scores['spearman'] - result['spearman']:+.4f}), cosine to fp32 "
+                  f"{scores['cosine_to_reference']:.4f}, top-10 neighbour overlap "
+                  f"{scores['neighbour_overlap']:.3f}, {size:,} bytes "
+                  f"({size / artifact_bytes(model):.1%} of fp32)")
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     from nnzip.evaluate import build_report, load_report, write_report
 
@@ -274,7 +334,7 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 COMMANDS = {"demo": cmd_demo, "train": cmd_train, "eval": cmd_eval, "compress": cmd_compress,
-            "deploy": cmd_deploy, "report": cmd_report}
+            "deploy": cmd_deploy, "sts": cmd_sts, "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -288,6 +348,9 @@ def main(argv: list[str] | None = None) -> int:
             import torch  # late: `nnzip --help` stays fast
 
             torch.set_num_threads(args.work_threads)
+        if args.command in ("eval", "compress", "deploy") and args.model.startswith("hf:"):
+            raise NnzipError(f"{args.command} measures image classifiers; judge a Hugging Face "
+                             f"encoder on its task with 'nnzip sts --model {args.model}'")
         COMMANDS[args.command](args)
     except NnzipError as error:
         # One line, never wrapped, and the message's own brackets are not read as markup.

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from nnzip.errors import NnzipError
 from nnzip.evaluate._modes import eval_mode
 
 
@@ -48,18 +49,20 @@ def _timed_calls(model: nn.Module, batch: torch.Tensor, count: int) -> list[floa
     return times_ms
 
 
-def compare_latency(models: list[nn.Module], input_shape: tuple[int, ...], batch_size: int = 1,
-                    threads: int = 1, warmup: int = 10, repeats: int = 50,
+def compare_latency(models: list[nn.Module], input_shape: tuple[int, ...] | None = None,
+                    batch_size: int = 1, threads: int = 1, warmup: int = 10, repeats: int = 50,
                     rounds: int = 10, batch: torch.Tensor | None = None
                     ) -> list[dict[str, float]]:
     """Latency of several models timed interleaved: ``[{"p50": ms, "p95": ms}, ...]``.
 
     Every model gets ``warmup`` untimed calls, then ``rounds`` rounds in each of which every
     model (in rotating order) runs ``repeats / rounds`` timed calls on the same seeded batch
-    (or on ``batch``, e.g. real token ids, when given: ``input_shape`` and ``batch_size`` are
-    then unused).
+    (or on ``batch`` when given: real token ids for a transformer, say).
     """
-    batch = random_batch(input_shape, batch_size) if batch is None else batch
+    if batch is None:
+        if input_shape is None:
+            raise NnzipError("compare_latency needs input_shape (a seeded random batch) or batch")
+        batch = random_batch(input_shape, batch_size)
     rounds = max(1, min(rounds, repeats))
     per_round = max(1, -(-repeats // rounds))  # ceil: at least `repeats` samples in all
     samples: list[list[float]] = [[] for _ in models]

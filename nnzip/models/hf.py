@@ -200,6 +200,10 @@ def load_hf(path: str | os.PathLike = "minilm") -> SentenceEncoder:
         raise NnzipError(f"cannot load the Hugging Face model in {transformer_folder} "
                          f"({type(exc).__name__}: {str(exc).strip()[:300]}): check that its "
                          "weights and config belong together") from exc
+    if getattr(transformer, "pooler", None) is not None:
+        # BERT's pooler (dense + tanh on [CLS], a pretraining head) feeds nothing a sentence
+        # embedding uses: dropping it saves its compute, its bytes and a never-used Linear.
+        transformer.pooler = None
     limit = getattr(tokenizer, "model_max_length", None)
     max_length = max_length or (limit if limit and limit < 100_000 else 512)
     encoder = SentenceEncoder(transformer, tokenizer, pooling=pooling, normalize=normalize,

@@ -23,6 +23,12 @@ float weight stays the original one (so the weight error a report shows is the r
 
 Dynamic quantization is the same layer with ``input_scheme`` but no calibrated range: each batch
 computes its own.
+
+Two additions serve transformers: an ``nn.Embedding`` can be wrapped too (weight-only, one scale
+per row: the token table is half of a small BERT's bytes), and a Linear can carry SmoothQuant
+factors (:meth:`QuantizedLayer.smooth`, Xiao et al. 2023): its input is divided by them before it
+is quantized and its weight columns multiplied by them, the same function with flatter
+activations (see :mod:`nnzip.quant.smooth`).
 """
 
 from __future__ import annotations
@@ -61,6 +67,9 @@ from nnzip.quant.lsq import lsq_codes, lsq_fake_quantize, lsq_gradient_scale, si
 from nnzip.quant.observers import Observer, ObserverKind, make_observer, mse_weight_qparams
 
 QUANTIZABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+#: Layers quantized weight-only when asked (QuantConfig.embedding_bits): lookups have no
+#: activation to quantize.
+WEIGHT_ONLY = (nn.Embedding,)
 Mode = Literal["observe", "quantize", "train", "dynamic", "float"]
 WeightRange = Literal["minmax", "mse"]
 WeightScheme = QScheme | LowBitScheme
@@ -82,9 +91,12 @@ class QuantizedLayer(nn.Module):
                  weight_range: WeightRange = "minmax", observer_options: dict | None = None
                  ) -> None:
         super().__init__()
-        if not isinstance(layer, QUANTIZABLE):
+        if not isinstance(layer, QUANTIZABLE + WEIGHT_ONLY):
             raise NnzipError(f"{type(layer).__name__} is not quantizable: nnzip quantizes "
-                             "Linear and Conv1d/2d/3d layers")
+                             "Linear, Conv1d/2d/3d and (weights only) Embedding layers")
+        if isinstance(layer, WEIGHT_ONLY) and input_scheme is not None:
+            raise NnzipError("an Embedding's input is token ids, which are not quantized: "
+                             "wrap it with input_scheme=None (weight-only)")
         self.layer = layer
         self.weight_scheme = weight_scheme
         self.input_scheme = input_scheme
@@ -99,6 +111,8 @@ class QuantizedLayer(nn.Module):
         self.input_qparams: QParams | None = None
         self.weight_qparams: QParams | LowBitParams | None = None
         self.register_buffer("weight_int", None, persistent=False)
+        # SmoothQuant factors (one per input channel): None until smooth() is called.
+        self.register_buffer("smoothing", None)
         # True when weight_int came from elsewhere (GPTQ, a loaded state dict) rather than from
         # rounding the float weight: re-rounding would undo it.
         self.weight_fixed = False
@@ -220,6 +234,25 @@ class QuantizedLayer(nn.Module):
         self.weight_qparams = qparams
         self.weight_fixed = True
 
+    def smooth(self, factors: torch.Tensor) -> None:
+        """Migrate quantization difficulty from the input to the weight (SmoothQuant): the
+        input is divided by ``factors`` (one per input channel) and the weight's columns are
+        multiplied by them, so the float function is unchanged. Call before calibration."""
+        if not isinstance(self.layer, nn.Linear):
+            raise NnzipError(f"SmoothQuant scales the input channels of Linear layers, not "
+                             f"{type(self.layer).__name__}")
+        if self.weight_int is not None or self.mode != "observe":
+            raise NnzipError("smooth() changes the weight and the input range: call it after "
+                             "prepare() and before calibration")
+        factors = factors.detach().float().reshape(-1)
+        if factors.numel() != self.layer.in_features or not bool((factors > 0).all()):
+            raise NnzipError(f"SmoothQuant needs {self.layer.in_features} positive factors, got "
+                             f"{factors.numel()}")
+        with torch.no_grad():
+            self.layer.weight.mul_(factors.to(self.layer.weight.dtype))
+        previous = self.smoothing if self.smoothing is not None else torch.ones_like(factors)
+        self.smoothing = previous * factors
+
     def set_mode(self, mode: Mode) -> None:
         if mode == "train":
             # Training moves the float weight: its integers are recomputed when it ends.
@@ -229,14 +262,25 @@ class QuantizedLayer(nn.Module):
         self.mode = mode
 
     def dequantized_weight(self) -> torch.Tensor:
-        """The weight the integer kernels use, back in float."""
+        """The weight the integer kernels use, back in float.
+
+        Kept until the integers or their scales are replaced: a frozen embedding table or a
+        large Linear is not dequantized again at every forward.
+        """
         if self.weight_int is None:
             self.freeze_weight()
+        cached = self.__dict__.get("_dequantized")
+        if cached is not None and cached[0] is self.weight_int \
+                and cached[1] is self.weight_qparams:
+            return cached[2]
         if self.low_bit:
             weight = lowbit_dequantize(self.weight_int, self.weight_qparams)
         else:
             weight = dequantize(self.weight_int, self.weight_qparams)
-        return weight.to(self.layer.weight.dtype)
+        weight = weight.to(self.layer.weight.dtype)
+        # Holding the integers and parameters themselves (not their ids) makes `is` exact.
+        self.__dict__["_dequantized"] = (self.weight_int, self.weight_qparams, weight)
+        return weight
 
     # -- forward -----------------------------------------------------------------------------
     def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
@@ -268,16 +312,29 @@ class QuantizedLayer(nn.Module):
                                                 self.weight_range))
         return self.dequantized_weight()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.quantize_input(x)
-        weight = self._weight()
+    def smooth_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The input divided by the SmoothQuant factors (unchanged without them)."""
+        return x if self.smoothing is None else x / self.smoothing.to(x.dtype)
+
+    def compute(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """The wrapped layer's operation with ``weight`` in place of its own."""
         layer = self.layer
         if isinstance(layer, nn.Linear):
             return F.linear(x, weight, layer.bias)
+        if isinstance(layer, nn.Embedding):
+            return F.embedding(x, weight, layer.padding_idx, layer.max_norm, layer.norm_type,
+                               layer.scale_grad_by_freq, layer.sparse)
         # Convolutions: the layer's own _conv_forward handles padding modes and groups.
         return layer._conv_forward(x, weight, layer.bias)
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.quantize_input(self.smooth_input(x))
+        return self.compute(x, self._weight())
+
     def _load_packed(self, state_dict: dict, prefix: str, *args) -> None:
+        if prefix + "smoothing" in state_dict and self.smoothing is None:
+            # A None buffer is not loaded: make room for the factors, which load as usual.
+            self.smoothing = torch.ones_like(state_dict[prefix + "smoothing"], dtype=torch.float32)
         key = prefix + "weight_packed"
         if key not in state_dict:
             return

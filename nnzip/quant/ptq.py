@@ -40,12 +40,14 @@ from nnzip.quant.gptq import gptq
 from nnzip.quant.lowbit import FIXED_BITS, WEIGHT_FORMATS, LowBitScheme, WeightFormat
 from nnzip.quant.modules import (
     QUANTIZABLE,
+    WEIGHT_ONLY,
     QuantizedLayer,
     WeightRange,
     WeightScheme,
     quantized_layers,
 )
 from nnzip.quant.observers import ObserverKind
+from nnzip.quant.smooth import smooth_quant
 
 Estimator = Literal["ste", "lsq"]
 
@@ -69,6 +71,12 @@ class QuantConfig:
     affine weights means binary. ``estimator`` is how QAT trains through the rounding: the
     straight-through estimator with scales from the weights (``ste``), or learned step sizes
     (``lsq``, QAT only).
+
+    Transformers: ``embedding_bits`` also quantizes every ``nn.Embedding`` table, weight-only
+    with one scale per row (they stay float by default); ``smoothquant_alpha`` (0.5 in Xiao et
+    al. 2023) migrates activation outliers into the Linear weights before calibration
+    (:mod:`nnzip.quant.smooth`), of every Linear with quantized inputs or of the named
+    ``smoothquant_layers`` only (the paper smooths the layers fed by a LayerNorm: Q, K, V, FC1).
     """
 
     weight_bits: int = 8
@@ -90,6 +98,9 @@ class QuantConfig:
     act_order: bool = False
     weight_format: WeightFormat = "affine"
     estimator: Estimator = "ste"
+    embedding_bits: int | None = None
+    smoothquant_alpha: float | None = None
+    smoothquant_layers: Sequence[str] | None = None
 
     def _check_rounding(self) -> None:
         if self.rounding not in ("nearest", "gptq"):
@@ -106,6 +117,24 @@ class QuantConfig:
     def __post_init__(self) -> None:
         self._check_formats()
         self._check_rounding()
+        self._check_transformer_options()
+
+    def _check_transformer_options(self) -> None:
+        if self.embedding_bits is not None and (not isinstance(self.embedding_bits, int)
+                                                or not 2 <= self.embedding_bits <= 8):
+            raise NnzipError(f"embedding_bits must be an integer from 2 to 8 (or None to keep "
+                             f"embeddings in float), got {self.embedding_bits!r}")
+        alpha = self.smoothquant_alpha
+        if alpha is not None:
+            if not 0.0 < alpha < 1.0:
+                raise NnzipError(f"smoothquant_alpha must lie strictly between 0 and 1 (0.5 is "
+                                 f"the paper's default), got {alpha!r}")
+            if self.smoothquant_layers is not None and not self.smoothquant_layers:
+                raise NnzipError("smoothquant_layers is empty: name layers, or leave it at None "
+                                 "to smooth every Linear")
+            if self.activation_bits is None:
+                raise NnzipError("SmoothQuant eases activation quantization: it needs "
+                                 "activation_bits (W8A8), not weight-only quantization")
 
     def _check_formats(self) -> None:
         for name, bits in {"weight_bits": self.weight_bits, **{
@@ -202,7 +231,20 @@ def _prepare(model: nn.Module, config: QuantConfig) -> tuple[nn.Module, int]:
                                  weight_range=config.weight_range,
                                  observer_options=config.observer_options)
         set_module(target, name, wrapped)
+    if config.embedding_bits is not None:
+        _wrap_embeddings(target, config.embedding_bits)
     return target, pairs
+
+
+def _wrap_embeddings(model: nn.Module, bits: int) -> None:
+    """Wrap every nn.Embedding for weight-only quantization, one symmetric scale per row."""
+    scheme = QScheme(bits=bits, symmetric=True, signed=True, granularity="channel")
+    names = [name for name, module in model.named_modules() if isinstance(module, WEIGHT_ONLY)]
+    if not names:
+        raise NnzipError(f"embedding_bits is set but {type(model).__name__} has no nn.Embedding:"
+                         " leave embedding_bits at None")
+    for name in names:
+        set_module(model, name, QuantizedLayer(model.get_submodule(name), scheme, None))
 
 
 def calibrate(model: nn.Module, batches: Iterable) -> int:
@@ -249,7 +291,12 @@ def static_ptq(model: nn.Module, batches: Iterable,
     # GPTQ and bias correction run the calibration batches again: a generator would be spent.
     batches = list(batches)
     prepared, pairs = _prepare(model, config)
+    if config.smoothquant_alpha is not None:
+        smoothed = smooth_quant(prepared, batches, alpha=config.smoothquant_alpha,
+                                layers=config.smoothquant_layers)
     details: dict[str, Any] = {"calibration_samples": calibrate(prepared, batches)}
+    if config.smoothquant_alpha is not None:
+        details["smoothed_layers"] = smoothed
     convert(prepared)
     if config.equalize:
         details["equalized_pairs"] = pairs
@@ -263,16 +310,20 @@ def static_ptq(model: nn.Module, batches: Iterable,
 
 def quantize_dynamic(model: nn.Module, bits: int = 8,
                      layer_types: tuple[type[nn.Module], ...] = (nn.Linear,),
-                     granularity: Granularity = "channel") -> nn.Module:
+                     granularity: Granularity = "channel",
+                     embedding_bits: int | None = None) -> nn.Module:
     """Dynamic quantization in one call: int weights, activation ranges from each batch.
 
     nnzip's counterpart of ``torch.ao.quantization.quantize_dynamic(model, {nn.Linear},
     dtype=torch.qint8)``, for any model with Linear layers. No calibration data is needed.
+    ``embedding_bits`` also quantizes embedding tables (weight-only, per row).
     """
     config = QuantConfig(weight_bits=bits, activation_bits=8, weight_granularity=granularity,
-                         fold_batchnorm=False, layer_types=layer_types)
+                         fold_batchnorm=False, layer_types=layer_types,
+                         embedding_bits=embedding_bits)
     prepared = prepare(model, config)
     for layer in quantized_layers(prepared).values():
         layer.freeze_weight()
-        layer.set_mode("dynamic")
+        # Embeddings are weight-only: a frozen lookup table, no activation to quantize.
+        layer.set_mode("dynamic" if layer.input_scheme is not None else "quantize")
     return prepared

@@ -82,11 +82,15 @@ class QDQLayer(nn.Module):
         scheme = quantized.weight_qparams.scheme
         if scheme.granularity == "group":
             raise NnzipError("group-wise weight scales have no QDQ export yet: quantize with "
-                             "granularity 'channel' or 'tensor' to export to ONNX")
+                             "granularity 'channel' or 'tensor' to export to ONNX, or export "
+                             "float_view(model) (the dequantized weights, float size)")
         if getattr(scheme, "axis", 0) != 0 and scheme.granularity == "channel":
             raise NnzipError(f"per-channel weights along axis {scheme.axis} cannot be exported: "
                              "ONNX Conv/Gemm weights are per output channel (axis 0)")
         self.layer = quantized.layer
+        # SmoothQuant's input division (a Mul/Div before QuantizeLinear), if the layer has one.
+        self.register_buffer("smoothing", None if quantized.smoothing is None
+                             else quantized.smoothing.detach().float().clone())
         self.per_channel = scheme.granularity == "channel"
         if weight_dtype not in ("int8", "uint8"):
             raise NnzipError(f"weight_dtype must be 'int8' or 'uint8', got {weight_dtype!r}")
@@ -113,6 +117,8 @@ class QDQLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ops = torch.ops.quantized_decomposed
+        if self.smoothing is not None:
+            x = x / self.smoothing
         if self.input is not None:
             scale, zero_point, qmin, qmax, dtype = self.input
             x = ops.dequantize_per_tensor(ops.quantize_per_tensor(x, scale, zero_point, qmin, qmax,
@@ -127,6 +133,8 @@ class QDQLayer(nn.Module):
         layer = self.layer
         if isinstance(layer, nn.Linear):
             return F.linear(x, weight, layer.bias)
+        if isinstance(layer, nn.Embedding):  # DequantizeLinear + Gather: int8 table in the file
+            return F.embedding(x, weight, layer.padding_idx)
         return layer._conv_forward(x, weight, layer.bias)
 
 
@@ -161,20 +169,25 @@ def is_quantized(model: nn.Module) -> bool:
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, example: torch.Tensor, *,
                 dynamic_batch: bool = True, opset: int = OPSET,
-                weight_dtype: str = "auto") -> Path:
+                weight_dtype: str = "auto", sequence_dim: int | None = None) -> Path:
     """Write ``model`` as an ONNX file (QDQ form if it is quantized by nnzip), atomically.
 
     ``example`` is one input batch; the batch dimension stays dynamic unless ``dynamic_batch`` is
-    False. ``weight_dtype`` stores the integer weights as ``int8`` or as ``uint8`` (the same
-    integers shifted by 128); ``auto`` picks uint8 on this machine if it is an AVX2 CPU without
-    VNNI, where ONNX Runtime's int8-weight kernels saturate and change the results
+    False; ``sequence_dim`` makes one more dimension of the input dynamic (the token dimension
+    of a transformer's ``input_ids``, 1). ``weight_dtype`` stores the integer weights as
+    ``int8`` or as ``uint8`` (the same integers shifted by 128); ``auto`` picks uint8 on this
+    machine if it is an AVX2 CPU without VNNI, where ONNX Runtime's int8-weight kernels
+    saturate and change the results
     (:func:`nnzip.evaluate.machine.int8_weights_saturate`). Returns the path written.
     """
     path = Path(path)
     if weight_dtype == "auto":
         weight_dtype = "uint8" if int8_weights_saturate() else "int8"
     view = export_view(model, weight_dtype) if is_quantized(model) else copy.deepcopy(model).eval()
-    shapes = ({0: torch.export.Dim("batch", min=1)},) if dynamic_batch else None
+    dims = {0: torch.export.Dim("batch", min=1)} if dynamic_batch else {}
+    if sequence_dim is not None:
+        dims[sequence_dim] = torch.export.Dim("sequence", min=2)
+    shapes = (dims,) if dims else None
     registration = logging.getLogger("torch.onnx._internal.exporter._registration")
     level = registration.level
     registration.setLevel(logging.ERROR)  # "torchvision is not installed" is not the user's news

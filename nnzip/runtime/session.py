@@ -83,9 +83,11 @@ class OrtModule(nn.Module):
             raise NnzipError(f"{self.path} has {len(inputs)} inputs; OrtModule runs one-input "
                              "models")
         self.input_name = inputs[0].name
+        # Token ids stay integers (a transformer's input_ids); everything else is float32.
+        self.input_dtype = np.int64 if inputs[0].type == "tensor(int64)" else np.float32
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        array = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+        array = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=self.input_dtype)
         (output, *_) = self.session.run(None, {self.input_name: array})
         return torch.from_numpy(output)
 
