@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/factorize_mnist.py
 	$(PY) benchmarks/share_deep_compression.py
 	$(PY) benchmarks/hf_quant.py
+	$(PY) benchmarks/hf_prune.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check nnzip tests benchmarks

@@ -30,6 +30,7 @@ from nnzip.factorize.stages import SVD, Tucker
 from nnzip.models.fold import FoldBatchNorm
 from nnzip.prune.stages import Prune, Sensitivity
 from nnzip.prune.structured import PruneChannels
+from nnzip.prune.transformer import DropLayers, PruneHeads
 from nnzip.quant.stages import QAT, MixedPrecision, Quantize
 from nnzip.share.stages import Cluster, Encode, ProductQuantize
 from nnzip.stage import Stage
@@ -38,7 +39,7 @@ from nnzip.train import Finetune
 #: Every stage a recipe may name, by its kind. Method families add theirs here.
 STAGES: dict[str, type[Stage]] = {cls.kind: cls for cls in (
     Finetune, Prune, PruneChannels, Sensitivity, FoldBatchNorm, Quantize, QAT, MixedPrecision,
-    Distill, SVD, Tucker, Cluster, ProductQuantize, Encode)}
+    Distill, SVD, Tucker, Cluster, ProductQuantize, Encode, PruneHeads, DropLayers)}
 
 _TOP_LEVEL_KEYS = ("name", "description", "stages")
 

@@ -270,6 +270,56 @@ def _train_one_epoch(model: nn.Module, data: DataSplits, config: TrainConfig, ep
     return total / max(count, 1)
 
 
+#: ``batch_loss(model, batch) -> scalar``: the objective of :func:`fit_batches`, which owns the
+#: forward pass (pairs of sentences, a teacher's embeddings, keyword inputs, ...).
+BatchLoss = Callable[[nn.Module, object], torch.Tensor]
+
+
+def fit_batches(model: nn.Module, batches: list, batch_loss: BatchLoss,
+                config: TrainConfig | None = None, *, step_hook: StepHook | None = None,
+                progress: bool = False, description: str = "train") -> list[float]:
+    """Train ``model`` in place on prepared ``batches`` for ``config.epochs`` epochs.
+
+    The loop of :func:`fit` (same optimizer, schedule, seeding and step hook) for tasks that are
+    not classification over a :class:`DataSplits`, e.g. sentence embeddings: ``batch_loss`` runs
+    the model on a batch of any shape. The batch order is shuffled per epoch with ``config.seed``;
+    there is no validation split, so no early stopping and no best-epoch restore (the caller
+    evaluates). The model is left in eval mode. Returns the mean training loss of every epoch.
+    """
+    config = config or TrainConfig()
+    if not batches:
+        raise NnzipError("fit_batches needs at least one training batch")
+    optimizer = _make_optimizer(model, config)
+    scheduler = _make_scheduler(optimizer, config)
+    losses = []
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[status]}"), TimeElapsedColumn())
+    model.train()
+    with Progress(*columns, disable=not progress, transient=False) as bar:
+        task = bar.add_task(description, total=config.epochs, status="")
+        for epoch in range(config.epochs):
+            generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+            order = torch.randperm(len(batches), generator=generator).tolist()
+            total = 0.0
+            for step, index in enumerate(order):
+                optimizer.zero_grad(set_to_none=True)
+                loss = batch_loss(model, batches[index])
+                if not torch.isfinite(loss):
+                    raise NnzipError(f"training diverged (loss {loss.item()}) at epoch "
+                                     f"{epoch + 1}: lower the learning rate")
+                loss.backward()
+                optimizer.step()
+                if step_hook is not None:
+                    step_hook(model, epoch * len(batches) + step)
+                total += loss.item()
+            scheduler.step()
+            losses.append(total / len(batches))
+            bar.update(task, completed=epoch + 1, status=f"loss {losses[-1]:.4f}")
+            log.info("%s epoch %d: train loss %.4f", description, epoch + 1, losses[-1])
+    model.eval()
+    return losses
+
+
 #: Training recipes for the zoo on MNIST-sized data; measured in benchmarks/results/zoo_mnist.md.
 DEFAULT_TRAINING: dict[str, TrainConfig] = {
     "lenet300": TrainConfig(epochs=60, lr=1e-3, patience=15),

@@ -8,10 +8,19 @@ from nnzip.prune import magnitude_prune, fold_masks, layer_sparsity, prune_chann
 masks = magnitude_prune(model, 0.9)          # in place; masks keyed by "fc1.weight"
 fold_masks(model, masks)                     # a plain model with exact zeros
 smaller = prune_channels(model, 0.5, example_inputs)   # a copy with half the channels removed
+wanda_prune(model, batches, 0.5)             # or sparsegpt_prune(model, batches, n=2, m=4)
+prune_heads_and_neurons(encoder, batches, 0.3, 0.3)    # a BERT-style encoder, in place
 ```
 """
 
 from nnzip.data.splits import calibration_batches
+from nnzip.prune.calibrated import (
+    calibrated_prune,
+    sparsegpt_prune,
+    sparsegpt_prune_weight,
+    wanda_mask,
+    wanda_prune,
+)
 from nnzip.prune.importance import (
     Scores,
     channel_scores,
@@ -54,6 +63,18 @@ from nnzip.prune.sensitivity import (
 )
 from nnzip.prune.stages import Prune, Sensitivity, layer_sizes
 from nnzip.prune.structured import PruneChannels, prunable_layers, prune_channels
+from nnzip.prune.transformer import (
+    DropLayers,
+    PruneHeads,
+    drop_layers,
+    encoder_layers,
+    encoder_linear_weights,
+    encoder_shape,
+    prune_heads,
+    prune_heads_and_neurons,
+    prune_neurons,
+    unit_importance,
+)
 from nnzip.prune.unstructured import (
     compute_scores,
     magnitude_prune,
@@ -72,5 +93,8 @@ __all__ = [
     "oneshot_prune", "preferred_sparsity", "prunable_names", "prune_unstructured",
     "random_scores", "select_parameters", "sparsity_summary", "taylor_scores",
     "weighted_sparsity", "Sensitivity", "layer_sizes", "PruneChannels", "prune_channels",
-    "prunable_layers",
+    "prunable_layers", "calibrated_prune", "sparsegpt_prune", "sparsegpt_prune_weight",
+    "wanda_mask", "wanda_prune", "DropLayers", "PruneHeads", "drop_layers", "encoder_layers",
+    "encoder_linear_weights",
+    "encoder_shape", "prune_heads", "prune_heads_and_neurons", "prune_neurons", "unit_importance",
 ]

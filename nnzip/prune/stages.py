@@ -7,6 +7,7 @@ when the recipe is read; layer names, which need the model, are checked before a
 stages:
   - prune: {sparsity: 0.9, schedule: gradual, finetune_epochs: 12}
   - prune: {pattern: "n:m", n: 2, m: 4, finetune_epochs: 2}
+  - prune: {sparsity: 0.5, criterion: sparsegpt, finetune_epochs: 0}   # or wanda
 ```
 """
 
@@ -19,6 +20,8 @@ from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from nnzip.data.splits import calibration_batches
+from nnzip.prune.calibrated import METHODS as CALIBRATED
+from nnzip.prune.calibrated import calibrated_prune
 from nnzip.prune.masks import (
     Masks,
     fold_masks,
@@ -64,12 +67,17 @@ class Prune(FinetunedStage):
     Gupta's cubic ramp over ``ramp_fraction`` of ``finetune_epochs`` in ``steps`` mask updates,
     then recovery). ``finetune_epochs`` defaults to the pipeline's budget. N:M skips layers whose
     input length is not a multiple of M and lists them in the report details.
+
+    ``criterion: wanda`` or ``sparsegpt`` (:mod:`nnzip.prune.calibrated`) prune one-shot from
+    ``calibration_batches`` of training inputs, to ``sparsity`` within every output row of each
+    layer (scope and schedule do not apply), then fine-tune with the masks kept.
     """
 
     kind = "prune"
 
     sparsity: float | None = None
-    criterion: Literal["magnitude", "l1", "l2", "random", "taylor", "hessian"] = "magnitude"
+    criterion: Literal["magnitude", "l1", "l2", "random", "taylor", "hessian", "wanda",
+                       "sparsegpt"] = "magnitude"
     hessian: Literal["fisher", "hutchinson"] = "fisher"
     scope: Literal["global", "layer", "sensitivity"] = "global"
     pattern: Literal["unstructured", "n:m"] = "unstructured"
@@ -109,12 +117,21 @@ class Prune(FinetunedStage):
         elif self.sparsity is None:
             raise ValueError("pattern 'unstructured' needs 'sparsity', the fraction of weights "
                              "to remove, e.g. sparsity: 0.9")
+        if self.criterion in CALIBRATED:
+            if self.schedule != "oneshot":
+                raise ValueError(f"criterion {self.criterion!r} prunes in one shot: use "
+                                 "schedule 'oneshot' (with finetune_epochs)")
+            if self.scope != "global":
+                raise ValueError(f"criterion {self.criterion!r} compares weights within each "
+                                 "output row: drop 'scope'")
         return self
 
     def apply(self, model: nn.Module, context: Context) -> nn.Module:
         names = select_parameters(model, self.layers, self.exclude)  # fail before any work
         config = self.finetune_config(context)
-        if self.pattern == "n:m":
+        if self.criterion in CALIBRATED:
+            masks = self._prune_calibrated(model, context, names, config)
+        elif self.pattern == "n:m":
             masks = self._prune_nm(model, context, names, config)
         else:
             masks = self._prune_unstructured(model, context, names, config)
@@ -139,6 +156,18 @@ class Prune(FinetunedStage):
         if self.criterion not in ("taylor", "hessian"):
             return None
         return calibration_batches(context.data, self.calibration_batches, seed=context.seed)
+
+    def _prune_calibrated(self, model: nn.Module, context: Context, names: list[str],
+                          config: TrainConfig) -> Masks:
+        nm = self.pattern == "n:m"
+        if nm:
+            context.record("skipped_layers", nm_incompatible(model, names, self.m))
+        batches = calibration_batches(context.data, self.calibration_batches, seed=context.seed)
+        masks = calibrated_prune(model, batches, self.criterion,
+                                 None if nm else self.sparsity, n=self.n if nm else None,
+                                 m=self.m if nm else None, layers=names)
+        finetune_masked(model, context.data, masks, config, progress=context.progress)
+        return masks
 
     def _prune_nm(self, model: nn.Module, context: Context, names: list[str],
                   config: TrainConfig) -> Masks:

@@ -8,7 +8,7 @@ layers 1..k only.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Literal
 
 import torch
@@ -25,6 +25,25 @@ class _LayerReached(Exception):
 def batch_inputs(batch) -> torch.Tensor:
     """The inputs of a batch given as a tensor or an (inputs, targets) pair."""
     return batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
+def batch_size(batch) -> int:
+    """The number of samples in a batch (a tensor, an (inputs, targets) pair or a mapping)."""
+    if isinstance(batch, Mapping):
+        first = next(iter(batch.values()), None)
+        return len(first) if first is not None else 0
+    return len(batch_inputs(batch))
+
+
+def run_batch(model: nn.Module, batch):
+    """``model`` on one calibration batch.
+
+    A mapping (a tokenizer's output: ``input_ids``, ``attention_mask``, ...) is passed as keyword
+    arguments; a tensor or an (inputs, targets) pair passes its inputs.
+    """
+    if isinstance(batch, Mapping):
+        return model(**batch)
+    return model(batch_inputs(batch))
 
 
 def feed_layer(model: nn.Module, layer: nn.Module, batches: Iterable,
@@ -49,12 +68,11 @@ def feed_layer(model: nn.Module, layer: nn.Module, batches: Iterable,
     try:
         with eval_mode(model), torch.no_grad():
             for batch in batches:
-                inputs = batch_inputs(batch)
+                samples += batch_size(batch)
                 try:
-                    model(inputs)
+                    run_batch(model, batch)
                 except _LayerReached:
                     reached += 1
-                samples += len(inputs)
     finally:
         handle.remove()
     if samples == 0:

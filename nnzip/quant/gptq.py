@@ -25,7 +25,7 @@ Hessian gathered from the model with the earlier layers already GPTQ-quantized.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -96,19 +96,54 @@ def _column_qparams(scale: torch.Tensor, zero_point: torch.Tensor, column: int,
     return scale[:, group, 0], zero_point[:, group, 0]
 
 
-def _inverse_hessian_factor(hessian: torch.Tensor, damping: float) -> torch.Tensor:
+def inverse_hessian_factor(hessian: torch.Tensor, damping: float,
+                           method: str = "GPTQ") -> torch.Tensor:
     """Upper Cholesky factor of (H + damping · mean(diag H) · I)⁻¹."""
     hessian = hessian.clone()
     diagonal = torch.diagonal(hessian)
     # An input that is always 0 in calibration gives a zero row and column: make it the identity
-    # there, so that column is simply rounded to nearest and passes no error on.
+    # there, so that column is simply rounded (or pruned) on its own and passes no error on.
     diagonal[diagonal == 0] = 1.0
     diagonal += damping * float(diagonal.mean())
     factor, info = torch.linalg.cholesky_ex(hessian)
     if int(info) != 0:
-        raise NnzipError(f"the GPTQ Hessian is not positive definite even with damping "
+        raise NnzipError(f"the {method} Hessian is not positive definite even with damping "
                          f"{damping}: raise damping (e.g. 0.1) or use more calibration data")
     return torch.linalg.cholesky(torch.cholesky_inverse(factor), upper=True)
+
+
+#: ``replace(block, offset, position, stop) -> column``: the new values (rounded, or with pruned
+#: entries zeroed) of column ``offset`` of the current ``block`` (global column ``position``;
+#: the block ends before column ``stop``). It may look at the block's later columns, which
+#: already carry every update so far.
+ColumnRule = Callable[[torch.Tensor, int, int, int], torch.Tensor]
+
+
+def obs_sweep(working: torch.Tensor, inverse_factor: torch.Tensor, replace: ColumnRule,
+              block_size: int = 128) -> torch.Tensor:
+    """The Optimal Brain Surgeon column sweep shared by GPTQ and SparseGPT, in place.
+
+    Column by column, ``replace`` gives the column's new values and the error it makes is moved
+    onto the columns not yet visited with the rows of the upper Cholesky factor of H⁻¹
+    (``inverse_factor``), so that ‖W X − W' X‖² grows as little as possible; updates to later
+    blocks are applied once per block of ``block_size`` columns (lazy batch updates, Frantar et
+    al. 2023). Returns ``working``, each column exactly as ``replace`` set it.
+    """
+    columns = working.shape[1]
+    for start in range(0, columns, block_size):
+        stop = min(start + block_size, columns)
+        block = working[:, start:stop].clone()
+        errors = torch.zeros_like(block)
+        for offset in range(stop - start):
+            position = start + offset
+            new_values = replace(block, offset, position, stop)
+            error = (block[:, offset] - new_values) / inverse_factor[position, position]
+            block[:, offset:] -= error.unsqueeze(1) * inverse_factor[position, position:stop]
+            block[:, offset] = new_values  # exact: the update leaves round-off behind
+            errors[:, offset] = error
+        working[:, start:stop] = block
+        working[:, stop:] -= errors @ inverse_factor[start:stop, stop:]
+    return working
 
 
 def gptq_quantize_weight(weight: torch.Tensor, hessian: torch.Tensor, scheme: QScheme, *,
@@ -140,44 +175,37 @@ def gptq_quantize_weight(weight: torch.Tensor, hessian: torch.Tensor, scheme: QS
         raise NnzipError(f"GPTQ needs block_size ≥ 1 and damping > 0, got {block_size} and "
                          f"{damping}")
     original = weight.detach().float()
-    working = original.clone()
     order = (torch.argsort(torch.diagonal(hessian), descending=True) if act_order
              else torch.arange(columns))
     hessian = hessian.float()[order][:, order]
-    inverse_factor = _inverse_hessian_factor(hessian, damping)
+    inverse_factor = inverse_hessian_factor(hessian, damping)
 
     lazy_groups = scheme.granularity == "group" and not act_order
     qparams = weight_qparams(original, scheme, weight_range)
     scale, zero_point = qparams.scale.clone(), qparams.zero_point.clone()
-    working = working[:, order]
+    working = original[:, order].clone()
     codes = torch.zeros(rows, columns)
-    for start in range(0, columns, block_size):
-        stop = min(start + block_size, columns)
-        block = working[:, start:stop].clone()
-        errors = torch.zeros_like(block)
-        for offset in range(stop - start):
-            position = start + offset
-            column = int(order[position])
-            if lazy_groups and column % scheme.group_size == 0:
-                # The group's columns as updated so far (exact when groups align with blocks).
-                size = scheme.group_size
-                current = torch.cat([block[:, offset:offset + size],
-                                     working[:, stop:position + size]], dim=1)
-                group = weight_qparams(current, QScheme(
-                    bits=scheme.bits, symmetric=scheme.symmetric, signed=scheme.signed,
-                    granularity="channel"), weight_range)
-                scale[:, column // size] = group.scale
-                zero_point[:, column // size] = group.zero_point
-            column_scale, column_zero = _column_qparams(scale, zero_point, column, scheme)
-            values = block[:, offset]
-            levels = torch.clamp(torch.round(values / column_scale) + column_zero, scheme.qmin,
-                                 scheme.qmax)
-            codes[:, column] = levels
-            rounded = (levels - column_zero) * column_scale
-            error = (values - rounded) / inverse_factor[position, position]
-            block[:, offset:] -= error.unsqueeze(1) * inverse_factor[position, position:stop]
-            errors[:, offset] = error
-        working[:, stop:] -= errors @ inverse_factor[start:stop, stop:]
+
+    def round_column(block: torch.Tensor, offset: int, position: int,
+                     stop: int) -> torch.Tensor:
+        column = int(order[position])
+        if lazy_groups and column % scheme.group_size == 0:
+            # The group's columns as updated so far (exact when groups align with blocks).
+            size = scheme.group_size
+            current = torch.cat([block[:, offset:offset + size],
+                                 working[:, stop:position + size]], dim=1)
+            group = weight_qparams(current, QScheme(
+                bits=scheme.bits, symmetric=scheme.symmetric, signed=scheme.signed,
+                granularity="channel"), weight_range)
+            scale[:, column // size] = group.scale
+            zero_point[:, column // size] = group.zero_point
+        column_scale, column_zero = _column_qparams(scale, zero_point, column, scheme)
+        levels = torch.clamp(torch.round(block[:, offset] / column_scale) + column_zero,
+                             scheme.qmin, scheme.qmax)
+        codes[:, column] = levels
+        return (levels - column_zero) * column_scale
+
+    obs_sweep(working, inverse_factor, round_column, block_size)
     dtype = torch.int8 if scheme.qmin < 0 else torch.uint8
     return codes.to(dtype), QParams(scale=scale, zero_point=zero_point, scheme=scheme)
 
