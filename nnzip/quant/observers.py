@@ -206,11 +206,23 @@ def entropy_threshold(magnitudes: np.ndarray, levels: int, bins: int = 2048) -> 
 
 
 class KLObserver(_SampledObserver):
-    """Entropy (KL-divergence) calibration of a symmetric range, as in TensorRT."""
+    """Entropy (KL-divergence) calibration of a symmetric range, as in TensorRT.
 
-    def __init__(self, scheme: QScheme, bins: int = 2048, **kwargs) -> None:
+    KL compares the *shapes* of two histograms and is blind to how far clipped values move, so
+    the threshold is never set where more than ``max_clipped`` of the non-zero values would be
+    clipped. Without that guard a saturating activation (ReLU6, whose many values at exactly 6
+    form a spike at the top) was clipped at 0.87: measured on the zoo MobileNetV2, that one
+    layer cost 20 accuracy points at W8A8.
+    """
+
+    def __init__(self, scheme: QScheme, bins: int = 2048, max_clipped: float = 1e-3,
+                 **kwargs) -> None:
+        if not 0.0 <= max_clipped < 1.0:
+            raise NnzipError(f"max_clipped is a fraction of the values in [0, 1), got "
+                             f"{max_clipped}")
         super().__init__(scheme, **kwargs)
         self.bins = bins
+        self.max_clipped = max_clipped
 
     def range(self) -> tuple[torch.Tensor, torch.Tensor]:
         magnitudes = self.sample().abs().numpy()
@@ -226,7 +238,8 @@ class KLObserver(_SampledObserver):
         # of an unsigned range, a signed one half of it.
         levels = self.scheme.qmax + 1 if (low >= 0 and not self.scheme.signed) else \
             self.scheme.qmax
-        threshold = entropy_threshold(magnitudes, max(levels, 2), self.bins)
+        threshold = max(entropy_threshold(magnitudes, max(levels, 2), self.bins),
+                        float(np.quantile(magnitudes, 1.0 - self.max_clipped)))
         return torch.tensor(max(low, -threshold)), torch.tensor(min(high, threshold))
 
 
