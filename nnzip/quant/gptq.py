@@ -227,9 +227,8 @@ def gptq(model: nn.Module, batches: Iterable, *, block_size: int = 128, damping:
     inputs, tensors or (inputs, targets) pairs) run through the model with the earlier layers
     already GPTQ-quantized and activations quantized as calibrated. Each layer keeps its own
     scheme (bits, granularity, weight range). Linear and Conv2d layers with groups=1 and affine
-    weights (not binary, ternary or pow2) are
-    GPTQ-quantized (or only the named ``layers``); other layers keep round-to-nearest. Returns
-    the names of the layers GPTQ quantized.
+    weights (not binary, ternary or pow2) are GPTQ-quantized (or only the named ``layers``);
+    other layers keep round-to-nearest. Returns the names of the layers GPTQ quantized.
     """
     available = quantized_layers(model)
     if not available:
