@@ -27,27 +27,18 @@ from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 from nnzip.errors import NnzipError
-from nnzip.models.surgery import set_module
+from nnzip.models.surgery import fx_trace, set_module
 from nnzip.stage import Context, Stage
 
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
-def _trace(model: nn.Module) -> fx.GraphModule:
-    try:
-        return fx.symbolic_trace(model)
-    except Exception as error:  # fx raises many types for untraceable Python
-        raise NnzipError(
-            f"cannot fold BatchNorm in {type(model).__name__}: torch.fx could not trace it "
-            f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); "
-            "remove the fold_batchnorm stage, or fold by hand with "
-            "torch.nn.utils.fusion.fuse_conv_bn_eval") from None
-
-
 def foldable_pairs(model: nn.Module) -> list[tuple[str, str]]:
     """(layer, batchnorm) module names where the BatchNorm only normalises that layer's output."""
-    traced = _trace(model)
+    traced = fx_trace(model, "fold BatchNorm in",
+                      "remove the fold_batchnorm stage, or fold by hand with "
+                      "torch.nn.utils.fusion.fuse_conv_bn_eval")
     modules = dict(model.named_modules())
     pairs = []
     for node in traced.graph.nodes:

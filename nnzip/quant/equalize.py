@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from nnzip.errors import NnzipError
+from nnzip.models.surgery import fx_trace
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 #: Element-wise maps f with f(x / s) = f(x) / s for s > 0.
@@ -45,16 +46,6 @@ _POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, 
 _POOL_FUNCTIONS = (F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d,
                    F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
                    F.adaptive_avg_pool3d)
-
-
-def _trace(model: nn.Module) -> fx.GraphModule:
-    try:
-        return fx.symbolic_trace(model)
-    except Exception as error:  # fx raises many types for untraceable Python
-        raise NnzipError(
-            f"cannot equalize {type(model).__name__}: torch.fx could not trace it "
-            f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); "
-            "quantize without equalize") from None
 
 
 def _kind(node: fx.Node, modules: dict[str, nn.Module]) -> str | None:
@@ -101,7 +92,7 @@ def _channel_block(first: nn.Module, second: nn.Module, kinds: list[str]) -> int
 
 def equalizable_pairs(model: nn.Module) -> list[tuple[str, str]]:
     """(first, second) layer names that cross-layer equalization can rescale exactly."""
-    traced = _trace(model)
+    traced = fx_trace(model, "equalize", "quantize without equalize")
     modules = dict(model.named_modules())
     layers = {node: modules[str(node.target)] for node in traced.graph.nodes
               if node.op == "call_module"
