@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -125,4 +125,14 @@ def calibration_batches(data: DataSplits, count: int, batch_size: int = 64,
         if index >= count:
             break
         batches.append((batch[0], batch[1]))
+    return batches
+
+
+def require_batches(batches: Iterable, method: str) -> list:
+    """``batches`` as a list (methods that pass over them twice would spend a generator), or a
+    clear error naming ``method`` when there are none."""
+    batches = list(batches)
+    if not batches:
+        raise NnzipError(f"{method} needs calibration data: pass at least one batch of training "
+                         "inputs (e.g. nnzip.data.calibration_batches(data, 8))")
     return batches

@@ -29,6 +29,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from nnzip.data.splits import require_batches
 from nnzip.errors import NnzipError
 from nnzip.prune.masks import Masks, check_sparsity, nm_masks, select_parameters
 from nnzip.quant.capture import feed_layer
@@ -177,10 +178,7 @@ def calibrated_prune(model: nn.Module, batches: Iterable, method: Method = "wand
         raise NnzipError(f"unknown calibrated pruning method {method!r}: use 'wanda' or "
                          "'sparsegpt'")
     _check_pattern(sparsity, n, m)
-    batches = list(batches)
-    if not batches:
-        raise NnzipError(f"{method} needs calibration data: pass at least one batch of training "
-                         "inputs (e.g. nnzip.data.calibration_batches(data, 8))")
+    batches = require_batches(batches, method)
     names = select_parameters(model, layers, exclude)
     modules = {name: _prunable_module(model, name) for name in names}
     if m is not None:

@@ -22,6 +22,7 @@ from collections.abc import Iterable, Iterator
 import torch
 from torch import nn
 
+from nnzip.data.splits import require_batches
 from nnzip.errors import NnzipError
 from nnzip.evaluate._modes import eval_mode
 from nnzip.quant.capture import batch_inputs, feed_layer
@@ -111,10 +112,7 @@ def bias_correction(model: nn.Module, batches: Iterable) -> dict[str, float]:
     if unfrozen:
         raise NnzipError(f"bias correction needs frozen layers, but {unfrozen} are not in "
                          "'quantize' mode: call convert() first")
-    batches = list(batches)
-    if not batches:
-        raise NnzipError("bias correction needs calibration data: pass at least one batch of "
-                         "training inputs (e.g. nnzip.data.calibration_batches(data, 8))")
+    batches = require_batches(batches, "bias correction")
     float_means = _float_output_means(model, layers, batches)
     corrections = {}
     for name, layer in layers.items():

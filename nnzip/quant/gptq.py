@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nnzip.data.splits import require_batches
 from nnzip.errors import NnzipError
 from nnzip.quant.affine import QParams, QScheme
 from nnzip.quant.capture import feed_layer
@@ -245,10 +246,7 @@ def gptq(model: nn.Module, batches: Iterable, *, block_size: int = 128, damping:
     if unfrozen:
         raise NnzipError(f"GPTQ needs calibrated, frozen layers, but {unfrozen} are not in "
                          "'quantize' mode: call convert() first")
-    batches = list(batches)
-    if not batches:
-        raise NnzipError("GPTQ needs calibration data: pass at least one batch of training "
-                         "inputs (e.g. nnzip.data.calibration_batches(data, 8))")
+    batches = require_batches(batches, "GPTQ")
     for layer in chosen.values():
         weight = layer.layer.weight
         codes, qparams = gptq_quantize_weight(

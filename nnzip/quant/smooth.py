@@ -22,6 +22,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
+from nnzip.data.splits import require_batches
 from nnzip.errors import NnzipError
 from nnzip.evaluate._modes import eval_mode
 from nnzip.quant.capture import batch_inputs
@@ -89,10 +90,7 @@ def smooth_quant(model: nn.Module, batches: Iterable, alpha: float = 0.5,
                          f"{', '.join(available)}")
     chosen = {name: layer for name, layer in available.items()
               if layers is None or name in layers}
-    batches = list(batches)
-    if not batches:
-        raise NnzipError("SmoothQuant needs calibration data: pass at least one batch of "
-                         "training inputs")
+    batches = require_batches(batches, "SmoothQuant")
     maxima = input_channel_max(model, chosen, batches)
     for name, layer in chosen.items():
         if name not in maxima:
