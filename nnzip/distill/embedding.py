@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nnzip.errors import NnzipError
-from nnzip.evaluate._modes import eval_mode
+from nnzip.core.modes import eval_mode
 from nnzip.quant.capture import run_batch
 from nnzip.train import StepHook, TrainConfig, fit_batches
 

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from nnzip.evaluate._modes import eval_mode
+from nnzip.core.modes import eval_mode
 
 
 def predict_logits(model: nn.Module, loader: DataLoader) -> torch.Tensor:

@@ -22,7 +22,7 @@ from torch import nn
 
 from nnzip.data.sts import STSPairs
 from nnzip.errors import NnzipError
-from nnzip.evaluate._modes import eval_mode
+from nnzip.core.modes import eval_mode
 
 
 def _tokenizing_encoder(model: nn.Module, tokenizer_source: nn.Module | None) -> nn.Module:

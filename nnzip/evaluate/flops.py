@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from nnzip.evaluate._modes import eval_mode
+from nnzip.core.modes import eval_mode
 
 log = logging.getLogger(__name__)
 

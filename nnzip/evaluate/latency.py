@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from nnzip.errors import NnzipError
-from nnzip.evaluate._modes import eval_mode
+from nnzip.core.modes import eval_mode
 
 
 @contextlib.contextmanager

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nnzip.evaluate._modes import eval_mode
+from nnzip.core.modes import eval_mode
 
 
 def _batches(x: torch.Tensor, y: torch.Tensor,

@@ -27,7 +27,7 @@ from torch.func import functional_call, grad, vmap
 
 from nnzip.data.splits import Batch
 from nnzip.errors import NnzipError
-from nnzip.evaluate._modes import eval_mode
+from nnzip.core.modes import eval_mode
 
 Scores = dict[str, torch.Tensor]
 Criterion = Literal["magnitude", "l1", "l2", "random", "taylor", "hessian"]

@@ -37,7 +37,7 @@ from torch import nn
 
 from nnzip.data.splits import calibration_batches
 from nnzip.errors import NnzipError
-from nnzip.evaluate._modes import eval_mode
+from nnzip.core.modes import eval_mode
 from nnzip.quant.capture import run_batch
 from nnzip.stage import Context, Stage
 

@@ -24,7 +24,7 @@ from torch import nn
 
 from nnzip.data.splits import require_batches
 from nnzip.errors import NnzipError
-from nnzip.evaluate._modes import eval_mode
+from nnzip.core.modes import eval_mode
 from nnzip.quant.capture import batch_inputs, feed_layer
 from nnzip.quant.modules import QuantizedLayer, quantized_layers
 

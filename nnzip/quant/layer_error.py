@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from nnzip.errors import NnzipError
-from nnzip.evaluate._modes import eval_mode
+from nnzip.core.modes import eval_mode
 from nnzip.quant.capture import batch_inputs
 from nnzip.quant.modules import QuantizedLayer, quantized_layers
 

@@ -36,7 +36,7 @@ from torch import nn
 
 from nnzip.codec.bitpack import packed_bytes
 from nnzip.errors import NnzipError
-from nnzip.evaluate._modes import eval_mode
+from nnzip.core.modes import eval_mode
 from nnzip.models.fold import fold_batchnorm
 from nnzip.quant.affine import dequantize, quantize
 from nnzip.quant.modules import weight_qparams

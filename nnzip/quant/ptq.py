@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from nnzip.errors import NnzipError
-from nnzip.evaluate._modes import eval_mode
+from nnzip.core.modes import eval_mode
 from nnzip.models.fold import fold_batchnorm
 from nnzip.models.surgery import set_module
 from nnzip.quant.affine import Granularity, QScheme

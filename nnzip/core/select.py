@@ -1,0 +1,71 @@
+"""One way to select layers, for every method: ``layers`` + ``exclude``, names or glob patterns.
+
+A pattern names a parameter (``fc1.weight``), a module (``fc1``: every parameter under it) or a
+glob over either (``blocks.*.attn``, ``*.out_proj``; ``*`` also crosses dots). ``layers`` (default:
+everything the method can change) keeps what any pattern matches; ``exclude`` then removes what
+any of its patterns matches. A pattern that matches nothing is an error listing what it could have
+matched, so a typo never silently selects nothing, or everything.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from fnmatch import fnmatchcase
+
+from pydantic import BaseModel, Field
+
+from nnzip.errors import NnzipError
+
+
+def matches(name: str, pattern: str) -> bool:
+    """Whether ``pattern`` names ``name``: the name itself, a module above it, or a glob."""
+    return (fnmatchcase(name, pattern) or name.startswith(pattern + ".")
+            or fnmatchcase(name, pattern + ".*"))
+
+
+def _unmatched(pattern: str, option: str, candidates: Sequence[str],
+               others: Sequence[str], what: str) -> NnzipError:
+    modules = sorted({name.rsplit(".", 1)[0] for name in candidates if "." in name})
+    close = difflib.get_close_matches(pattern, list(candidates) + modules, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    if any(matches(name, pattern) for name in others):
+        return NnzipError(f"{option}: {pattern!r} names parameters this method does not change "
+                          f"({what}); name one of: {', '.join(modules or candidates)}")
+    return NnzipError(f"{option}: {pattern!r} matches no {what} of this model{hint}; the "
+                      f"{what} are under: {', '.join(modules or candidates)}")
+
+
+def select_names(candidates: Sequence[str], layers: Sequence[str] | None = None,
+                 exclude: Sequence[str] = (), *, others: Sequence[str] = (),
+                 what: str = "weights") -> list[str]:
+    """The ``candidates`` (in their order) that ``layers`` selects and ``exclude`` does not.
+
+    ``others`` are names the model has but the method cannot change: a pattern naming only those
+    gets an error that says so, instead of "matches nothing".
+    """
+    for option, patterns in (("layers", layers or ()), ("exclude", exclude)):
+        if isinstance(patterns, str):
+            raise NnzipError(f"{option} must be a list of names or patterns, got the string "
+                             f"{patterns!r}: write [{patterns!r}]")
+        for pattern in patterns:
+            if not any(matches(name, pattern) for name in candidates):
+                raise _unmatched(pattern, option, candidates, others, what)
+    chosen = [name for name in candidates
+              if layers is None or any(matches(name, pattern) for pattern in layers)]
+    selected = [name for name in chosen
+                if not any(matches(name, pattern) for pattern in exclude)]
+    if not selected:
+        raise NnzipError(f"no {what} left to change: 'layers' selects {len(chosen)} and "
+                         "'exclude' removes them all; keep at least one")
+    return selected
+
+
+class LayerSelection(BaseModel):
+    """The two selection fields every method config (and recipe stage) has."""
+
+    layers: list[str] | None = Field(
+        None, description="names or glob patterns of the parameters/modules to change "
+                          "(default: every one the method can change)")
+    exclude: list[str] = Field(default_factory=list,
+                               description="names or glob patterns to leave unchanged")
