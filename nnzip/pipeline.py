@@ -76,10 +76,12 @@ def compress(model: nn.Module, recipe: Recipe | str | Path, data: DataSplits, *,
              name: str = "model", out_dir: str | Path | None = None,
              eval_config: EvalConfig | None = None, finetune_epochs: int = 3, seed: int = 0,
              progress: bool = True) -> CompressResult:
-    """Apply ``recipe`` to ``model`` stage by stage, measuring after each; returns the result.
+    """Apply ``recipe`` to a copy of ``model`` stage by stage, measuring after each.
 
-    ``model`` is changed in place by the stages; the reference is a copy taken before the first.
-    With ``out_dir`` the report files (and the final model, when it can be saved) are written there.
+    The caller's ``model`` is never changed (it is copied once, here; the stages then change the
+    copy in place) and is the reference of the report: ``result.model`` is the compressed one,
+    in eval mode. With ``out_dir`` the report files (and the final model, when it can be saved)
+    are written there.
     """
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
@@ -87,6 +89,7 @@ def compress(model: nn.Module, recipe: Recipe | str | Path, data: DataSplits, *,
     out_dir = Path(out_dir) if out_dir is not None else None
     torch.manual_seed(seed)
     reference = copy.deepcopy(model).eval()
+    model = copy.deepcopy(reference)
     context = Context(data=data, reference=reference, finetune_epochs=finetune_epochs, seed=seed,
                       workdir=out_dir, progress=progress)
     extra = {"data": data.summary(), "recipe": recipe.to_dict(), "stages": []}
@@ -112,6 +115,7 @@ def compress(model: nn.Module, recipe: Recipe | str | Path, data: DataSplits, *,
                                  reference_size_bytes=baseline["size_bytes"],
                                  artifact_path=nnz_artifact(model, folder), config=eval_config))
         report, paths = _write(rows, eval_config, out_dir, extra)
+    model.eval()
     if out_dir is not None:
         paths["model"] = save_final_model(model, out_dir, data)
     return CompressResult(model=model, report=report, paths=paths)

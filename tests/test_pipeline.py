@@ -70,7 +70,20 @@ def test_a_user_model_outside_the_zoo_is_saved_as_torch_export(digits, tmp_path)
                       progress=False)
     assert result.paths["model"].name == "model.pt2"
     x = digits.test.tensors[0][:8]
-    assert torch.allclose(load_model(result.paths["model"])(x), user_model.eval()(x))
+    assert torch.allclose(load_model(result.paths["model"])(x), result.model(x))
+
+
+def test_compress_never_changes_the_callers_model(mlp, digits):
+    before = {name: tensor.clone() for name, tensor in mlp.state_dict().items()}
+    recipe = parse_recipe({"stages": [{"prune": {"sparsity": 0.5, "finetune_epochs": 0}},
+                                      {"quantize": {"calibration_batches": 2}}]})
+    result = compress(mlp, recipe, digits, eval_config=FAST, progress=False)
+    after = mlp.state_dict()
+    assert after.keys() == before.keys()
+    assert all(torch.equal(after[name], before[name]) for name in before)
+    assert result.model is not mlp and not result.model.training
+    x = digits.test.tensors[0][:8]
+    assert not torch.equal(result.model(x), mlp(x))
 
 
 def test_evaluate_models_compares_each_model_with_the_first(lenet5, lenet300, mnist, tmp_path):

@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nnzip.core.modes import eval_mode
 from nnzip.data.sts import STSPairs
 from nnzip.errors import NnzipError
-from nnzip.core.modes import eval_mode
 
 
 def _tokenizing_encoder(model: nn.Module, tokenizer_source: nn.Module | None) -> nn.Module:

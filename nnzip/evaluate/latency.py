@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from nnzip.errors import NnzipError
 from nnzip.core.modes import eval_mode
+from nnzip.errors import NnzipError
 
 
 @contextlib.contextmanager

@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from nnzip.core.modes import eval_mode
 from nnzip.data.splits import DataSplits
 from nnzip.errors import NnzipError
-from nnzip.core.modes import eval_mode
 from nnzip.evaluate.accuracy import accuracy, agreement, predict_logits, top_k_accuracy
 from nnzip.evaluate.config import EvalConfig
 from nnzip.evaluate.energy import measure_energy

@@ -25,9 +25,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from nnzip.core.modes import eval_mode
 from nnzip.data.splits import Batch
 from nnzip.errors import NnzipError
-from nnzip.core.modes import eval_mode
 
 Scores = dict[str, torch.Tensor]
 Criterion = Literal["magnitude", "l1", "l2", "random", "taylor", "hessian"]

@@ -35,9 +35,9 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from nnzip.core.modes import eval_mode
 from nnzip.data.splits import calibration_batches
 from nnzip.errors import NnzipError
-from nnzip.core.modes import eval_mode
 from nnzip.quant.capture import run_batch
 from nnzip.stage import Context, Stage
 

@@ -35,8 +35,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from nnzip.codec.bitpack import packed_bytes
-from nnzip.errors import NnzipError
 from nnzip.core.modes import eval_mode
+from nnzip.errors import NnzipError
 from nnzip.models.fold import fold_batchnorm
 from nnzip.quant.affine import dequantize, quantize
 from nnzip.quant.modules import weight_qparams

@@ -29,8 +29,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from nnzip.errors import NnzipError
 from nnzip.core.modes import eval_mode
+from nnzip.errors import NnzipError
 from nnzip.models.fold import fold_batchnorm
 from nnzip.models.surgery import set_module
 from nnzip.quant.affine import Granularity, QScheme
