@@ -2,7 +2,9 @@
 
 The public API is five verbs; everything else lives in the method families' packages:
 
-    nnzip.compress(model, "recipe.yaml", data)   run a recipe, measuring after every stage
+    nnzip.apply(model, Prune(sparsity=0.5), data) run one method (any stage), in place; returns
+                                                 MethodResult(model, coverage, details)
+    nnzip.compress(model, "recipe.yaml", data)   run a recipe on a copy, measuring every stage
     nnzip.evaluate(model, data)                  every metric of one model, as a report entry
     nnzip.load_recipe("recipe.yaml")             parse and validate a recipe
     nnzip.save(model, "folder") / nnzip.load()   the model artifact (safetensors + JSON spec,
@@ -17,7 +19,8 @@ from nnzip.errors import NnzipError  # noqa: E402
 from nnzip.evaluate import evaluate  # noqa: E402
 from nnzip.models import load_model as load  # noqa: E402
 from nnzip.models import save_model as save  # noqa: E402
-from nnzip.pipeline import compress  # noqa: E402
+from nnzip.pipeline import apply, compress  # noqa: E402
 from nnzip.recipe import load_recipe  # noqa: E402
 
-__all__ = ["NnzipError", "__version__", "compress", "evaluate", "load", "load_recipe", "save"]
+__all__ = ["NnzipError", "__version__", "apply", "compress", "evaluate", "load", "load_recipe",
+           "save"]

@@ -19,13 +19,63 @@ import torch
 from torch import nn
 
 from nnzip.codec.nnz import codec_options, nnz_artifact, save_nnz
+from nnzip.core.coverage import Coverage, MethodResult, changed_coverage
+from nnzip.core.weights import unique_parameters
 from nnzip.data.splits import DataSplits
 from nnzip.errors import NnzipError
 from nnzip.evaluate import EvalConfig, build_report, evaluate, machine_info, write_report
-from nnzip.recipe import Recipe, load_recipe
-from nnzip.stage import Context
+from nnzip.recipe import Recipe, load_recipe, parse_recipe
+from nnzip.stage import Context, Stage
 
 log = logging.getLogger(__name__)
+
+
+def apply(model: nn.Module, stage: Stage | str, data: DataSplits | None = None, *,
+          teacher: nn.Module | None = None, finetune_epochs: int = 3, seed: int = 0,
+          progress: bool = False, **options) -> MethodResult:
+    """Run one method on ``model``: the one call shape every method shares.
+
+    ``stage`` is a method's config object, which is also its recipe stage
+    (``Prune(sparsity=0.5)``), or its recipe name with the options as keywords
+    (``apply(model, "prune", data, sparsity=0.5)``, validated exactly as a recipe is). ``data``
+    is the calibration / fine-tuning data for the methods that need it.
+
+    In place vs copy, the one rule: a method changes ``model`` in place (as torchao's
+    ``quantize_`` does) and returns it in ``result.model``, in eval mode; a method that rebuilds
+    layers may return a new module, so always continue with ``result.model``. To keep the
+    original, pass a copy (:func:`compress` copies the caller's model once for a whole recipe).
+    ``result.coverage`` lists every parameter: what the method did to it, or why it left it.
+    """
+    stage = _stage(stage, options)
+    context = Context(data=data, reference=copy.deepcopy(model).eval() if teacher is None
+                      else teacher, finetune_epochs=finetune_epochs, seed=seed,
+                      progress=progress)
+    return _run_stage(stage, model, context, stage.kind)
+
+
+def _stage(stage: Stage | str, options: dict) -> Stage:
+    if isinstance(stage, Stage):
+        if options:
+            raise NnzipError(f"pass the options of {stage.kind!r} in its config object, not as "
+                             f"keywords ({', '.join(options)})")
+        return stage
+    return parse_recipe({"stages": [{stage: options}]}, source=f"apply({stage!r})").steps[0].stage
+
+
+def _run_stage(stage: Stage, model: nn.Module, context: Context, label: str) -> MethodResult:
+    """Apply ``stage``; its coverage is what it recorded, or else what changed in the model."""
+    before = {name: param.detach().clone() for name, param in unique_parameters(model).items()}
+    context.details = {}
+    result = stage.apply(model, context)
+    if not isinstance(result, nn.Module):
+        raise NnzipError(f"stage {label} returned {type(result).__name__}, not a model: "
+                         "a stage's apply() must return the compressed nn.Module")
+    result.eval()
+    details = dict(context.details)
+    recorded = details.pop("coverage", None)
+    coverage = (Coverage.from_dict(recorded) if recorded is not None
+                else changed_coverage(before, result, stage.kind))
+    return MethodResult(model=result, coverage=coverage, details=details)
 
 
 @dataclass
@@ -100,15 +150,12 @@ def compress(model: nn.Module, recipe: Recipe | str | Path, data: DataSplits, *,
     for step in recipe.steps:
         log.info("stage %s (%s)", step.label, step.stage.kind)
         started = time.perf_counter()
-        context.details = {}
-        result = step.stage.apply(model, context)
-        if not isinstance(result, nn.Module):
-            raise NnzipError(f"stage {step.label} returned {type(result).__name__}, not a model: "
-                             "a stage's apply() must return the compressed nn.Module")
-        model = result
+        result = _run_stage(step.stage, model, context, step.label)
+        model = result.model
         extra["stages"].append({"label": step.label, "kind": step.stage.kind,
                                 "seconds": round(time.perf_counter() - started, 3),
-                                "details": context.details})
+                                "details": {**result.details,
+                                            "coverage": result.coverage.to_dict()}})
         with tempfile.TemporaryDirectory(prefix="nnzip-artifact-") as folder:
             # After weight sharing (or an encode stage) the size is that of the .nnz file.
             rows.append(evaluate(model, data, name=name, stage=step.label, reference=reference,

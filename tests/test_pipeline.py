@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from nnzip.errors import NnzipError
 from nnzip.evaluate import REPORT_MODEL_KEYS, EvalConfig
 from nnzip.models import create_model, load_model
 from nnzip.pipeline import compress, evaluate_models
@@ -111,5 +112,27 @@ def test_what_a_stage_records_lands_under_its_entry_in_the_report(mlp, digits, t
     recipe = parse_recipe({"stages": ["record", {"finetune": {"epochs": 1}}]})
     compress(mlp, recipe, digits, out_dir=tmp_path, eval_config=FAST, progress=False)
     stages = json.loads((tmp_path / "report.json").read_text())["stages"]
+    coverage = [stage["details"].pop("coverage") for stage in stages]
     assert stages[0]["details"] == {"layers": {"fc1": 0.5}}
     assert stages[1]["details"] == {}
+    # A stage that records no coverage gets one by comparison: 'record' changed nothing, the
+    # fine-tune changed every parameter.
+    assert coverage[0]["changed_params"] == 0 and coverage[0]["skipped"] == {}
+    assert coverage[1]["changed_fraction"] == 1.0
+
+
+def test_apply_runs_one_method_in_place_and_says_what_it_covered(mlp, digits):
+    from nnzip import apply
+    from nnzip.prune.stages import Prune
+
+    result = apply(mlp, Prune(sparsity=0.5, finetune_epochs=0), digits)
+    assert result.model is mlp and not mlp.training
+    weights = [p for p in mlp.parameters() if p.dim() == 2]
+    zeros = sum(int((p == 0).sum()) for p in weights)
+    assert zeros == round(0.5 * sum(p.numel() for p in weights))
+    assert set(result.coverage.changed) == {"fc1.weight", "fc2.weight", "fc3.weight"}
+    assert result.details["target_sparsity"] == 0.5
+    same = apply(mlp, "prune", digits, sparsity=0.6, finetune_epochs=0)
+    assert same.details["achieved_sparsity"] == pytest.approx(0.6, abs=1e-4)
+    with pytest.raises(NnzipError, match="did you mean 'sparsity'"):
+        apply(mlp, "prune", digits, sparsty=0.5)

@@ -10,6 +10,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import torch
 from torch import nn
 
 from nnzip.core.weights import find_weights, not_a_weight_reason, unique_parameters
@@ -17,6 +18,7 @@ from nnzip.core.weights import find_weights, not_a_weight_reason, unique_paramet
 log = logging.getLogger(__name__)
 
 NOT_SELECTED = "not selected (layers/exclude)"
+UNCHANGED = "unchanged"
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,7 @@ class Coverage:
     def skipped(self) -> dict[str, str]:
         """Weights the method was asked to change (or could have) but left, with the reason."""
         return {record.name: record.note for record in self.records
-                if not record.changed and record.note != NOT_SELECTED
+                if not record.changed and record.note not in (NOT_SELECTED, UNCHANGED)
                 and not record.note.startswith(("1-D", "leading dimension"))}
 
     def to_dict(self) -> dict:
@@ -71,6 +73,14 @@ class Coverage:
                 "changed_params": self.changed_params, "total_params": self.total_params,
                 "skipped": self.skipped,
                 "params": {record.name: record.to_dict() for record in self.records}}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Coverage:
+        """The coverage :meth:`to_dict` wrote (what a stage records for the report)."""
+        return cls(method=data["method"], records=tuple(
+            ParamRecord(name, entry["numel"], entry["changed"], entry["note"],
+                        tuple(entry.get("aliases", ())))
+            for name, entry in data["params"].items()))
 
     def log_skipped(self, logger: logging.Logger = log) -> None:
         for name, reason in self.skipped.items():
@@ -100,6 +110,28 @@ def build_coverage(model: nn.Module, method: str, changed: Mapping[str, str],
         else:
             note = NOT_SELECTED if weight else not_a_weight_reason(param)
             records.append(ParamRecord(name, param.numel(), False, note, aliases))
+    return Coverage(method=method, records=tuple(records))
+
+
+def changed_coverage(before: Mapping[str, torch.Tensor], model: nn.Module,
+                     method: str) -> Coverage:
+    """Coverage by comparison, for a method that records none: ``before`` holds the values of
+    the model's parameters before it ran; a parameter counts as changed when its values or its
+    shape changed, or when it is gone (a layer rebuilt or removed)."""
+    after = unique_parameters(model)
+    changed = {}
+    for name, value in before.items():
+        now = after.get(name)
+        if now is None:
+            changed[name] = "replaced or removed"
+        elif now.shape != value.shape:
+            changed[name] = f"shape {tuple(value.shape)} -> {tuple(now.shape)}"
+        elif not torch.equal(now.detach(), value):
+            changed[name] = "values changed"
+    records = []
+    for name, value in before.items():
+        note = changed.get(name, UNCHANGED)
+        records.append(ParamRecord(name, value.numel(), name in changed, note))
     return Coverage(method=method, records=tuple(records))
 
 

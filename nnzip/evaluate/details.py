@@ -15,6 +15,8 @@ have a known shape and get a table or a chart of their own; every other value is
   quantization table) and chart.
 - ``layer_compression`` ({layer: {weights, kept, bits, dense_bytes, pruned_bytes, shared_bytes,
   huffman_bytes, …}}): Deep Compression's Table 1, bytes of each weight after each step.
+- ``coverage`` (:meth:`nnzip.core.Coverage.to_dict`): what the stage did to each parameter, or
+  why it left it; the table lists the weights changed or skipped, the summary the fraction.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from nnzip.evaluate.tables import NA, fmt_bytes, fmt_count, fmt_percent
 #: Keys drawn as their own table or chart; the rest go to the key/value list.
 STRUCTURED_KEYS = ("layer_sparsity", "layer_params", "allocated_sparsity", "widths_before",
                    "widths_after", "sensitivity", "layer_bits", "weight_error", "bit_sensitivity",
-                   "bit_accuracy_drop", "layer_compression")
+                   "bit_accuracy_drop", "layer_compression", "coverage")
 
 Table = tuple[list[str], list[list[str]]]
 
@@ -255,6 +257,26 @@ def bit_allocation_chart(details: dict) -> bytes | None:
     return to_png(fig)
 
 
+def coverage_table(details: dict) -> Table | None:
+    """Parameter, size, changed or not, and what was done or why not (biases and norms that
+    no method targets are left out)."""
+    coverage = details.get("coverage")
+    if not coverage:
+        return None
+    skipped = coverage.get("skipped") or {}
+    rows = [[name, fmt_count(entry["numel"]), "yes" if entry["changed"] else "no", entry["note"]]
+            for name, entry in coverage["params"].items()
+            if entry["changed"] or name in skipped]
+    return ["Parameter", "Size", "Changed", "What was done, or why not"], rows
+
+
+def coverage_title(details: dict) -> str:
+    coverage = details.get("coverage") or {}
+    return (f"Coverage: {fmt_percent(coverage.get('changed_fraction'))} of "
+            f"{fmt_count(coverage.get('total_params'))} parameters changed, "
+            f"{len(coverage.get('skipped') or {})} weights skipped")
+
+
 def stage_tables(details: dict) -> list[tuple[str, Table]]:
     """(title, table) for every table the stage's details support, in reading order."""
     mixed = mixed_precision_table(details)
@@ -263,5 +285,6 @@ def stage_tables(details: dict) -> list[tuple[str, Table]]:
               ("Per-layer mixed precision", mixed),
               # The mixed-precision table already has the bits and errors.
               ("Per-layer quantization", quantization_table(details) if mixed is None else None),
-              ("Per-layer compression (weights only, bytes)", compression_table(details))]
+              ("Per-layer compression (weights only, bytes)", compression_table(details)),
+              (coverage_title(details), coverage_table(details))]
     return [(title, table) for title, table in tables if table is not None]
