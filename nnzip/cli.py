@@ -192,11 +192,13 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from nnzip.evaluate.accuracy import accuracy, predict_logits
+    from nnzip.evaluate.metrics import check_model_accepts
     from nnzip.models import create_model, save_model
     from nnzip.train import DEFAULT_TRAINING, TrainConfig, fit
 
     data = _load_data(args)
     model = create_model(args.arch, input_shape=data.input_shape, num_classes=data.num_classes)
+    check_model_accepts(model, data, args.arch)  # e.g. token ids for an image model: say so now
     base = DEFAULT_TRAINING.get(args.arch, TrainConfig())
     overrides = {key: value for key, value in {
         "epochs": args.epochs, "lr": args.lr, "optimizer": args.optimizer,

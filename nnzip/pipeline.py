@@ -21,7 +21,7 @@ from torch import nn
 from nnzip.codec.nnz import codec_options, nnz_artifact, save_nnz
 from nnzip.core.coverage import Coverage, MethodResult, changed_coverage
 from nnzip.core.weights import unique_parameters
-from nnzip.data.splits import DataSplits
+from nnzip.data.splits import DataSplits, probe_batch
 from nnzip.errors import NnzipError
 from nnzip.evaluate import EvalConfig, build_report, evaluate, machine_info, write_report
 from nnzip.recipe import Recipe, load_recipe, parse_recipe
@@ -179,7 +179,7 @@ def save_final_model(model: nn.Module, out_dir: Path, data: DataSplits) -> Path:
     from nnzip.models import export_model, model_spec, save_model
     from nnzip.runtime.onnx_export import export_onnx, is_quantized
 
-    example = data.test.tensors[0][:2]
+    example = probe_batch(data, 2)
     options = codec_options(model)
     if options is not None and model_spec(model) is not None:
         return save_nnz(model, out_dir / "model.nnz", huffman=options["huffman"])

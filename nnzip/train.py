@@ -340,7 +340,11 @@ def train_zoo_model(arch: str, data: DataSplits, config: TrainConfig | None = No
     from nnzip.models import create_model, load_model, save_model
 
     config = config or DEFAULT_TRAINING.get(arch, TrainConfig())
-    key_source = json.dumps({"arch": arch, "data": data.summary(), "train": config.model_dump()},
+    summary = data.summary()
+    if summary["input_dtype"] == "float32":
+        # Every key made before the dtype was reported meant float32: those caches stay valid.
+        del summary["input_dtype"]
+    key_source = json.dumps({"arch": arch, "data": summary, "train": config.model_dump()},
                             sort_keys=True)
     key = hashlib.sha256(key_source.encode()).hexdigest()[:12]
     target = Path(cache_dir) / f"{arch}-{data.name}-{key}" if cache_dir else None

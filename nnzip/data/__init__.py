@@ -15,17 +15,19 @@ from nnzip.data.splits import (
     Batch,
     DataSplits,
     calibration_batches,
+    describe_inputs,
+    probe_batch,
     stratified_split,
     three_way_split,
     to_dataset,
 )
-from nnzip.data.user import load_image_folder, load_npz
+from nnzip.data.user import LAYOUTS, load_image_folder, load_npz
 from nnzip.errors import NnzipError
 
 __all__ = [
-    "BUILTIN_DATASETS", "Batch", "DataSplits", "calibration_batches", "find_mnist_dir",
-    "load_dataset", "load_digits",
-    "load_image_folder", "load_mnist", "load_npz", "random_shift", "read_idx",
+    "BUILTIN_DATASETS", "LAYOUTS", "Batch", "DataSplits", "calibration_batches",
+    "describe_inputs", "find_mnist_dir", "load_dataset", "load_digits",
+    "load_image_folder", "load_mnist", "load_npz", "probe_batch", "random_shift", "read_idx",
     "stratified_split", "three_way_split", "to_dataset",
 ]
 

@@ -23,7 +23,8 @@ class DataSplits:
 
     ``val`` is carved out of the training data and is what early stopping and calibration use;
     ``test`` is only ever used for the final measurements. Inputs are float32 tensors in
-    ``input_range`` (for images, pixels in [0, 1]); labels are int64 class indices.
+    ``input_range`` (for images, pixels in [0, 1]), or int64 for integer data such as token ids
+    (:attr:`input_dtype`); labels are int64 class indices.
     """
 
     name: str
@@ -46,14 +47,29 @@ class DataSplits:
         generator = torch.Generator().manual_seed(seed) if shuffle else None
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
 
+    @property
+    def input_dtype(self) -> torch.dtype:
+        """The inputs' dtype: float32, or int64 for integer data (token ids)."""
+        return self.test.tensors[0].dtype
+
     def summary(self) -> dict:
         return {"name": self.name, "train": len(self.train), "val": len(self.val),
                 "test": len(self.test), "num_classes": self.num_classes,
-                "input_shape": list(self.input_shape)}
+                "input_shape": list(self.input_shape),
+                "input_dtype": str(self.input_dtype).removeprefix("torch.")}
+
+
+def input_dtype_for(x: np.ndarray) -> torch.dtype:
+    """int64 for integer arrays (token ids index embeddings, which need int64), else float32.
+
+    Booleans become float32 0/1, like any other feature; there is no other normalisation.
+    """
+    return torch.int64 if np.issubdtype(x.dtype, np.integer) else torch.float32
 
 
 def to_dataset(x: np.ndarray, y: np.ndarray) -> TensorDataset:
-    return TensorDataset(torch.as_tensor(x, dtype=torch.float32),
+    """Inputs keep their kind (integer -> int64, anything else -> float32); labels are int64."""
+    return TensorDataset(torch.as_tensor(x, dtype=input_dtype_for(x)),
                          torch.as_tensor(y, dtype=torch.int64))
 
 
@@ -108,6 +124,30 @@ def splits_from_arrays(name: str, x: np.ndarray, y: np.ndarray, *, val_fraction:
                       num_classes=num_classes, input_shape=tuple(int(d) for d in x.shape[1:]),
                       input_range=(float(input_range[0]), float(input_range[1])),
                       augment=augment, class_names=class_names)
+
+
+def probe_batch(data: DataSplits, batch_size: int = 1, split: str = "test") -> torch.Tensor:
+    """The first ``batch_size`` real inputs of ``split``, its rows repeated when it has fewer.
+
+    Every probe of a model (does it accept the data, FLOPs, latency, memory, export examples) runs
+    on this: zeros or noise would be float where a model wants integer token ids, and only the
+    data itself is sure to hold valid values. The same rows every call, so runs repeat.
+    """
+    if batch_size < 1:
+        raise NnzipError(f"a probe batch needs at least one sample, got batch_size={batch_size}")
+    inputs = getattr(data, split).tensors[0]
+    if len(inputs) == 0:
+        inputs = next((getattr(data, other).tensors[0] for other in ("test", "val", "train")
+                       if len(getattr(data, other))), inputs)
+    if len(inputs) == 0:
+        raise NnzipError(f"data {data.name!r} has no samples to probe a model with: pass data "
+                         "with at least one sample")
+    return inputs[torch.arange(batch_size) % len(inputs)]
+
+
+def describe_inputs(batch: torch.Tensor) -> str:
+    """'shape (2, 1, 28, 28), dtype float32': what a model was given, for error messages."""
+    return f"shape {tuple(batch.shape)}, dtype {str(batch.dtype).removeprefix('torch.')}"
 
 
 def calibration_batches(data: DataSplits, count: int, batch_size: int = 64,

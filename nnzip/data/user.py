@@ -41,15 +41,53 @@ def _labels(y: np.ndarray, key: str, path: Path) -> np.ndarray:
     return y
 
 
-def _inputs(x: np.ndarray, key: str, path: Path) -> np.ndarray:
-    """Inputs as float32 shaped (N, F) or (N, C, H, W); (N, H, W) gains a channel axis."""
-    if not (np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.bool_)):
-        raise NnzipError(f"{path}: {key!r} has dtype {x.dtype}: store numeric arrays")
-    if x.ndim == 3:
-        x = x[:, None, :, :]
-    if x.ndim not in (2, 4):
-        raise NnzipError(f"{path}: {key!r} has shape {x.shape}: use (N, features), "
-                         "(N, H, W) or (N, C, H, W)")
+#: Axis names an .npz may give its inputs in a ``layout`` entry, N (samples) first. Without one an
+#: array is read by its number of axes: 2 (N, F), 3 (N, C, L), 4 (N, C, H, W), 5 (N, C, D, H, W).
+LAYOUTS = ("NF", "NL", "NCL", "NHW", "NCHW", "NCDHW")
+_SHAPES = "(N, features), (N, C, L), (N, C, H, W) or (N, C, D, H, W)"
+
+
+def _layout(arrays: dict[str, np.ndarray], path: Path) -> str | None:
+    """The optional ``layout`` entry: one string naming the axes of ``x`` (see :data:`LAYOUTS`)."""
+    if "layout" not in arrays:
+        return None
+    value = arrays["layout"]
+    if value.dtype.kind not in "US" or value.size != 1:
+        raise NnzipError(f"{path}: 'layout' is a {value.dtype} array of shape {value.shape}, "
+                         "expected one string: save it as np.savez(path, x=..., y=..., "
+                         "layout='NHW')")
+    layout = value.reshape(()).item()
+    layout = (layout.decode() if isinstance(layout, bytes) else layout).strip().upper()
+    if layout not in LAYOUTS:
+        raise NnzipError(f"{path}: unknown layout {layout!r}: use one of {', '.join(LAYOUTS)} "
+                         "(the axes of x, N for samples first)")
+    return layout
+
+
+def _inputs(x: np.ndarray, key: str, path: Path, layout: str | None) -> np.ndarray:
+    """Inputs with exactly the shape they have; only ``layout='NHW'`` adds a channel axis.
+
+    Integer arrays (token ids) become int64, the index type of ``nn.Embedding``; floats and
+    booleans become float32. Nothing is rescaled; only floats are checked for NaN and infinity
+    (integers cannot hold them).
+    """
+    if np.issubdtype(x.dtype, np.complexfloating) or not (
+            np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.bool_)):
+        raise NnzipError(f"{path}: {key!r} has dtype {x.dtype}: store real numeric arrays "
+                         "(integer token ids, or float features)")
+    if layout is not None and x.ndim != len(layout):
+        raise NnzipError(f"{path}: {key!r} has shape {x.shape} but layout {layout!r} names "
+                         f"{len(layout)} axes: fix the layout or store {key} with those axes")
+    if x.ndim not in (2, 3, 4, 5):
+        raise NnzipError(f"{path}: {key!r} has shape {x.shape}: use {_SHAPES}, samples first "
+                         "(grey images (N, H, W) also with layout='NHW')")
+    if layout == "NHW":
+        x = x[:, None]
+    if np.issubdtype(x.dtype, np.integer):
+        if x.dtype == np.uint64 and x.size and x.max() > np.iinfo(np.int64).max:
+            raise NnzipError(f"{path}: {key!r} holds values above the int64 maximum: store "
+                             "token ids that fit int64")
+        return x.astype(np.int64)
     x = x.astype(np.float32)
     if not np.all(np.isfinite(x)):
         raise NnzipError(f"{path}: {key!r} contains NaN or infinite values: clean the data")
@@ -67,6 +105,11 @@ def _check_pair(x: np.ndarray, y: np.ndarray, x_key: str, y_key: str, path: Path
 def load_npz(path: str | os.PathLike, val_fraction: float = 0.1, test_fraction: float = 0.2,
              seed: int = 0) -> DataSplits:
     """Load arrays ``x`` (inputs) and ``y`` (class indices), optionally ``x_test``/``y_test``.
+
+    ``x`` keeps its shape: (N, F) features or token ids, (N, C, L) signals, (N, C, H, W) images,
+    (N, C, D, H, W) volumes. An optional string ``layout`` names its axes (:data:`LAYOUTS`); only
+    ``'NHW'`` changes anything: grey images (N, H, W) gain a channel axis, (N, 1, H, W). Integer
+    inputs stay integers (int64, for embedding lookups); the rest become float32.
 
     Without a test split one is carved out (``test_fraction`` of all samples); with one, it is used
     as is and never mixed into training. ``input_range`` is the observed min and max of the inputs.
@@ -90,16 +133,20 @@ def load_npz(path: str | os.PathLike, val_fraction: float = 0.1, test_fraction: 
                          "np.savez(path, x=inputs, y=labels[, x_test=..., y_test=...])")
     if ("x_test" in arrays) != ("y_test" in arrays):
         raise NnzipError(f"{path}: has only one of x_test / y_test: store both or neither")
-    x, y = _inputs(arrays["x"], "x", path), _labels(arrays["y"], "y", path)
+    layout = _layout(arrays, path)
+    x, y = _inputs(arrays["x"], "x", path, layout), _labels(arrays["y"], "y", path)
     _check_pair(x, y, "x", "y", path)
     x_test = y_test = None
     if "x_test" in arrays:
-        x_test = _inputs(arrays["x_test"], "x_test", path)
+        x_test = _inputs(arrays["x_test"], "x_test", path, layout)
         y_test = _labels(arrays["y_test"], "y_test", path)
         _check_pair(x_test, y_test, "x_test", "y_test", path)
         if x_test.shape[1:] != x.shape[1:]:
             raise NnzipError(f"{path}: x_test samples have shape {x_test.shape[1:]} but x "
                              f"samples {x.shape[1:]}: store both with the same shape")
+        if x_test.dtype != x.dtype:
+            raise NnzipError(f"{path}: x holds {x.dtype} inputs but x_test {x_test.dtype}: store "
+                             "both as integers (token ids) or both as floats")
     num_classes = int(max(y.max(), y_test.max() if y_test is not None else 0)) + 1
     if len(np.unique(y)) < num_classes:
         logger.warning("%s: labels do not use every index 0..%d; some classes have no training "

@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from nnzip.core.modes import eval_mode
+from nnzip.errors import NnzipError
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +30,10 @@ def _uncounted_modules(model: nn.Module) -> list[str]:
                    if type(m).__module__.startswith(_UNCOUNTED_MODULE_PREFIXES)})
 
 
-def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int | None, int | None]:
-    """(FLOPs, MACs) of one forward pass of a single sample of shape ``input_shape``.
+def count_flops(model: nn.Module, input_shape: tuple[int, ...] | None = None, *,
+                sample: torch.Tensor | None = None) -> tuple[int | None, int | None]:
+    """(FLOPs, MACs) of one forward pass of ``sample`` (a batch of one), or of float zeros shaped
+    ``(1, *input_shape)``; pass a real sample for data that is not float (token ids).
 
     MACs are FLOPs // 2, following the counter's 2-FLOPs-per-MAC convention. Returns
     ``(None, None)`` and logs a warning when the count cannot be trusted: the counter fails on an
@@ -42,7 +45,11 @@ def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int | N
         log.warning("FLOPs not counted: %s have no FLOP formula in torch's counter",
                     ", ".join(uncounted))
         return None, None
-    sample = torch.zeros(1, *input_shape)
+    if sample is None:
+        if input_shape is None:
+            raise NnzipError("count_flops needs input_shape or sample (e.g. "
+                             "nnzip.data.probe_batch(data, 1))")
+        sample = torch.zeros(1, *input_shape)
     try:
         with eval_mode(model), torch.no_grad(), FlopCounterMode(display=False) as counter:
             model(sample)

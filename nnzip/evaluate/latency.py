@@ -35,9 +35,23 @@ def fixed_threads(threads: int) -> Iterator[None]:
 
 
 def random_batch(input_shape: tuple[int, ...], batch_size: int, seed: int = 0) -> torch.Tensor:
-    """A seeded standard-normal batch: timings must not depend on the data, runs must repeat."""
+    """A seeded standard-normal float batch, for models timed by shape alone; runs must repeat.
+
+    With data at hand, time :func:`nnzip.data.probe_batch` instead: it has the data's dtype.
+    """
     generator = torch.Generator().manual_seed(seed)
     return torch.randn(batch_size, *input_shape, generator=generator)
+
+
+def given_or_random_batch(batch: torch.Tensor | None, input_shape: tuple[int, ...] | None,
+                          batch_size: int, caller: str) -> torch.Tensor:
+    """``batch`` when given, else a :func:`random_batch` of ``input_shape``."""
+    if batch is not None:
+        return batch
+    if input_shape is None:
+        raise NnzipError(f"{caller} needs input_shape (a seeded random float batch) or batch "
+                         "(e.g. nnzip.data.probe_batch(data, batch_size))")
+    return random_batch(input_shape, batch_size)
 
 
 def _timed_calls(model: nn.Module, batch: torch.Tensor, count: int) -> list[float]:
@@ -59,10 +73,7 @@ def compare_latency(models: list[nn.Module], input_shape: tuple[int, ...] | None
     model (in rotating order) runs ``repeats / rounds`` timed calls on the same seeded batch
     (or on ``batch`` when given: real token ids for a transformer, say).
     """
-    if batch is None:
-        if input_shape is None:
-            raise NnzipError("compare_latency needs input_shape (a seeded random batch) or batch")
-        batch = random_batch(input_shape, batch_size)
+    batch = given_or_random_batch(batch, input_shape, batch_size, "compare_latency")
     rounds = max(1, min(rounds, repeats))
     per_round = max(1, -(-repeats // rounds))  # ceil: at least `repeats` samples in all
     samples: list[list[float]] = [[] for _ in models]
@@ -81,7 +92,9 @@ def compare_latency(models: list[nn.Module], input_shape: tuple[int, ...] | None
             for times in samples]
 
 
-def measure_latency(model: nn.Module, input_shape: tuple[int, ...], batch_size: int = 1,
-                    threads: int = 1, warmup: int = 10, repeats: int = 50) -> dict[str, float]:
+def measure_latency(model: nn.Module, input_shape: tuple[int, ...] | None = None,
+                    batch_size: int = 1, threads: int = 1, warmup: int = 10, repeats: int = 50,
+                    batch: torch.Tensor | None = None) -> dict[str, float]:
     """Latency in milliseconds of one forward pass: ``{"p50": ..., "p95": ...}``."""
-    return compare_latency([model], input_shape, batch_size, threads, warmup, repeats)[0]
+    return compare_latency([model], input_shape, batch_size, threads, warmup, repeats,
+                           batch=batch)[0]

@@ -17,7 +17,7 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 from nnzip.core.modes import eval_mode
-from nnzip.evaluate.latency import random_batch
+from nnzip.evaluate.latency import given_or_random_batch
 from nnzip.evaluate.size import state_tensor_bytes
 
 
@@ -54,16 +54,17 @@ def _native_stderr_silenced() -> Iterator[None]:
         os.close(devnull)
 
 
-def peak_memory_bytes(model: nn.Module, input_shape: tuple[int, ...],
-                      batch_size: int = 64) -> int:
-    """Peak bytes of tensor memory during one inference of a batch of ``batch_size``.
+def peak_memory_bytes(model: nn.Module, input_shape: tuple[int, ...] | None = None,
+                      batch_size: int = 64, batch: torch.Tensor | None = None) -> int:
+    """Peak bytes of tensor memory during one inference of ``batch``, or of a random float batch
+    of ``batch_size`` samples shaped ``input_shape``.
 
     = parameter and buffer bytes (packed quantized weights included) + the peak of the running
     sum of allocations during the forward pass. The input batch itself is allocated beforehand
     and is not included; scratch memory that bypasses PyTorch's allocator (e.g. inside oneDNN
     kernels) is invisible to the profiler.
     """
-    batch = random_batch(input_shape, batch_size)
+    batch = given_or_random_batch(batch, input_shape, batch_size, "peak_memory_bytes")
     with eval_mode(model), torch.inference_mode():
         with _native_stderr_silenced(), \
                 profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:

@@ -14,15 +14,19 @@ import torch
 from torch import nn
 
 from nnzip.core.modes import eval_mode
-from nnzip.data.splits import DataSplits
+from nnzip.data.splits import DataSplits, describe_inputs, probe_batch
 from nnzip.errors import NnzipError
 from nnzip.evaluate.accuracy import accuracy, agreement, predict_logits, top_k_accuracy
 from nnzip.evaluate.config import EvalConfig
 from nnzip.evaluate.energy import measure_energy
 from nnzip.evaluate.flops import count_flops
-from nnzip.evaluate.latency import compare_latency, fixed_threads, random_batch
+from nnzip.evaluate.latency import compare_latency, fixed_threads
 from nnzip.evaluate.memory import peak_memory_bytes
-from nnzip.evaluate.robustness import fgsm_accuracy, gaussian_noise_accuracy
+from nnzip.evaluate.robustness import (
+    fgsm_accuracy,
+    gaussian_noise_accuracy,
+    unsupported_reason,
+)
 from nnzip.evaluate.size import artifact_bytes, count_nonzero, count_params, file_bytes
 
 log = logging.getLogger(__name__)
@@ -39,35 +43,59 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
+def _error_text(error: BaseException) -> str:
+    """The model's own error, type and first line: 'RuntimeError: mat1 and mat2 ...'."""
+    return f"{type(error).__name__}: {_first_line(error)}"
+
+
+def _input_hints(data: DataSplits) -> str:
+    """What a user with the old reading of their .npz may need to change, if anything."""
+    hints = []
+    if not data.input_dtype.is_floating_point:
+        hints.append("integer inputs are kept as int64 token ids; if they are features or "
+                     "pixels, store x as float (x.astype('float32'))")
+    if len(data.input_shape) == 2:
+        hints.append("a 3-D .npz array is read as (N, C, L) signals; for grey images (N, H, W) "
+                     "add layout='NHW' to the .npz so they gain a channel axis")
+    return "".join(f"; {hint}" for hint in hints)
+
+
 def check_model_accepts(model: nn.Module, data: DataSplits, name: str) -> None:
-    """Fail early, in the user's terms, if ``model`` cannot classify ``data``'s test samples."""
+    """Fail early, in the user's terms, if ``model`` cannot classify ``data``'s test samples.
+
+    The probes are real test inputs (:func:`nnzip.data.probe_batch`), so a model that wants
+    integer token ids gets them; a failure names the probe's shape and dtype and the model's own
+    error rather than guessing at a cause.
+    """
     if len(data.test) == 0:
         raise NnzipError(f"data {data.name!r} has an empty test split: pass data with test samples")
-    sample = data.test.tensors[0][:1]
+    sample = probe_batch(data, 1)
     try:
         with eval_mode(model), torch.no_grad():
             output = model(sample)
     except Exception as error:
         raise NnzipError(
-            f"model {name!r} rejects the data (per-sample input shape {tuple(data.input_shape)}): "
-            f"{_first_line(error)}: pass data matching the model's input") from error
+            f"model {name!r} rejects the data (per-sample input shape {tuple(data.input_shape)}; "
+            f"probed with one test sample, {describe_inputs(sample)}): {_error_text(error)}: "
+            f"pass data matching the model's input{_input_hints(data)}") from error
     shape = tuple(output.shape) if isinstance(output, torch.Tensor) else None
     if shape != (1, data.num_classes):
         raise NnzipError(
-            f"model {name!r} returns {shape if shape else type(output).__name__} for one sample, "
-            f"expected logits of shape (1, {data.num_classes}): pass a classifier with one "
-            f"output per class of the data")
+            f"model {name!r} returns {shape if shape else type(output).__name__} for one sample "
+            f"({describe_inputs(sample)}), expected logits of shape (1, {data.num_classes}): "
+            f"pass a classifier with one output per class of the data{_input_hints(data)}")
     # Latency, memory and accuracy run batches: a model traced or exported with a fixed batch
-    # size of 1 would otherwise fail deep inside a measurement.
-    pair = torch.zeros(2, *data.input_shape)
+    # size of 1 would otherwise fail deep inside a measurement. The pair is real data too, so a
+    # failure here is about the batch, not about the values.
+    pair = probe_batch(data, 2)
     try:
         with eval_mode(model), torch.no_grad():
             model(pair)
     except Exception as error:
         raise NnzipError(
-            f"model {name!r} accepts one sample but not a batch of 2 ({_first_line(error)}): "
-            "pass a model with a dynamic batch dimension (e.g. torch.export with "
-            "dynamic_shapes=torch.export.Dim)") from error
+            f"model {name!r} accepts one sample but not a batch of 2 ({describe_inputs(pair)}): "
+            f"{_error_text(error)}: pass a model with a dynamic batch dimension (e.g. "
+            "torch.export with dynamic_shapes=torch.export.Dim)") from error
 
 
 def _latency(model: nn.Module, reference: nn.Module | None, data: DataSplits,
@@ -79,8 +107,8 @@ def _latency(model: nn.Module, reference: nn.Module | None, data: DataSplits,
     latency, speedup = {}, {}
     for key, batch_size in zip(keys, config.batch_sizes, strict=True):
         models = [model] if reference is None else [model, reference]
-        timings = compare_latency(models, data.input_shape, batch_size, config.threads,
-                                  config.warmup, config.repeats)
+        timings = compare_latency(models, threads=config.threads, warmup=config.warmup,
+                                  repeats=config.repeats, batch=probe_batch(data, batch_size))
         latency[key] = timings[0]
         speedup[key] = timings[-1]["p50"] / timings[0]["p50"] if timings[0]["p50"] else None
     return latency, speedup
@@ -90,7 +118,7 @@ def _energy(model: nn.Module, data: DataSplits, config: EvalConfig,
             batch_size: int) -> tuple[float | None, str]:
     if not config.measure_latency:
         return None, "not measured: timing measurements are off (EvalConfig.measure_latency)"
-    batch = random_batch(data.input_shape, batch_size)
+    batch = probe_batch(data, batch_size)
     with eval_mode(model), fixed_threads(config.threads), torch.inference_mode():
         joules, note = measure_energy(partial(model, batch), config.repeats)
     if joules is None:
@@ -98,8 +126,14 @@ def _energy(model: nn.Module, data: DataSplits, config: EvalConfig,
     return joules, f"RAPL package energy per batch-{batch_size} forward, whole CPU package"
 
 
-def _robustness(model: nn.Module, data: DataSplits, config: EvalConfig) -> dict[str, dict]:
+def _robustness(model: nn.Module, data: DataSplits, config: EvalConfig) -> dict:
+    """Accuracy under noise and FGSM; a ``note`` says why a probe has no figures."""
+    unmeasured_fgsm = {str(float(eps)): None for eps in config.fgsm_epsilons}
     x, y = data.test.tensors
+    reason = unsupported_reason(x)
+    if reason is not None:
+        return {"gaussian": {str(float(sigma)): None for sigma in config.noise_sigmas},
+                "fgsm": unmeasured_fgsm, "note": reason}
     if config.robustness_samples is not None:
         x, y = x[:config.robustness_samples], y[:config.robustness_samples]
     gaussian = gaussian_noise_accuracy(model, x, y, config.noise_sigmas, data.input_range,
@@ -110,7 +144,8 @@ def _robustness(model: nn.Module, data: DataSplits, config: EvalConfig) -> dict[
     except RuntimeError as error:
         # Quantized or scripted kernels may have no backward; no gradient, no attack figure.
         log.warning("FGSM not measured for %s: %s", type(model).__name__, _first_line(error))
-        fgsm = {str(float(eps)): None for eps in config.fgsm_epsilons}
+        return {"gaussian": gaussian, "fgsm": unmeasured_fgsm,
+                "note": f"FGSM not measured: no input gradient ({_first_line(error)})"}
     return {"gaussian": gaussian, "fgsm": fgsm}
 
 
@@ -139,7 +174,7 @@ def evaluate(model: nn.Module, data: DataSplits, *, name: str = "model",
         raise NnzipError(f"artifact of model {name!r} is empty (0 bytes): pass the saved model")
     if reference_size_bytes is None:
         reference_size_bytes = artifact_bytes(reference) if reference is not None else size_bytes
-    flops, macs = count_flops(model, data.input_shape)
+    flops, macs = count_flops(model, sample=probe_batch(data, 1))
 
     largest_batch = max(config.batch_sizes)
     latency_ms, speedup = _latency(model, reference, data, config)
@@ -166,7 +201,7 @@ def evaluate(model: nn.Module, data: DataSplits, *, name: str = "model",
         "latency_ms": latency_ms,
         "speedup": speedup,
         "throughput_per_s": throughput,
-        "peak_memory_bytes": peak_memory_bytes(model, data.input_shape, largest_batch),
+        "peak_memory_bytes": peak_memory_bytes(model, batch=probe_batch(data, largest_batch)),
         "accuracy": accuracy(logits, labels),
         "top5": top_k_accuracy(logits, labels, k=5),
         "agreement": fidelity,

@@ -28,6 +28,7 @@ from nnzip.evaluate.metrics import REPORT_MODEL_KEYS
 from nnzip.evaluate.tables import (
     machine_line,
     robustness_columns,
+    robustness_notes,
     robustness_rows,
     summary_columns,
     summary_rows,
@@ -73,6 +74,8 @@ def render_markdown(report: dict) -> str:
         "## Robustness (test accuracy)", "",
         _markdown_table(robustness_columns(models), robustness_rows(models)), "",
     ]
+    if robustness_notes(models):
+        parts += [*[f"- {note}" for note in robustness_notes(models)], ""]
     notes = [f"- {m['name']} ({m['stage']}): {m['energy_note']}" for m in models]
     if notes:
         parts += ["## Energy", "", *notes, ""]
@@ -161,6 +164,10 @@ def _html_table(columns: list[str], rows: list[list[str]],
 WIDE = ' class="wide"'  # a figure that spans the whole grid row
 
 
+def _html_list(items: list[str]) -> str:
+    return f"<ul>{''.join(f'<li>{html.escape(item)}</li>' for item in items)}</ul>" if items else ""
+
+
 def _hex(color: tuple[float, ...]) -> str:
     return "#" + "".join(f"{round(channel * 255):02x}" for channel in color[:3])
 
@@ -190,6 +197,7 @@ nnzip {html.escape(str(report["nnzip_version"]))}</p>
 <h2>Robustness (test accuracy)</h2>
 <div class="scroll">{_html_table(robustness_columns(models), robustness_rows(models),
                                  swatches)}</div>
+{_html_list(robustness_notes(models))}
 <h2>Charts</h2>
 <div class="figures">{figures or "<p>No measurements to chart.</p>"}</div>
 <h2>Energy</h2>

@@ -1,6 +1,8 @@
 """Robustness: accuracy under random input noise and under the fast gradient sign attack.
 
 Compression can keep clean accuracy while making a model brittle; these two cheap probes show it.
+Both perturb continuous inputs, so neither runs on integer inputs such as token ids
+(:func:`unsupported_reason`).
 FGSM is from Goodfellow, Shlens & Szegedy, "Explaining and Harnessing Adversarial Examples"
 (ICLR 2015): ``x_adv = clamp(x + eps * sign(grad_x CE(model(x), y)))``.
 """
@@ -14,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nnzip.core.modes import eval_mode
+from nnzip.errors import NnzipError
 
 
 def _batches(x: torch.Tensor, y: torch.Tensor,
@@ -26,6 +29,21 @@ def _key(value: float) -> str:
     return str(float(value))
 
 
+def unsupported_reason(x: torch.Tensor) -> str | None:
+    """Why the probes cannot run on inputs ``x`` (integer token ids, categories), else None."""
+    if x.is_floating_point():
+        return None
+    dtype = str(x.dtype).removeprefix("torch.")
+    return (f"not measured: the inputs are {dtype} (token ids or categories); Gaussian noise and "
+            "FGSM perturb continuous inputs and mean nothing for discrete ones")
+
+
+def _require_continuous(x: torch.Tensor) -> None:
+    reason = unsupported_reason(x)
+    if reason is not None:
+        raise NnzipError(f"robustness probe {reason}: measure clean accuracy only")
+
+
 def gaussian_noise_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                             sigmas: Sequence[float], input_range: tuple[float, float],
                             seed: int = 0, batch_size: int = 256) -> dict[str, float]:
@@ -33,6 +51,7 @@ def gaussian_noise_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
 
     Returns ``{str(sigma): accuracy}``; the noise is seeded so every model sees the same noise.
     """
+    _require_continuous(x)
     lo, hi = input_range
     result = {}
     with eval_mode(model), torch.no_grad():
@@ -63,6 +82,7 @@ def fgsm_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
 
     The model is attacked in eval mode; one gradient per batch serves every epsilon.
     """
+    _require_continuous(x)
     lo, hi = input_range
     correct = dict.fromkeys(map(_key, epsilons), 0)
     with eval_mode(model):

@@ -119,6 +119,12 @@ def robustness_rows(models: list[dict]) -> list[list[str]]:
     return rows
 
 
+def robustness_notes(models: list[dict]) -> list[str]:
+    """'name (stage): why' for every model whose robustness probes were (partly) not measured."""
+    return [f"{model['name']} ({model['stage']}): {model['robustness']['note']}"
+            for model in models if (model.get("robustness") or {}).get("note")]
+
+
 def machine_line(machine: dict) -> str:
     """One sentence describing the machine the measurements come from."""
     flags = ", ".join(machine.get("cpu_flags") or []) or "none of interest"

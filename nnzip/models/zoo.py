@@ -31,8 +31,11 @@ def _flat_input(arch: str, input_shape: InputShape) -> dict[str, Any]:
 
 def _image_channels(arch: str, input_shape: InputShape) -> dict[str, Any]:
     if len(input_shape) != 3:
+        # A 3-D .npz array is read as (N, C, L) signals; older nnzip read it as grey images.
+        grey = (" (grey images (N, H, W) in a .npz need layout='NHW' to gain a channel axis)"
+                if len(input_shape) == 2 else "")
         raise NnzipError(f"{arch} needs image inputs shaped (channels, height, width), got "
-                         f"{tuple(input_shape)}: use lenet300 for flat feature vectors")
+                         f"{tuple(input_shape)}: use lenet300 for flat feature vectors{grey}")
     return {"in_channels": input_shape[0]}
 
 

@@ -37,7 +37,7 @@ from pydantic import Field, field_validator
 from torch import nn
 from torch_pruning import ops
 
-from nnzip.data.splits import Batch, calibration_batches
+from nnzip.data.splits import Batch, calibration_batches, probe_batch
 from nnzip.errors import NnzipError
 from nnzip.prune.importance import channel_scores, taylor_scores
 from nnzip.stage import Context
@@ -402,7 +402,7 @@ class PruneChannels(FinetunedStage):
         epochs = self.finetune_budget(context)
         per_step = epochs // self.iterative_steps
         device = next(model.parameters()).device
-        example = context.data.train.tensors[0][:2].to(device)
+        example = probe_batch(context.data, 2, split="train").to(device)
         calibration = (calibration_batches(context.data, self.calibration_batches,
                                            seed=context.seed)
                        if self.criterion == "taylor" else None)

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from nnzip.atomic import atomic_path, write_text
-from nnzip.data.splits import DataSplits
+from nnzip.data.splits import DataSplits, probe_batch
 from nnzip.errors import NnzipError
 from nnzip.evaluate.accuracy import accuracy, agreement, predict_logits
 from nnzip.evaluate.latency import compare_latency, fixed_threads
@@ -172,7 +172,7 @@ def deploy(model: nn.Module, data: DataSplits, out_dir: str | Path, *,
         raise NnzipError("max_accuracy_change is in accuracy points and must be ≥ 0")
     out_dir = Path(out_dir)
     model = model.eval()
-    example = data.test.tensors[0][:2]
+    example = probe_batch(data, 2)
     with fixed_threads(threads):
         runtimes = build_runtimes(model, example, out_dir / "runtimes", threads)
         if original is not None:
@@ -185,8 +185,8 @@ def deploy(model: nn.Module, data: DataSplits, out_dir: str | Path, *,
             runtime.file_bytes = file_bytes(runtime.path)
             runtime.integer_ops = integer_op_count(op_counts(runtime.path))
     for batch in batch_sizes:
-        timings = compare_latency([runtime.module for runtime in runtimes], data.input_shape,
-                                  batch_size=batch, threads=threads, repeats=repeats)
+        timings = compare_latency([runtime.module for runtime in runtimes], threads=threads,
+                                  repeats=repeats, batch=probe_batch(data, batch))
         for runtime, timing in zip(runtimes, timings, strict=True):
             runtime.latency_ms[batch] = {key: round(value, 4) for key, value in timing.items()}
     correct = [runtime for runtime in runtimes if runtime.correct]

@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from nnzip.data import load_dataset, load_image_folder, load_npz
+from nnzip.data import describe_inputs, load_dataset, load_image_folder, load_npz, probe_batch
 from nnzip.errors import NnzipError
 
 
@@ -17,10 +17,10 @@ def _classes(n: int) -> np.ndarray:
     return np.arange(n) % 3
 
 
-def test_npz_round_trip_adds_channel_axis_and_records_range(tmp_path):
+def test_npz_grey_images_gain_a_channel_axis_with_layout_nhw(tmp_path):
     rng = np.random.default_rng(0)
     x = rng.uniform(-2.0, 5.0, size=(60, 6, 5))
-    path = _npz(tmp_path, x=x, y=_classes(60))
+    path = _npz(tmp_path, x=x, y=_classes(60), layout="NHW")
     data = load_npz(path, val_fraction=0.2, test_fraction=0.25, seed=0)
     assert data.input_shape == (1, 6, 5) and data.num_classes == 3
     assert (len(data.train), len(data.val), len(data.test)) == (36, 9, 15)
@@ -28,6 +28,81 @@ def test_npz_round_trip_adds_channel_axis_and_records_range(tmp_path):
     together = torch.cat([data.train.tensors[0], data.val.tensors[0], data.test.tensors[0]])
     assert sorted(together.sum(dim=(1, 2, 3)).tolist()) == pytest.approx(
         sorted(x.astype(np.float32).sum(axis=(1, 2)).tolist()), rel=1e-5)
+
+
+def test_npz_three_dimensional_inputs_keep_their_shape_as_signals(tmp_path):
+    x = np.random.default_rng(0).normal(size=(30, 1, 16))  # (N, C, L): one-channel signals
+    data = load_npz(_npz(tmp_path, x=x, y=_classes(30)), val_fraction=0.2, test_fraction=0.2)
+    assert data.input_shape == (1, 16)
+    assert data.test.tensors[0].shape[1:] == (1, 16)
+    wide = load_npz(_npz(tmp_path, x=np.zeros((30, 6, 5)), y=_classes(30)))
+    assert wide.input_shape == (6, 5)  # no axis added without layout='NHW'
+    assert load_npz(_npz(tmp_path, x=x, y=_classes(30), layout="NCL")).input_shape == (1, 16)
+
+
+def test_npz_volumes_load_with_five_axes(tmp_path):
+    x = np.random.default_rng(0).random((24, 2, 3, 4, 5), dtype=np.float32)
+    data = load_npz(_npz(tmp_path, x=x, y=_classes(24)), val_fraction=0.2, test_fraction=0.25)
+    assert data.input_shape == (2, 3, 4, 5) and data.input_dtype == torch.float32
+    together = torch.cat([data.train.tensors[0], data.val.tensors[0], data.test.tensors[0]])
+    assert float(together.sum()) == pytest.approx(float(x.sum()), rel=1e-5)
+
+
+def test_npz_integer_token_ids_stay_int64_and_unscaled(tmp_path):
+    ids = np.random.default_rng(0).integers(0, 50_000, size=(30, 12)).astype(np.int32)
+    data = load_npz(_npz(tmp_path, x=ids, y=_classes(30)), val_fraction=0.2, test_fraction=0.2)
+    assert data.input_dtype == torch.int64 and data.input_shape == (12,)
+    together = torch.cat([data.train.tensors[0], data.val.tensors[0], data.test.tensors[0]])
+    assert together.dtype == torch.int64
+    assert sorted(together.sum(dim=1).tolist()) == sorted(ids.astype(np.int64).sum(axis=1).tolist())
+    assert data.summary()["input_dtype"] == "int64"
+    assert data.summary()["input_shape"] == [12]
+
+
+@pytest.mark.parametrize(("stored", "loaded"), [
+    (np.uint8, torch.int64), (np.int64, torch.int64), (np.float64, torch.float32),
+    (np.float16, torch.float32), (np.bool_, torch.float32)])
+def test_npz_input_dtype_follows_the_stored_kind(tmp_path, stored, loaded):
+    x = (np.arange(40).reshape(10, 4) % 2).astype(stored)
+    data = load_npz(_npz(tmp_path, x=x, y=_classes(10)), val_fraction=0.2, test_fraction=0.2)
+    assert data.input_dtype == loaded
+    assert data.summary()["input_dtype"] == str(loaded).removeprefix("torch.")
+
+
+def test_npz_float_nan_is_an_error(tmp_path):
+    x = np.zeros((6, 2))
+    x[3, 1] = np.nan
+    with pytest.raises(NnzipError, match="NaN"):
+        load_npz(_npz(tmp_path, x=x, y=_classes(6)))
+
+
+def test_npz_layout_must_name_the_axes_of_x(tmp_path):
+    with pytest.raises(NnzipError, match="layout 'NHW' names 3 axes"):
+        load_npz(_npz(tmp_path, x=np.zeros((6, 1, 4, 4)), y=_classes(6), layout="NHW"))
+    with pytest.raises(NnzipError, match="unknown layout 'HWC'.*NCDHW"):
+        load_npz(_npz(tmp_path, x=np.zeros((6, 4, 4)), y=_classes(6), layout="HWC"))
+    with pytest.raises(NnzipError, match="expected one string"):
+        load_npz(_npz(tmp_path, x=np.zeros((6, 4, 4)), y=_classes(6), layout=np.zeros(3)))
+
+
+def test_npz_test_split_of_another_kind_is_an_error(tmp_path):
+    path = _npz(tmp_path, x=np.zeros((6, 3), dtype=np.int64), y=_classes(6),
+                x_test=np.zeros((6, 3)), y_test=_classes(6))
+    with pytest.raises(NnzipError, match="x holds int64 inputs but x_test float32"):
+        load_npz(path)
+
+
+def test_probe_batch_is_real_rows_of_the_split_repeated_when_short(tmp_path):
+    ids = np.arange(60).reshape(20, 3)
+    data = load_npz(_npz(tmp_path, x=ids, y=_classes(20)), val_fraction=0.2, test_fraction=0.2)
+    test_inputs = data.test.tensors[0]
+    probe = probe_batch(data, 2 * len(test_inputs) + 1)
+    assert probe.dtype == torch.int64
+    assert torch.equal(probe[:len(test_inputs)], test_inputs)
+    assert torch.equal(probe[len(test_inputs):2 * len(test_inputs)], test_inputs)
+    assert torch.equal(probe[-1], test_inputs[0])
+    assert torch.equal(probe_batch(data, 2, split="train"), data.train.tensors[0][:2])
+    assert describe_inputs(probe[:2]) == "shape (2, 3), dtype int64"
 
 
 def test_npz_user_test_split_is_used_as_is(tmp_path):
@@ -55,9 +130,11 @@ def test_npz_non_integer_labels_are_an_error(tmp_path):
         load_npz(_npz(tmp_path, x=np.zeros((4, 2)), y=np.array([0.0, 0.5, 1.0, 1.0])))
 
 
-def test_npz_one_dimensional_inputs_are_an_error(tmp_path):
+def test_npz_one_or_six_dimensional_inputs_are_an_error(tmp_path):
     with pytest.raises(NnzipError, match="shape"):
         load_npz(_npz(tmp_path, x=np.zeros(4), y=_classes(4)))
+    with pytest.raises(NnzipError, match=r"\(N, C, D, H, W\)"):
+        load_npz(_npz(tmp_path, x=np.zeros((4, 1, 2, 2, 2, 2)), y=_classes(4)))
 
 
 def _write_images(root, sizes_by_class, mode="L"):
