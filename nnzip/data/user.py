@@ -67,8 +67,8 @@ def _layout(arrays: dict[str, np.ndarray], path: Path) -> str | None:
 def _inputs(x: np.ndarray, key: str, path: Path, layout: str | None) -> np.ndarray:
     """Inputs with exactly the shape they have; only ``layout='NHW'`` adds a channel axis.
 
-    Integer arrays (token ids) become int64, the index type of ``nn.Embedding``; floats and
-    booleans become float32. Nothing is rescaled; only floats are checked for NaN and infinity
+    Integer arrays (token ids) become int64, the index type of ``nn.Embedding``, except uint8
+    (pixels), which becomes float32 with floats and booleans. Nothing is rescaled; only floats are checked for NaN and infinity
     (integers cannot hold them).
     """
     if np.issubdtype(x.dtype, np.complexfloating) or not (
@@ -83,7 +83,9 @@ def _inputs(x: np.ndarray, key: str, path: Path, layout: str | None) -> np.ndarr
                          "(grey images (N, H, W) also with layout='NHW')")
     if layout == "NHW":
         x = x[:, None]
-    if np.issubdtype(x.dtype, np.integer):
+    # uint8 is how pixels are stored (every image library's default), not token ids: it stays a
+    # float input, as before. Other integer types are ids.
+    if np.issubdtype(x.dtype, np.integer) and x.dtype != np.uint8:
         if x.dtype == np.uint64 and x.size and x.max() > np.iinfo(np.int64).max:
             raise NnzipError(f"{path}: {key!r} holds values above the int64 maximum: store "
                              "token ids that fit int64")
@@ -109,7 +111,8 @@ def load_npz(path: str | os.PathLike, val_fraction: float = 0.1, test_fraction: 
     ``x`` keeps its shape: (N, F) features or token ids, (N, C, L) signals, (N, C, H, W) images,
     (N, C, D, H, W) volumes. An optional string ``layout`` names its axes (:data:`LAYOUTS`); only
     ``'NHW'`` changes anything: grey images (N, H, W) gain a channel axis, (N, 1, H, W). Integer
-    inputs stay integers (int64, for embedding lookups); the rest become float32.
+    inputs other than uint8 stay integers (int64, for embedding lookups); uint8 pixels, floats
+    and booleans become float32.
 
     Without a test split one is carved out (``test_fraction`` of all samples); with one, it is used
     as is and never mixed into training. ``input_range`` is the observed min and max of the inputs.

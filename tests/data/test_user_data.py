@@ -60,7 +60,7 @@ def test_npz_integer_token_ids_stay_int64_and_unscaled(tmp_path):
 
 
 @pytest.mark.parametrize(("stored", "loaded"), [
-    (np.uint8, torch.int64), (np.int64, torch.int64), (np.float64, torch.float32),
+    (np.uint8, torch.float32), (np.int16, torch.int64), (np.int64, torch.int64), (np.float64, torch.float32),
     (np.float16, torch.float32), (np.bool_, torch.float32)])
 def test_npz_input_dtype_follows_the_stored_kind(tmp_path, stored, loaded):
     x = (np.arange(40).reshape(10, 4) % 2).astype(stored)
