@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from nnzip.atomic import atomic_path
+from nnzip.core.outputs import prediction_rows
 from nnzip.data.splits import DataSplits
 from nnzip.distill.losses import DistillOptions, distillation_loss
 from nnzip.errors import NnzipError
@@ -92,9 +93,10 @@ class TrainResult:
 
 def cross_entropy(outputs: torch.Tensor, targets: torch.Tensor,
                   inputs: torch.Tensor) -> torch.Tensor:
-    """The default loss hook: plain cross-entropy on the task labels."""
+    """The default loss hook: plain cross-entropy on the task labels (every position of a
+    model that classifies positions, see :mod:`nnzip.core.outputs`)."""
     del inputs
-    return F.cross_entropy(outputs, targets)
+    return F.cross_entropy(*prediction_rows(outputs, targets))
 
 
 def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -131,10 +133,10 @@ def validate(model: nn.Module, loader: DataLoader) -> tuple[float, float]:
     try:
         for inputs, targets in loader:
             inputs, targets = inputs.to(device), targets.to(device)
-            outputs = model(inputs)
-            total_loss += F.cross_entropy(outputs, targets, reduction="sum").item()
-            correct += (outputs.argmax(dim=1) == targets).sum().item()
-            count += len(targets)
+            logits, labels = prediction_rows(model(inputs), targets)
+            total_loss += F.cross_entropy(logits, labels, reduction="sum").item()
+            correct += (logits.argmax(dim=1) == labels).sum().item()
+            count += len(labels)
     finally:
         model.train(was_training)
     if count == 0:

@@ -68,8 +68,8 @@ def _inputs(x: np.ndarray, key: str, path: Path, layout: str | None) -> np.ndarr
     """Inputs with exactly the shape they have; only ``layout='NHW'`` adds a channel axis.
 
     Integer arrays (token ids) become int64, the index type of ``nn.Embedding``, except uint8
-    (pixels), which becomes float32 with floats and booleans. Nothing is rescaled; only floats are checked for NaN and infinity
-    (integers cannot hold them).
+    (pixels), which becomes float32 with floats and booleans. Nothing is rescaled; only floats
+    are checked for NaN and infinity (integers cannot hold them).
     """
     if np.issubdtype(x.dtype, np.complexfloating) or not (
             np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.bool_)):

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from nnzip.core.outputs import prediction_rows
 from nnzip.errors import NnzipError
 
 Targets = Literal["soft", "hard"]
@@ -59,7 +60,9 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
         raise NnzipError(f"temperature must be positive, got {temperature}: try 4")
     if not 0.0 <= alpha <= 1.0:
         raise NnzipError(f"alpha weighs the teacher term and must be in [0, 1], got {alpha}")
-    teacher_logits = teacher_logits.detach()
+    # Every position of a model that classifies positions (a language model) is a prediction.
+    student_logits, labels = prediction_rows(student_logits, labels)
+    teacher_logits = prediction_rows(teacher_logits.detach())[0]
     if targets == "hard":
         teacher_term = F.cross_entropy(student_logits, teacher_logits.argmax(dim=1))
     else:

@@ -7,6 +7,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from nnzip.core.modes import eval_mode
+from nnzip.core.outputs import predicted_labels, prediction_rows
 
 
 def predict_logits(model: nn.Module, loader: DataLoader) -> torch.Tensor:
@@ -19,7 +20,9 @@ def predict_logits(model: nn.Module, loader: DataLoader) -> torch.Tensor:
 
 
 def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
-    """Fraction in [0, 1] of samples whose highest logit is the true class."""
+    """Fraction in [0, 1] of predictions whose highest logit is the true class (every position
+    of a model that classifies positions counts)."""
+    logits, y = prediction_rows(logits, y)
     if len(y) == 0:
         return 0.0
     return int((logits.argmax(dim=1) == y).sum()) / len(y)
@@ -30,6 +33,7 @@ def top_k_accuracy(logits: torch.Tensor, y: torch.Tensor, k: int = 5) -> float:
 
     With fewer than ``k`` classes every class is in the top k, so the result is 1.0.
     """
+    logits, y = prediction_rows(logits, y)
     if len(y) == 0:
         return 0.0
     k = min(k, logits.shape[1])
@@ -38,7 +42,7 @@ def top_k_accuracy(logits: torch.Tensor, y: torch.Tensor, k: int = 5) -> float:
 
 
 def _labels(pred: torch.Tensor) -> torch.Tensor:
-    return pred.argmax(dim=1) if pred.dim() == 2 else pred
+    return predicted_labels(pred) if pred.is_floating_point() else pred.reshape(-1)
 
 
 def agreement(pred_a: torch.Tensor, pred_b: torch.Tensor) -> float:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nnzip.core.modes import eval_mode
+from nnzip.core.outputs import predicted_labels, prediction_rows
 from nnzip.errors import NnzipError
 
 
@@ -61,14 +62,14 @@ def gaussian_noise_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
             for xb, yb in _batches(x, y, batch_size):
                 noise = torch.randn(xb.shape, generator=generator) * sigma
                 noisy = (xb + noise).clamp(lo, hi)
-                correct += int((model(noisy).argmax(dim=1) == yb).sum())
-            result[_key(sigma)] = correct / max(len(y), 1)
+                correct += int((predicted_labels(model(noisy)) == yb.reshape(-1)).sum())
+            result[_key(sigma)] = correct / max(y.numel(), 1)
     return result
 
 
 def _input_gradient_sign(model: nn.Module, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
     x_grad = xb.detach().clone().requires_grad_(True)
-    loss = F.cross_entropy(model(x_grad), yb)
+    loss = F.cross_entropy(*prediction_rows(model(x_grad), yb))
     # autograd.grad with inputs=[x] returns the input gradient only: parameters' .grad stay as
     # they were and their requires_grad flags are never touched.
     (grad,) = torch.autograd.grad(loss, [x_grad])
@@ -92,5 +93,6 @@ def fgsm_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
             with torch.no_grad():
                 for eps in epsilons:
                     adversarial = (xb + eps * sign).clamp(lo, hi)
-                    correct[_key(eps)] += int((model(adversarial).argmax(dim=1) == yb).sum())
-    return {key: count / max(len(y), 1) for key, count in correct.items()}
+                    predicted = predicted_labels(model(adversarial))
+                    correct[_key(eps)] += int((predicted == yb.reshape(-1)).sum())
+    return {key: count / max(y.numel(), 1) for key, count in correct.items()}

@@ -86,3 +86,29 @@ def test_coverage_accounts_for_every_parameter_once():
     record = coverage.to_dict()["params"]
     assert record["embed.weight"]["aliases"] == ["decoder.weight"]
     assert record["rnn.bias_ih_l0"]["note"].startswith("1-D")
+
+
+def test_prediction_rows_flatten_positions_with_classes_last_or_second():
+    from nnzip.core.outputs import prediction_rows
+
+    lm = torch.randn(2, 5, 7)  # (N, L, vocab), labels (N, L)
+    rows, labels = prediction_rows(lm, torch.zeros(2, 5, dtype=torch.long))
+    assert rows.shape == (10, 7) and labels.shape == (10,)
+    assert torch.equal(rows[6], lm[1, 1])
+    segmentation = torch.randn(2, 3, 4, 4)  # (N, C, H, W), labels (N, H, W)
+    rows, labels = prediction_rows(segmentation, torch.zeros(2, 4, 4, dtype=torch.long))
+    assert rows.shape == (32, 3) and torch.equal(rows[0], segmentation[0, :, 0, 0])
+    flat = torch.randn(4, 10)
+    assert prediction_rows(flat)[0] is flat
+
+
+def test_accuracy_and_agreement_count_every_position_of_a_language_model():
+    from nnzip.evaluate.accuracy import accuracy, agreement
+
+    logits = torch.zeros(2, 3, 4)
+    logits[..., 1] = 1.0
+    labels = torch.tensor([[1, 1, 0], [1, 2, 1]])
+    assert accuracy(logits, labels) == 4 / 6
+    other = logits.clone()
+    other[0, 0, 3] = 5.0
+    assert agreement(logits, other) == 5 / 6

@@ -60,8 +60,8 @@ def test_npz_integer_token_ids_stay_int64_and_unscaled(tmp_path):
 
 
 @pytest.mark.parametrize(("stored", "loaded"), [
-    (np.uint8, torch.float32), (np.int16, torch.int64), (np.int64, torch.int64), (np.float64, torch.float32),
-    (np.float16, torch.float32), (np.bool_, torch.float32)])
+    (np.uint8, torch.float32), (np.int16, torch.int64), (np.int64, torch.int64),
+    (np.float64, torch.float32), (np.float16, torch.float32), (np.bool_, torch.float32)])
 def test_npz_input_dtype_follows_the_stored_kind(tmp_path, stored, loaded):
     x = (np.arange(40).reshape(10, 4) % 2).astype(stored)
     data = load_npz(_npz(tmp_path, x=x, y=_classes(10)), val_fraction=0.2, test_fraction=0.2)

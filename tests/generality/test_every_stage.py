@@ -1,0 +1,66 @@
+"""Every recipe stage on every example family, through the one call shape ``nnzip.apply``.
+
+Each pair ends in a working model (outputs of the same shape, finite) whose coverage accounts for
+every parameter, or in an NnzipError that names what it could not handle: never an exception from
+inside torch, never a silent no-op reported as done.
+"""
+
+import copy
+
+import pytest
+import torch
+from generality_helpers import FAMILIES, example, example_splits
+
+from nnzip import NnzipError, apply
+from nnzip.core import unique_parameters
+
+#: Each stage with options small enough for a test (one short epoch where it trains).
+STAGE_OPTIONS = {
+    "finetune": {"epochs": 1, "batch_size": 8},
+    "prune": {"sparsity": 0.5, "finetune_epochs": 0},
+    "prune_channels": {"finetune_epochs": 0, "calibration_batches": 1},
+    "sensitivity": {"sparsities": [0.5]},
+    "fold_batchnorm": {},
+    "quantize": {"calibration_batches": 2},
+    "qat": {"finetune_epochs": 1, "batch_size": 8, "calibration_batches": 2},
+    "mixed_precision": {"average_bits": 6, "calibration_batches": 2},
+    "distill": {"finetune_epochs": 1, "batch_size": 8},
+    "svd": {"finetune_epochs": 0, "energy": 0.9},
+    "tucker": {"finetune_epochs": 0},
+    "cluster": {"finetune_epochs": 0, "bits": 4},
+    "product_quantize": {"finetune_epochs": 0},
+    "encode": {},
+}
+
+#: Stages that exist for Hugging Face encoders only, and say so on other models.
+HF_ONLY = ("prune_heads", "drop_layers")
+
+
+def test_every_stage_is_in_the_suite():
+    from nnzip.recipe import STAGES
+
+    assert set(STAGES) == set(STAGE_OPTIONS) | set(HF_ONLY)
+
+
+@pytest.mark.parametrize("stage", list(STAGE_OPTIONS))
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_stage_works_or_names_what_it_cannot_handle(stage, family):
+    model, inputs = example(family)
+    data = example_splits(family)
+    with torch.no_grad():
+        reference = model(inputs)
+    params = sum(p.numel() for p in unique_parameters(model).values())
+    try:
+        result = apply(copy.deepcopy(model), stage, data, **STAGE_OPTIONS[stage])
+    except NnzipError as error:
+        assert str(error), "an NnzipError says what went wrong"
+        pytest.skip(f"{stage} on {family}: {error}")  # listed in the run's summary
+    with torch.no_grad():
+        output = result.model(inputs)
+    assert output.shape == reference.shape
+    assert torch.isfinite(output).all()
+    assert not result.model.training
+    coverage = result.coverage
+    assert 0.0 <= coverage.changed_fraction <= 1.0
+    if stage not in ("sensitivity", "encode", "fold_batchnorm"):
+        assert coverage.total_params >= params * 0.5, "coverage lists the model's parameters"
