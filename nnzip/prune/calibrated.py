@@ -389,6 +389,14 @@ def _prune_matrix(matrix: torch.Tensor, hessian: torch.Tensor, method: Method,
                                   damping=damping)
 
 
+def _require_some(sources: dict, skipped: dict[str, str], method: str) -> None:
+    if not sources:
+        reasons = "; ".join(f"{name}: {reason}" for name, reason in skipped.items())
+        raise NnzipError(f"{method} has nothing left to prune in the selected weights "
+                         f"({reasons}): prune these by magnitude (criterion 'magnitude') or "
+                         "select other layers")
+
+
 def calibrated_prune(model: nn.Module, batches: Iterable, method: Method = "wanda",
                      sparsity: float | None = None, *, n: int | None = None,
                      m: int | None = None, layers: Sequence[str] | None = None,
@@ -430,17 +438,14 @@ def calibrated_prune_with_skips(model: nn.Module, batches: Iterable, method: Met
             sources[weight.name] = (weight, _source(model, weight))
         else:
             skipped[weight.name] = reason
+    _require_some(sources, skipped, method)
     calls = _calls_per_batch(model, [source.module for _, source in sources.values()],
                              batches[0])
     for name, (_, source) in list(sources.items()):
         if calls[id(source.module)] == 0:
             skipped[name] = "the forward pass on the calibration batches never uses it"
             del sources[name]
-    if not sources:
-        reasons = "; ".join(f"{name}: {reason}" for name, reason in skipped.items())
-        raise NnzipError(f"{method} has nothing left to prune in the selected weights "
-                         f"({reasons}): prune these by magnitude (criterion 'magnitude') or "
-                         "select other layers")
+    _require_some(sources, skipped, method)
     masks: Masks = {}
     for name, (weight, source) in sources.items():
         hessians = _block_hessians(model, source, batches, calls[id(source.module)])

@@ -17,6 +17,7 @@ weight's shape holding non-negative importances: the lowest-scoring weights are 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Literal
 
@@ -143,7 +144,10 @@ def fisher_diagonal(model: nn.Module, batches: Iterable[Batch], names: Sequence[
     trainable = {name: param.detach() for name, param in params.items()}
     totals = {name: torch.zeros_like(param) for name, param in params.items()}
     count = 0
-    with eval_mode(model):
+    with eval_mode(model), warnings.catch_warnings():
+        # vmap has no batching rule for the fused LSTM/GRU and CPU attention kernels and falls
+        # back to a loop, correctly; its "performance drop" warning is noise for a user.
+        warnings.filterwarnings("ignore", message="There is a performance drop")
         for inputs, targets in batches:
             for start in range(0, len(targets), _FISHER_CHUNK):
                 x = inputs[start:start + _FISHER_CHUNK].to(device)
