@@ -28,7 +28,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from torch import nn
 
-from nnzip.core import Coverage, MethodResult
+from nnzip.core import Coverage, LayerSelection, MethodResult
 from nnzip.data.splits import DataSplits, calibration_batches
 from nnzip.errors import NnzipError
 from nnzip.prune.calibrated import METHODS as CALIBRATED
@@ -70,7 +70,7 @@ def _check_grid(values: list[float]) -> list[float]:
     return values
 
 
-class Prune(FinetunedStage):
+class Prune(FinetunedStage, LayerSelection):
     """Zero the least important weights (unstructured, or N of every M), then fine-tune.
 
     ``sparsity`` is the fraction of the selected weights to remove (unstructured; N:M removes
@@ -79,8 +79,10 @@ class Prune(FinetunedStage):
     val-accuracy drop per layer). ``schedule``: ``oneshot`` (prune, then ``finetune_epochs``),
     ``iterative`` (``steps`` rounds of prune + ``finetune_epochs`` each) or ``gradual`` (Zhu &
     Gupta's cubic ramp over ``ramp_fraction`` of ``finetune_epochs`` in ``steps`` mask updates,
-    then recovery). ``finetune_epochs`` defaults to the pipeline's budget. N:M skips layers whose
-    input length is not a multiple of M and lists them in the report details.
+    then recovery). ``finetune_epochs`` defaults to the pipeline's budget. Every weight is a
+    candidate (attention, RNN gates, embeddings, functional parameters; tied tensors once); N:M
+    and the calibrated criteria skip the weights they cannot handle, and the report details get
+    the ``coverage`` (per parameter: what was done, or why not) and ``skipped_layers``.
 
     ``criterion: wanda`` or ``sparsegpt`` (:mod:`nnzip.prune.calibrated`) prune one-shot from
     ``calibration_batches`` of training inputs, to ``sparsity`` within every output row of each
@@ -101,8 +103,6 @@ class Prune(FinetunedStage):
     steps: int = Field(5, ge=1, description="iterative rounds, or gradual mask updates")
     spacing: Literal["geometric", "linear"] = "geometric"
     ramp_fraction: float = Field(0.5, gt=0, le=1)
-    layers: list[str] | None = None
-    exclude: list[str] = Field(default_factory=list)
     calibration_batches: int = Field(8, ge=1)
     tolerance: float = Field(0.01, ge=0, le=1)
     sensitivity_sparsities: list[float] = Field(
@@ -213,7 +213,7 @@ def _run(model: nn.Module, config: Prune, context: Context, *, calibration: Sequ
     model.eval()
     pruned = [name for name in names if name in masks]
     summary = sparsity_summary(model, pruned or names)
-    if config.pattern == "n:m":
+    if skipped or config.pattern == "n:m":
         details["skipped_layers"] = list(skipped)
     details.update({
         "criterion": config.criterion, "pattern": config.pattern_name,
@@ -299,7 +299,7 @@ def layer_sizes(model: nn.Module) -> dict[str, int]:
     return {weight.name: weight.numel for weight in prunable_weights(model)}
 
 
-class Sensitivity(Stage):
+class Sensitivity(Stage, LayerSelection):
     """Analysis only: validation accuracy with each layer pruned alone, drawn in the report.
 
     The model is returned unchanged. ``sparsities`` is the grid each layer is tried at;
@@ -312,8 +312,6 @@ class Sensitivity(Stage):
     sparsities: list[float] = Field(default_factory=lambda: list(DEFAULT_SENSITIVITY_SPARSITIES))
     criterion: Literal["magnitude", "l1", "l2", "random", "taylor", "hessian"] = "magnitude"
     hessian: Literal["fisher", "hutchinson"] = "fisher"
-    layers: list[str] | None = None
-    exclude: list[str] = Field(default_factory=list)
     calibration_batches: int = Field(8, ge=1)
     target: float | None = None
     tolerance: float = Field(0.01, ge=0, le=1)
