@@ -1,10 +1,14 @@
 """Pruning: importance criteria, masks, unstructured and N:M pruning, schedules, sensitivity.
 
 *What* to remove (:mod:`~nnzip.prune.importance`) is kept apart from *how* (masks and surgery).
-Everything is a plain function first; the recipe stage ``prune`` wraps them.
+Everything is a plain function first; the recipe stage ``prune`` wraps them, and :func:`prune`
+runs that stage's config object on a model and returns a ``MethodResult`` (model, coverage,
+details). Unstructured and N:M pruning cover every weight ``nnzip.core.find_weights`` finds
+(attention, RNN gates, embeddings, functional parameters); a tied tensor is pruned once.
 
 ```python
-from nnzip.prune import magnitude_prune, fold_masks, layer_sparsity, prune_channels
+from nnzip.prune import Prune, prune, magnitude_prune, fold_masks, prune_channels
+result = prune(model, Prune(sparsity=0.5))   # in place; result.coverage says what was pruned
 masks = magnitude_prune(model, 0.9)          # in place; masks keyed by "fc1.weight"
 fold_masks(model, masks)                     # a plain model with exact zeros
 smaller = prune_channels(model, 0.5, example_inputs)   # a copy with half the channels removed
@@ -16,6 +20,9 @@ prune_heads_and_neurons(encoder, batches, 0.3, 0.3)    # a BERT-style encoder, i
 from nnzip.data.splits import calibration_batches
 from nnzip.prune.calibrated import (
     calibrated_prune,
+    calibrated_prune_with_skips,
+    calibrated_skip_reason,
+    conv_input_rows,
     sparsegpt_prune,
     sparsegpt_prune_weight,
     wanda_mask,
@@ -30,6 +37,7 @@ from nnzip.prune.importance import (
     importance_scores,
     magnitude_scores,
     random_scores,
+    task_loss,
     taylor_scores,
 )
 from nnzip.prune.masks import (
@@ -43,9 +51,15 @@ from nnzip.prune.masks import (
     masks_from_model,
     nm_incompatible,
     nm_masks,
+    nm_skip_reason,
+    nm_skipped,
     prunable_names,
+    prunable_weights,
+    pruning_coverage,
     select_parameters,
+    select_weights,
     sparsity_summary,
+    weight_lookup,
 )
 from nnzip.prune.schedules import (
     cubic_sparsity,
@@ -61,7 +75,7 @@ from nnzip.prune.sensitivity import (
     preferred_sparsity,
     weighted_sparsity,
 )
-from nnzip.prune.stages import Prune, Sensitivity, layer_sizes
+from nnzip.prune.stages import Prune, Sensitivity, layer_sizes, prune
 from nnzip.prune.structured import PruneChannels, prunable_layers, prune_channels
 from nnzip.prune.transformer import (
     DropLayers,
@@ -80,6 +94,7 @@ from nnzip.prune.unstructured import (
     magnitude_prune,
     masks_from_scores,
     nm_prune,
+    nm_prune_with_skips,
     prune_unstructured,
 )
 
@@ -97,4 +112,7 @@ __all__ = [
     "wanda_mask", "wanda_prune", "DropLayers", "PruneHeads", "drop_layers", "encoder_layers",
     "encoder_linear_weights",
     "encoder_shape", "prune_heads", "prune_heads_and_neurons", "prune_neurons", "unit_importance",
+    "prune", "pruning_coverage", "nm_skip_reason", "nm_skipped", "nm_prune_with_skips",
+    "calibrated_prune_with_skips", "calibrated_skip_reason", "conv_input_rows", "task_loss",
+    "prunable_weights", "select_weights", "weight_lookup",
 ]

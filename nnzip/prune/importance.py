@@ -17,6 +17,7 @@ weight's shape holding non-negative importances: the lowest-scoring weights are 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Literal
 
@@ -26,8 +27,10 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from nnzip.core.modes import eval_mode
+from nnzip.core.outputs import prediction_rows
 from nnzip.data.splits import Batch
 from nnzip.errors import NnzipError
+from nnzip.prune.masks import weight_lookup
 
 Scores = dict[str, torch.Tensor]
 Criterion = Literal["magnitude", "l1", "l2", "random", "taylor", "hessian"]
@@ -42,11 +45,12 @@ _FISHER_CHUNK = 32
 
 
 def _parameters(model: nn.Module, names: Sequence[str]) -> dict[str, nn.Parameter]:
-    params = dict(model.named_parameters())
+    """The tensors of ``names`` (a tied weight's alias finds the one shared tensor)."""
+    params = weight_lookup(model)
     missing = [name for name in names if name not in params]
     if missing:
         raise NnzipError(f"no parameter named {missing[0]!r} in the model: valid names are "
-                         f"{', '.join(params)}")
+                         f"{', '.join(dict(model.named_parameters()))}")
     return {name: params[name] for name in names}
 
 
@@ -65,8 +69,26 @@ def random_scores(model: nn.Module, names: Sequence[str], seed: int = 0) -> Scor
             for name, param in _parameters(model, names).items()}
 
 
-def _default_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(outputs, targets)
+def task_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of every prediction, the default loss of every gradient criterion.
+
+    A classifier gives (N, classes) with labels (N,); a language model gives (N, L, vocab) with
+    labels (N, L): every position is one prediction (:func:`nnzip.core.outputs.prediction_rows`;
+    ``F.cross_entropy`` alone would read the L axis as classes). Anything else is an error naming
+    the shapes, never a traceback from inside torch.
+    """
+    if not isinstance(outputs, torch.Tensor):
+        raise NnzipError(f"the gradient criteria need the model to return a tensor of logits, "
+                         f"got {type(outputs).__name__}: wrap the model so that it does, or use "
+                         "criterion 'magnitude'")
+    logits, labels = prediction_rows(outputs, targets)
+    if outputs.dim() < 2 or targets.is_floating_point() or labels.shape != logits.shape[:1]:
+        raise NnzipError(f"the gradient criteria use cross-entropy over the output's classes, "
+                         f"which needs integer labels of shape {tuple(outputs.shape[:-1])}; got "
+                         f"outputs {tuple(outputs.shape)} and labels {tuple(targets.shape)} "
+                         f"({targets.dtype}): label every prediction, or use criterion "
+                         "'magnitude'")
+    return F.cross_entropy(logits, labels)
 
 
 def _require_batches(batches: Sequence[Batch], what: str) -> None:
@@ -85,7 +107,7 @@ def taylor_scores(model: nn.Module, batches: Iterable[Batch], names: Sequence[st
     """
     batches = list(batches)
     _require_batches(batches, "the Taylor criterion")
-    loss_fn = loss_fn or _default_loss
+    loss_fn = loss_fn or task_loss
     params = _parameters(model, names)
     device = next(iter(params.values())).device
     totals = {name: torch.zeros_like(param) for name, param in params.items()}
@@ -116,13 +138,16 @@ def fisher_diagonal(model: nn.Module, batches: Iterable[Batch], names: Sequence[
     def sample_loss(trainable: dict[str, torch.Tensor], x: torch.Tensor,
                     y: torch.Tensor) -> torch.Tensor:
         outputs = functional_call(model, {**frozen, **trainable}, (x.unsqueeze(0),))
-        return F.cross_entropy(outputs, y.unsqueeze(0))
+        return task_loss(outputs, y.unsqueeze(0))
 
     per_sample_grad = vmap(grad(sample_loss), in_dims=(None, 0, 0))
     trainable = {name: param.detach() for name, param in params.items()}
     totals = {name: torch.zeros_like(param) for name, param in params.items()}
     count = 0
-    with eval_mode(model):
+    with eval_mode(model), warnings.catch_warnings():
+        # vmap has no batching rule for the fused LSTM/GRU and CPU attention kernels and falls
+        # back to a loop, correctly; its "performance drop" warning is noise for a user.
+        warnings.filterwarnings("ignore", message="There is a performance drop")
         for inputs, targets in batches:
             for start in range(0, len(targets), _FISHER_CHUNK):
                 x = inputs[start:start + _FISHER_CHUNK].to(device)
@@ -153,7 +178,7 @@ def hutchinson_diagonal(model: nn.Module, batches: Iterable[Batch], names: Seque
     totals = {name: torch.zeros_like(param) for name, param in params.items()}
     with eval_mode(model):
         for inputs, targets in batches:
-            loss = F.cross_entropy(model(inputs.to(device)), targets.to(device))
+            loss = task_loss(model(inputs.to(device)), targets.to(device))
             grads = torch.autograd.grad(loss, tensors, create_graph=True)
             for _ in range(probes):
                 probe = [(torch.randint(0, 2, t.shape, generator=generator) * 2 - 1)

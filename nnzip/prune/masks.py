@@ -1,10 +1,16 @@
-"""Masks: which weights survive, as a plain ``dict[str, BoolTensor]`` keyed by parameter name.
+"""Masks: which weights survive, as a plain ``dict[str, BoolTensor]`` keyed by weight name.
 
 A mask is ``True`` where the weight is kept. Masks are computed from importance scores (see
 :mod:`nnzip.prune.importance`), written into the weights by :func:`apply_masks`, kept through
 fine-tuning by :func:`mask_hook` (the training loop's step hook) and folded away by
 :func:`fold_masks`, which leaves a plain model whose pruned weights are exact zeros: no
 ``weight_orig`` / ``weight_mask`` re-parametrization (``torch.nn.utils.prune``) survives.
+
+The weights pruning may change are every weight :func:`nnzip.core.find_weights` finds: Linear and
+convolution weights (grouped, depthwise, 1-D/3-D, transposed), embeddings, attention projections,
+LSTM/GRU gate matrices and bare parameters used through ``F.linear``/``F.conv2d``. A tied tensor
+is one weight, keyed by its first name; its other names (``decoder.weight`` tied to
+``embed.weight``) are accepted wherever a name is, and resolve to it.
 """
 
 from __future__ import annotations
@@ -17,55 +23,85 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
+from nnzip.core import Coverage, Weight, build_coverage, find_weights, matches, select_names
+from nnzip.core.weights import CONV_TRANSPOSE, EMBEDDING
 from nnzip.errors import NnzipError
 
 log = logging.getLogger(__name__)
 
 Masks = dict[str, torch.Tensor]
 
-#: Layers whose ``weight`` is pruned by default: dense and (non-transposed) convolutions.
+#: Module types whose ``weight`` the .nnz layer table lists (nnzip.codec). Pruning itself no
+#: longer selects by module type: it covers every weight :func:`nnzip.core.find_weights` finds.
 PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
-def _weight_layers(model: nn.Module) -> dict[str, nn.Module]:
-    return {name: module for name, module in model.named_modules()
-            if isinstance(module, PRUNABLE_TYPES)
-            and isinstance(getattr(module, "weight", None), nn.Parameter)}
+def prunable_weights(model: nn.Module) -> list[Weight]:
+    """Every weight pruning may change, in model order, tied tensors once."""
+    return find_weights(model)
 
 
 def prunable_names(model: nn.Module) -> list[str]:
-    """Parameter names (``"fc1.weight"``) of every Linear / Conv weight, in model order."""
-    return [f"{name}.weight" for name in _weight_layers(model)]
+    """Names (``"fc1.weight"``) of every weight pruning may change, tied tensors once."""
+    return [weight.name for weight in find_weights(model)]
 
 
-def _resolve(model: nn.Module, names: Sequence[str], option: str) -> list[str]:
-    valid = prunable_names(model)
-    resolved = []
-    for name in names:
-        # A layer may be named by its module ("fc1") or by its weight ("fc1.weight").
-        candidate = name if name in valid else f"{name}.weight"
-        if candidate not in valid:
-            layers = ", ".join(v.removesuffix(".weight") for v in valid)
-            raise NnzipError(f"unknown layer {name!r} in {option}: the prunable layers of this "
-                             f"model are {layers}")
-        resolved.append(candidate)
-    return resolved
+def weight_lookup(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Every name a weight answers to (its own, a tied alias, a raw parameter name) → tensor."""
+    lookup = dict(model.named_parameters(remove_duplicate=False))
+    for weight in find_weights(model):
+        for name in (weight.name, *weight.aliases):
+            lookup[name] = weight.param
+    return lookup
+
+
+def canonical_names(model: nn.Module) -> dict[str, str]:
+    """Every name and alias of each weight → the name it is keyed by (its first name)."""
+    return {name: weight.name for weight in find_weights(model)
+            for name in (weight.name, *weight.aliases)}
+
+
+def canonical(model: nn.Module, names: Sequence[str]) -> list[str]:
+    """``names`` with aliases of tied weights replaced by the weight's own name, once each."""
+    mapping = canonical_names(model)
+    return list(dict.fromkeys(mapping.get(name, name) for name in names))
+
+
+def select_weights(model: nn.Module, layers: Sequence[str] | None = None,
+                   exclude: Sequence[str] = ()) -> list[Weight]:
+    """The weights ``layers`` selects (default: all) and ``exclude`` does not, tied ones once.
+
+    Patterns follow :func:`nnzip.core.select_names` (names, module prefixes, globs) and may use
+    any name of a tied tensor: excluding ``decoder`` excludes the embedding it is tied to.
+    """
+    weights = find_weights(model)
+    names_of = {weight.name: (weight.name, *weight.aliases) for weight in weights}
+    every_name = [name for names in names_of.values() for name in names]
+    known = set(every_name)
+    others = [name for name, _ in model.named_parameters(remove_duplicate=False)
+              if name not in known]
+    select_names(every_name, layers, exclude, others=others)  # unknown patterns: clear errors
+
+    def named(weight: Weight, patterns: Sequence[str]) -> bool:
+        return any(matches(name, pattern) for name in names_of[weight.name]
+                   for pattern in patterns)
+
+    selected = [weight for weight in weights
+                if (layers is None or named(weight, layers)) and not named(weight, exclude)]
+    if not selected:
+        raise NnzipError("no weights left to prune: 'exclude' removes every weight 'layers' "
+                         "selects (a tied weight is excluded by any of its names); keep at "
+                         "least one")
+    return selected
 
 
 def select_parameters(model: nn.Module, layers: Sequence[str] | None = None,
                       exclude: Sequence[str] = ()) -> list[str]:
-    """The weight names to prune: ``layers`` (default: all Linear/Conv weights) minus ``exclude``.
+    """Names of the weights to prune: ``layers`` (default: every weight) minus ``exclude``.
 
-    Layers may be named ``"fc1"`` or ``"fc1.weight"``; an unknown name is an error that lists the
-    valid ones.
+    See :func:`select_weights`; an unknown name is an error with a did-you-mean.
     """
-    chosen = _resolve(model, layers, "layers") if layers is not None else prunable_names(model)
-    dropped = set(_resolve(model, exclude, "exclude"))
-    selected = [name for name in chosen if name not in dropped]
-    if not selected:
-        raise NnzipError("no layer is left to prune: name at least one Linear/Conv layer in "
-                         "'layers' that is not in 'exclude'")
-    return selected
+    return [weight.name for weight in select_weights(model, layers, exclude)]
 
 
 def check_sparsity(sparsity: float, what: str = "sparsity") -> float:
@@ -141,21 +177,57 @@ def nm_masks(scores: Mapping[str, torch.Tensor], n: int, m: int) -> Masks:
     return masks
 
 
+def nm_skip_reason(model: nn.Module, weight: Weight, m: int) -> str | None:
+    """Why ``weight`` cannot be pruned N:M with groups of ``m``, or ``None`` when it can.
+
+    N:M is a pattern for sparse matrix-multiply kernels (sparse tensor cores): groups run along
+    the reduction (input) dimension of each output row. An embedding table is looked up row by
+    row, never multiplied, so the pattern buys nothing there, unless the table is tied to an
+    output layer that multiplies by it (a language model's decoder), whose input dimension is the
+    table's rows. A transposed convolution stores its weight (in, out/groups, ...): its reduction
+    dimension is the first, so groups along a row would not be what a kernel can skip.
+    """
+    if weight.kind == EMBEDDING:
+        multipliers = [name for name, _ in weight.owners
+                       if isinstance(model.get_submodule(name), nn.Linear)]
+        if not multipliers:
+            return ("embedding table: rows are looked up, not multiplied, so N:M sparse kernels "
+                    "cannot speed it up; prune it unstructured instead")
+    if weight.kind == CONV_TRANSPOSE:
+        return ("transposed convolution: its weight is stored (in, out/groups, ...), so N:M "
+                "groups along a row do not run along the dimension a sparse kernel reduces over")
+    if weight.input_length % m:
+        return f"{weight.input_length} inputs per output, not a multiple of M={m}"
+    return None
+
+
+def nm_skipped(model: nn.Module, names: Sequence[str], m: int) -> dict[str, str]:
+    """The weights among ``names`` N:M (groups of ``m``) cannot prune, each with the reason."""
+    wanted = set(canonical(model, names))
+    reasons = {weight.name: nm_skip_reason(model, weight, m) for weight in find_weights(model)
+               if weight.name in wanted}
+    return {name: reason for name, reason in reasons.items() if reason is not None}
+
+
 def nm_incompatible(model: nn.Module, names: Sequence[str], m: int) -> list[str]:
-    """The names among ``names`` whose input length is not a multiple of ``m``."""
-    params = dict(model.named_parameters())
-    return [name for name in names if nm_group_size(params[name].shape) % m]
+    """The names among ``names`` N:M with groups of ``m`` skips (see :func:`nm_skip_reason`)."""
+    return list(nm_skipped(model, names, m))
+
+
+def _parameter(lookup: Mapping[str, nn.Parameter], name: str) -> nn.Parameter:
+    if name not in lookup:
+        raise NnzipError(f"mask for {name!r} matches no parameter of the model: compute "
+                         "masks on this model")
+    return lookup[name]
 
 
 @torch.no_grad()
 def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
-    """Zero, in place, every weight whose mask is ``False``."""
-    params = dict(model.named_parameters())
+    """Zero, in place, every weight whose mask is ``False`` (names may be tied aliases)."""
+    lookup = weight_lookup(model)
     for name, mask in masks.items():
-        if name not in params:
-            raise NnzipError(f"mask for {name!r} matches no parameter of the model: compute "
-                             "masks on this model")
-        params[name].mul_(mask.to(device=params[name].device, dtype=params[name].dtype))
+        param = _parameter(lookup, name)
+        param.mul_(mask.to(device=param.device, dtype=param.dtype))
 
 
 def mask_hook(masks: Mapping[str, torch.Tensor]) -> Callable[[nn.Module, int], None]:
@@ -163,17 +235,25 @@ def mask_hook(masks: Mapping[str, torch.Tensor]) -> Callable[[nn.Module, int], N
 
     The optimizer (momentum, Adam's moments) would otherwise bring pruned weights back.
     """
+    resolved: list = []  # [(model, [(parameter, mask), ...])], looked up once per model
+
+    @torch.no_grad()
     def keep_masks(model: nn.Module, step: int) -> None:
         del step
-        apply_masks(model, masks)
+        if not resolved or resolved[0][0] is not model:
+            lookup = weight_lookup(model)
+            pairs = [(_parameter(lookup, name), mask) for name, mask in masks.items()]
+            resolved[:] = [(model, pairs)]
+        for param, mask in resolved[0][1]:
+            param.mul_(mask.to(device=param.device, dtype=param.dtype))
 
     return keep_masks
 
 
 def masks_from_model(model: nn.Module, names: Sequence[str]) -> Masks:
     """Masks that keep exactly the weights of ``names`` that are not zero now."""
-    params = dict(model.named_parameters())
-    return {name: params[name].detach() != 0 for name in names}
+    lookup = weight_lookup(model)
+    return {name: _parameter(lookup, name).detach() != 0 for name in canonical(model, names)}
 
 
 def fold_masks(model: nn.Module, masks: Mapping[str, torch.Tensor] | None = None) -> nn.Module:
@@ -191,27 +271,49 @@ def fold_masks(model: nn.Module, masks: Mapping[str, torch.Tensor] | None = None
     return model
 
 
+def _zero_fraction(param: torch.Tensor) -> float:
+    return float((param == 0).sum()) / param.numel()
+
+
 def layer_sparsity(model: nn.Module, names: Sequence[str] | None = None) -> dict[str, float]:
-    """Fraction of exact zeros in each weight (default: every Linear/Conv weight)."""
-    params = dict(model.named_parameters())
-    names = prunable_names(model) if names is None else names
-    return {name: float((params[name] == 0).sum()) / params[name].numel() for name in names}
+    """Fraction of exact zeros in each weight (default: every weight, tied tensors once)."""
+    lookup = weight_lookup(model)
+    names = prunable_names(model) if names is None else canonical(model, names)
+    return {name: _zero_fraction(_parameter(lookup, name).detach()) for name in names}
 
 
 def sparsity_summary(model: nn.Module, names: Sequence[str] | None = None) -> dict[str, float]:
-    """Zeros over the pruned weights, over all Linear/Conv weights and over all parameters."""
-    params = dict(model.named_parameters())
+    """Zeros over the pruned weights, over all weights and over all parameters (each tensor
+    counted once, however many names it has)."""
+    lookup = weight_lookup(model)
     weights = prunable_names(model)
-    names = weights if names is None else list(names)
+    names = weights if names is None else canonical(model, names)
+    params = dict(model.named_parameters())  # each tensor once
 
-    def zero_fraction(selected: Sequence[str]) -> float:
-        total = sum(params[name].numel() for name in selected)
-        zeros = sum(int((params[name] == 0).sum()) for name in selected)
+    def zero_fraction(tensors: Sequence[torch.Tensor]) -> float:
+        total = sum(tensor.numel() for tensor in tensors)
+        zeros = sum(int((tensor == 0).sum()) for tensor in tensors)
         return zeros / total if total else 0.0
 
-    return {"achieved_sparsity": zero_fraction(names),
-            "weight_sparsity": zero_fraction(weights),
-            "param_sparsity": zero_fraction(list(params)),
-            "pruned_weights": sum(params[name].numel() for name in names),
-            "weights": sum(params[name].numel() for name in weights),
+    pruned = [_parameter(lookup, name).detach() for name in names]
+    every_weight = [lookup[name].detach() for name in weights]
+    return {"achieved_sparsity": zero_fraction(pruned),
+            "weight_sparsity": zero_fraction(every_weight),
+            "param_sparsity": zero_fraction([p.detach() for p in params.values()]),
+            "pruned_weights": sum(tensor.numel() for tensor in pruned),
+            "weights": sum(tensor.numel() for tensor in every_weight),
             "params": sum(p.numel() for p in params.values())}
+
+
+def pruning_coverage(model: nn.Module, masks: Mapping[str, torch.Tensor],
+                     skipped: Mapping[str, str] | None = None, *, criterion: str = "magnitude",
+                     pattern: str = "unstructured", method: str = "prune") -> Coverage:
+    """The coverage of a pruning run: every weight with a mask is "pruned to xx.x % zeros
+    (criterion, pattern)", every weight in ``skipped`` carries its reason, and every other
+    parameter says why pruning did not touch it (not selected, a bias, ...)."""
+    lookup = weight_lookup(model)
+    changed = {}
+    for name in canonical(model, list(masks)):
+        zeros = _zero_fraction(_parameter(lookup, name).detach())
+        changed[name] = f"pruned to {100 * zeros:.1f} % zeros ({criterion}, {pattern})"
+    return build_coverage(model, method, changed, skipped or {})

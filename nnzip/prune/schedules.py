@@ -34,7 +34,7 @@ Spacing = Literal["geometric", "linear"]
 
 
 def magnitude_pruner(model: nn.Module, sparsity: float, keep: Masks | None) -> Masks:
-    """The default pruner: global magnitude over every Linear/Conv weight."""
+    """The default pruner: global magnitude over every weight (tied tensors once)."""
     return prune_unstructured(model, sparsity, keep=keep)
 
 

@@ -20,7 +20,7 @@ from nnzip.data.splits import Batch, DataSplits
 from nnzip.errors import NnzipError
 from nnzip.evaluate.accuracy import accuracy, predict_logits
 from nnzip.prune.importance import Criterion, HessianMethod, Scores
-from nnzip.prune.masks import check_sparsity, global_masks, select_parameters
+from nnzip.prune.masks import check_sparsity, global_masks, select_parameters, weight_lookup
 from nnzip.prune.unstructured import compute_scores
 
 #: Sparsities each layer is tried at; 0.0 is the dense baseline every drop is measured from.
@@ -51,7 +51,7 @@ def layer_sensitivity(model: nn.Module, data: DataSplits,
     if scores is None:
         scores = compute_scores(model, names, criterion, data=data, batches=batches,
                                 hessian=hessian, seed=seed)
-    params = dict(model.named_parameters())
+    params = weight_lookup(model)
     dense = split_accuracy(model, data, split)
     curves: Curves = {}
     for name in names:

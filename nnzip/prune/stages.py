@@ -1,7 +1,9 @@
-"""Recipe stage ``prune``: unstructured or N:M pruning with a schedule and a masked fine-tune.
+"""Recipe stage ``prune`` and the one call shape :func:`prune`: unstructured or N:M pruning
+with a schedule and a masked fine-tune, returning the model, its coverage and the details.
 
 A thin wrapper over the plain functions of :mod:`nnzip.prune` (STYLE.md): options are validated
 when the recipe is read; layer names, which need the model, are checked before any work starts.
+The config object *is* the recipe stage, so the same object works from Python:
 
 ```yaml
 stages:
@@ -9,24 +11,34 @@ stages:
   - prune: {pattern: "n:m", n: 2, m: 4, finetune_epochs: 2}
   - prune: {sparsity: 0.5, criterion: sparsegpt, finetune_epochs: 0}   # or wanda
 ```
+
+```python
+result = prune(model, Prune(sparsity=0.5, criterion="wanda"), calibration=batches)
+result.coverage.to_dict()   # per parameter: "pruned to 50.0 % zeros (wanda, unstructured)"
+```
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from functools import partial
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 from torch import nn
 
-from nnzip.data.splits import calibration_batches
+from nnzip.core import Coverage, LayerSelection, MethodResult
+from nnzip.data.splits import DataSplits, calibration_batches
+from nnzip.errors import NnzipError
 from nnzip.prune.calibrated import METHODS as CALIBRATED
-from nnzip.prune.calibrated import calibrated_prune
+from nnzip.prune.calibrated import calibrated_prune_with_skips
 from nnzip.prune.masks import (
     Masks,
     fold_masks,
     layer_sparsity,
-    nm_incompatible,
+    prunable_weights,
+    pruning_coverage,
     select_parameters,
     sparsity_summary,
 )
@@ -37,9 +49,11 @@ from nnzip.prune.sensitivity import (
     allocate_sparsity,
     layer_sensitivity,
 )
-from nnzip.prune.unstructured import nm_prune, prune_unstructured
+from nnzip.prune.unstructured import nm_prune_with_skips, prune_unstructured
 from nnzip.stage import Context, Stage
 from nnzip.train import FinetunedStage, TrainConfig
+
+log = logging.getLogger(__name__)
 
 
 def _check_fraction(value: float, what: str) -> float:
@@ -56,7 +70,7 @@ def _check_grid(values: list[float]) -> list[float]:
     return values
 
 
-class Prune(FinetunedStage):
+class Prune(FinetunedStage, LayerSelection):
     """Zero the least important weights (unstructured, or N of every M), then fine-tune.
 
     ``sparsity`` is the fraction of the selected weights to remove (unstructured; N:M removes
@@ -65,8 +79,10 @@ class Prune(FinetunedStage):
     val-accuracy drop per layer). ``schedule``: ``oneshot`` (prune, then ``finetune_epochs``),
     ``iterative`` (``steps`` rounds of prune + ``finetune_epochs`` each) or ``gradual`` (Zhu &
     Gupta's cubic ramp over ``ramp_fraction`` of ``finetune_epochs`` in ``steps`` mask updates,
-    then recovery). ``finetune_epochs`` defaults to the pipeline's budget. N:M skips layers whose
-    input length is not a multiple of M and lists them in the report details.
+    then recovery). ``finetune_epochs`` defaults to the pipeline's budget. Every weight is a
+    candidate (attention, RNN gates, embeddings, functional parameters; tied tensors once); N:M
+    and the calibrated criteria skip the weights they cannot handle, and the report details get
+    the ``coverage`` (per parameter: what was done, or why not) and ``skipped_layers``.
 
     ``criterion: wanda`` or ``sparsegpt`` (:mod:`nnzip.prune.calibrated`) prune one-shot from
     ``calibration_batches`` of training inputs, to ``sparsity`` within every output row of each
@@ -87,8 +103,6 @@ class Prune(FinetunedStage):
     steps: int = Field(5, ge=1, description="iterative rounds, or gradual mask updates")
     spacing: Literal["geometric", "linear"] = "geometric"
     ramp_fraction: float = Field(0.5, gt=0, le=1)
-    layers: list[str] | None = None
-    exclude: list[str] = Field(default_factory=list)
     calibration_batches: int = Field(8, ge=1)
     tolerance: float = Field(0.01, ge=0, le=1)
     sensitivity_sparsities: list[float] = Field(
@@ -127,97 +141,165 @@ class Prune(FinetunedStage):
         return self
 
     def apply(self, model: nn.Module, context: Context) -> nn.Module:
-        names = select_parameters(model, self.layers, self.exclude)  # fail before any work
-        config = self.finetune_config(context)
-        if self.criterion in CALIBRATED:
-            masks = self._prune_calibrated(model, context, names, config)
-        elif self.pattern == "n:m":
-            masks = self._prune_nm(model, context, names, config)
-        else:
-            masks = self._prune_unstructured(model, context, names, config)
-        fold_masks(model, masks)
-        summary = sparsity_summary(model, names)
-        context.record("criterion", self.criterion)
-        context.record("pattern", self.pattern if self.pattern != "n:m" else f"{self.n}:{self.m}")
-        context.record("schedule", self.schedule)
-        context.record("target_sparsity", self._target())
-        context.record("achieved_sparsity", summary["achieved_sparsity"])
-        context.record("weight_sparsity", summary["weight_sparsity"])
-        context.record("param_sparsity", summary["param_sparsity"])
-        context.record("layer_sparsity", layer_sparsity(model))
-        context.record("layer_params", layer_sizes(model))
-        context.record("finetune_epochs", config.epochs)
-        return model
+        select_parameters(model, self.layers, self.exclude)  # fail before any work
+        result = _run(model, self, context, calibration=None,
+                      finetune=self.finetune_config(context))
+        for key, value in result.details.items():
+            context.record(key, value)
+        context.record("coverage", result.coverage.to_dict())
+        result.coverage.log_skipped(context.logger)
+        return result.model
 
-    def _target(self) -> float:
+    def target(self) -> float:
+        """The fraction of the covered weights this stage removes (N:M: 1 − N/M)."""
         return 1.0 - self.n / self.m if self.pattern == "n:m" else float(self.sparsity)
 
-    def _batches(self, context: Context):
-        if self.criterion not in ("taylor", "hessian"):
-            return None
-        return calibration_batches(context.data, self.calibration_batches, seed=context.seed)
+    @property
+    def pattern_name(self) -> str:
+        return f"{self.n}:{self.m}" if self.pattern == "n:m" else "unstructured"
 
-    def _prune_calibrated(self, model: nn.Module, context: Context, names: list[str],
-                          config: TrainConfig) -> Masks:
-        nm = self.pattern == "n:m"
-        if nm:
-            context.record("skipped_layers", nm_incompatible(model, names, self.m))
-        batches = calibration_batches(context.data, self.calibration_batches, seed=context.seed)
-        masks = calibrated_prune(model, batches, self.criterion,
-                                 None if nm else self.sparsity, n=self.n if nm else None,
-                                 m=self.m if nm else None, layers=names)
-        finetune_masked(model, context.data, masks, config, progress=context.progress)
-        return masks
 
-    def _prune_nm(self, model: nn.Module, context: Context, names: list[str],
-                  config: TrainConfig) -> Masks:
-        context.record("skipped_layers", nm_incompatible(model, names, self.m))
-        masks = nm_prune(model, self.n, self.m, criterion=self.criterion, layers=names,
-                         batches=self._batches(context), hessian=self.hessian, seed=context.seed)
-        finetune_masked(model, context.data, masks, config, progress=context.progress)
-        return masks
+def prune(model: nn.Module, config: Prune, calibration: Sequence | None = None, *,
+          data: DataSplits | None = None, seed: int = 0, progress: bool = False
+          ) -> MethodResult:
+    """Prune ``model`` in place as ``config`` (the ``prune`` recipe stage) says; the model comes
+    back in eval mode inside a :class:`~nnzip.core.MethodResult` with its coverage (every weight:
+    "pruned to xx.x % zeros (criterion, pattern)" or why it was skipped) and the details a
+    recipe's report shows.
 
-    def _prune_unstructured(self, model: nn.Module, context: Context, names: list[str],
-                            config: TrainConfig) -> Masks:
-        prune = partial(prune_unstructured, criterion=self.criterion, data=context.data,
-                        layers=names, hessian=self.hessian,
-                        calibration_batch_count=self.calibration_batches, seed=context.seed)
-        if self.scope == "sensitivity":
-            curves = layer_sensitivity(model, context.data, self.sensitivity_sparsities,
-                                       criterion=self.criterion, layers=names,
-                                       batches=self._batches(context), hessian=self.hessian,
-                                       seed=context.seed)
-            context.record("sensitivity", _json_curves(curves))
-            sizes = {name: param.numel() for name, param in model.named_parameters()}
+    ``calibration``: batches for the criteria that need data (taylor and hessian: (inputs,
+    labels) pairs; wanda and sparsegpt: inputs, pairs or keyword mappings); drawn from ``data``
+    (``config.calibration_batches`` of them) when not given. ``data`` is also what a fine-tune
+    (``finetune_epochs`` > 0; outside a pipeline ``None`` means 0), a gradual schedule or
+    ``scope: sensitivity`` need.
+    """
+    if not isinstance(config, Prune):
+        raise NnzipError(f"prune() takes a Prune config (the recipe stage), got "
+                         f"{type(config).__name__}: e.g. Prune(sparsity=0.5)")
+    epochs = config.finetune_epochs or 0
+    needs_data = {"a fine-tune (finetune_epochs > 0)": epochs > 0,
+                  f"schedule {config.schedule!r}": config.schedule == "gradual",
+                  "scope 'sensitivity'": config.scope == "sensitivity"}
+    for what, needed in needs_data.items():
+        if needed and data is None:
+            raise NnzipError(f"{what} needs data: pass data= (a DataSplits) to prune()")
+    select_parameters(model, config.layers, config.exclude)  # fail before any work
+    context = Context(data=data, finetune_epochs=0, seed=seed, progress=progress)
+    finetune = config.finetune_config(context) if epochs else None
+    result = _run(model, config, context, calibration=calibration, finetune=finetune)
+    result.coverage.log_skipped(log)
+    return result
 
-            def pruner(net: nn.Module, sparsity: float, keep: Masks | None) -> Masks:
-                split = allocate_sparsity(curves, sizes, sparsity, self.tolerance)
-                return prune(net, split, scope="layer", keep=keep)
 
-            allocation = allocate_sparsity(curves, sizes, self._target(), self.tolerance)
-            context.record("allocated_sparsity", allocation)
-        else:
-            def pruner(net: nn.Module, sparsity: float, keep: Masks | None) -> Masks:
-                return prune(net, sparsity, scope=self.scope, keep=keep)
+def _run(model: nn.Module, config: Prune, context: Context, *, calibration: Sequence | None,
+         finetune: TrainConfig | None) -> MethodResult:
+    """Prune, fine-tune, fold the masks; the details and coverage of the run."""
+    names = select_parameters(model, config.layers, config.exclude)
+    details: dict = {}
+    skipped: dict[str, str] = {}
+    if config.criterion in CALIBRATED:
+        masks, skipped = _prune_calibrated(model, config, context, names, calibration)
+        finetune_masked(model, context.data, masks, finetune, progress=context.progress)
+    elif config.pattern == "n:m":
+        masks, skipped = nm_prune_with_skips(
+            model, config.n, config.m, criterion=config.criterion, layers=names,
+            batches=_gradient_batches(config, context, calibration), hessian=config.hessian,
+            seed=context.seed)
+        finetune_masked(model, context.data, masks, finetune, progress=context.progress)
+    else:
+        masks = _prune_unstructured(model, config, context, names, finetune, calibration,
+                                    details)
+    fold_masks(model, masks)
+    model.eval()
+    pruned = [name for name in names if name in masks]
+    summary = sparsity_summary(model, pruned or names)
+    if skipped or config.pattern == "n:m":
+        details["skipped_layers"] = list(skipped)
+    details.update({
+        "criterion": config.criterion, "pattern": config.pattern_name,
+        "schedule": config.schedule, "target_sparsity": config.target(),
+        "achieved_sparsity": summary["achieved_sparsity"],
+        "weight_sparsity": summary["weight_sparsity"],
+        "param_sparsity": summary["param_sparsity"],
+        "layer_sparsity": layer_sparsity(model), "layer_params": layer_sizes(model),
+        "finetune_epochs": finetune.epochs if finetune is not None else 0})
+    coverage: Coverage = pruning_coverage(model, masks, skipped, criterion=config.criterion,
+                                          pattern=config.pattern_name)
+    return MethodResult(model=model, coverage=coverage, details=details)
 
-        if self.schedule == "iterative":
-            return iterative_prune(model, context.data, self._target(), config, steps=self.steps,
-                                   spacing=self.spacing, pruner=pruner, progress=context.progress)
-        if self.schedule == "gradual":
-            return gradual_prune(model, context.data, self._target(), config, pruner=pruner,
-                                 updates=self.steps, ramp_fraction=self.ramp_fraction,
-                                 progress=context.progress)
-        return oneshot_prune(model, context.data, self._target(), config, pruner=pruner,
+
+def _gradient_batches(config: Prune, context: Context, calibration: Sequence | None):
+    """Calibration batches for taylor / hessian (None for the criteria that need none)."""
+    if config.criterion not in ("taylor", "hessian"):
+        return None
+    if calibration is not None:
+        return list(calibration)
+    if context.data is None:
+        raise NnzipError(f"criterion {config.criterion!r} needs calibration data: pass "
+                         "calibration= ((inputs, labels) batches) or data=, or use criterion "
+                         "'magnitude'")
+    return calibration_batches(context.data, config.calibration_batches, seed=context.seed)
+
+
+def _prune_calibrated(model: nn.Module, config: Prune, context: Context, names: list[str],
+                      calibration: Sequence | None) -> tuple[Masks, dict[str, str]]:
+    nm = config.pattern == "n:m"
+    if calibration is None:
+        if context.data is None:
+            raise NnzipError(f"criterion {config.criterion!r} needs calibration inputs: pass "
+                             "calibration= (batches of inputs) or data=")
+        calibration = calibration_batches(context.data, config.calibration_batches,
+                                          seed=context.seed)
+    return calibrated_prune_with_skips(model, calibration, config.criterion,
+                                       None if nm else config.sparsity,
+                                       n=config.n if nm else None, m=config.m if nm else None,
+                                       layers=names)
+
+
+def _prune_unstructured(model: nn.Module, config: Prune, context: Context, names: list[str],
+                        finetune: TrainConfig | None, calibration: Sequence | None,
+                        details: dict) -> Masks:
+    batches = _gradient_batches(config, context, calibration)
+    prune_to = partial(prune_unstructured, criterion=config.criterion, batches=batches,
+                       layers=names, hessian=config.hessian, seed=context.seed)
+    if config.scope == "sensitivity":
+        curves = layer_sensitivity(model, context.data, config.sensitivity_sparsities,
+                                   criterion=config.criterion, layers=names, batches=batches,
+                                   hessian=config.hessian, seed=context.seed)
+        details["sensitivity"] = _json_curves(curves)
+        sizes = layer_sizes(model)
+
+        def pruner(net: nn.Module, sparsity: float, keep: Masks | None) -> Masks:
+            split = allocate_sparsity(curves, sizes, sparsity, config.tolerance)
+            return prune_to(net, split, scope="layer", keep=keep)
+
+        details["allocated_sparsity"] = allocate_sparsity(curves, sizes, config.target(),
+                                                          config.tolerance)
+    else:
+        def pruner(net: nn.Module, sparsity: float, keep: Masks | None) -> Masks:
+            return prune_to(net, sparsity, scope=config.scope, keep=keep)
+
+    if config.schedule == "iterative":
+        return iterative_prune(model, context.data, config.target(), finetune,
+                               steps=config.steps, spacing=config.spacing, pruner=pruner,
+                               progress=context.progress)
+    if config.schedule == "gradual":
+        if finetune is None:
+            raise NnzipError("schedule 'gradual' prunes during training: set finetune_epochs "
+                             "to at least 1 and pass data=")
+        return gradual_prune(model, context.data, config.target(), finetune, pruner=pruner,
+                             updates=config.steps, ramp_fraction=config.ramp_fraction,
                              progress=context.progress)
+    return oneshot_prune(model, context.data, config.target(), finetune, pruner=pruner,
+                         progress=context.progress)
 
 
 def layer_sizes(model: nn.Module) -> dict[str, int]:
-    """Element count of every prunable weight (the rows of the report's sparsity table)."""
-    params = dict(model.named_parameters())
-    return {name: params[name].numel() for name in layer_sparsity(model)}
+    """Element count of every weight (the rows of the report's sparsity table), tied once."""
+    return {weight.name: weight.numel for weight in prunable_weights(model)}
 
 
-class Sensitivity(Stage):
+class Sensitivity(Stage, LayerSelection):
     """Analysis only: validation accuracy with each layer pruned alone, drawn in the report.
 
     The model is returned unchanged. ``sparsities`` is the grid each layer is tried at;
@@ -230,8 +312,6 @@ class Sensitivity(Stage):
     sparsities: list[float] = Field(default_factory=lambda: list(DEFAULT_SENSITIVITY_SPARSITIES))
     criterion: Literal["magnitude", "l1", "l2", "random", "taylor", "hessian"] = "magnitude"
     hessian: Literal["fisher", "hutchinson"] = "fisher"
-    layers: list[str] | None = None
-    exclude: list[str] = Field(default_factory=list)
     calibration_batches: int = Field(8, ge=1)
     target: float | None = None
     tolerance: float = Field(0.01, ge=0, le=1)
@@ -254,7 +334,7 @@ class Sensitivity(Stage):
         context.record("criterion", self.criterion)
         context.record("sensitivity", _json_curves(curves))
         if self.target is not None:
-            sizes = {name: p.numel() for name, p in model.named_parameters()}
+            sizes = layer_sizes(model)
             context.record("target", self.target)
             context.record("allocated_sparsity",
                            allocate_sparsity(curves, sizes, self.target, self.tolerance))

@@ -6,6 +6,13 @@ semi-structured pruning (Mishra et al. 2021) keeps N of every M consecutive inpu
 pattern sparse tensor cores execute. Both compute masks from scores, write the zeros into the
 model in place and return the masks, so a fine-tune can keep them with
 :func:`nnzip.prune.masks.mask_hook`.
+
+Both cover every weight :func:`nnzip.core.find_weights` finds (attention projections, RNN gates,
+embeddings and functional parameters included), a tied tensor once: unstructured pruning at
+sparsity ``s`` zeroes exactly ``round(s · N)`` of the ``N`` selected weights, as
+``torch.nn.utils.prune.global_unstructured`` does over the same tensors. N:M skips the weights it
+has no meaning for (see :func:`nnzip.prune.masks.nm_skip_reason`); :func:`nnzip.prune.prune`
+reports them in its coverage.
 """
 
 from __future__ import annotations
@@ -28,10 +35,11 @@ from nnzip.prune.importance import (
 from nnzip.prune.masks import (
     Masks,
     apply_masks,
+    canonical,
     global_masks,
     layer_masks,
-    nm_incompatible,
     nm_masks,
+    nm_skipped,
     select_parameters,
 )
 
@@ -45,6 +53,7 @@ def compute_scores(model: nn.Module, names: Sequence[str], criterion: Criterion 
                    calibration_batch_count: int = 8, hessian: HessianMethod = "fisher",
                    seed: int = 0) -> Scores:
     """Importance of ``names``; calibration batches are drawn from ``data`` when needed."""
+    names = canonical(model, names)
     if criterion in DATA_CRITERIA and batches is None:
         if data is None:
             raise NnzipError(f"criterion {criterion!r} needs data for its gradients: pass data= "
@@ -88,11 +97,14 @@ def prune_unstructured(model: nn.Module, sparsity: float | Mapping[str, float], 
     """
     names = select_parameters(model, layers, exclude)
     if isinstance(sparsity, Mapping):
+        sparsity = dict(zip(canonical(model, list(sparsity)), sparsity.values(), strict=True))
         unknown = [name for name in sparsity if name not in names]
         if unknown:
             raise NnzipError(f"sparsity given for {unknown[0]!r}, which is not among the pruned "
                              f"weights {', '.join(names)}")
         names = [name for name in names if name in sparsity]
+    if keep:  # earlier masks may name a tied weight by an alias
+        keep = dict(zip(canonical(model, list(keep)), keep.values(), strict=True))
     scores = compute_scores(model, names, criterion, data=data, batches=batches,
                             calibration_batch_count=calibration_batch_count, hessian=hessian,
                             seed=seed)
@@ -115,24 +127,42 @@ def nm_prune(model: nn.Module, n: int = 2, m: int = 4, *, criterion: Criterion =
              seed: int = 0) -> Masks:
     """N:M pruning in place: keep the ``n`` most important of every ``m`` consecutive inputs.
 
-    Layers whose input length (in_features, or in_channels·kh·kw) is not a multiple of ``m`` are
-    skipped with a warning and left dense (they have no mask in the result; see
-    :func:`nnzip.prune.masks.nm_incompatible`). LeNet-5's first conv (1·5·5 = 25 inputs) is one.
+    Weights N:M has no meaning for are skipped with a warning and left dense (they have no mask
+    in the result): an input length (in_features, or in_channels/groups·kh·kw) that is not a
+    multiple of ``m`` (LeNet-5's first conv, 1·5·5 = 25 inputs; a depthwise 3×3, 9), an
+    embedding table that is only looked up, a transposed convolution (see
+    :func:`nnzip.prune.masks.nm_skip_reason`). :func:`nnzip.prune.prune` lists them in its
+    coverage.
     """
+    masks, skipped = nm_prune_with_skips(model, n, m, criterion=criterion, data=data,
+                                         batches=batches, layers=layers, exclude=exclude,
+                                         hessian=hessian,
+                                         calibration_batch_count=calibration_batch_count,
+                                         seed=seed)
+    for name, reason in skipped.items():
+        log.warning("N:M %d:%d skips %s: %s", n, m, name, reason)
+    return masks
+
+
+def nm_prune_with_skips(model: nn.Module, n: int = 2, m: int = 4, *,
+                        criterion: Criterion = "magnitude", data: DataSplits | None = None,
+                        batches: Sequence[Batch] | None = None,
+                        layers: Sequence[str] | None = None, exclude: Sequence[str] = (),
+                        hessian: HessianMethod = "fisher", calibration_batch_count: int = 8,
+                        seed: int = 0) -> tuple[Masks, dict[str, str]]:
+    """:func:`nm_prune`, also returning the skipped weights with their reasons (not logged)."""
     if not 1 <= n <= m:
         raise NnzipError(f"N:M sparsity needs 1 <= N <= M, got N={n}, M={m}: e.g. n: 2, m: 4")
     names = select_parameters(model, layers, exclude)
-    skipped = nm_incompatible(model, names, m)
-    if skipped:
-        log.warning("N:M %d:%d skips %s: input length not a multiple of %d", n, m,
-                    ", ".join(skipped), m)
+    skipped = nm_skipped(model, names, m)
     names = [name for name in names if name not in skipped]
     if not names:
-        raise NnzipError(f"no selected layer has an input length divisible by M={m}: pick "
-                         "another M or other layers")
+        reasons = "; ".join(f"{name}: {reason}" for name, reason in skipped.items())
+        raise NnzipError(f"N:M {n}:{m} has nothing left to prune ({reasons}): pick another M "
+                         "or other layers, or prune unstructured")
     scores = compute_scores(model, names, criterion, data=data, batches=batches,
                             calibration_batch_count=calibration_batch_count, hessian=hessian,
                             seed=seed)
     masks = nm_masks(scores, n, m)
     apply_masks(model, masks)
-    return masks
+    return masks, skipped

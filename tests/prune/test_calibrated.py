@@ -10,7 +10,15 @@ from torch import nn
 from nnzip.data import calibration_batches
 from nnzip.errors import NnzipError
 from nnzip.prune import Prune, calibrated_prune, layer_sparsity, sparsegpt_prune, wanda_prune
-from nnzip.prune.calibrated import input_hessian, row_masks, sparsegpt_prune_weight, wanda_mask
+from nnzip.prune.calibrated import (
+    _pre_projection,
+    calibrated_prune_with_skips,
+    conv_input_rows,
+    input_hessian,
+    row_masks,
+    sparsegpt_prune_weight,
+    wanda_mask,
+)
 from nnzip.quant.gptq import layer_input_rows
 from nnzip.recipe import parse_recipe
 from nnzip.stage import Context
@@ -190,3 +198,77 @@ def test_prune_stage_rejects_schedules_and_scopes_calibrated_criteria_do_not_hav
     with pytest.raises(NnzipError, match="within each output row"):
         parse_recipe({"stages": [{"prune": {"sparsity": 0.5, "criterion": "sparsegpt",
                                             "scope": "layer"}}]})
+
+
+@pytest.mark.parametrize("conv, inputs", [
+    (nn.Conv1d(3, 5, 3, stride=2, padding=2, dilation=2), torch.randn(2, 3, 17)),
+    (nn.Conv2d(3, 5, (3, 2), padding="same", padding_mode="reflect"), torch.randn(2, 3, 9, 8)),
+    (nn.Conv3d(2, 4, 3, stride=(1, 2, 1), padding=1, dilation=(1, 1, 2)),
+     torch.randn(2, 2, 6, 7, 8)),
+])
+def test_conv_input_rows_times_the_weight_is_the_convolution_in_1_2_and_3_d(conv, inputs):
+    torch.manual_seed(0)
+    rows = conv_input_rows(conv, inputs)
+    product = rows @ conv.weight.detach().reshape(conv.out_channels, -1).T + conv.bias.detach()
+    expected = conv(inputs).detach().movedim(1, -1).reshape(-1, conv.out_channels)
+    torch.testing.assert_close(product, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_conv2d_rows_match_the_gptq_unfold():
+    conv, inputs = nn.Conv2d(3, 4, 3, padding=1, stride=2), torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(conv_input_rows(conv, inputs), layer_input_rows(conv, inputs))
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_out_proj_input_is_captured_although_attention_never_calls_out_proj(batch_first):
+    torch.manual_seed(0)
+    attention = nn.MultiheadAttention(16, 4, batch_first=batch_first).eval()
+    x = torch.randn(3, 5, 16)
+    with torch.no_grad():
+        output = attention(x, x, x, need_weights=False)[0]
+        before_projection = _pre_projection(attention, (x, x, x), {"need_weights": False})
+        projected = nn.functional.linear(before_projection, attention.out_proj.weight,
+                                         attention.out_proj.bias)
+    torch.testing.assert_close(projected, output)
+
+
+class _TwiceAndUnused(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.shared = nn.Linear(8, 8)
+        self.unused = nn.Linear(8, 8)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.shared(torch.relu(self.shared(x))))
+
+
+def test_a_layer_called_twice_sees_both_inputs_and_an_unused_one_is_skipped_by_name(caplog):
+    torch.manual_seed(0)
+    model, x = _TwiceAndUnused().eval(), torch.randn(6, 8)
+    with torch.no_grad():
+        second = torch.relu(model.shared(x))
+    expected = (x.T @ x + second.T @ second) / 12
+    torch.testing.assert_close(input_hessian(model, model.shared, [x]), expected)
+    with caplog.at_level("WARNING"):
+        masks = wanda_prune(model, [x], 0.5)
+    assert list(masks) == ["shared.weight", "head.weight"]
+    assert "unused.weight" in caplog.text and "never uses it" in caplog.text
+    assert int((model.unused.weight == 0).sum()) == 0
+
+
+def test_one_grouped_conv_is_skipped_with_its_reason_not_the_whole_model():
+    model = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.Conv2d(8, 8, 3, groups=8),
+                          nn.Flatten(), nn.LazyLinear(3))
+    x = torch.randn(4, 4, 6, 6)
+    model(x)
+    masks, skipped = calibrated_prune_with_skips(model, [x], "sparsegpt", 0.5)
+    assert list(masks) == ["0.weight", "3.weight"]
+    assert list(skipped) == ["1.weight"] and "groups=8" in skipped["1.weight"]
+
+
+def test_nothing_left_to_prune_is_an_error_naming_every_weight_and_why():
+    model = nn.Sequential(nn.Embedding(10, 8), nn.GRU(8, 8))
+    with pytest.raises(NnzipError, match=r"nothing left.*0.weight: embedding table.*"
+                                         r"1.weight_ih_l0: RNN gate matrix"):
+        wanda_prune(model, [torch.randint(0, 10, (2, 5))], 0.5)

@@ -108,10 +108,12 @@ def test_sparsity_outside_zero_to_one_is_a_clear_error(mlp, bad):
 
 
 def test_unknown_layer_name_is_an_error_naming_it_and_the_valid_layers(mlp):
-    with pytest.raises(NnzipError, match="unknown layer 'fc9'.*fc1, fc2, fc3"):
+    with pytest.raises(NnzipError, match="layers: 'fc9' matches no weights.*fc1, fc2, fc3"):
         select_parameters(mlp, layers=["fc1", "fc9"])
-    with pytest.raises(NnzipError, match="unknown layer 'conv1' in exclude"):
+    with pytest.raises(NnzipError, match="exclude: 'conv1' matches no weights"):
         select_parameters(mlp, exclude=["conv1"])
+    with pytest.raises(NnzipError, match="'fc1.bias' names parameters this method does not"):
+        select_parameters(mlp, layers=["fc1.bias"])
 
 
 def test_layers_and_exclude_select_weights_by_layer_or_weight_name(mlp):

@@ -5,10 +5,11 @@ import json
 import pytest
 from pydantic import ValidationError
 
+from nnzip.core.coverage import NOT_SELECTED
 from nnzip.errors import NnzipError
 from nnzip.evaluate import EvalConfig
 from nnzip.pipeline import compress
-from nnzip.prune import Prune, layer_sparsity
+from nnzip.prune import Prune, layer_sparsity, prune
 from nnzip.recipe import STAGES, load_recipe, parse_recipe
 from nnzip.stage import Context
 
@@ -49,7 +50,7 @@ def test_options_that_contradict_each_other_are_rejected():
 
 def test_unknown_layer_is_an_error_naming_it_before_the_model_changes(mlp, digits):
     before = mlp.fc1.weight.detach().clone()
-    with pytest.raises(NnzipError, match="unknown layer 'conv1'.*fc1, fc2, fc3"):
+    with pytest.raises(NnzipError, match="'conv1' matches no weights.*fc1, fc2, fc3"):
         Prune(sparsity=0.5, layers=["fc1", "conv1"]).apply(mlp, Context(data=digits,
                                                                          progress=False))
     assert (mlp.fc1.weight == before).all()
@@ -130,3 +131,27 @@ def test_built_in_pruning_recipes_are_valid(name):
     recipe = load_recipe(Path(__file__).parents[2] / "recipes" / f"{name}.yaml")
     stage = recipe.steps[0].stage
     assert isinstance(stage, Prune) and stage.sparsity >= 0.92
+
+
+def test_prune_function_takes_the_stage_config_and_returns_model_coverage_details(mlp):
+    mlp.train()
+    result = prune(mlp, Prune(sparsity=0.5, layers=["fc1", "fc2"]))
+    assert result.model is mlp and not mlp.training
+    assert result.coverage.changed == ["fc1.weight", "fc2.weight"]
+    assert result.coverage.to_dict()["params"]["fc3.weight"]["note"] == NOT_SELECTED
+    assert result.coverage.to_dict()["params"]["fc1.weight"]["note"].startswith("pruned to ")
+    fc12 = mlp.fc1.weight.numel() + mlp.fc2.weight.numel()
+    assert result.details["achieved_sparsity"] == round(0.5 * fc12) / fc12
+    assert result.details["layer_sparsity"]["fc3.weight"] == 0.0
+
+
+def test_prune_function_asks_for_the_data_a_fine_tune_or_a_gradient_criterion_needs(mlp):
+    with pytest.raises(NnzipError, match="fine-tune.*needs data"):
+        prune(mlp, Prune(sparsity=0.5, finetune_epochs=1))
+    with pytest.raises(NnzipError, match="'taylor' needs calibration data"):
+        prune(mlp, Prune(sparsity=0.5, criterion="taylor"))
+    with pytest.raises(NnzipError, match="'wanda' needs calibration inputs"):
+        prune(mlp, Prune(sparsity=0.5, criterion="wanda"))
+    with pytest.raises(NnzipError, match="takes a Prune config"):
+        prune(mlp, {"sparsity": 0.5})
+    assert int((mlp.fc1.weight == 0).sum()) == 0
