@@ -176,12 +176,14 @@ def test_ignored_layers_keep_their_output_channels():
     assert pruned.layer3[0].conv1.out_channels == 32  # the others are pruned
 
 
-@pytest.mark.parametrize("ratio", [1.0, -0.1])
-def test_a_ratio_outside_zero_to_one_is_a_clear_error(ratio):
-    with pytest.raises(NnzipError, match="ratio must be"):
-        prune_channels(_model("resnet8"), ratio, _example())
-    with pytest.raises(NnzipError, match="ratio must be"):
-        parse_recipe({"stages": [{"prune_channels": {"ratio": ratio}}]})
+@pytest.mark.parametrize("sparsity", [1.0, -0.1])
+def test_a_sparsity_outside_zero_to_one_is_a_clear_error(sparsity):
+    with pytest.raises(NnzipError, match="sparsity must be"):
+        prune_channels(_model("resnet8"), sparsity, _example())
+    with pytest.raises(NnzipError, match="sparsity must be"):
+        parse_recipe({"stages": [{"prune_channels": {"sparsity": sparsity}}]})
+    with pytest.raises(NnzipError, match="sparsity must be"):  # the old name, same check
+        parse_recipe({"stages": [{"prune_channels": {"ratio": sparsity}}]})
 
 
 def test_an_unknown_ignored_layer_is_named_with_the_valid_names():
