@@ -62,6 +62,22 @@ def _flat_tensors(name: str, value: object) -> dict[str, torch.Tensor]:
     return {}  # e.g. the dtype tag of dynamically quantized Linear: metadata, not weights
 
 
+def _narrow_codes(name: str, tensor: torch.Tensor) -> torch.Tensor:
+    """Weight-sharing codes (``*.parametrizations.<weight>.<i>.codes``) in the narrowest integer
+    type that holds them, as a file of them would: an index into 16 shared values is one byte,
+    not the eight of the int64 the model indexes with."""
+    if not (name.startswith("parametrizations.") or ".parametrizations." in name) \
+            or not name.endswith(".codes") \
+            or tensor.is_floating_point() or tensor.numel() == 0:
+        return tensor
+    low, high = int(tensor.min()), int(tensor.max())
+    for dtype in (torch.uint8, torch.int16, torch.int32):
+        info = torch.iinfo(dtype)
+        if info.min <= low and high <= info.max:
+            return tensor.to(dtype)
+    return tensor
+
+
 def _view_key(tensor: torch.Tensor) -> tuple:
     """Identifies a tensor *view*: two names with the same key hold one tensor (tied weights)."""
     return (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape),
@@ -88,7 +104,7 @@ def _savable(state_dict: dict[str, object]) -> tuple[dict[str, torch.Tensor], di
                     continue
                 first_name[view] = key
             storage = tensor.untyped_storage().data_ptr()
-            tensor = tensor.cpu().contiguous()
+            tensor = _narrow_codes(key, tensor.cpu().contiguous())
             if storage in seen_storage and tensor.numel() > 0:
                 tensor = tensor.clone()  # another view of a stored tensor: safetensors wants a copy
             seen_storage.add(storage)
