@@ -12,6 +12,7 @@ from nnzip.evaluate.size import (
     count_params,
     file_bytes,
     state_tensor_bytes,
+    tensor_bytes,
 )
 from nnzip.models.examples import example_model
 
@@ -77,3 +78,19 @@ def test_file_bytes_sums_a_folder_and_rejects_a_missing_path(tmp_path):
     assert file_bytes(tmp_path) == 15
     with pytest.raises(NnzipError, match="does not exist"):
         file_bytes(tmp_path / "missing.nnz")
+
+
+def test_tensor_bytes_is_the_artifact_without_its_header():
+    model, _ = example_model("lstm_lm")
+    assert tensor_bytes(model) == 4 * count_params(model)
+    assert 0 < artifact_bytes(model) - tensor_bytes(model) < 2048
+
+
+def test_weight_sharing_codes_are_weighed_in_the_narrowest_integer_type():
+    from nnzip.share import cluster_weights
+
+    model = nn.Sequential(nn.Linear(64, 64, bias=False))
+    before = tensor_bytes(model)
+    cluster_weights(model, 4)  # 64 x 64 codes of 4 bits: one byte each, as a file holds them
+    assert tensor_bytes(model) == 64 * 64 + 4 * 16
+    assert tensor_bytes(model) < before / 3

@@ -177,3 +177,35 @@ def test_the_old_ratio_name_still_works_and_says_the_new_one(caplog):
     with caplog.at_level("WARNING"):
         done = factorize_linears(model, ratio=0.3)
     assert done["fc1"]["rank"] == rank_for_ratio(64, 300, 0.3)
+
+
+@pytest.mark.parametrize("conv_type, shape", [(nn.Conv1d, (2, 6, 20)),
+                                              (nn.Conv3d, (2, 6, 5, 6, 7))])
+def test_tucker2_of_conv1d_and_conv3d_is_exact_at_full_rank_and_stays_that_type(conv_type,
+                                                                                shape):
+    torch.manual_seed(0)
+    conv = conv_type(6, 10, 3, stride=2, padding=1)
+    x = torch.randn(*shape)
+    factored = tucker2_conv(conv, (6, 10))
+    assert all(type(m) is conv_type for m in factored)
+    torch.testing.assert_close(factored(x), conv(x), rtol=0, atol=1e-5)
+    model = nn.Sequential(conv_type(8, 16, 3), nn.ReLU(), conv_type(16, 16, 3, groups=2))
+    done = factorize_convs(model, keep=0.4)
+    assert "ranks" in done["0"] and "grouped conv (groups=2)" in done["2"]["skipped"]
+
+
+def test_svd_leaves_tied_weights_and_attention_out_proj_with_reasons():
+    from nnzip.factorize import factorize_linears_result
+    from nnzip.models.examples import example_model
+
+    model, tokens = example_model("lstm_lm")
+    result = factorize_linears_result(model, rank=4)
+    assert model.decoder.weight is model.embed.weight and isinstance(model.decoder, nn.Linear)
+    assert "tied" in result.coverage.skipped["embed.weight"]
+    assert "fused kernel" in result.coverage.skipped["rnn.weight_ih_l0"]
+    vit, images = example_model("vit")
+    result = factorize_linears_result(vit, keep=0.5)
+    assert "reads blocks.0.attn.out_proj.weight directly" in \
+        result.coverage.skipped["blocks.0.attn.out_proj.weight"]
+    assert isinstance(vit.blocks[0].mlp[0], nn.Sequential)
+    assert vit(images).shape == (8, 10)
