@@ -7,6 +7,7 @@ counted, header included.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -19,7 +20,10 @@ from nnzip.errors import NnzipError
 
 
 def count_params(model: nn.Module) -> int:
-    """Number of scalar parameters (buffers such as BatchNorm running stats are not parameters)."""
+    """Number of scalar parameters (buffers such as BatchNorm running stats are not parameters).
+
+    A tied tensor is one parameter, counted once (``model.parameters()`` yields it once).
+    """
     return sum(p.numel() for p in model.parameters())
 
 
@@ -58,20 +62,54 @@ def _flat_tensors(name: str, value: object) -> dict[str, torch.Tensor]:
     return {}  # e.g. the dtype tag of dynamically quantized Linear: metadata, not weights
 
 
-def _savable(state_dict: dict[str, object]) -> dict[str, torch.Tensor]:
-    """Contiguous CPU tensors that share no memory, as ``safetensors`` requires."""
-    seen_storage: set[tuple[int, int]] = set()
+def _narrow_codes(name: str, tensor: torch.Tensor) -> torch.Tensor:
+    """Weight-sharing codes (``*.parametrizations.<weight>.<i>.codes``) in the narrowest integer
+    type that holds them, as a file of them would: an index into 16 shared values is one byte,
+    not the eight of the int64 the model indexes with."""
+    if not (name.startswith("parametrizations.") or ".parametrizations." in name) \
+            or not name.endswith(".codes") \
+            or tensor.is_floating_point() or tensor.numel() == 0:
+        return tensor
+    low, high = int(tensor.min()), int(tensor.max())
+    for dtype in (torch.uint8, torch.int16, torch.int32):
+        info = torch.iinfo(dtype)
+        if info.min <= low and high <= info.max:
+            return tensor.to(dtype)
+    return tensor
+
+
+def _view_key(tensor: torch.Tensor) -> tuple:
+    """Identifies a tensor *view*: two names with the same key hold one tensor (tied weights)."""
+    return (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape),
+            tensor.stride(), tensor.dtype)
+
+
+def _savable(state_dict: dict[str, object]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Contiguous CPU tensors that share no memory, as ``safetensors`` requires, and the aliases.
+
+    A tensor reachable under several names (an output layer tied to its embedding) is stored
+    once, under its first name; ``aliases`` maps each other name to it, so it is counted once,
+    as it is held once. Different views of one storage (rare) are stored as copies.
+    """
+    first_name: dict[tuple, str] = {}
+    seen_storage: set[int] = set()
     tensors: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
     for name, value in state_dict.items():
         for key, tensor in _flat_tensors(name, value).items():
-            tensor = tensor.cpu().contiguous()
-            storage = (tensor.untyped_storage().data_ptr(), tensor.untyped_storage().nbytes())
+            if tensor.numel() > 0:
+                view = _view_key(tensor)
+                if view in first_name:
+                    aliases[key] = first_name[view]
+                    continue
+                first_name[view] = key
+            storage = tensor.untyped_storage().data_ptr()
+            tensor = _narrow_codes(key, tensor.cpu().contiguous())
             if storage in seen_storage and tensor.numel() > 0:
-                # Tied weights: safetensors refuses aliases, so the copy is stored (and counted).
-                tensor = tensor.clone()
+                tensor = tensor.clone()  # another view of a stored tensor: safetensors wants a copy
             seen_storage.add(storage)
             tensors[key] = tensor
-    return tensors
+    return tensors, aliases
 
 
 def _raw_tensors(value: object) -> list[torch.Tensor]:
@@ -104,13 +142,26 @@ def state_tensor_bytes(model: nn.Module) -> int:
 def artifact_bytes(model: nn.Module) -> int:
     """Bytes of ``model.state_dict()`` written as a safetensors file (header included).
 
-    Tensors that share memory (tied weights) are cloned and therefore counted once per name.
+    A tied tensor (one tensor under several names) is written once and counted once; the file's
+    metadata maps its other names to it. Counting it per name would make untying a tied
+    embedding look like a saving while the model in fact grew.
     """
-    tensors = _savable(model.state_dict())
+    tensors, aliases = _savable(model.state_dict())
+    metadata = {"aliases": json.dumps(aliases)} if aliases else None
     with tempfile.TemporaryDirectory(prefix="nnzip-size-") as folder:
         path = Path(folder) / "model.safetensors"
-        save_file(tensors, str(path))
+        save_file(tensors, str(path), metadata=metadata)
         return path.stat().st_size
+
+
+def tensor_bytes(model: nn.Module) -> int:
+    """Bytes of the tensors :func:`artifact_bytes` writes, without the file's header.
+
+    The header (names, shapes, offsets) is a few hundred bytes: on a tiny model it can hide a
+    real change of the weights' size, which this figure shows.
+    """
+    tensors, _ = _savable(model.state_dict())
+    return sum(tensor.numel() * tensor.element_size() for tensor in tensors.values())
 
 
 def file_bytes(path: str | os.PathLike) -> int:

@@ -6,7 +6,8 @@ K ≈ core ×₀ U_out ×₁ U_in with core (r_out, r_in, k, k), which is three 
 ``1×1 (in → r_in) → k×k (r_in → r_out, the original stride/padding) → 1×1 (r_out → out)``.
 The decomposition is tensorly's ``partial_tucker`` (HOOI). Ranks come from a target parameter
 ratio or, as in Kim et al., from variational Bayesian matrix factorization (VBMF) of the two
-unfoldings. The replacement is a plain ``nn.Sequential`` of ``nn.Conv2d``.
+unfoldings. The replacement is a plain ``nn.Sequential`` of ``nn.Conv1d`` / ``nn.Conv2d`` /
+``nn.Conv3d`` (the same decomposition for any number of spatial dimensions).
 """
 
 from __future__ import annotations
@@ -20,9 +21,16 @@ from scipy.optimize import minimize_scalar
 from tensorly.decomposition import partial_tucker
 from torch import nn
 
+from nnzip.core.coverage import MethodResult
+from nnzip.core.weights import CONV
 from nnzip.errors import NnzipError
-from nnzip.factorize.svd import select_layers
-from nnzip.models.surgery import set_module
+from nnzip.factorize.svd import (
+    apply_plan,
+    module_skip_reason,
+    resolve_keep,
+    select_layers,
+    weights_by_name,
+)
 
 # --- VBMF ---------------------------------------------------------------------------------------
 # Empirical VBMF with the global analytic solution of Nakajima, Sugiyama, Babacan & Tomioka 2013
@@ -99,7 +107,7 @@ def ranks_for_ratio(in_channels: int, out_channels: int, kernel_area: int,
     Solves a(in² + out²) + a²·in·out·k² = ratio·in·out·k² for a, then rounds the ranks down.
     """
     if not 0.0 < ratio < 1.0:
-        raise NnzipError(f"ratio is the fraction of a conv's weights to keep, in (0, 1), got "
+        raise NnzipError(f"keep is the fraction of a conv's weights to keep, in (0, 1), got "
                          f"{ratio}: e.g. 0.4")
     quadratic = in_channels * out_channels * kernel_area
     linear = in_channels ** 2 + out_channels ** 2
@@ -128,70 +136,84 @@ def check_ranks(ranks: tuple[int, int], in_channels: int, out_channels: int,
     return r_in, r_out
 
 
+_CONVS = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+
+
 @torch.no_grad()
-def tucker2_conv(conv: nn.Conv2d, ranks: tuple[int, int], *, seed: int = 0) -> nn.Sequential:
+def tucker2_conv(conv: nn.Conv1d | nn.Conv2d | nn.Conv3d, ranks: tuple[int, int], *,
+                 seed: int = 0) -> nn.Sequential:
     """``conv`` as 1×1 → k×k → 1×1 convolutions with ``ranks = (r_in, r_out)``; exact at full rank.
+
+    Only the two channel modes are decomposed, so the same holds for Conv1d and Conv3d: the
+    core keeps the kernel's spatial modes whatever their number.
     """
     if conv.groups != 1:
         raise NnzipError(f"Tucker-2 needs an ordinary convolution, got groups={conv.groups}: "
                          "leave grouped and depthwise convs out (exclude)")
+    spatial = conv.weight.dim() - 2
+    conv_type = _CONVS[spatial]
     out_channels, in_channels = conv.weight.shape[:2]
     r_in, r_out = check_ranks(tuple(ranks), in_channels, out_channels)
     kernel = conv.weight.detach().cpu().double().numpy()
     (core, (u_out, u_in)), _ = partial_tucker(kernel, rank=[r_out, r_in], modes=[0, 1],
                                               init="svd", random_state=seed)
-    first = nn.Conv2d(in_channels, r_in, 1, bias=False)
-    middle = nn.Conv2d(r_in, r_out, conv.kernel_size, stride=conv.stride, padding=conv.padding,
+    point = (1,) * spatial
+    first = conv_type(in_channels, r_in, point, bias=False)
+    middle = conv_type(r_in, r_out, conv.kernel_size, stride=conv.stride, padding=conv.padding,
                        dilation=conv.dilation, bias=False, padding_mode=conv.padding_mode)
-    last = nn.Conv2d(r_out, out_channels, 1, bias=conv.bias is not None)
-    first.weight.copy_(torch.from_numpy(np.ascontiguousarray(u_in.T))[:, :, None, None])
+    last = conv_type(r_out, out_channels, point, bias=conv.bias is not None)
+    first.weight.copy_(torch.from_numpy(np.ascontiguousarray(u_in.T)).reshape(r_in, in_channels,
+                                                                             *point))
     middle.weight.copy_(torch.from_numpy(np.ascontiguousarray(core)))
-    last.weight.copy_(torch.from_numpy(np.ascontiguousarray(u_out))[:, :, None, None])
+    last.weight.copy_(torch.from_numpy(np.ascontiguousarray(u_out)).reshape(out_channels, r_out,
+                                                                           *point))
     if conv.bias is not None:
         last.bias.copy_(conv.bias)
     return nn.Sequential(first, middle, last).to(device=conv.weight.device,
                                                  dtype=conv.weight.dtype)
 
 
-def _skip_reason(conv: nn.Conv2d) -> str | None:
+def _skip_reason(conv: nn.modules.conv._ConvNd) -> str | None:
     if conv.groups != 1:
-        return f"grouped conv (groups={conv.groups})"
+        kind = "depthwise" if conv.groups == conv.in_channels else "grouped"
+        return (f"{kind} conv (groups={conv.groups}): Tucker-2 of its channel modes needs an "
+                "ordinary convolution")
     if math.prod(conv.kernel_size) == 1:
         return "1×1 conv (a Tucker-2 of it is an SVD with an extra layer)"
     return None
 
 
-def factorize_convs(model: nn.Module, *, method: str = "vbmf", ratio: float | None = None,
-                    ranks: tuple[int, int] | None = None, layers: list[str] | None = None,
-                    exclude: list[str] | tuple[str, ...] = (), seed: int = 0) -> dict[str, dict]:
-    """Replace k×k Conv2d layers of ``model`` in place by their Tucker-2 form.
-
-    ``method="vbmf"`` picks each layer's ranks by VBMF, ``"ratio"`` from ``ratio`` (kept fraction
-    of weights); ``ranks=(r_in, r_out)`` fixes them (capped at each layer's channels). Grouped and
-    1×1 convolutions, and layers whose decomposition would not hold fewer weights, are left as
-    they are and reported with ``"skipped"``; the others report ``ranks`` and parameter counts.
-    """
+def factorize_convs_result(model: nn.Module, *, method: str | None = None,
+                           keep: float | None = None, ranks: tuple[int, int] | None = None,
+                           layers: list[str] | None = None,
+                           exclude: list[str] | tuple[str, ...] = (), seed: int = 0,
+                           ratio: float | None = None) -> MethodResult:
+    """:func:`factorize_convs` with its coverage (details: what happened per layer)."""
+    keep = resolve_keep(keep, ratio, "tucker")
+    method = method or ("ratio" if keep is not None else "vbmf")
     if method not in ("vbmf", "ratio"):
         raise NnzipError(f"unknown Tucker rank method {method!r}: use 'vbmf' or 'ratio'")
-    if ranks is None and method == "ratio" and ratio is None:
-        raise NnzipError("method 'ratio' needs ratio=, the fraction of weights to keep, e.g. 0.4")
+    if ranks is None and method == "ratio" and keep is None:
+        raise NnzipError("method 'ratio' needs keep=, the fraction of weights to keep, e.g. 0.4")
     if ranks is not None:
         check_ranks(tuple(ranks), math.inf, math.inf)
+    weights = weights_by_name(model)
     done: dict[str, dict] = {}
-    for name in select_layers(model, nn.Conv2d, layers, exclude):
+    plan: dict[str, nn.Module] = {}
+    for name in select_layers(model, (nn.Conv1d, nn.Conv2d, nn.Conv3d), layers, exclude):
         conv = model.get_submodule(name)
         out_channels, in_channels = conv.weight.shape[:2]
         area = math.prod(conv.kernel_size)
         before = conv_params(in_channels, out_channels, area) + (
             out_channels if conv.bias is not None else 0)
-        reason = _skip_reason(conv)
+        reason = _skip_reason(conv) or module_skip_reason(name, weights, model)
         if reason is not None:
             done[name] = {"skipped": reason, "params_before": before}
             continue
         if ranks is not None:
             chosen = (min(ranks[0], in_channels), min(ranks[1], out_channels))
         elif method == "ratio":
-            chosen = ranks_for_ratio(in_channels, out_channels, area, ratio)
+            chosen = ranks_for_ratio(in_channels, out_channels, area, keep)
         else:
             chosen = vbmf_ranks(conv.weight)
         after = before - conv_params(in_channels, out_channels, area) + conv_params(
@@ -206,6 +228,24 @@ def factorize_convs(model: nn.Module, *, method: str = "vbmf", ratio: float | No
             done[name] = {"skipped": f"ranks {list(chosen)} would not save parameters "
                                      f"({after} vs {before})", "params_before": before}
             continue
-        set_module(model, name, tucker2_conv(conv, chosen, seed=seed))
+        plan[name] = tucker2_conv(conv, chosen, seed=seed)
         done[name] = {"ranks": list(chosen), "params_before": before, "params_after": after}
-    return done
+    return apply_plan(model, "tucker", plan, done, (CONV,))
+
+
+def factorize_convs(model: nn.Module, *, method: str | None = None, keep: float | None = None,
+                    ranks: tuple[int, int] | None = None, layers: list[str] | None = None,
+                    exclude: list[str] | tuple[str, ...] = (), seed: int = 0,
+                    ratio: float | None = None) -> dict[str, dict]:
+    """Replace k×k Conv1d/2d/3d layers of ``model`` in place by their Tucker-2 form.
+
+    ``method="vbmf"`` (the default without ``keep``) picks each layer's ranks by VBMF,
+    ``"ratio"`` from ``keep`` (kept fraction of weights; ``ratio`` is its old name);
+    ``ranks=(r_in, r_out)`` fixes them (capped at each layer's channels). Grouped and 1×1
+    convolutions, convolutions whose weight is tied to another layer, and layers whose
+    decomposition would not hold fewer weights are left as they are and reported with
+    ``"skipped"``; the others report ``ranks`` and parameter counts.
+    :func:`factorize_convs_result` also returns the coverage.
+    """
+    return factorize_convs_result(model, method=method, keep=keep, ranks=ranks, layers=layers,
+                                  exclude=exclude, seed=seed, ratio=ratio).details

@@ -29,14 +29,18 @@ import copy
 import logging
 import warnings
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 import torch_pruning as tp
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 from torch_pruning import ops
 
+from nnzip.core.coverage import Coverage, MethodResult, build_coverage
+from nnzip.core.select import select_names
+from nnzip.core.weights import FUNCTIONAL, Weight, find_weights
 from nnzip.data.splits import Batch, calibration_batches, probe_batch
 from nnzip.errors import NnzipError
 from nnzip.prune.importance import channel_scores, taylor_scores
@@ -195,42 +199,76 @@ def _resolve_ignored(model: nn.Module, ignored_layers: Iterable[str | nn.Module]
     return resolved
 
 
+def _selected_out(model: nn.Module, layers: Sequence[str] | None, exclude: Sequence[str]
+                  ) -> list[nn.Module]:
+    """Prunable layers that ``layers`` / ``exclude`` keep whole (their output channels stay)."""
+    if layers is None and not exclude:
+        return []
+    candidates = prunable_layers(model)
+    others = [name for name, _ in model.named_modules() if name and name not in candidates]
+    chosen = set(select_names(candidates, layers, exclude, others=others,
+                              what="conv/linear layers"))
+    modules = dict(model.named_modules())
+    return [modules[name] for name in candidates if name not in chosen]
+
+
+def _frozen_layers(model: nn.Module) -> list[str]:
+    """Layers whose channels are never removed: custom layers and RNNs.
+
+    Torch-Pruning's LSTM pruner handles one-layer LSTMs only (and prunes the gate rows of
+    ``weight_ih`` along the wrong dimension), and it has none for GRU, so recurrent layers keep
+    their widths and every channel entering or leaving them is kept.
+    """
+    rnns = [name for name, module in model.named_modules() if isinstance(module, nn.RNNBase)]
+    return sorted(set(unsupported_layers(model)) | set(rnns),
+                  key=[name for name, _ in model.named_modules()].index)
+
+
+def _customized(model: nn.Module) -> dict[type, _Frozen]:
+    modules = dict(model.named_modules())
+    return {type(modules[name]): _Frozen() for name in _frozen_layers(model)}
+
+
 def output_layers(model: nn.Module, example_inputs: torch.Tensor) -> list[str]:
     """Prunable layers whose output channels reach the model's output (e.g. the classifier).
 
     Removing them would change what the model predicts (fewer classes), so pruning never does.
     """
-    customized = {type(module): _Frozen() for name, module in model.named_modules()
-                  if name in set(unsupported_layers(model))}
-    graph = _build_graph(model, example_inputs, customized)
+    graph = _build_graph(model, example_inputs, _customized(model))
     names = {module: name for name, module in model.named_modules()}
     found = []
     for group in graph.get_all_groups(root_module_types=list(PRUNABLE_TYPES)):
-        # A node nothing consumes, reached through layers that keep the channels (not merely
-        # the input side of a consumer such as the classifier, which has no consumer itself).
-        if any(not dep.target.outputs and graph.is_out_channel_pruning_fn(dep.handler)
-               for dep, _ in group):
+        if _feeds_output(graph, group):
             found += [names[dep.target.module] for dep, _ in group
                       if dep.handler in _PRODUCER_HANDLERS and dep.target.module in names]
     return found
+
+
+def _feeds_output(graph: tp.DependencyGraph, group) -> bool:
+    # A node nothing consumes, reached through layers that keep the channels (not merely the
+    # input side of a consumer such as the classifier, which has no consumer itself).
+    return any(not dep.target.outputs and graph.is_out_channel_pruning_fn(dep.handler)
+               for dep, _ in group)
 
 
 def _build_graph(model: nn.Module, example_inputs: torch.Tensor,
                  customized: dict) -> tp.DependencyGraph:
     was_training = model.training
     try:
-        with torch.enable_grad():
+        with torch.enable_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "unwrapped parameters" chatter: groups are checked
             return tp.DependencyGraph().build_dependency(
                 model, example_inputs, customized_pruners=customized, verbose=False)
     finally:
         model.train(was_training)
 
 
-def _check_options(ratio: float, importance: object, round_to: int | None,
+def _check_options(sparsity: float, importance: object, round_to: int | None,
                    iterative_steps: int) -> None:
-    if not isinstance(ratio, (int, float)) or not 0.0 <= ratio < 1.0:
-        raise NnzipError(f"ratio must be the fraction of prunable channels to remove, in [0, 1) "
-                         f"(e.g. 0.5), got {ratio!r}")
+    if not isinstance(sparsity, (int, float)) or isinstance(sparsity, bool) \
+            or not 0.0 <= sparsity < 1.0:
+        raise NnzipError(f"sparsity must be the fraction of prunable channels to remove, in "
+                         f"[0, 1) (e.g. 0.5), got {sparsity!r}")
     if isinstance(importance, str) and importance not in CRITERIA:
         raise NnzipError(f"unknown importance criterion {importance!r}: use one of "
                          f"{', '.join(CRITERIA)}")
@@ -255,104 +293,467 @@ def _importance(criterion: str | tp.importance.Importance, seed: int,
     return _magnitude_importance(criterion)
 
 
-def _group_roots(pruner: tp.pruner.BasePruner) -> list[nn.Module]:
-    groups = pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers,
-                                      root_module_types=pruner.root_module_types)
-    return [group[0][0].target.module for group in groups]
+# --- which groups may be pruned ---------------------------------------------------------------
+# A group is pruned only when removing its channels is exactly what zeroing them would do: the
+# pruned model then computes what the original computes with those channels dead. Groups that
+# pass through a layer mixing channels without weights (a LayerNorm normalizes over them;
+# attention splits them into heads and scales scores by the head size) cannot be, and groups
+# touching one user of a tied tensor would untie it; both are left whole, with the reason.
+
+OUTPUT_LAYER = "output layer: its output channels are the model's outputs"
+#: Layers that mix the channels of a group: removing a channel changes the others.
+_CHANNEL_MIXING = (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, nn.MultiheadAttention,
+                   *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()))
+
+
+def _layer_names(graph: tp.DependencyGraph, group, names: dict) -> list[str]:
+    found = []
+    for dep, _ in group:
+        name = names.get(dep.target.module)
+        if name is not None and name not in found and dep.target.module is not None \
+                and isinstance(dep.target.module, nn.Module) \
+                and list(dep.target.module.parameters(recurse=False)):
+            found.append(name)
+    return found
+
+
+def _pruned_dim(module: nn.Module, out_channels: bool) -> int | None:
+    """The dimension of ``module.weight`` that loses entries (None: not a plain weight owner)."""
+    if isinstance(module, nn.Embedding):
+        return 1 if out_channels else None
+    if isinstance(module, nn.Linear):
+        return 0 if out_channels else 1
+    if isinstance(module, nn.modules.conv._ConvNd):
+        transposed = bool(getattr(module, "transposed", False))
+        return int(out_channels == transposed)
+    return None
+
+
+def _tie_reason(graph: tp.DependencyGraph, group, names: dict, tied: list[Weight]
+                ) -> str | None:
+    """Why ``group`` would untie a tied tensor, or None if every user loses the same entries."""
+    touched: dict[int, dict[str, tuple]] = {}
+    for dep, idxs in group:
+        name = names.get(dep.target.module)
+        for index, weight in enumerate(tied):
+            users = {owner for owner, attr in weight.owners if attr == "weight"}
+            if name in users:
+                dim = _pruned_dim(dep.target.module, graph.is_out_channel_pruning_fn(dep.handler))
+                touched.setdefault(index, {})[name] = (dim, tuple(idxs))
+    for index, seen in touched.items():
+        weight = tied[index]
+        users = [owner for owner, _ in weight.owners]
+        missing = [user for user in users if user not in seen]
+        if missing or len(set(seen.values())) > 1 or None in {dim for dim, _ in seen.values()}:
+            return (f"{weight.name} is tied to {', '.join(weight.aliases)} (one tensor): these "
+                    f"channels would be removed from {', '.join(seen)} only, untying it")
+    return None
+
+
+def _group_reason(graph: tp.DependencyGraph, group, names: dict, frozen: set[nn.Module],
+                  excluded: set[nn.Module], functional: set[int], tied: list[Weight]
+                  ) -> str | None:
+    """Why ``group``'s channels are kept (None: they may be removed)."""
+    if _feeds_output(graph, group):
+        return OUTPUT_LAYER
+    for dep, _ in group:
+        module = dep.target.module
+        if module in frozen:
+            return (f"its channels pass through {names.get(module) or 'the model'} "
+                    f"({type(module).__name__}), which channel pruning cannot shrink")
+    for dep, _ in group:
+        module = dep.target.module
+        if isinstance(module, _CHANNEL_MIXING):
+            what = ("splits them into attention heads and scales scores by the head size"
+                    if isinstance(module, nn.MultiheadAttention) else "normalizes over them")
+            return (f"its channels reach {names.get(module)} ({type(module).__name__}), which "
+                    f"{what}: removing channels is not the same as zeroing them")
+        if dep.target.type == ops.OPTYPE.PARAMETER and id(module) in functional:
+            return (f"its channels reach the bare parameter {names.get(module)} (used through "
+                    "torch.nn.functional), which channel pruning cannot follow")
+    for dep, _ in group:
+        if dep.target.module in excluded and graph.is_out_channel_pruning_fn(dep.handler):
+            return "excluded (exclude / ignored_layers / layers)"
+    return _tie_reason(graph, group, names, tied)
+
+
+def _blocked_groups(model: nn.Module, example_inputs: torch.Tensor, excluded: list[nn.Module],
+                    known_bad: dict[str, str]) -> tuple[list[nn.Module], dict[str, str], bool]:
+    """(modules to pass as ignored, {layer: why kept}, whether any group may be pruned)."""
+    graph = _build_graph(model, example_inputs, _customized(model))
+    names = {module: name for name, module in model.named_modules()}
+    names.update({param: name for name, param in model.named_parameters()})
+    modules = dict(model.named_modules())
+    frozen = {modules[name] for name in _frozen_layers(model)}
+    weights = find_weights(model)
+    functional = {id(weight.param) for weight in weights if weight.kind == FUNCTIONAL}
+    tied = [weight for weight in weights if weight.tied]
+    ignored, reasons, prunable = [], {}, False
+    for group in graph.get_all_groups(root_module_types=list(PRUNABLE_TYPES)):
+        members = _layer_names(graph, group, names)
+        reason = _group_reason(graph, group, names, frozen, set(excluded), functional, tied)
+        if reason is None:
+            bad = [known_bad[name] for name in _producers(graph, group, names)
+                   if name in known_bad]
+            reason = bad[0] if bad else None
+        if reason is None:
+            prunable = True
+            continue
+        for dep, _ in group:
+            if graph.is_out_channel_pruning_fn(dep.handler) \
+                    and isinstance(dep.target.module, nn.Module):
+                ignored.append(dep.target.module)
+        for name in members:
+            reasons.setdefault(name, reason)
+    for name in _frozen_layers(model):
+        reasons.setdefault(name, _frozen_reason(modules[name]))
+    return ignored, reasons, prunable
+
+
+def _frozen_reason(module: nn.Module) -> str:
+    if isinstance(module, nn.RNNBase):
+        return (f"{type(module).__name__}: Torch-Pruning cannot shrink recurrent layers "
+                "correctly (its LSTM pruner handles one layer only, and there is none for GRU); "
+                "its channels and those of the layers around it are kept")
+    params = ", ".join(name for name, _ in module.named_parameters(recurse=False))
+    return (f"{type(module).__name__} uses its own parameters ({params}) directly (e.g. "
+            "through torch.nn.functional): channel pruning cannot shrink it; its channels and "
+            "those of the layers around it are kept")
+
+
+# --- the check that removal equals zeroing -------------------------------------------------------
+
+@dataclass
+class _GroupRecord:
+    """One pruned group: its root and root indices, and the input columns its consumers lose."""
+
+    root: str
+    handler: Callable
+    root_idxs: list[int]
+    members: list[str]
+    producers: list[str]
+    consumers: list[tuple[str, list[int]]]
+
+
+def _record(graph: tp.DependencyGraph, group, names: dict) -> _GroupRecord:
+    consumers = []
+    for dep, idxs in group:
+        module = dep.target.module
+        if graph.is_in_channel_pruning_fn(dep.handler) and isinstance(
+                module, nn.Linear | nn.modules.conv._ConvNd) and module in names:
+            if isinstance(module, nn.modules.conv._ConvNd) and not module.transposed \
+                    and module.groups == module.in_channels == module.out_channels:
+                continue  # depthwise: its outputs are in the group and checked downstream
+            consumers.append((names[module], [int(i) for i in idxs]))
+    root_dep, root_idxs = group[0]
+    return _GroupRecord(names.get(root_dep.target.module, "?"), root_dep.handler,
+                        [int(i) for i in root_idxs], _layer_names(graph, group, names),
+                        _producers(graph, group, names), consumers)
+
+
+def _producers(graph: tp.DependencyGraph, group, names: dict) -> list[str]:
+    """The layers whose output channels the group removes (they identify the group)."""
+    return [names[dep.target.module] for dep, _ in group
+            if graph.is_out_channel_pruning_fn(dep.handler) and dep.target.module in names
+            and isinstance(dep.target.module, nn.Module)]
+
+
+@torch.no_grad()
+def _zero_inputs(module: nn.Module, idxs: list[int]) -> None:
+    """Make ``module`` ignore its input channels ``idxs`` (what removing them amounts to)."""
+    weight = module.weight
+    if isinstance(module, nn.Linear):
+        weight[:, idxs] = 0.0
+    elif module.transposed:
+        weight[idxs] = 0.0
+    else:
+        per_group_in = module.in_channels // module.groups
+        per_group_out = module.out_channels // module.groups
+        for channel in idxs:
+            group = channel // per_group_in
+            weight[group * per_group_out:(group + 1) * per_group_out,
+                   channel % per_group_in] = 0.0
+
+
+def _zeroed(reference: nn.Module, records: Sequence[_GroupRecord]) -> nn.Module:
+    zeroed = copy.deepcopy(reference)
+    for record in records:
+        for name, idxs in record.consumers:
+            _zero_inputs(zeroed.get_submodule(name), idxs)
+    return zeroed
+
+
+def _run(model: nn.Module, example_inputs: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model.eval()(example_inputs)
+
+
+def _mismatch(outputs: torch.Tensor, expected: torch.Tensor) -> float | None:
+    """Relative max error when ``outputs`` differ from ``expected`` beyond float rounding."""
+    if outputs.shape != expected.shape:
+        return float("inf")
+    scale = float(expected.abs().max().clamp_min(1e-12))
+    error = float((outputs - expected).abs().max()) / scale
+    return error if error > 1e-5 else None
+
+
+def _retie(model: nn.Module, tied: Sequence[Weight]) -> None:
+    """Make every user of a tied tensor hold one parameter again (Torch-Pruning prunes each
+    user's copy on its own; the group check made sure they lost the same entries)."""
+    for weight in tied:
+        params = [model.get_submodule(owner).__getattr__(attr) for owner, attr in weight.owners]
+        first = params[0]
+        for (owner, attr), param in zip(weight.owners[1:], params[1:], strict=True):
+            if param is first:
+                continue
+            if param.shape != first.shape or not torch.equal(param, first):
+                raise NnzipError(f"internal error: the tied {weight.name} and {owner}.{attr} "
+                                 "were pruned differently; report this as a bug")
+            setattr(model.get_submodule(owner), attr, first)
+
+
+class _GroupsWrong(Exception):
+    """Some groups' pruned outputs differ from zeroing their channels: {layer: reason}."""
+
+    def __init__(self, reasons: dict[str, str]) -> None:
+        super().__init__(reasons)
+        self.reasons = reasons
+
+
+def _diagnose(reference: nn.Module, example_inputs: torch.Tensor,
+              records: Sequence[_GroupRecord], tied: Sequence[Weight]) -> dict[str, str]:
+    """Prune each group alone on a copy of ``reference``: which ones are not exact."""
+    reasons = {}
+    for record in records:
+        trial = copy.deepcopy(reference)
+        graph = _build_graph(trial, example_inputs, _customized(trial))
+        root = trial.get_submodule(record.root)
+        graph.get_pruning_group(root, record.handler, record.root_idxs).prune()
+        _retie(trial, tied)
+        try:
+            outputs = _run(trial, example_inputs)
+        except Exception as error:  # shapes no longer fit: the same verdict, said differently
+            outputs, note = None, f"{type(error).__name__}: {str(error).splitlines()[0]}"
+        expected = _run(_zeroed(reference, [record]), example_inputs)
+        error = float("inf") if outputs is None else _mismatch(outputs, expected)
+        if error is None:
+            continue
+        detail = note if outputs is None else f"relative error {error:.2g}"
+        reason = (f"removing these channels is not the same as zeroing them ({detail}): the "
+                  f"group {', '.join(record.members)} passes through an op Torch-Pruning maps "
+                  "wrongly (e.g. a channel shuffle: view/transpose/reshape across channels); "
+                  f"its channels are kept (exclude: [{record.root!r}] keeps them without "
+                  "this check)")
+        for name in record.producers:
+            reasons.setdefault(name, reason)
+    if not reasons:
+        raise NnzipError("internal error: the pruned model differs from the zeroed one but no "
+                         "single group does; report this as a bug")
+    return reasons
 
 
 def _make_pruner(model: nn.Module, example_inputs: torch.Tensor,
                  criterion: tp.importance.Importance, ignored: list[nn.Module],
                  **options) -> tp.pruner.BasePruner:
-    """Torch-Pruning's pruner over ``model``, with skipped and output layers left alone."""
-    skipped = unsupported_layers(model)
-    if skipped:
-        log.warning("structured pruning skips layers it cannot shrink (their channels are kept): "
-                    "%s", ", ".join(skipped))
+    """Torch-Pruning's pruner over ``model``, with the kept groups (``ignored``) left alone."""
     modules = dict(model.named_modules())
-    ignored = ignored + [modules[name] for name in skipped]
-    ignored += [modules[name] for name in output_layers(model, example_inputs)]
+    frozen = _frozen_layers(model)
+    if frozen:
+        log.warning("structured pruning skips layers it cannot shrink (their channels are kept): "
+                    "%s", ", ".join(frozen))
     # Tracing follows autograd, so it must work even when the caller is under torch.no_grad().
     with warnings.catch_warnings(record=True) as caught, torch.enable_grad():
         warnings.simplefilter("always")
         pruner = tp.pruner.BasePruner(
-            model, example_inputs, importance=criterion, ignored_layers=ignored,
-            pruning_ratio=options.pop("ratio"),
-            customized_pruners={type(modules[name]): _Frozen() for name in skipped},
+            model, example_inputs, importance=criterion,
+            ignored_layers=ignored + [modules[name] for name in frozen],
+            pruning_ratio=options.pop("sparsity"), customized_pruners=_customized(model),
             root_module_types=list(PRUNABLE_TYPES), **options)
     for warning in caught:
-        log.info("torch-pruning: %s", str(warning.message).splitlines()[0])
-    if not _group_roots(pruner):
-        raise NnzipError(f"{type(model).__name__} has no channels structured pruning can remove: "
-                         "every conv/linear layer feeds the output, is ignored or is skipped; "
-                         "prune a model with hidden conv or linear layers, or ignore fewer layers")
+        log.debug("torch-pruning: %s", str(warning.message).splitlines()[0])
     return pruner
 
 
-def prune_channels(model: nn.Module, ratio: float, example_inputs: torch.Tensor,
-                   importance: Criterion | tp.importance.Importance = "l1", *,
-                   global_pruning: bool = False,
-                   ignored_layers: Iterable[str | nn.Module] | None = None,
-                   round_to: int | None = None, iterative_steps: int = 1,
-                   calibration: Iterable[Batch] | None = None,
-                   loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-                   after_step: StepCallback | None = None, seed: int = 0) -> nn.Module:
-    """A copy of ``model`` with ``ratio`` of its prunable channels physically removed.
+def _nothing_to_prune(model: nn.Module, reasons: dict[str, str]) -> NnzipError:
+    listed = "; ".join(f"{name or type(model).__name__}: {why}" for name, why in reasons.items())
+    return NnzipError(f"{type(model).__name__} has no channels structured pruning can remove "
+                      f"({listed or 'no conv or linear layer'}); prune a model with hidden conv "
+                      "or linear layers, or exclude fewer layers")
 
-    ``model`` itself is left unchanged (so a failure never leaves it half-pruned); the returned
-    model is a normal ``nn.Module`` with smaller layers. ``example_inputs`` (a batch the model
-    accepts) is traced to find which layers must shrink together.
 
-    - ``ratio``: fraction of each group's channels to remove (of all prunable channels with
-      ``global_pruning``, where the scores decide which layers lose more), in [0, 1).
-    - ``importance``: ``"l1"``, ``"l2"``, ``"random"``, ``"taylor"`` (needs ``calibration``, an
-      iterable of ``(inputs, targets)`` batches from the training split, and optionally
-      ``loss_fn(outputs, targets)``; default cross-entropy), or any Torch-Pruning ``Importance``.
-    - ``ignored_layers``: layer names (or modules) whose output channels are kept; the layers
-      feeding the model's outputs are always kept.
-    - ``round_to``: keep channel counts multiples of this (e.g. 8, for vectorised kernels).
-    - ``iterative_steps``: reach ``ratio`` in this many steps, re-scoring before each; with
-      ``after_step(model, step)`` called after every step but the last (e.g. to fine-tune).
+def _resolve_sparsity(sparsity: float | None, ratio: float | None) -> float:
+    if ratio is not None:
+        if sparsity is not None:
+            raise NnzipError("give sparsity (the fraction of channels removed) only; ratio is "
+                             "its old name")
+        log.warning("prune_channels: 'ratio' is deprecated, call it 'sparsity' (the fraction of "
+                    "channels removed)")
+        return ratio
+    if sparsity is None:
+        raise NnzipError("prune_channels needs sparsity, the fraction of channels to remove "
+                         "(e.g. 0.5)")
+    return sparsity
+
+
+def prune_channels_result(
+        model: nn.Module, sparsity: float | None = None,
+        example_inputs: torch.Tensor | None = None,
+        importance: Criterion | tp.importance.Importance = "l1", *,
+        global_pruning: bool = False, layers: Sequence[str] | None = None,
+        exclude: Sequence[str] = (), ignored_layers: Iterable[str | nn.Module] | None = None,
+        round_to: int | None = None, iterative_steps: int = 1,
+        calibration: Iterable[Batch] | None = None,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        after_step: StepCallback | None = None, seed: int = 0,
+        ratio: float | None = None) -> MethodResult:
+    """:func:`prune_channels` with its coverage: which weights shrank, and why the rest did not.
+
+    ``details`` holds ``widths_before`` / ``widths_after`` and ``kept`` ({layer: why its
+    channels were kept}).
     """
-    _check_options(ratio, importance, round_to, iterative_steps)
+    sparsity = _resolve_sparsity(sparsity, ratio)
+    if example_inputs is None:
+        raise NnzipError("prune_channels needs example_inputs, a batch the model accepts, to "
+                         "trace which layers shrink together")
+    _check_options(sparsity, importance, round_to, iterative_steps)
     if importance == "taylor" and calibration is None:
         raise NnzipError("the taylor criterion needs calibration batches: pass calibration= "
                          "(e.g. nnzip.data.calibration_batches(data, 8)) or use l1")
     batches = list(calibration) if calibration is not None else []
-    pruned = copy.deepcopy(model)
-    with torch.no_grad():
-        expected = pruned.eval()(example_inputs)
+    options = {"sparsity": sparsity, "global_pruning": global_pruning, "round_to": round_to,
+               "iterative_steps": iterative_steps}
+    known_bad: dict[str, str] = {}
+    for _ in range(len(prunable_layers(model)) + 1):  # each retry keeps at least one more group
+        try:
+            pruned, kept = _prune_checked(model, example_inputs, importance, layers, exclude,
+                                          ignored_layers, batches, loss_fn, after_step, seed,
+                                          options, known_bad)
+            break
+        except _GroupsWrong as wrong:
+            known_bad.update(wrong.reasons)
+    else:  # pragma: no cover - every retry blocks a new group, so the loop ends first
+        raise NnzipError("internal error: structured pruning kept failing its own check")
+    for name, reason in kept.items():
+        # The output layers are always kept, by design: not worth a warning.
+        level = logging.DEBUG if reason == OUTPUT_LAYER else logging.WARNING
+        log.log(level, "prune_channels keeps %s: %s", name or type(model).__name__, reason)
+    pruned.train(model.training)
+    coverage = _coverage(model, pruned, kept)
+    details = {"widths_before": channel_counts(model), "widths_after": channel_counts(pruned),
+               "kept": kept}
+    return MethodResult(pruned, coverage, details)
+
+
+def _prune_checked(model, example_inputs, importance, layers, exclude, ignored_layers, batches,
+                   loss_fn, after_step, seed, options, known_bad
+                   ) -> tuple[nn.Module, dict[str, str]]:
+    pruned = copy.deepcopy(model).eval()
+    excluded = _resolve_ignored(pruned, ignored_layers) + _selected_out(pruned, layers, exclude)
+    ignored, kept, prunable = _blocked_groups(pruned, example_inputs, excluded, known_bad)
+    if not prunable:
+        raise _nothing_to_prune(model, kept)
+    tied = [weight for weight in find_weights(pruned) if weight.tied]
     taylor: dict[nn.Module, torch.Tensor] = {}
     pruner = _make_pruner(pruned, example_inputs, _importance(importance, seed, taylor),
-                          _resolve_ignored(pruned, ignored_layers), ratio=ratio,
-                          global_pruning=global_pruning, round_to=round_to,
-                          iterative_steps=iterative_steps)
-    for step in range(iterative_steps):
+                          excluded + ignored, **options)
+    names = {module: name for name, module in pruned.named_modules()}
+    for step in range(options["iterative_steps"]):
         if importance == "taylor":
             taylor.clear()
             with torch.enable_grad():
                 taylor.update(_taylor_layer_scores(pruned, batches, loss_fn))
-        pruner.step()
-        if after_step is not None and step < iterative_steps - 1:
+        reference = copy.deepcopy(pruned)
+        records = []
+        for group in pruner.step(interactive=True):
+            records.append(_record(pruner.DG, group, names))
+            group.prune()
+        _retie(pruned, tied)
+        _check_step(pruned, reference, example_inputs, records, tied)
+        if after_step is not None and step < options["iterative_steps"] - 1:
             after_step(pruned, step)
-    _check_still_works(pruned, example_inputs, expected, unsupported_layers(pruned))
-    pruned.train(model.training)
-    return pruned
+    return pruned, kept
 
 
-def _check_still_works(model: nn.Module, example_inputs: torch.Tensor, expected: torch.Tensor,
-                       skipped: list[str]) -> None:
+def _check_step(pruned: nn.Module, reference: nn.Module, example_inputs: torch.Tensor,
+                records: Sequence[_GroupRecord], tied: Sequence[Weight]) -> None:
+    """The pruned model must compute what ``reference`` does with the removed channels zeroed."""
+    if not records:
+        return
     try:
-        with torch.no_grad():
-            outputs = model.eval()(example_inputs)
-    except Exception as error:  # say which layers were suspect instead of a shape traceback
-        hint = f" (suspect layers: {', '.join(skipped)})" if skipped else ""
-        raise NnzipError(f"the pruned model no longer runs ({type(error).__name__}: "
-                         f"{str(error).splitlines()[0]}){hint}: pass the layers around the "
-                         "failing op in ignored_layers") from error
-    if outputs.shape != expected.shape:
-        raise NnzipError(f"pruning changed the output shape from {tuple(expected.shape)} to "
-                         f"{tuple(outputs.shape)}: pass the output layer in ignored_layers")
+        outputs = _run(pruned, example_inputs)
+    except Exception:  # shapes no longer fit: find the group that did it
+        outputs = None
+    expected = _run(_zeroed(reference, records), example_inputs)
+    if outputs is None or _mismatch(outputs, expected) is not None:
+        raise _GroupsWrong(_diagnose(reference, example_inputs, records, tied))
+
+
+def _coverage(model: nn.Module, pruned: nn.Module, kept: dict[str, str]) -> Coverage:
+    before = {weight.name: weight.shape for weight in find_weights(model)}
+    changed, skipped = {}, {}
+    for weight in find_weights(pruned):
+        old = before.get(weight.name)
+        if old is None:
+            continue
+        if old != weight.shape:
+            parts = []
+            if old[0] != weight.shape[0]:
+                parts.append(f"{_axis_name(weight, 0)} {old[0]} -> {weight.shape[0]}")
+            if len(old) > 1 and old[1] != weight.shape[1]:
+                parts.append(f"{_axis_name(weight, 1)} {old[1]} -> {weight.shape[1]}")
+            changed[weight.name] = ", ".join(parts)
+        else:
+            reason = kept.get(weight.module_name)
+            skipped[weight.name] = reason or "no channel of this layer was removed"
+    return build_coverage(pruned, "prune_channels", changed, skipped)
+
+
+def _axis_name(weight: Weight, dim: int) -> str:
+    if weight.kind == "embedding":
+        return "rows" if dim == 0 else "width"
+    transposed = weight.kind == "conv_transpose"
+    return "out channels" if (dim == 0) != transposed else "in channels"
+
+
+def prune_channels(model: nn.Module, sparsity: float | None = None,
+                   example_inputs: torch.Tensor | None = None,
+                   importance: Criterion | tp.importance.Importance = "l1", *,
+                   global_pruning: bool = False, layers: Sequence[str] | None = None,
+                   exclude: Sequence[str] = (),
+                   ignored_layers: Iterable[str | nn.Module] | None = None,
+                   round_to: int | None = None, iterative_steps: int = 1,
+                   calibration: Iterable[Batch] | None = None,
+                   loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                   after_step: StepCallback | None = None, seed: int = 0,
+                   ratio: float | None = None) -> nn.Module:
+    """A copy of ``model`` with ``sparsity`` of its prunable channels physically removed.
+
+    ``model`` itself is left unchanged (so a failure never leaves it half-pruned); the returned
+    model is a normal ``nn.Module`` with smaller layers. ``example_inputs`` (a batch the model
+    accepts) is traced to find which layers must shrink together, and used to check the result:
+    the pruned model must compute exactly what the model computes with the removed channels
+    zeroed. A group of coupled layers where it would not (a channel shuffle Torch-Pruning maps
+    wrongly, a LayerNorm or attention over the channels, one user of a tied tensor) keeps its
+    channels, and :func:`prune_channels_result` says why, per weight.
+
+    - ``sparsity``: fraction of each group's channels to remove (of all prunable channels with
+      ``global_pruning``, where the scores decide which layers lose more), in [0, 1).
+      ``ratio`` is its old name (still accepted, with a warning).
+    - ``importance``: ``"l1"``, ``"l2"``, ``"random"``, ``"taylor"`` (needs ``calibration``, an
+      iterable of ``(inputs, targets)`` batches from the training split, and optionally
+      ``loss_fn(outputs, targets)``; default cross-entropy), or any Torch-Pruning ``Importance``.
+    - ``layers`` / ``exclude``: names or glob patterns of the conv/linear layers whose output
+      channels may be removed / are kept; ``ignored_layers`` (names or modules) is the older
+      spelling of ``exclude``. The layers feeding the model's outputs are always kept.
+    - ``round_to``: keep channel counts multiples of this (e.g. 8, for vectorised kernels).
+    - ``iterative_steps``: reach ``sparsity`` in this many steps, re-scoring before each; with
+      ``after_step(model, step)`` called after every step but the last (e.g. to fine-tune).
+    """
+    return prune_channels_result(
+        model, sparsity, example_inputs, importance, global_pruning=global_pruning,
+        layers=layers, exclude=exclude, ignored_layers=ignored_layers, round_to=round_to,
+        iterative_steps=iterative_steps, calibration=calibration, loss_fn=loss_fn,
+        after_step=after_step, seed=seed, ratio=ratio).model
 
 
 def removed_fraction(before: dict[str, int], after: dict[str, int],
@@ -369,34 +770,56 @@ def removed_fraction(before: dict[str, int], after: dict[str, int],
 class PruneChannels(FinetunedStage):
     """Recipe stage ``prune_channels``: remove channels structurally, then fine-tune.
 
-    ``ratio`` is the fraction of prunable channels removed; ``criterion`` ranks them (``taylor``
-    uses ``calibration_batches`` of the training split). With ``iterative_steps`` > 1 the
-    fine-tune budget is spread over the steps. ``ignored_layers`` names layers that keep their
-    output channels; ``finetune_epochs`` defaults to the pipeline's budget.
+    ``sparsity`` is the fraction of prunable channels removed (``ratio``, its old name, still
+    works with a warning); ``criterion`` ranks them (``taylor`` uses ``calibration_batches`` of
+    the training split). With ``iterative_steps`` > 1 the fine-tune budget is spread over the
+    steps. ``layers`` / ``exclude`` (names or globs; ``ignored_layers`` is the older spelling of
+    ``exclude``) say which layers may lose output channels; ``finetune_epochs`` defaults to the
+    pipeline's budget. The details record the per-weight coverage and why groups were kept.
 
     ```yaml
     stages:
-      - prune_channels: {ratio: 0.5, criterion: l1, round_to: 8, finetune_epochs: 6, lr: 2.0e-3}
+      - prune_channels: {sparsity: 0.5, criterion: l1, round_to: 8, finetune_epochs: 6, lr: 2.0e-3}
     ```
     """
 
     kind = "prune_channels"
 
-    ratio: float = 0.5
+    sparsity: float = 0.5
     criterion: Criterion = "l1"
     global_pruning: bool = False
     round_to: int | None = Field(None, ge=1)
     iterative_steps: int = Field(1, ge=1)
+    layers: list[str] | None = None
+    exclude: list[str] = Field(default_factory=list)
     ignored_layers: list[str] = Field(default_factory=list)
     calibration_batches: int = Field(8, ge=1)
 
-    @field_validator("ratio")
+    @model_validator(mode="before")
+    @classmethod
+    def _old_names(cls, values: object) -> object:
+        if isinstance(values, dict) and "ratio" in values:
+            if "sparsity" in values:
+                raise ValueError("give sparsity (the fraction of channels removed) only; ratio "
+                                 "is its old name")
+            log.warning("prune_channels: 'ratio' is deprecated, call it 'sparsity' (the "
+                        "fraction of channels removed)")
+            values = {("sparsity" if key == "ratio" else key): value
+                      for key, value in values.items()}
+        return values
+
+    @field_validator("sparsity")
     @classmethod
     def _fraction(cls, value: float) -> float:
         if not 0.0 <= value < 1.0:
-            raise ValueError(f"ratio must be a fraction of channels to remove in [0, 1), e.g. "
-                             f"0.5, got {value}")
+            raise ValueError(f"sparsity must be a fraction of channels to remove in [0, 1), "
+                             f"e.g. 0.5, got {value}")
         return value
+
+    @property
+    def ratio(self) -> float:
+        """The old name of :attr:`sparsity`."""
+        return self.sparsity
 
     def apply(self, model: nn.Module, context: Context) -> nn.Module:
         epochs = self.finetune_budget(context)
@@ -414,20 +837,21 @@ class PruneChannels(FinetunedStage):
 
         before = channel_counts(model)
         params_before = sum(p.numel() for p in model.parameters())
-        pruned = prune_channels(
-            model, self.ratio, example, self.criterion, global_pruning=self.global_pruning,
-            ignored_layers=self.ignored_layers, round_to=self.round_to,
-            iterative_steps=self.iterative_steps, calibration=calibration,
-            after_step=finetune, seed=context.seed)
+        result = prune_channels_result(
+            model, self.sparsity, example, self.criterion, global_pruning=self.global_pruning,
+            layers=self.layers, exclude=self.exclude, ignored_layers=self.ignored_layers,
+            round_to=self.round_to, iterative_steps=self.iterative_steps,
+            calibration=calibration, after_step=finetune, seed=context.seed)
+        pruned = result.model
         after = channel_counts(pruned)
         final_epochs = epochs - per_step * (self.iterative_steps - 1)
-        result = None
+        trained = None
         if final_epochs > 0:
-            result = fit(pruned, context.data, self.finetune_config(context, final_epochs),
-                         progress=context.progress, description="finetune pruned")
+            trained = fit(pruned, context.data, self.finetune_config(context, final_epochs),
+                          progress=context.progress, description="finetune pruned")
         outputs = output_layers(model, example)
         context.record("criterion", self.criterion)
-        context.record("ratio", self.ratio)
+        context.record("sparsity", self.sparsity)
         context.record("removed_fraction", round(removed_fraction(before, after, outputs), 4))
         context.record("kept_output_layers", outputs)
         context.record("widths_before", before)
@@ -435,7 +859,9 @@ class PruneChannels(FinetunedStage):
         context.record("params_before", params_before)
         context.record("params_after", sum(p.numel() for p in pruned.parameters()))
         context.record("skipped_layers", unsupported_layers(model))
+        context.record("kept_groups", result.details["kept"])
+        context.record("coverage", result.coverage.to_dict())
         context.record("finetune_epochs", epochs)
-        if result is not None:
-            context.record("finetune_best_val_accuracy", round(result.best_val_accuracy, 4))
+        if trained is not None:
+            context.record("finetune_best_val_accuracy", round(trained.best_val_accuracy, 4))
         return pruned

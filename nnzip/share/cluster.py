@@ -16,6 +16,7 @@ with the ordinary loop then trains the centroids with the assignments fixed.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal
@@ -24,10 +25,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from nnzip.core.coverage import MethodResult, build_coverage
+from nnzip.core.select import select_names
+from nnzip.core.weights import CONV, CONV_TRANSPOSE, FUNCTIONAL, Weight, find_weights
 from nnzip.errors import NnzipError
-from nnzip.prune.masks import select_parameters
 from nnzip.share.kmeans import Init, check_bits, gmm_1d, kmeans_1d, kmeans_vectors
 from nnzip.share.modules import SharedWeight, share_weight
+
+log = logging.getLogger(__name__)
 
 Method = Literal["kmeans", "gmm"]
 
@@ -42,11 +47,6 @@ class LayerSharing:
     clusters: int
     zero_code: bool
     relative_error: float
-
-
-def _module_of(model: nn.Module, parameter_name: str) -> nn.Module:
-    module_name, _, _ = parameter_name.rpartition(".")
-    return model.get_submodule(module_name) if module_name else model
 
 
 def cluster_tensor(weight: torch.Tensor, bits: int, *, method: Method = "kmeans",
@@ -86,45 +86,128 @@ def _relative_error(before: torch.Tensor, after: torch.Tensor) -> float:
     return float((after - before).pow(2).sum() / before.pow(2).sum().clamp_min(1e-12))
 
 
-def layer_bits(model: nn.Module, names: Sequence[str], bits: int | None, conv_bits: int | None,
-               linear_bits: int | None, per_layer: Mapping[str, int] | None = None
-               ) -> dict[str, int]:
-    """Bits of every selected weight: ``per_layer`` > conv_bits / linear_bits > ``bits``."""
+def select_weights(model: nn.Module, layers: Sequence[str] | None = None,
+                   exclude: Sequence[str] = ()) -> list[Weight]:
+    """The weights to share: every weight :func:`find_weights` lists (Linear, conv, attention
+    projections, RNN gates, embeddings, bare parameters), less ``exclude``, or only ``layers``.
+
+    Names, module names and glob patterns work, and a tied tensor may be named by any of its
+    names: it is one weight.
+    """
+    weights = find_weights(model)
+    by_name = {name: weight for weight in weights for name in (weight.name, *weight.aliases)}
+    others = [name for name, _ in model.named_parameters() if name not in by_name]
+    chosen = select_names(list(by_name), layers, exclude, others=others, what="weights")
+    picked = {by_name[name].name for name in chosen}
+    # A tied tensor excluded under one of its names is excluded: it cannot be half shared.
+    dropped = {by_name[name].name for name in by_name if name not in chosen}
+    return [weight for weight in weights if weight.name in picked - dropped]
+
+
+def _is_conv(weight: Weight) -> bool:
+    return weight.kind in (CONV, CONV_TRANSPOSE) or (weight.kind == FUNCTIONAL
+                                                     and len(weight.shape) > 2)
+
+
+def layer_bits(model: nn.Module, weights: Sequence[Weight | str], bits: int | None,
+               conv_bits: int | None, linear_bits: int | None,
+               per_layer: Mapping[str, int] | None = None) -> dict[str, int]:
+    """Bits of every selected weight: ``per_layer`` > conv_bits / linear_bits > ``bits``.
+
+    ``per_layer`` keys may name the weight (``fc1.weight``, any name of a tied tensor) or its
+    module (``fc1``); conv_bits covers convolutions (and 4-D bare parameters), linear_bits every
+    other weight (Linear, attention, RNN, embedding).
+    """
+    if any(isinstance(weight, str) for weight in weights):
+        known = {weight.name: weight for weight in find_weights(model)}
+        weights = [known[weight] if isinstance(weight, str) else weight for weight in weights]
     chosen = {}
-    per_layer = {k if k.endswith(".weight") else f"{k}.weight": v
-                 for k, v in (per_layer or {}).items()}
-    for name in names:
-        module = _module_of(model, name)
-        by_type = conv_bits if isinstance(module, nn.modules.conv._ConvNd) else linear_bits
-        value = per_layer.get(name, by_type if by_type is not None else bits)
+    for weight in weights:
+        names = (weight.name, *weight.aliases)
+        keys = [key for key in (per_layer or {}) if key in names
+                or f"{key}.weight" in names]
+        by_type = conv_bits if _is_conv(weight) else linear_bits
+        value = per_layer[keys[0]] if keys else (by_type if by_type is not None else bits)
         if value is None:
-            raise NnzipError(f"no bit width for {name}: set bits (or conv_bits / linear_bits)")
-        chosen[name] = check_bits(value)
+            raise NnzipError(f"no bit width for {weight.name}: set bits (or conv_bits / "
+                             "linear_bits)")
+        chosen[weight.name] = check_bits(value)
     return chosen
 
 
+def _share_everywhere(model: nn.Module, weight: Weight, shared: SharedWeight) -> None:
+    """Parametrize every name of ``weight`` with the one ``shared`` module: it stays tied.
+
+    The owning module keeps reading ``.weight`` (or ``in_proj_weight``, ``weight_ih_l0``, a bare
+    parameter), now computed from the shared values, so attention, RNNs and functional code
+    keep working without swapping any module.
+    """
+    for owner, attr in weight.owners:
+        module = model.get_submodule(owner) if owner else model
+        share_weight(module, shared, attr)
+
+
+def _summary(weight: torch.Tensor, shared: SharedWeight, bits: int, zero_code: bool
+             ) -> LayerSharing:
+    return LayerSharing(weights=weight.numel(), kept=int((weight != 0).sum()), bits=bits,
+                        clusters=shared.table_size, zero_code=zero_code,
+                        relative_error=_relative_error(weight, shared(weight)))
+
+
+def _finish(model: nn.Module, method: str, plan: dict[str, tuple[Weight, SharedWeight]],
+            summary: dict[str, LayerSharing], skipped: dict[str, str]) -> MethodResult:
+    if not plan:
+        listed = "; ".join(f"{name}: {why}" for name, why in skipped.items())
+        raise NnzipError(f"{method}: no weight left to share ({listed}); select other layers "
+                         "or change the options")
+    changed = {name: f"{layer.clusters} shared values ({layer.bits} bits), relative error "
+                     f"{layer.relative_error:.2g}" for name, layer in summary.items()}
+    coverage = build_coverage(model, method, changed, skipped)  # names before parametrizing
+    for weight, shared in plan.values():
+        _share_everywhere(model, weight, shared)
+    coverage.log_skipped(log)
+    return MethodResult(model, coverage, dict(summary))
+
+
 @torch.no_grad()
+def cluster_weights_result(model: nn.Module, bits: int | None = None, *,
+                           conv_bits: int | None = None, linear_bits: int | None = None,
+                           layer_bits_map: Mapping[str, int] | None = None,
+                           layers: Sequence[str] | None = None, exclude: Sequence[str] = (),
+                           method: Method = "kmeans", init: Init = "linear", seed: int = 0
+                           ) -> MethodResult:
+    """:func:`cluster_weights` with its coverage (details: the per-weight summary)."""
+    weights = select_weights(model, layers, exclude)
+    widths = layer_bits(model, weights, bits, conv_bits, linear_bits, layer_bits_map)
+    plan, summary = {}, {}
+    for weight in weights:
+        values = weight.param.detach()
+        shared = cluster_tensor(values, widths[weight.name], method=method, init=init,
+                                seed=seed, name=weight.name)
+        plan[weight.name] = (weight, shared)
+        summary[weight.name] = _summary(values, shared, widths[weight.name], shared.zero_code)
+    return _finish(model, "cluster", plan, summary, {})
+
+
 def cluster_weights(model: nn.Module, bits: int | None = None, *, conv_bits: int | None = None,
                     linear_bits: int | None = None, layer_bits_map: Mapping[str, int] | None = None,
                     layers: Sequence[str] | None = None, exclude: Sequence[str] = (),
                     method: Method = "kmeans", init: Init = "linear", seed: int = 0
                     ) -> dict[str, LayerSharing]:
-    """Share the weights of every selected Conv/Linear layer in place; per-layer summary back."""
-    names = select_parameters(model, layers, exclude)
-    widths = layer_bits(model, names, bits, conv_bits, linear_bits, layer_bits_map)
-    params = dict(model.named_parameters())
-    summary = {}
-    for name in names:
-        weight = params[name].detach()
-        shared = cluster_tensor(weight, widths[name], method=method, init=init, seed=seed,
-                                name=name)
-        module = _module_of(model, name)
-        share_weight(module, shared, name.rpartition(".")[2])
-        summary[name] = LayerSharing(
-            weights=weight.numel(), kept=int((weight != 0).sum()), bits=widths[name],
-            clusters=shared.table_size, zero_code=shared.zero_code,
-            relative_error=_relative_error(weight, shared(weight)))
-    return summary
+    """Share every selected weight in place (any weight :func:`select_weights` lists; a tied
+    tensor is clustered once and stays tied); per-weight summary back.
+
+    :func:`cluster_weights_result` also returns the coverage.
+    """
+    return cluster_weights_result(
+        model, bits, conv_bits=conv_bits, linear_bits=linear_bits,
+        layer_bits_map=layer_bits_map, layers=layers, exclude=exclude, method=method, init=init,
+        seed=seed).details
+
+
+def _row_length(weight: torch.Tensor) -> tuple[int, int]:
+    rows = weight.shape[0] if weight.dim() > 1 else 1
+    return rows, weight.numel() // rows
 
 
 def product_quantize_tensor(weight: torch.Tensor, dim: int, bits: int, *, lbg: bool = False,
@@ -134,8 +217,7 @@ def product_quantize_tensor(weight: torch.Tensor, dim: int, bits: int, *, lbg: b
     check_bits(bits)
     if weight.numel() == 0:
         raise NnzipError(f"{name} is empty: there are no weights to quantize; exclude the layer")
-    rows = weight.shape[0] if weight.dim() > 1 else 1
-    columns = weight.numel() // rows
+    rows, columns = _row_length(weight)
     if dim < 1 or columns % dim:
         raise NnzipError(f"{name} has {columns} weights per row, not divisible by dim={dim}: "
                          "pick a dim that divides it or exclude the layer")
@@ -146,25 +228,53 @@ def product_quantize_tensor(weight: torch.Tensor, dim: int, bits: int, *, lbg: b
                         tuple(weight.shape), bits)
 
 
+def _pq_skip_reason(weight: Weight, dim: int, bits: int) -> str | None:
+    _, columns = _row_length(weight.param)
+    if dim < 1 or columns % dim:
+        return (f"{columns} weights per row, not divisible by dim={dim}: pick a dim that "
+                "divides it, or exclude it")
+    rows = weight.numel // dim
+    if 2**bits * dim >= weight.numel:
+        return (f"a codebook of {2**bits} codewords of {dim} weights is as large as the weight "
+                f"itself ({weight.numel} weights, {rows} sub-vectors): it would grow")
+    return None
+
+
 @torch.no_grad()
+def product_quantize_result(model: nn.Module, dim: int = 4, bits: int = 8, *,
+                            layers: Sequence[str] | None = None, exclude: Sequence[str] = (),
+                            lbg: bool = False, iterations: int = 30, seed: int = 0
+                            ) -> MethodResult:
+    """:func:`product_quantize` with its coverage (details: the per-weight summary).
+
+    A weight whose rows do not split into ``dim``-weight sub-vectors, or which is smaller than
+    its codebook, is left as it is and listed in the coverage with the reason.
+    """
+    check_bits(bits)
+    plan, summary, skipped = {}, {}, {}
+    for weight in select_weights(model, layers, exclude):
+        reason = _pq_skip_reason(weight, dim, bits)
+        if reason is not None:
+            skipped[weight.name] = reason
+            continue
+        values = weight.param.detach()
+        shared = product_quantize_tensor(values, dim, bits, lbg=lbg, iterations=iterations,
+                                         seed=seed, name=weight.name)
+        plan[weight.name] = (weight, shared)
+        summary[weight.name] = _summary(values, shared, bits, False)
+    return _finish(model, "product_quantize", plan, summary, skipped)
+
+
 def product_quantize(model: nn.Module, dim: int = 4, bits: int = 8, *,
                      layers: Sequence[str] | None = None, exclude: Sequence[str] = (),
                      lbg: bool = False, iterations: int = 30, seed: int = 0
                      ) -> dict[str, LayerSharing]:
-    """Product-quantize every selected Conv/Linear weight in place; per-layer summary back."""
-    names = select_parameters(model, layers, exclude)
-    params = dict(model.named_parameters())
-    summary = {}
-    for name in names:
-        weight = params[name].detach()
-        shared = product_quantize_tensor(weight, dim, bits, lbg=lbg, iterations=iterations,
-                                         seed=seed, name=name)
-        share_weight(_module_of(model, name), shared, name.rpartition(".")[2])
-        summary[name] = LayerSharing(
-            weights=weight.numel(), kept=int((weight != 0).sum()), bits=bits,
-            clusters=shared.table_size, zero_code=False,
-            relative_error=_relative_error(weight, shared(weight)))
-    return summary
+    """Product-quantize every selected weight in place (a tied tensor once); per-weight summary.
+
+    :func:`product_quantize_result` also returns the coverage, with the weights it skipped.
+    """
+    return product_quantize_result(model, dim, bits, layers=layers, exclude=exclude, lbg=lbg,
+                                   iterations=iterations, seed=seed).details
 
 
 def summary_json(summary: Mapping[str, LayerSharing]) -> dict[str, dict]:

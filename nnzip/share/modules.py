@@ -80,9 +80,13 @@ def share_weight(layer: nn.Module, shared: SharedWeight, name: str = "weight") -
 
 
 def shared_weights(model: nn.Module) -> dict[str, SharedWeight]:
-    """Every :class:`SharedWeight` of ``model``, by the name of the weight it replaces."""
+    """Every :class:`SharedWeight` of ``model``, by the name of the weight it replaces.
+
+    A tied weight is shared once, through one :class:`SharedWeight` registered under each of
+    its names, so it appears once per name with the same object.
+    """
     found = {}
-    for module_name, module in model.named_modules():
+    for module_name, module in model.named_modules(remove_duplicate=False):
         if not parametrize.is_parametrized(module):
             continue
         for tensor_name, chain in module.parametrizations.items():
@@ -101,11 +105,22 @@ def round_codebooks(model: nn.Module, dtype: torch.dtype = torch.float16) -> Non
 
 
 def unshare(model: nn.Module) -> nn.Module:
-    """Turn every shared weight back into a plain parameter holding its current values."""
+    """Turn every shared weight back into a plain parameter holding its current values.
+
+    The names of a tied weight get one parameter again, so the tie survives.
+    """
+    plain: dict[int, nn.Parameter] = {}
     for module in model.modules():
-        if parametrize.is_parametrized(module):
-            for tensor_name in list(module.parametrizations):
-                if any(isinstance(p, SharedWeight) for p in module.parametrizations[tensor_name]):
-                    parametrize.remove_parametrizations(module, tensor_name,
-                                                        leave_parametrized=True)
+        if not parametrize.is_parametrized(module):
+            continue
+        for tensor_name in list(module.parametrizations):
+            chain = module.parametrizations[tensor_name]
+            shared = [p for p in chain if isinstance(p, SharedWeight)]
+            if not shared:
+                continue
+            parametrize.remove_parametrizations(module, tensor_name, leave_parametrized=True)
+            if id(shared[0]) in plain:
+                setattr(module, tensor_name, plain[id(shared[0])])
+            else:
+                plain[id(shared[0])] = getattr(module, tensor_name)
     return model

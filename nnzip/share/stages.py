@@ -21,8 +21,9 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from nnzip.codec.nnz import layer_table, set_codec_options
+from nnzip.core.coverage import MethodResult
 from nnzip.models.zoo import model_spec
-from nnzip.share.cluster import cluster_weights, product_quantize, summary_json
+from nnzip.share.cluster import cluster_weights_result, product_quantize_result, summary_json
 from nnzip.share.modules import round_codebooks
 from nnzip.stage import Context, Stage
 from nnzip.train import FinetunedStage, fit
@@ -39,8 +40,9 @@ class _SharingStage(FinetunedStage):
     exclude: list[str] = Field(default_factory=list)
     codebook_dtype: Literal["float32", "float16"] = "float16"
 
-    def _finish(self, model: nn.Module, context: Context, summary: dict) -> nn.Module:
-        info = summary_json(summary)
+    def _finish(self, model: nn.Module, context: Context, result: MethodResult) -> nn.Module:
+        info = summary_json(result.details)
+        context.record("coverage", result.coverage.to_dict())
         context.record("layer_bits", {name: row["bits"] for name, row in info.items()})
         context.record("weight_error", {name: round(row["relative_error"], 6)
                                         for name, row in info.items()})
@@ -90,13 +92,13 @@ class Cluster(_SharingStage):
         return self
 
     def apply(self, model: nn.Module, context: Context) -> nn.Module:
-        summary = cluster_weights(model, self.bits, conv_bits=self.conv_bits,
-                                  linear_bits=self.linear_bits, layer_bits_map=self.layer_bits,
-                                  layers=self.layers, exclude=self.exclude, method=self.method,
-                                  init=self.init, seed=context.seed)
+        result = cluster_weights_result(
+            model, self.bits, conv_bits=self.conv_bits, linear_bits=self.linear_bits,
+            layer_bits_map=self.layer_bits, layers=self.layers, exclude=self.exclude,
+            method=self.method, init=self.init, seed=context.seed)
         context.record("method", self.method)
         context.record("init", self.init)
-        return self._finish(model, context, summary)
+        return self._finish(model, context, result)
 
 
 class ProductQuantize(_SharingStage):
@@ -111,11 +113,11 @@ class ProductQuantize(_SharingStage):
     iterations: int = Field(30, ge=0)
 
     def apply(self, model: nn.Module, context: Context) -> nn.Module:
-        summary = product_quantize(model, self.dim, self.bits, layers=self.layers,
-                                   exclude=self.exclude, lbg=self.lbg,
-                                   iterations=self.iterations, seed=context.seed)
+        result = product_quantize_result(model, self.dim, self.bits, layers=self.layers,
+                                         exclude=self.exclude, lbg=self.lbg,
+                                         iterations=self.iterations, seed=context.seed)
         context.record("dim", self.dim)
-        return self._finish(model, context, summary)
+        return self._finish(model, context, result)
 
 
 class Encode(Stage):

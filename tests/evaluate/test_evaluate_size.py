@@ -1,3 +1,4 @@
+import copy
 import warnings
 
 import pytest
@@ -11,7 +12,9 @@ from nnzip.evaluate.size import (
     count_params,
     file_bytes,
     state_tensor_bytes,
+    tensor_bytes,
 )
+from nnzip.models.examples import example_model
 
 
 def test_counts_see_zeroed_weights_and_ignore_buffers():
@@ -32,11 +35,28 @@ def test_artifact_bytes_is_raw_weights_plus_a_small_header():
     assert raw <= size <= raw + 512
 
 
-def test_artifact_bytes_accepts_tied_weights():
+def test_artifact_bytes_counts_a_tied_weight_once():
     model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8))
-    model[1].weight = model[0].weight  # safetensors refuses shared tensors unless cloned
-    size = artifact_bytes(model)
-    assert size >= 4 * (2 * 64 + 2 * 8)
+    model[1].weight = model[0].weight  # safetensors refuses shared tensors: stored once instead
+    untied = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8))
+    assert count_params(model) == 64 + 2 * 8
+    assert artifact_bytes(untied) - artifact_bytes(model) >= 4 * 64 - 64  # header differs a bit
+
+
+def test_a_tied_language_model_is_counted_once_and_untying_it_grows():
+    model, _ = example_model("lstm_lm")
+    assert model.decoder.weight is model.embed.weight
+    unique = {id(p): p for module in model.modules() for p in module.parameters(recurse=False)}
+    assert count_params(model) == sum(p.numel() for p in unique.values())
+    assert count_nonzero(model) <= count_params(model)
+    raw = 4 * count_params(model)
+    assert raw <= artifact_bytes(model) <= raw + 2048
+    assert state_tensor_bytes(model) == raw
+    untied = copy.deepcopy(model)
+    untied.decoder.weight = nn.Parameter(untied.embed.weight.detach().clone())
+    table = 4 * model.embed.weight.numel()
+    assert count_params(untied) == count_params(model) + model.embed.weight.numel()
+    assert artifact_bytes(untied) >= artifact_bytes(model) + table - 256
 
 
 def test_artifact_bytes_of_dynamically_quantized_model_counts_int8_weights():
@@ -58,3 +78,19 @@ def test_file_bytes_sums_a_folder_and_rejects_a_missing_path(tmp_path):
     assert file_bytes(tmp_path) == 15
     with pytest.raises(NnzipError, match="does not exist"):
         file_bytes(tmp_path / "missing.nnz")
+
+
+def test_tensor_bytes_is_the_artifact_without_its_header():
+    model, _ = example_model("lstm_lm")
+    assert tensor_bytes(model) == 4 * count_params(model)
+    assert 0 < artifact_bytes(model) - tensor_bytes(model) < 2048
+
+
+def test_weight_sharing_codes_are_weighed_in_the_narrowest_integer_type():
+    from nnzip.share import cluster_weights
+
+    model = nn.Sequential(nn.Linear(64, 64, bias=False))
+    before = tensor_bytes(model)
+    cluster_weights(model, 4)  # 64 x 64 codes of 4 bits: one byte each, as a file holds them
+    assert tensor_bytes(model) == 64 * 64 + 4 * 16
+    assert tensor_bytes(model) < before / 3

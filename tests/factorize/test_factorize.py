@@ -86,19 +86,19 @@ def test_bad_ranks_and_layer_names_are_clear_errors():
     with pytest.raises(NnzipError, match="rank must be a positive integer"):
         factorize_linears(nn.Sequential(layer), rank=-1)
     with pytest.raises(NnzipError, match="exactly one way"):
-        factorize_linears(nn.Sequential(layer), rank=2, ratio=0.5)
+        factorize_linears(nn.Sequential(layer), rank=2, keep=0.5)
     model = create_model("lenet300", input_shape=(1, 8, 8), num_classes=10)
     with pytest.raises(NnzipError, match="no layer 'fc9'.*fc1, fc2, fc3"):
-        factorize_linears(model, ratio=0.3, layers=["fc9"])
+        factorize_linears(model, keep=0.3, layers=["fc9"])
     with pytest.raises(NnzipError, match="'relu1' is a ReLU, not an nn.Linear"):
-        factorize_linears(model, ratio=0.3, layers=["relu1"])
+        factorize_linears(model, keep=0.3, layers=["relu1"])
     with pytest.raises(NnzipError, match="depthwise"):
         tucker2_conv(nn.Conv2d(4, 4, 3, groups=4), (2, 2))
 
 
 def test_svd_skips_layers_where_it_would_not_save_parameters():
     model = create_model("lenet300", input_shape=(1, 28, 28), num_classes=10)
-    done = factorize_linears(model, ratio=0.3)
+    done = factorize_linears(model, keep=0.3)
     assert isinstance(model.fc1, nn.Sequential) and isinstance(model.fc2, nn.Sequential)
     assert done["fc1"]["rank"] == rank_for_ratio(784, 300, 0.3)
     assert done["fc1"]["params_after"] == sum(p.numel() for p in model.fc1.parameters())
@@ -111,7 +111,7 @@ def test_tucker_on_resnet8_cuts_flops_and_keeps_standard_layers():
     torch.manual_seed(0)
     model = create_model("resnet8", input_shape=(1, 28, 28), num_classes=10).eval()
     flops_before, _ = count_flops(model, (1, 28, 28))
-    done = factorize_convs(model, method="ratio", ratio=0.3)
+    done = factorize_convs(model, keep=0.3)
     assert "1×1" in done["layer2.0.shortcut.0"]["skipped"]
     assert "keep all 1 input" in done["conv1"]["skipped"]  # 1 input channel: nothing to gain
     assert isinstance(model.layer1[0].conv1, nn.Sequential)
@@ -126,7 +126,7 @@ def test_tucker_on_resnet8_cuts_flops_and_keeps_standard_layers():
 def test_factorized_models_still_quantize(digits):
     torch.manual_seed(0)
     model = create_model("lenet300", input_shape=digits.input_shape, num_classes=10).eval()
-    factorize_linears(model, ratio=0.3)
+    factorize_linears(model, keep=0.3)
     x = digits.test.tensors[0][:64]
     quantized = quantize_static(copy.deepcopy(model), [x])
     assert (quantized(x).argmax(1) == model(x).argmax(1)).float().mean() > 0.9
@@ -136,7 +136,7 @@ def test_svd_and_tucker_stages_run_in_a_recipe(digits, tmp_path):
     torch.manual_seed(0)
     model = create_model("resnet8", input_shape=digits.input_shape, num_classes=10, width=4)
     recipe = parse_recipe({"stages": [
-        {"tucker": {"method": "ratio", "ratio": 0.5, "finetune_epochs": 2, "lr": 3e-3}},
+        {"tucker": {"keep": 0.5, "finetune_epochs": 2, "lr": 3e-3}},
         {"svd": {"rank": 4, "finetune_epochs": 0}}]})
     result = compress(model, recipe, digits, out_dir=tmp_path, eval_config=FAST, progress=False)
     tucker, svd = (stage["details"] for stage in result.report["stages"])
@@ -160,5 +160,52 @@ def test_stage_options_are_validated_up_front():
         parse_recipe({"stages": ["svd"]})
     with pytest.raises(NnzipError, match="rank"):
         parse_recipe({"stages": [{"svd": {"rank": 0}}]})
-    with pytest.raises(NnzipError, match="needs ratio"):
+    with pytest.raises(NnzipError, match="needs keep"):
         parse_recipe({"stages": [{"tucker": {"method": "ratio"}}]})
+    with pytest.raises(NnzipError, match=r"give keep .* only; ratio is its old name"):
+        parse_recipe({"stages": [{"svd": {"ratio": 0.3, "keep": 0.3}}]})
+
+
+def test_the_old_ratio_name_still_works_and_says_the_new_one(caplog):
+    with caplog.at_level("WARNING"):
+        recipe = parse_recipe({"stages": [{"svd": {"ratio": 0.3}},
+                                          {"tucker": {"method": "ratio", "ratio": 0.4}}]})
+    assert recipe.steps[0].stage.keep == 0.3 and recipe.steps[1].stage.keep == 0.4
+    assert recipe.steps[0].stage.ratio == 0.3  # read by older code
+    assert "call it 'keep'" in caplog.text
+    model = create_model("lenet300", input_shape=(1, 8, 8), num_classes=10)
+    with caplog.at_level("WARNING"):
+        done = factorize_linears(model, ratio=0.3)
+    assert done["fc1"]["rank"] == rank_for_ratio(64, 300, 0.3)
+
+
+@pytest.mark.parametrize("conv_type, shape", [(nn.Conv1d, (2, 6, 20)),
+                                              (nn.Conv3d, (2, 6, 5, 6, 7))])
+def test_tucker2_of_conv1d_and_conv3d_is_exact_at_full_rank_and_stays_that_type(conv_type,
+                                                                                shape):
+    torch.manual_seed(0)
+    conv = conv_type(6, 10, 3, stride=2, padding=1)
+    x = torch.randn(*shape)
+    factored = tucker2_conv(conv, (6, 10))
+    assert all(type(m) is conv_type for m in factored)
+    torch.testing.assert_close(factored(x), conv(x), rtol=0, atol=1e-5)
+    model = nn.Sequential(conv_type(8, 16, 3), nn.ReLU(), conv_type(16, 16, 3, groups=2))
+    done = factorize_convs(model, keep=0.4)
+    assert "ranks" in done["0"] and "grouped conv (groups=2)" in done["2"]["skipped"]
+
+
+def test_svd_leaves_tied_weights_and_attention_out_proj_with_reasons():
+    from nnzip.factorize import factorize_linears_result
+    from nnzip.models.examples import example_model
+
+    model, tokens = example_model("lstm_lm")
+    result = factorize_linears_result(model, rank=4)
+    assert model.decoder.weight is model.embed.weight and isinstance(model.decoder, nn.Linear)
+    assert "tied" in result.coverage.skipped["embed.weight"]
+    assert "fused kernel" in result.coverage.skipped["rnn.weight_ih_l0"]
+    vit, images = example_model("vit")
+    result = factorize_linears_result(vit, keep=0.5)
+    assert "reads blocks.0.attn.out_proj.weight directly" in \
+        result.coverage.skipped["blocks.0.attn.out_proj.weight"]
+    assert isinstance(vit.blocks[0].mlp[0], nn.Sequential)
+    assert vit(images).shape == (8, 10)

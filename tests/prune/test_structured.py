@@ -21,6 +21,7 @@ from nnzip.prune.structured import (
     channel_counts,
     output_layers,
     prune_channels,
+    prune_channels_result,
     unsupported_layers,
 )
 from nnzip.recipe import STAGES, parse_recipe
@@ -176,12 +177,14 @@ def test_ignored_layers_keep_their_output_channels():
     assert pruned.layer3[0].conv1.out_channels == 32  # the others are pruned
 
 
-@pytest.mark.parametrize("ratio", [1.0, -0.1])
-def test_a_ratio_outside_zero_to_one_is_a_clear_error(ratio):
-    with pytest.raises(NnzipError, match="ratio must be"):
-        prune_channels(_model("resnet8"), ratio, _example())
-    with pytest.raises(NnzipError, match="ratio must be"):
-        parse_recipe({"stages": [{"prune_channels": {"ratio": ratio}}]})
+@pytest.mark.parametrize("sparsity", [1.0, -0.1])
+def test_a_sparsity_outside_zero_to_one_is_a_clear_error(sparsity):
+    with pytest.raises(NnzipError, match="sparsity must be"):
+        prune_channels(_model("resnet8"), sparsity, _example())
+    with pytest.raises(NnzipError, match="sparsity must be"):
+        parse_recipe({"stages": [{"prune_channels": {"sparsity": sparsity}}]})
+    with pytest.raises(NnzipError, match="sparsity must be"):  # the old name, same check
+        parse_recipe({"stages": [{"prune_channels": {"ratio": sparsity}}]})
 
 
 def test_an_unknown_ignored_layer_is_named_with_the_valid_names():
@@ -258,3 +261,78 @@ def test_prune_channels_stage_in_a_recipe_records_widths_and_saves_a_pt2(digits,
     assert details["removed_fraction"] == pytest.approx(0.5)
     assert report["models"][1]["params"] == details["params_after"]
     assert result.paths["model"].name == "model.pt2" and result.paths["model"].exists()
+
+
+class _TiedResidual(nn.Module):
+    """Embedding → residual MLP → decoder tied to the embedding: one group holds both users."""
+
+    def __init__(self, vocab: int = 50, dim: int = 16) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.fc = nn.Linear(dim, dim)
+        self.decoder = nn.Linear(dim, vocab, bias=False)
+        self.decoder.weight = self.embed.weight
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.embed(tokens)
+        return self.decoder(x + F.relu(self.fc(x)))
+
+
+def test_a_tied_embedding_width_is_pruned_on_both_users_and_stays_one_tensor():
+    torch.manual_seed(0)
+    model = _TiedResidual().eval()
+    tokens = torch.randint(0, 50, (4, 7))
+    result = prune_channels_result(model, 0.5, tokens)
+    pruned = result.model
+    assert pruned.decoder.weight is pruned.embed.weight
+    assert pruned.embed.weight.shape == (50, 8)
+    assert count_params(pruned) == sum(p.numel() for p in pruned.parameters())
+    assert result.coverage.records[0].aliases == ("decoder.weight",)
+    assert result.coverage.to_dict()["params"]["embed.weight"]["note"] == "width 16 -> 8"
+    assert pruned(tokens).shape == (4, 7, 50)
+
+
+class _TiedThroughMLP(nn.Module):
+    """The decoder's inputs come from another group than the embedding's outputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.hidden = nn.Embedding(50, 16), nn.Linear(16, 24)
+        self.fc, self.decoder = nn.Linear(24, 16), nn.Linear(16, 50, bias=False)
+        self.decoder.weight = self.embed.weight
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.decoder(F.relu(self.fc(F.relu(self.hidden(self.embed(tokens))))))
+
+
+def test_a_group_that_would_untie_a_weight_is_kept_with_the_reason():
+    torch.manual_seed(0)
+    tokens = torch.randint(0, 50, (4, 7))
+    result = prune_channels_result(_TiedThroughMLP().eval(), 0.5, tokens)
+    pruned = result.model
+    assert pruned.decoder.weight is pruned.embed.weight and pruned.embed.weight.shape == (50, 16)
+    assert "untying it" in result.details["kept"]["fc"]
+    assert pruned.hidden.out_features == 12  # the other group is pruned
+
+
+def test_layernorm_and_attention_groups_are_kept_and_said_so():
+    from nnzip.models.examples import example_model
+
+    model, inputs = example_model("vit")
+    result = prune_channels_result(model, 0.5, inputs)
+    assert "LayerNorm" in result.coverage.skipped["patch_embed.weight"]
+    assert result.model.blocks[0].mlp[0].out_features == 32
+    assert result.model.blocks[0].attn.embed_dim == 32
+
+
+def test_exclude_takes_patterns_and_the_old_ratio_name_still_works(caplog):
+    model = _model("resnet8")
+    with caplog.at_level(logging.WARNING, logger="nnzip.prune.structured"):
+        pruned = prune_channels(model, ratio=0.5, example_inputs=_example(),
+                                exclude=["layer2.*"])
+    assert "call it 'sparsity'" in caplog.text
+    assert pruned.layer2[0].conv1.out_channels == 32
+    assert pruned.layer3[0].conv1.out_channels == 32  # layer2's residual width is coupled
+    assert pruned.layer1[0].conv1.out_channels == 8
+    with pytest.raises(NnzipError, match="did you mean"):
+        prune_channels(model, 0.5, _example(), exclude=["layer2.0.conv"])

@@ -84,3 +84,38 @@ def test_sharing_a_layer_twice_is_refused():
     with pytest.raises(NnzipError, match="already shared"):
         share_weight(layer, SharedWeight(torch.zeros(2), torch.zeros(9, dtype=torch.long),
                                          (3, 3), 1))
+
+
+def test_a_tied_weight_is_clustered_once_and_stays_tied():
+    from nnzip.models.examples import example_model
+    from nnzip.share import cluster_weights_result
+
+    model, tokens = example_model("lstm_lm")
+    result = cluster_weights_result(model, 3, exclude=["rnn"])
+    assert list(result.details) == ["embed.weight"]  # once, under its first name
+    tables = shared_weights(model)
+    assert tables["embed.weight"] is tables["decoder.weight"]
+    assert model.decoder.weight.unique().numel() <= 8
+    torch.testing.assert_close(model.decoder.weight, model.embed.weight)
+    assert model(tokens).shape == (8, 12, 100)
+    assert result.coverage.to_dict()["params"]["rnn.weight_ih_l0"]["note"] == \
+        "not selected (layers/exclude)"
+    unshare(model)
+    assert model.decoder.weight is model.embed.weight
+
+
+def test_attention_rnn_and_functional_weights_are_shared_in_place():
+    from nnzip.models.examples import example_model
+    from nnzip.share import cluster_weights_result
+
+    for family, names in (("vit", ["blocks.0.attn.in_proj_weight",
+                                   "blocks.0.attn.out_proj.weight"]),
+                          ("gru_lm", ["rnn.weight_hh_l1"]),
+                          ("functional", ["conv_weight", "fc_weight"])):
+        model, inputs = example_model(family)
+        reference = model(inputs)
+        result = cluster_weights_result(model, 5, layers=names)
+        assert result.coverage.changed == names
+        outputs = model(inputs)  # the owners still read .weight: now the shared values
+        assert not torch.equal(outputs, reference)
+        assert (outputs - reference).norm() < 0.1 * reference.norm()
