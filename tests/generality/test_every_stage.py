@@ -62,5 +62,6 @@ def test_a_stage_works_or_names_what_it_cannot_handle(stage, family):
     assert not result.model.training
     coverage = result.coverage
     assert 0.0 <= coverage.changed_fraction <= 1.0
-    if stage not in ("sensitivity", "encode", "fold_batchnorm"):
-        assert coverage.total_params >= params * 0.5, "coverage lists the model's parameters"
+    # Every parameter is accounted for: of the model as given, or as returned (layers rebuilt).
+    after = sum(p.numel() for p in unique_parameters(result.model).values())
+    assert coverage.total_params in (params, after)
