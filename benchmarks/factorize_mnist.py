@@ -39,9 +39,9 @@ from nnzip.train import train_zoo_model
 THREADS, WARMUP = 1, 20
 #: What each run factorizes, with which stage options (the stage is the one a recipe would use).
 RUNS = [
-    ("lenet300", "svd ratio 0.3", SVD(ratio=0.3, exclude=["fc3"], finetune_epochs=5, lr=5e-4),
+    ("lenet300", "svd ratio 0.3", SVD(keep=0.3, exclude=["fc3"], finetune_epochs=5, lr=5e-4),
      {"min_params_ratio": 3.0, "max_drop_points": 0.5}),
-    ("resnet8", "tucker ratio 0.4", Tucker(method="ratio", ratio=0.4, finetune_epochs=5, lr=2e-3),
+    ("resnet8", "tucker ratio 0.4", Tucker(method="ratio", keep=0.4, finetune_epochs=5, lr=2e-3),
      {"min_flops_ratio": 2.0, "max_drop_points": 1.0}),
     ("resnet8", "tucker vbmf", Tucker(method="vbmf", finetune_epochs=5, lr=2e-3), {}),
 ]

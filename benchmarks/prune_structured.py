@@ -82,7 +82,7 @@ def _torch_pruning_directly(dense: nn.Module, arch: str, stage: PruneChannels,
     example = data.train.tensors[0][:2]
     started = time.perf_counter()
     pruner = tp.pruner.MetaPruner(model, example, importance=tp.importance.MagnitudeImportance(),
-                                  pruning_ratio=stage.ratio,
+                                  pruning_ratio=stage.sparsity,
                                   ignored_layers=[getattr(model, CLASSIFIER[arch])])
     pruner.step()
     prune_seconds = time.perf_counter() - started
@@ -105,7 +105,7 @@ def run_model(arch: str, data: DataSplits, cache_dir: Path, repeats_b1: int,
     epochs = context.finetune_epochs if stage.finetune_epochs is None else stage.finetune_epochs
     accuracy_dense = accuracy_on_test(dense, data)
     console.print(f"[bold]{arch}[/]: dense accuracy {100 * accuracy_dense:.2f}%, pruning with "
-                  f"{RECIPES[arch].name} ({stage.criterion}, ratio {stage.ratio}, "
+                  f"{RECIPES[arch].name} ({stage.criterion}, sparsity {stage.sparsity}, "
                   f"{epochs} fine-tune epochs)")
 
     # nnzip's importance alone (no fine-tune), for the like-for-like row against Torch-Pruning.
@@ -114,7 +114,7 @@ def run_model(arch: str, data: DataSplits, cache_dir: Path, repeats_b1: int,
     if stage.criterion == "taylor":
         from nnzip.data import calibration_batches
         calibration = calibration_batches(data, stage.calibration_batches, seed=context.seed)
-    only_pruned = prune_channels(dense, stage.ratio, data.train.tensors[0][:2], stage.criterion,
+    only_pruned = prune_channels(dense, stage.sparsity, data.train.tensors[0][:2], stage.criterion,
                                  global_pruning=stage.global_pruning, round_to=stage.round_to,
                                  iterative_steps=stage.iterative_steps, calibration=calibration,
                                  ignored_layers=stage.ignored_layers, seed=context.seed)
@@ -261,7 +261,9 @@ def render_markdown(report: dict) -> str:
         met = ", ".join(f"{key}: {'yes' if value else 'NO'}"
                         for key, value in result["targets_met"].items())
         lines += [f"## {result['arch']}", "",
-                  f"Recipe `{result['recipe']}`: ratio {options['ratio']}, criterion "
+                  # 'ratio' is the name results written before issue 13 used.
+                  f"Recipe `{result['recipe']}`: sparsity "
+                  f"{options.get('sparsity', options.get('ratio'))}, criterion "
                   f"{options['criterion']}, round_to {options['round_to']}, global "
                   f"{options['global_pruning']}, {result['finetune_epochs']} fine-tune epochs "
                   f"at lr {options['lr']}; {100 * (result['removed_fraction'] or 0):.1f} % of the "
