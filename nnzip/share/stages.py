@@ -20,7 +20,8 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from nnzip.codec.nnz import layer_table, set_codec_options
+from nnzip.codec.nnz import set_codec_options
+from nnzip.models.nnz import layer_table
 from nnzip.models.zoo import model_spec
 from nnzip.share.cluster import cluster_weights, product_quantize, summary_json
 from nnzip.share.modules import round_codebooks
