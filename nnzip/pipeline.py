@@ -18,10 +18,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from nnzip.codec.nnz import codec_options, nnz_artifact, save_nnz
+from nnzip.codec.nnz import codec_options
 from nnzip.data.splits import DataSplits
 from nnzip.errors import NnzipError
 from nnzip.evaluate import EvalConfig, build_report, evaluate, machine_info, write_report
+from nnzip.models.nnz import nnz_artifact, save_nnz
 from nnzip.recipe import Recipe, load_recipe
 from nnzip.stage import Context
 
@@ -110,17 +111,25 @@ def compress(model: nn.Module, recipe: Recipe | str | Path, data: DataSplits, *,
             # After weight sharing (or an encode stage) the size is that of the .nnz file.
             rows.append(evaluate(model, data, name=name, stage=step.label, reference=reference,
                                  reference_size_bytes=baseline["size_bytes"],
-                                 artifact_path=nnz_artifact(model, folder), config=eval_config))
+                                 artifact_path=nnz_artifact(model, folder,
+                                                            example=_example(data)),
+                                 config=eval_config))
         report, paths = _write(rows, eval_config, out_dir, extra)
     if out_dir is not None:
         paths["model"] = save_final_model(model, out_dir, data)
     return CompressResult(model=model, report=report, paths=paths)
 
 
+def _example(data: DataSplits) -> torch.Tensor:
+    """Two test inputs: what torch.export traces a model outside the zoo on."""
+    return data.test.tensors[0][:2]
+
+
 def save_final_model(model: nn.Module, out_dir: Path, data: DataSplits) -> Path:
     """Save as a zoo folder (safetensors + spec) when the zoo can rebuild it, else as a .pt2.
 
-    After weight sharing (or an ``encode`` stage) a zoo model is saved as its ``.nnz`` file.
+    After weight sharing (or an ``encode`` stage) the model is saved as its ``.nnz`` file (a
+    model outside the zoo as its torch.export program, traced on two test inputs).
 
     A model quantized by nnzip is saved as a QDQ ``.onnx`` file: int8 weights with their scales,
     runnable on ONNX Runtime's integer kernels (a .pt2 would hold fp32 copies of the weights).
@@ -128,10 +137,11 @@ def save_final_model(model: nn.Module, out_dir: Path, data: DataSplits) -> Path:
     from nnzip.models import export_model, model_spec, save_model
     from nnzip.runtime.onnx_export import export_onnx, is_quantized
 
-    example = data.test.tensors[0][:2]
+    example = _example(data)
     options = codec_options(model)
-    if options is not None and model_spec(model) is not None:
-        return save_nnz(model, out_dir / "model.nnz", huffman=options["huffman"])
+    if options is not None:
+        return save_nnz(model, out_dir / "model.nnz", example=example,
+                        huffman=options["huffman"])
     if is_quantized(model):
         try:
             return export_onnx(model, out_dir / "model.onnx", example)
