@@ -183,7 +183,8 @@ def _expressions(value: Any) -> Iterator[str]:
 
 
 def _resolve(target: str) -> Any:
-    """What torch's deserializer would turn ``target`` into (attribute lookups only)."""
+    """What torch's deserializer would turn ``target`` into (attribute lookups only; the
+    caller accepts the result only if it is an operator)."""
     import math
     import operator
 
@@ -191,7 +192,7 @@ def _resolve(target: str) -> Any:
     root, _, rest = target.partition(".")
     value: Any = roots.get(root)
     for name in rest.split(".") if value is not None else ():
-        if name.startswith("__") or not hasattr(value, name):
+        if not hasattr(value, name):
             return None
         value = getattr(value, name)
     return value

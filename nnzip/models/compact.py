@@ -26,6 +26,10 @@ log = logging.getLogger(__name__)
 Compact = torch.Tensor | Coded | Integer
 
 
+class StructureChanged(NnzipError):
+    """A zoo model no longer has the modules or shapes its zoo spec describes."""
+
+
 def _quantized_layer_type() -> type | None:
     try:
         from nnzip.quant.modules import QuantizedLayer
@@ -112,8 +116,8 @@ def compact_tensors(model: nn.Module, names: list[str]) -> dict[str, Compact]:
         try:
             module = model.get_submodule(module_name) if module_name else model
         except AttributeError as error:
-            raise NnzipError(f"the model has no {module_name!r} any more ({error}): it no "
-                             "longer matches its zoo architecture") from error
+            raise StructureChanged(f"the model has no {module_name!r} any more ({error}): it "
+                                   "no longer matches its zoo architecture") from error
         bridged = integer_weight(module)
         if bridged is not None:
             module, integer = bridged
@@ -125,8 +129,8 @@ def compact_tensors(model: nn.Module, names: list[str]) -> dict[str, Compact]:
             continue
         value = getattr(module, attribute, None)
         if not isinstance(value, torch.Tensor):
-            raise NnzipError(f"the model has no tensor {name!r}: it no longer matches its zoo "
-                             "architecture (e.g. after structured pruning)")
+            raise StructureChanged(f"the model has no tensor {name!r}: it no longer matches its "
+                                   "zoo architecture (e.g. after structured pruning)")
         tensors[name] = value.detach()
     return tensors
 
@@ -168,15 +172,17 @@ def plain_model(model: nn.Module) -> tuple[nn.Module, dict[str, Coded | Integer]
     in, and the compact form of each baked weight by its name in that model.
 
     Parametrizations (weight sharing, masks) are replaced by their current values; a weight-only
-    quantized layer by its float layer holding the dequantized weight. Layers that quantize
-    their inputs stay as they are (their graph is exported with them). ``model`` itself comes
-    back, uncopied, when there is nothing to bake.
+    quantized layer by its float layer holding the dequantized weight (a model that quantizes
+    activations is refused, as for zoo models: it deploys as ONNX). ``model`` itself comes back,
+    uncopied, when there is nothing to bake.
     """
     quantized_layer = _quantized_layer_type()
-    quantized = [name for name, module in model.named_modules()
-                 if quantized_layer is not None and isinstance(module, quantized_layer)
-                 and getattr(module, "mode", None) == "quantize"
-                 and getattr(module, "input_scheme", None) is None
+    layers = [(name, module) for name, module in model.named_modules()
+              if quantized_layer is not None and isinstance(module, quantized_layer)]
+    for _, module in layers:
+        if getattr(module, "input_scheme", None) is not None:
+            integer_weight(module)  # raises: activation-quantized models deploy as ONNX
+    quantized = [name for name, module in layers if getattr(module, "mode", None) == "quantize"
                  and getattr(module, "smoothing", None) is None]
     if not quantized and not any(parametrize.is_parametrized(m) for m in model.modules()):
         return model, {}

@@ -43,7 +43,12 @@ from nnzip.codec.program import (
 )
 from nnzip.codec.tensors import Coded, Integer, encode_tensor
 from nnzip.errors import NnzipError
-from nnzip.models.compact import compact_if_exact, compact_tensors, plain_model
+from nnzip.models.compact import (
+    StructureChanged,
+    compact_if_exact,
+    compact_tensors,
+    plain_model,
+)
 from nnzip.models.zoo import create_model, model_spec
 
 log = logging.getLogger(__name__)
@@ -78,15 +83,16 @@ def _shape(value: torch.Tensor | Coded | Integer) -> tuple[int, ...]:
 
 
 def _zoo_tensors(model: nn.Module, spec: dict) -> dict[str, torch.Tensor | Coded | Integer]:
-    """The zoo model's tensors by plain name; NnzipError if they no longer fit its spec."""
+    """The zoo model's tensors by plain name; StructureChanged if they no longer fit its spec."""
     expected = {name: tuple(t.shape) for name, t in _fresh_zoo_model(spec, meta=True)
                 .state_dict().items()}
     tensors = compact_tensors(model, list(expected))
     wrong = [f"{name} ({_shape(value)}, the {spec['arch']} has {expected[name]})"
              for name, value in tensors.items() if _shape(value) != expected[name]]
     if wrong:
-        raise NnzipError(f"this {spec['arch']} model no longer matches its zoo architecture "
-                         f"(wrong shape: {', '.join(wrong)}), e.g. after structured pruning")
+        raise StructureChanged(f"this {spec['arch']} model no longer matches its zoo "
+                               f"architecture (wrong shape: {', '.join(wrong)}), e.g. after "
+                               "structured pruning")
     return tensors
 
 
@@ -119,7 +125,7 @@ def nnz_bytes(model: nn.Module, *, example: Example | None = None, huffman: bool
     if spec is not None:
         try:
             tensors = _zoo_tensors(model, spec)
-        except NnzipError as error:
+        except StructureChanged as error:
             if example is None:
                 raise NnzipError(f"{error}: pass example= (a batch of inputs) to store it as a "
                                  "torch.export program instead") from None

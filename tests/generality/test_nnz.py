@@ -133,3 +133,17 @@ def test_a_weight_shared_user_model_is_saved_by_the_pipeline_as_nnz(tmp_path):
     assert torch.equal(nnzip.load(result.paths["model"])(inputs), result.model(inputs))
     rows = result.report["models"]
     assert rows[-1]["size_bytes"] == result.paths["model"].stat().st_size
+
+
+@pytest.mark.parametrize("family", ["conv1d", "densenet"])
+def test_a_weight_only_int8_user_model_stores_its_integers_and_round_trips(family, tmp_path):
+    from nnzip.quant.ptq import QuantConfig, convert, prepare
+
+    model, inputs = example(family)
+    quantized = convert(prepare(model, QuantConfig(activation_bits=None)))
+    path = save_nnz(quantized, tmp_path / "int8.nnz", example=inputs)
+    records = read_nnz(path).header["records"]
+    weights = [name for name, p in model.named_parameters() if p.dim() >= 2]
+    assert all(r["encoding"] == "integer" for r in records if r["name"] in weights)
+    assert len([r for r in records if r["name"] in weights]) == len(weights)
+    assert torch.equal(load_nnz(path)(inputs), quantized(inputs))
