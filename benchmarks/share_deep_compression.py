@@ -32,12 +32,13 @@ from common import (
     rewrite_markdown,
     write_results,
 )
-from nnzip.codec.nnz import codec_options, load_nnz, nnz_bytes, save_nnz
+from nnzip.codec.nnz import codec_options
 from nnzip.data import load_mnist
 from nnzip.data.splits import DataSplits
 from nnzip.evaluate import machine_info
 from nnzip.evaluate.accuracy import accuracy, predict_logits
 from nnzip.evaluate.size import artifact_bytes
+from nnzip.models.nnz import load_nnz, nnz_bytes, save_nnz
 from nnzip.recipe import load_recipe
 from nnzip.share.stages import Cluster
 from nnzip.stage import Context

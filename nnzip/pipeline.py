@@ -18,12 +18,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from nnzip.codec.nnz import codec_options, nnz_artifact, save_nnz
+from nnzip.codec.nnz import codec_options
 from nnzip.core.coverage import Coverage, MethodResult, changed_coverage
 from nnzip.core.weights import unique_parameters
 from nnzip.data.splits import DataSplits, probe_batch
 from nnzip.errors import NnzipError
 from nnzip.evaluate import EvalConfig, build_report, evaluate, machine_info, write_report
+from nnzip.models.nnz import nnz_artifact, save_nnz
 from nnzip.recipe import Recipe, load_recipe, parse_recipe
 from nnzip.stage import Context, Stage
 
@@ -160,7 +161,9 @@ def compress(model: nn.Module, recipe: Recipe | str | Path, data: DataSplits, *,
             # After weight sharing (or an encode stage) the size is that of the .nnz file.
             rows.append(evaluate(model, data, name=name, stage=step.label, reference=reference,
                                  reference_size_bytes=baseline["size_bytes"],
-                                 artifact_path=nnz_artifact(model, folder), config=eval_config))
+                                 artifact_path=nnz_artifact(model, folder,
+                                                            example=probe_batch(data, 2)),
+                                 config=eval_config))
         report, paths = _write(rows, eval_config, out_dir, extra)
     model.eval()
     if out_dir is not None:
@@ -171,7 +174,8 @@ def compress(model: nn.Module, recipe: Recipe | str | Path, data: DataSplits, *,
 def save_final_model(model: nn.Module, out_dir: Path, data: DataSplits) -> Path:
     """Save as a zoo folder (safetensors + spec) when the zoo can rebuild it, else as a .pt2.
 
-    After weight sharing (or an ``encode`` stage) a zoo model is saved as its ``.nnz`` file.
+    After weight sharing (or an ``encode`` stage) the model is saved as its ``.nnz`` file (a
+    model outside the zoo as its torch.export program, traced on two test inputs).
 
     A model quantized by nnzip is saved as a QDQ ``.onnx`` file: int8 weights with their scales,
     runnable on ONNX Runtime's integer kernels (a .pt2 would hold fp32 copies of the weights).
@@ -181,8 +185,9 @@ def save_final_model(model: nn.Module, out_dir: Path, data: DataSplits) -> Path:
 
     example = probe_batch(data, 2)
     options = codec_options(model)
-    if options is not None and model_spec(model) is not None:
-        return save_nnz(model, out_dir / "model.nnz", huffman=options["huffman"])
+    if options is not None:
+        return save_nnz(model, out_dir / "model.nnz", example=example,
+                        huffman=options["huffman"])
     if is_quantized(model):
         try:
             return export_onnx(model, out_dir / "model.onnx", example)

@@ -3,40 +3,37 @@
 Layout (little-endian)::
 
     magic b"\\x89NNZ" | format version u16 | header length u32 | payload length u64
-    | header: zlib-compressed JSON (model spec, one record per tensor, each record's streams)
+    | header: zlib-compressed JSON (the model's structure, one record per tensor, its streams)
     | payload: the streams' bytes, in record order | CRC-32 of everything before it, u32
 
-The header carries the zoo spec, so :func:`load_nnz` rebuilds the architecture with
-:func:`~nnzip.models.create_model` and fills it with the decoded tensors: a plain model (shared
-weights decoded to ``codebook[codes]``, integer weights dequantized) that computes exactly what
-the compressed model computed. Nothing is unpickled. A truncated, bit-flipped or foreign file
-fails the length or CRC check and raises :class:`NnzipError` before anything is decoded.
+This module is the container only: tensors and JSON in, tensors and JSON out. What the header
+says about the model (a zoo spec, or a ``torch.export`` program from :mod:`nnzip.codec.program`)
+and how a model becomes records is :mod:`nnzip.models.nnz`'s business. Version 1 files carry a
+zoo spec; version 2 adds programs (a file is written at the lowest version that holds it, so zoo
+files stay readable by older nnzip). Nothing is unpickled. A truncated, bit-flipped or foreign
+file fails the length or CRC check and raises :class:`NnzipError` before anything is decoded.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import struct
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
-from nnzip.atomic import atomic_path
 from nnzip.codec.tensors import Coded, Integer, decode_tensor, encode_tensor
 from nnzip.errors import NnzipError
 
-log = logging.getLogger(__name__)
-
 MAGIC = b"\x89NNZ"
 FORMAT = "nnzip-nnz"
-FORMAT_VERSION = 1
+#: The newest format this nnzip writes and reads; it reads every version from 1.
+FORMAT_VERSION = 2
 SUFFIX = ".nnz"
 _PREFIX = struct.Struct("<4sHIQ")
 _CRC = struct.Struct("<I")
@@ -52,7 +49,7 @@ class NnzFile:
 
 # -- bytes -----------------------------------------------------------------------------------
 def encode_tensors(tensors: dict[str, torch.Tensor | Coded | Integer], header: dict, *,
-                   huffman: bool = True) -> bytes:
+                   huffman: bool = True, version: int = FORMAT_VERSION) -> bytes:
     """The whole file for ``tensors`` with ``header`` (JSON) fields added to its header."""
     records, payload = [], []
     for name, value in tensors.items():
@@ -68,7 +65,7 @@ def encode_tensors(tensors: dict[str, torch.Tensor | Coded | Integer], header: d
                          "lists and dicts") from error
     head = zlib.compress(text, 9)
     body = b"".join(payload)
-    prefix = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(head), len(body))
+    prefix = _PREFIX.pack(MAGIC, version, len(head), len(body))
     content = prefix + head + body
     return content + _CRC.pack(zlib.crc32(content))
 
@@ -81,7 +78,7 @@ def _check_frame(data: bytes, source: str) -> tuple[dict, bytes]:
     if magic != MAGIC:
         raise NnzipError(f"{source} is not an .nnz file (no .nnz signature): pass a file written "
                          "by nnzip.save(model, 'model.nnz')")
-    if version != FORMAT_VERSION:
+    if not 1 <= version <= FORMAT_VERSION:
         raise NnzipError(f"{source} has .nnz format version {version}; this nnzip reads version "
                          f"{FORMAT_VERSION}: upgrade nnzip or save the model again")
     expected = _PREFIX.size + header_length + payload_length + _CRC.size
@@ -134,110 +131,14 @@ def decode_tensors(data: bytes, source: str = "the .nnz data") -> NnzFile:
     return result
 
 
-# -- models ----------------------------------------------------------------------------------
-def _plain_names(spec: dict) -> list[str]:
-    """The state-dict names a fresh zoo model of ``spec`` has (shapes only, on 'meta')."""
-    from nnzip.models.zoo import create_model
-
-    with torch.device("meta"):
-        fresh = create_model(spec["arch"], input_shape=tuple(spec["input_shape"]),
-                             num_classes=spec["num_classes"], **spec["kwargs"])
-    return list(fresh.state_dict())
-
-
-def model_tensors(model: nn.Module, names: list[str]) -> dict[str, torch.Tensor | Coded | Integer]:
-    """Each plain state-dict name of ``model`` → its tensor, its codes or its integer weight.
-
-    Works through the parametrizations of weight sharing and the wrappers of quantization, so
-    the file holds the names of the plain architecture.
-    """
-    from nnzip.codec.quant_bridge import integer_weight
-    from nnzip.share.modules import shared_weights
-
-    shared = shared_weights(model)
-    tensors: dict[str, torch.Tensor | Coded | Integer] = {}
-    for name in names:
-        module_name, _, attribute = name.rpartition(".")
-        try:
-            module = model.get_submodule(module_name) if module_name else model
-        except AttributeError as error:
-            raise NnzipError(f"the model has no {module_name!r} any more ({error}): it no "
-                             "longer matches its zoo architecture") from error
-        bridged = integer_weight(module)
-        if bridged is not None:
-            module, integer = bridged
-            if attribute == "weight":
-                tensors[name] = integer
-                continue
-        if name in shared:
-            table = shared[name]
-            tensors[name] = Coded(codebook=table.table().detach(), codes=table.codes,
-                                  bits=table.bits, shape=table.shape)
-            continue
-        value = getattr(module, attribute, None)
-        if not isinstance(value, torch.Tensor):
-            raise NnzipError(f"the model has no tensor {name!r}: it no longer matches its zoo "
-                             "architecture (e.g. after structured pruning); export it instead")
-        tensors[name] = value.detach()
-    return tensors
-
-
-def nnz_bytes(model: nn.Module, *, huffman: bool = True, extra: dict | None = None) -> bytes:
-    """The .nnz file of a zoo model (pruned, weight-shared or integer-quantized), as bytes."""
-    from nnzip.models.io import _nnzip_version
-    from nnzip.models.zoo import model_spec
-
-    spec = model_spec(model)
-    if spec is None:
-        raise NnzipError(f"{type(model).__name__} was not created by nnzip's model zoo, so an "
-                         ".nnz file could not rebuild it: save it with export_model (.pt2)")
-    tensors = model_tensors(model, _plain_names(spec))
-    return encode_tensors(tensors, {"format_version": FORMAT_VERSION, "spec": spec,
-                                    "nnzip_version": _nnzip_version(), "huffman": huffman,
-                                    "extra": extra}, huffman=huffman)
-
-
-def save_nnz(model: nn.Module, path: str | os.PathLike, *, huffman: bool = True,
-             extra: dict[str, Any] | None = None) -> Path:
-    """Write ``model`` as one .nnz file, atomically (temporary file, then rename)."""
-    path = Path(path)
-    data = nnz_bytes(model, huffman=huffman, extra=extra)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-    log.debug("saved %s (%d bytes)", path, len(data))
-    return path
-
-
-def model_from_nnz(file: NnzFile, source: str = "the .nnz file") -> nn.Module:
-    """Rebuild the zoo model a decoded file describes (a plain model, in eval mode)."""
-    from nnzip.models.zoo import create_model
-
-    spec = file.header.get("spec")
-    try:
-        model = create_model(spec["arch"], input_shape=tuple(spec["input_shape"]),
-                             num_classes=spec["num_classes"], **spec["kwargs"])
-    except (TypeError, KeyError) as error:
-        raise NnzipError(f"{source} has an invalid model spec ({error}): save it again") from error
-    state = {name: value.dequantize() if isinstance(value, Integer) else value
-             for name, value in file.tensors.items()}
-    expected = model.state_dict()
-    problems = sorted(set(expected) ^ set(state)) + sorted(
-        n for n in set(expected) & set(state) if expected[n].shape != state[n].shape)
-    if problems:
-        raise NnzipError(f"{source} does not fit a {spec['arch']} model (names or shapes differ: "
-                         f"{', '.join(problems)}): save it again with this nnzip")
-    model.load_state_dict(state, strict=True)
-    return model.eval()
-
-
-def load_nnz(path: str | os.PathLike) -> nn.Module:
-    """Read a .nnz file and rebuild its model (CPU, eval mode)."""
+def read_nnz(path: str | os.PathLike) -> NnzFile:
+    """Read, check and decode the .nnz file at ``path``."""
     path = Path(path)
     try:
         data = path.read_bytes()
     except FileNotFoundError as error:
         raise NnzipError(f"model not found: {path}: check the path") from error
-    return model_from_nnz(decode_tensors(data, str(path)), str(path))
+    return decode_tensors(data, str(path))
 
 
 def is_nnz(path: str | os.PathLike) -> bool:
@@ -266,21 +167,7 @@ def set_codec_options(model: nn.Module, *, huffman: bool) -> None:
     setattr(model, CODEC_ATTRIBUTE, {"huffman": huffman})
 
 
-def nnz_artifact(model: nn.Module, folder: str | os.PathLike, name: str = "model") -> Path | None:
-    """Write ``model`` as ``folder/name.nnz`` if a stage asked for .nnz (else None): the file
-    whose bytes the report's size is."""
-    from nnzip.models.zoo import model_spec
-
-    options = codec_options(model)
-    if options is None:
-        return None
-    if model_spec(model) is None:
-        log.info("not a zoo model: weighed as its state dict, not as an .nnz file")
-        return None
-    return save_nnz(model, Path(folder) / f"{name}{SUFFIX}", huffman=options["huffman"])
-
-
-def _index_and_value_bytes(record: dict) -> tuple[int, int, int]:
+def record_bytes(record: dict) -> tuple[int, int, int]:
     """(index bytes, value/code bytes, codebook/other bytes) of one encoded record."""
     sizes = [meta["nbytes"] for meta in record["streams"]]
     encoding = record["encoding"]
@@ -294,48 +181,3 @@ def _index_and_value_bytes(record: dict) -> tuple[int, int, int]:
     if encoding == "integer":
         return 0, sizes[0], sum(sizes[1:])
     return 0, sum(sizes), 0
-
-
-def layer_table(model: nn.Module) -> dict[str, dict]:
-    """Deep Compression's Table 1 for every weight (Linear/Conv) of a zoo model, in bytes.
-
-    For each weight: its count, the fraction kept (non-zero), and its size stored dense (fp32),
-    after pruning (sparse fp32 with relative indices), after weight sharing (codes bit-packed)
-    and after Huffman coding, with the average index and weight bits per kept weight.
-    """
-    from nnzip.models.zoo import model_spec
-    from nnzip.prune.masks import PRUNABLE_TYPES
-
-    spec = model_spec(model)
-    if spec is None:
-        raise NnzipError("the per-layer size table needs a zoo model (create_model)")
-    def is_layer_weight(name: str) -> bool:
-        module = model.get_submodule(name.rpartition(".")[0])
-        wrapped = getattr(module, "layer", None)  # a quantized layer wraps the float one
-        return isinstance(module, PRUNABLE_TYPES) or isinstance(wrapped, PRUNABLE_TYPES)
-
-    names = [n for n in _plain_names(spec) if n.endswith(".weight") and is_layer_weight(n)]
-    tensors = model_tensors(model, names)
-    table = {}
-    for name, value in tensors.items():
-        dense = value if isinstance(value, torch.Tensor) else None
-        if dense is None:
-            module = model.get_submodule(name.rpartition(".")[0])
-            dense = getattr(module, "weight", None)
-            if not isinstance(dense, torch.Tensor):
-                dense = value.dequantize()
-        dense = dense.detach().float()
-        kept = int((dense != 0).sum())
-        _, pruned_streams = encode_tensor(name, dense, huffman=False)
-        row = {"weights": dense.numel(), "kept": kept, "dense_bytes": 4 * dense.numel(),
-               "pruned_bytes": sum(len(data) for _, data in pruned_streams)}
-        for label, huffman in (("shared", False), ("huffman", True)):
-            record, streams = encode_tensor(name, value, huffman=huffman)
-            record["streams"] = [m for m, _ in streams]
-            index, values, other = _index_and_value_bytes(record)
-            row[f"{label}_bytes"] = index + values + other
-            row[f"{label}_index_bits"] = 8 * index / max(kept, 1)
-            row[f"{label}_weight_bits"] = 8 * values / max(kept, 1)
-        row["bits"] = value.bits if isinstance(value, (Coded, Integer)) else 32
-        table[name] = row
-    return table

@@ -4,10 +4,11 @@ A zoo model is saved as a folder: ``model.safetensors`` (the state_dict; safeten
 code) and ``spec.json`` (the zoo spec, format version and the weights' sha256). Loading rebuilds the
 architecture with :func:`create_model` and checks the weights against the hash.
 
-A user's own architecture cannot be rebuilt from a spec, so :func:`save_model` refuses it instead
-of writing a folder nothing could load; such models travel as ``torch.export`` (``.pt2``) or
-TorchScript files, which :func:`load_model` reads without pickle. Plain ``torch.save`` pickles run
-arbitrary code when loaded and are read only when the caller says the file is trusted.
+A user's own architecture cannot be rebuilt from a spec, so :func:`save_model` refuses to write it
+as a folder nothing could load; such models travel as an ``.nnz`` file (their ``torch.export``
+program as JSON, tensors through the codec: :mod:`nnzip.models.nnz`), a ``torch.export``
+``.pt2`` or TorchScript, which :func:`load_model` reads without pickle. Plain ``torch.save``
+pickles run arbitrary code when loaded and are read only when the caller says the file is trusted.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ from safetensors.torch import save_model as save_safetensors_model
 from torch import nn
 
 from nnzip.atomic import atomic_dir
+from nnzip.codec.nnz import is_nnz
 from nnzip.errors import NnzipError
+from nnzip.models.nnz import Example, load_nnz, nnzip_version, save_nnz
 from nnzip.models.zoo import ZOO, create_model, model_spec
 
 logger = logging.getLogger(__name__)
@@ -47,12 +50,6 @@ def _sha256(path: Path) -> str:
         return hashlib.file_digest(file, "sha256").hexdigest()
 
 
-def _nnzip_version() -> str:
-    import nnzip  # at call time: nnzip/__init__ may import this module
-
-    return str(getattr(nnzip, "__version__", "unknown"))
-
-
 def _check_destination(path: Path) -> None:
     """Refuse to replace anything but an earlier model folder: the replacement deletes it."""
     if not path.exists():
@@ -66,25 +63,26 @@ def _check_destination(path: Path) -> None:
 
 
 def save_model(model: nn.Module, path: str | os.PathLike,
-               extra: dict[str, Any] | None = None) -> Path:
+               extra: dict[str, Any] | None = None, *, example: Example | None = None) -> Path:
     """Save a zoo model as the folder ``path`` (``model.safetensors`` + ``spec.json``), atomically.
 
-    A path ending in ``.nnz`` writes one compressed file instead (:func:`nnzip.codec.save_nnz`:
-    sparse, weight-shared and integer weights stored compactly), which :func:`load_model` reads.
+    A path ending in ``.nnz`` writes one compressed file instead (:mod:`nnzip.models.nnz`: sparse,
+    weight-shared and integer weights stored compactly), which :func:`load_model` reads;
+    any model torch.export can trace on ``example`` (a batch of inputs) can be saved that way.
 
     ``extra`` is any JSON-serialisable metadata (accuracy, data set, recipe) kept in spec.json.
-    Models not made by :func:`create_model` raise :class:`NnzipError` pointing to torch.export.
+    Models not made by :func:`create_model` raise :class:`NnzipError` pointing to .nnz and
+    torch.export.
     """
     path = Path(path)
     if path.suffix.lower() == ".nnz":  # one compressed file (nnzip.codec) instead of a folder
-        from nnzip.codec.nnz import save_nnz
-
-        return save_nnz(model, path, extra=extra)
+        return save_nnz(model, path, example=example, extra=extra)
     spec = model_spec(model)
     if spec is None:
         raise NnzipError(f"{type(model).__name__} was not created by nnzip's model zoo, so a "
-                         f"weights folder could not be loaded again: {_EXPORT_HINT}; "
-                         "load_model reads both")
+                         "weights folder could not be loaded again: save it as one .nnz file "
+                         "(nnzip.save(model, 'model.nnz', example=batch)), or "
+                         f"{_EXPORT_HINT}; load_model reads all of them")
     try:
         json.dumps(extra)
     except (TypeError, ValueError) as exc:
@@ -97,7 +95,7 @@ def save_model(model: nn.Module, path: str | os.PathLike,
         # safetensors drops aliases of shared tensors and makes every tensor contiguous.
         save_safetensors_model(model, str(weights))
         document = {**spec, "format": FORMAT, "format_version": FORMAT_VERSION,
-                    "nnzip_version": _nnzip_version(), "weights_sha256": _sha256(weights),
+                    "nnzip_version": nnzip_version(), "weights_sha256": _sha256(weights),
                     "extra": extra}
         (tmp / SPEC_FILE).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
     logger.debug("saved %s model to %s", spec["arch"], path)
@@ -261,8 +259,6 @@ def load_model(path: str | os.PathLike, *, trust_pickle: bool = False) -> nn.Mod
         path = path.parent  # the user pointed at a file inside a model folder
     if path.is_dir():
         return _load_folder(path)
-    from nnzip.codec.nnz import is_nnz, load_nnz
-
     if is_nnz(path):
         return load_nnz(path)
     if path.suffix.lower() == ".onnx":

@@ -20,8 +20,9 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from nnzip.codec.nnz import layer_table, set_codec_options
+from nnzip.codec.nnz import set_codec_options
 from nnzip.core.coverage import MethodResult
+from nnzip.models.nnz import layer_table
 from nnzip.models.zoo import model_spec
 from nnzip.share.cluster import cluster_weights_result, product_quantize_result, summary_json
 from nnzip.share.modules import round_codebooks

@@ -4,8 +4,9 @@ import torch
 from torch import nn
 
 import nnzip
-from nnzip.codec import nnz_bytes
+from nnzip.codec import decode_tensors
 from nnzip.evaluate.size import artifact_bytes
+from nnzip.models.nnz import model_from_nnz, nnz_bytes
 from nnzip.prune import magnitude_prune
 from nnzip.share import cluster_weights, product_quantize
 
@@ -48,9 +49,6 @@ def test_product_quantized_and_plain_pruned_models_round_trip(lenet300, mnist):
     pruned = _copy(lenet300)
     magnitude_prune(pruned, 0.9)
     for model in (pq, pruned):
-        from nnzip.codec import decode_tensors
-        from nnzip.codec.nnz import model_from_nnz
-
         loaded = model_from_nnz(decode_tensors(nnz_bytes(model)))
         assert torch.equal(_outputs(loaded, images), _outputs(model, images))
     assert len(nnz_bytes(pruned)) < 0.25 * artifact_bytes(lenet300)
@@ -60,11 +58,11 @@ def test_weight_only_int8_quantized_model_round_trips(lenet5, mnist):
     from nnzip.quant.ptq import QuantConfig, convert, prepare
 
     model = convert(prepare(_copy(lenet5), QuantConfig(activation_bits=None)))
-    file = nnzip.codec.decode_tensors(nnz_bytes(model))
+    file = decode_tensors(nnz_bytes(model))
     encodings = {r["name"]: r["encoding"] for r in file.header["records"]}
     assert all(encodings[f"{layer}.weight"] == "integer"
                for layer in ("conv1", "conv2", "fc1", "fc2"))
-    loaded = nnzip.codec.nnz.model_from_nnz(file)
+    loaded = model_from_nnz(file)
     images = mnist.test.tensors[0][:2000]
     assert torch.equal(_outputs(loaded, images), _outputs(model, images))
     assert len(nnz_bytes(model)) < 0.3 * artifact_bytes(lenet5)
