@@ -14,8 +14,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-from nnzip.errors import NnzipError
 from nnzip.core.modes import eval_mode
+from nnzip.errors import NnzipError
 
 
 class _LayerReached(Exception):

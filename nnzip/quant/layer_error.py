@@ -20,8 +20,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from nnzip.errors import NnzipError
 from nnzip.core.modes import eval_mode
+from nnzip.errors import NnzipError
 from nnzip.quant.capture import batch_inputs
 from nnzip.quant.modules import QuantizedLayer, quantized_layers
 
