@@ -22,6 +22,7 @@ weights, activation ranges computed from each batch at run time.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -52,7 +53,15 @@ from nnzip.quant.modules import (
 )
 from nnzip.quant.observers import ObserverKind
 from nnzip.quant.parametrized import WeightQuantizer, attach, quantized_weights
-from nnzip.quant.plan import EMBEDDING_LAYER, TENSOR, Plan, bits_for, plan_targets, select
+from nnzip.quant.plan import (
+    EMBEDDING_LAYER,
+    TENSOR,
+    Plan,
+    Target,
+    bits_for,
+    plan_targets,
+    select,
+)
 from nnzip.quant.smooth import smooth_quant
 
 Estimator = Literal["ste", "lsq"]
@@ -238,6 +247,8 @@ class Prepared:
     equalized_pairs: int
     plan: Plan
     unfused: Unfused
+    #: What the coverage adds to a target's description (a scheme adapted to it), by name.
+    notes: dict[str, str] = field(default_factory=dict)
 
 
 def prepare(model: nn.Module, config: QuantConfig | None = None) -> nn.Module:
@@ -259,15 +270,27 @@ def float_copy(model: nn.Module, config: QuantConfig) -> tuple[nn.Module, int, U
     return target, pairs, unfuse_attention(target)
 
 
+def _scheme_for(planned: Target, config: QuantConfig, notes: dict[str, str]) -> WeightScheme:
+    """The target's weight scheme; per-group scales fall back to per-channel (with a note) for a
+    weight whose rows the group size does not divide, rather than refusing the model."""
+    scheme = config.weight_scheme(bits_for(planned, config.layer_bits))
+    if isinstance(scheme, QScheme) and scheme.granularity == "group" \
+            and planned.weight.input_length % scheme.group_size:
+        notes[planned.name] = (f" (per-channel: group_size {scheme.group_size} does not divide "
+                               f"its {planned.weight.input_length} inputs per output channel)")
+        return dataclasses.replace(scheme, granularity="channel", group_size=None)
+    return scheme
+
+
 def _prepare(model: nn.Module, config: QuantConfig) -> Prepared:
     target, pairs, unfused = float_copy(model, config)
     plan = _plan(target, config, unfused.refused)
+    notes: dict[str, str] = {}
     for planned in plan.selected:
-        bits = bits_for(planned, config.layer_bits)
         if planned.how == TENSOR:
             owners = [(target.get_submodule(name), attr) for name, attr in planned.weight.owners]
-            attach(owners, WeightQuantizer(config.weight_scheme(bits), config.weight_range,
-                                           planned.reason))
+            attach(owners, WeightQuantizer(_scheme_for(planned, config, notes),
+                                           config.weight_range, planned.reason))
             continue
         layer = target.get_submodule(planned.name)
         if planned.how == EMBEDDING_LAYER:
@@ -280,11 +303,11 @@ def _prepare(model: nn.Module, config: QuantConfig) -> Prepared:
             # the corrected state dict loads into any model prepared with this config.
             layer.bias = nn.Parameter(torch.zeros(layer.weight.shape[0],
                                                   dtype=layer.weight.dtype))
-        wrapped = QuantizedLayer(layer, config.weight_scheme(bits), config.input_scheme(),
+        wrapped = QuantizedLayer(layer, _scheme_for(planned, config, notes), config.input_scheme(),
                                  observer=config.observer, weight_range=config.weight_range,
                                  observer_options=config.observer_options)
         set_module(target, planned.name, wrapped)
-    return Prepared(target, pairs, plan, unfused)
+    return Prepared(target, pairs, plan, unfused, notes)
 
 
 def calibrate(model: nn.Module, batches: Iterable) -> int:
@@ -380,6 +403,8 @@ def gptq_notes(model: nn.Module, gptq_layers: list[str]) -> dict[str, str]:
 def coverage_of(model: nn.Module, prepared: Prepared, method: str,
                 notes: dict[str, str] | None = None) -> Coverage:
     """The coverage of ``method`` over ``model``'s parameters, once ``prepared`` is quantized."""
+    notes = {name: prepared.notes.get(name, "") + (notes or {}).get(name, "")
+             for name in {*prepared.notes, *(notes or {})}}
     coverage = quant_coverage(model, prepared.model, method, origins=prepared.unfused.origins,
                               skipped=prepared.plan.skipped, notes=notes)
     for name, reason in coverage.skipped.items():  # in the coverage too: not a warning
