@@ -167,3 +167,29 @@ def quantized_weights(model: nn.Module) -> dict[str, tuple[WeightQuantizer, torc
                 seen.add(id(quantizer))
                 found[f"{name}.{attr}" if name else attr] = (quantizer, plist.original)
     return found
+
+
+def remove_quantizers(model: nn.Module) -> nn.Module:
+    """Turn every weight-only quantized tensor of ``model`` back into a plain parameter holding
+    its quantized values (tied tensors stay one parameter), in place.
+
+    ``torch.nn.utils.parametrize.remove_parametrizations`` deletes the weight's property from
+    the injected class, which a deep copy shares with the model it was copied from: on a copy it
+    would break the original. The module's own class is restored here instead.
+    """
+    for module in list(model.modules()):
+        if not parametrize.is_parametrized(module):
+            continue
+        plists = dict(module.parametrizations.items())
+        if not all(len(p) == 1 and isinstance(p[0], WeightQuantizer) for p in plists.values()):
+            raise NotImplementedError(f"{type(module).__name__} has parametrizations besides "
+                                      "nnzip's quantizers; remove those first")
+        values = {attr: getattr(module, attr).detach().clone() for attr in plists}
+        module.__class__ = module.__class__.__bases__[0]
+        del module._modules["parametrizations"]
+        for attr, plist in plists.items():
+            original = plist.original
+            with torch.no_grad():
+                original.copy_(values[attr])
+            module.register_parameter(attr, original)
+    return model

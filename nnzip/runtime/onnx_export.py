@@ -40,7 +40,7 @@ from nnzip.models.surgery import set_module
 from nnzip.quant.attention import fuse_attention
 from nnzip.quant.lowbit import LowBitParams
 from nnzip.quant.modules import QuantizedLayer, quantized_layers
-from nnzip.quant.parametrized import WeightQuantizer, quantized_weights
+from nnzip.quant.parametrized import WeightQuantizer, quantized_weights, remove_quantizers
 
 log = logging.getLogger(__name__)
 
@@ -210,12 +210,7 @@ def float_view(model: nn.Module) -> nn.Module:
         with torch.no_grad():
             float_layer.weight.copy_(layer.dequantized_weight())
         set_module(view, name, float_layer)
-    for module in list(view.modules()):
-        if parametrize.is_parametrized(module):
-            for attr in list(module.parametrizations):
-                if isinstance(module.parametrizations[attr][0], WeightQuantizer):
-                    parametrize.remove_parametrizations(module, attr, leave_parametrized=True)
-    return fuse_attention(view)
+    return fuse_attention(remove_quantizers(view))
 
 
 def is_quantized(model: nn.Module) -> bool:

@@ -7,6 +7,7 @@ import functools
 
 import pytest
 import torch
+from conftest import example, example_splits, relative_error
 from torch import nn
 
 from nnzip.core import find_weights
@@ -14,8 +15,6 @@ from nnzip.errors import NnzipError
 from nnzip.quant import QuantConfig, Quantize, mixed_precision, qat, quantize
 from nnzip.runtime import OrtModule, export_onnx
 from nnzip.train import TrainConfig
-
-from conftest import FAMILIES, example, example_splits, relative_error
 
 CONV_FAMILIES = ["shufflenet", "densenet", "conv1d", "conv3d"]
 ATTENTION_FAMILIES = ["vit", "text_transformer"]
