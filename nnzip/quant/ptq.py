@@ -75,7 +75,11 @@ class QuantConfig:
     unsigned per-tensor activations calibrated by min-max: the standard int8 CPU scheme.
 
     ``layer_bits`` overrides the weight bits of named layers (mixed precision); ``skip`` keeps
-    named layers in float; ``layers`` restricts quantization to the named layers.
+    named layers in float; ``layers`` restricts quantization to the named layers. Names are
+    module names of the layers wrapped (each ``nn.MultiheadAttention`` becomes ``q_proj``,
+    ``k_proj``, ``v_proj`` and ``out_proj``) or parameter names of the tensors quantized
+    weight-only (``rnn.weight_ih_l0``); module prefixes and glob patterns work too
+    (:func:`nnzip.core.select_names`). See :mod:`nnzip.quant.plan` for what is quantized how.
 
     Better PTQ at low bits: ``equalize`` applies cross-layer equalization after folding
     BatchNorm; ``rounding="gptq"`` rounds Linear/Conv2d weights with GPTQ (``act_order``: columns

@@ -102,12 +102,15 @@ class QuantOptions(Stage):
 
 
 class Quantize(QuantOptions):
-    """Post-training quantization of every Conv/Linear (or the named ``layers``).
+    """Post-training quantization of every weight nnzip reaches (or the named ``layers``):
+    Conv/Linear layers and attention projections with their input activations, LSTM/GRU gates,
+    functional and tied weights weight-only (:mod:`nnzip.quant.plan`). Records the coverage.
 
     ``mode: static`` folds BatchNorm, calibrates activation ranges with ``observer`` on
     ``calibration_batches`` training batches and rounds weights (``weight_range``: min-max or
     MSE-optimal per channel). ``activation_bits: null`` quantizes weights only. ``mode: dynamic``
-    quantizes Linear weights and computes activation ranges per batch at run time.
+    quantizes Linear weights and computes activation ranges per batch at run time (and the
+    weight-only tensors as in static mode), as ``torch.ao.quantization.quantize_dynamic`` does.
 
     Static mode only, for 4 bits: ``equalize`` (cross-layer equalization), ``rounding: gptq``
     (with ``act_order``) and ``bias_correction``; see :class:`QuantConfig`.
