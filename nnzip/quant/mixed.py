@@ -23,7 +23,6 @@ would leave the allocation to ties; it is recorded alongside for the report.
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -35,12 +34,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from nnzip.codec.bitpack import packed_bytes
+from nnzip.core.coverage import MethodResult
 from nnzip.core.modes import eval_mode
 from nnzip.errors import NnzipError
-from nnzip.models.fold import fold_batchnorm
 from nnzip.quant.affine import dequantize, quantize
 from nnzip.quant.modules import weight_qparams
-from nnzip.quant.ptq import QuantConfig, quantize_static, selected_layers
+from nnzip.quant.ptq import QuantConfig, selected_weights, static_quantization
 
 #: Bit widths each layer is tried at by default: 8 is near lossless, 2 rarely is.
 DEFAULT_CANDIDATE_BITS: tuple[int, ...] = (2, 3, 4, 8)
@@ -76,15 +75,6 @@ def check_candidate_bits(candidate_bits: Iterable[int]) -> tuple[int, ...]:
     return tuple(bits)
 
 
-def _folded_copy(model: nn.Module, config: QuantConfig) -> nn.Module:
-    # The folded weights are what quantize_static rounds, so they are what must be measured.
-    target = copy.deepcopy(model).eval()
-    if config.fold_batchnorm and any(isinstance(m, nn.modules.batchnorm._BatchNorm)
-                                     for m in target.modules()):
-        target = fold_batchnorm(target, inplace=True)
-    return target
-
-
 def _split_batches(batches: Iterable) -> tuple[list[torch.Tensor], torch.Tensor | None]:
     inputs, targets = [], []
     for batch in batches:
@@ -107,13 +97,16 @@ def _logits(model: nn.Module, inputs: list[torch.Tensor]) -> torch.Tensor:
 
 
 def output_kl(reference: torch.Tensor, logits: torch.Tensor) -> float:
-    """Mean over samples of KL(softmax(reference) ‖ softmax(logits)), in nats."""
+    """Mean over samples of KL(softmax(reference) ‖ softmax(logits)), in nats; a sequence
+    model's outputs (N, L, classes) count each position as a sample."""
+    logits, reference = (t.reshape(-1, t.shape[-1]) for t in (logits, reference))
     return float(F.kl_div(F.log_softmax(logits, dim=1), F.log_softmax(reference, dim=1),
                           reduction="batchmean", log_target=True).clamp(min=0.0))
 
 
 def _accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:
-    return float((logits.argmax(dim=1) == targets).float().mean())
+    # Classes are the last dimension: (N, classes), or (N, L, classes) with (N, L) labels.
+    return float((logits.argmax(dim=-1) == targets).float().mean())
 
 
 def bit_sensitivity(model: nn.Module, batches: Iterable,
@@ -134,8 +127,9 @@ def bit_sensitivity(model: nn.Module, batches: Iterable,
     config = config or QuantConfig()
     bits = check_candidate_bits(candidate_bits)
     inputs, targets = _split_batches(batches)
-    target = _folded_copy(model, config)
-    names = selected_layers(target, config)
+    # The folded, unfused weights are what quantize_static rounds, so they are what is measured.
+    target, weights = selected_weights(model, config)
+    names = list(weights)
     reference = _logits(target, inputs)
     reference_accuracy = None if targets is None else _accuracy(reference, targets)
     kl: BitTable = {}
@@ -145,7 +139,7 @@ def bit_sensitivity(model: nn.Module, batches: Iterable,
     with Progress(*columns, disable=not progress, transient=False) as bar:
         task = bar.add_task("bit sensitivity", total=len(names) * len(bits), layer="")
         for name in names:
-            weight = target.get_submodule(name).weight
+            weight = weights[name]
             original = weight.detach().clone()
             kl[name], drop[name] = {}, {}
             try:
@@ -162,7 +156,7 @@ def bit_sensitivity(model: nn.Module, batches: Iterable,
             finally:
                 with torch.no_grad():
                     weight.copy_(original)
-    params = {name: target.get_submodule(name).weight.numel() for name in names}
+    params = {name: weights[name].numel() for name in names}
     return BitSensitivity(kl=kl, accuracy_drop=drop if targets is not None else {},
                           params=params, reference_accuracy=reference_accuracy)
 
@@ -307,6 +301,19 @@ def quantize_mixed(model: nn.Module, calibration: Iterable, validation: Sequence
     :func:`quantize_static` does. ``config.layer_bits`` pins named layers to their bits (they
     count against the budget); ``config.weight_bits`` is not used.
     """
+    result = mixed_precision(model, calibration, validation, average_bits=average_bits,
+                             weight_bytes=weight_bytes, candidate_bits=candidate_bits,
+                             config=config, progress=progress)
+    return result.model, result.details["plan"]
+
+
+def mixed_precision(model: nn.Module, calibration: Iterable, validation: Sequence,
+                    *, average_bits: float | None = None, weight_bytes: float | None = None,
+                    candidate_bits: Iterable[int] = DEFAULT_CANDIDATE_BITS,
+                    config: QuantConfig | None = None, progress: bool = False
+                    ) -> MethodResult:
+    """:func:`quantize_mixed` as a :class:`~nnzip.core.MethodResult` (``details["plan"]`` is the
+    :class:`MixedPrecisionPlan`; the coverage gives each weight's chosen bits)."""
     config = config or QuantConfig()
     sensitivity = bit_sensitivity(model, validation, candidate_bits, config, progress=progress)
     pinned = dict(config.layer_bits)
@@ -314,5 +321,7 @@ def quantize_mixed(model: nn.Module, calibration: Iterable, validation: Sequence
              for name, curve in sensitivity.kl.items()}
     layer_bits = allocate_bits(table, sensitivity.params, average_bits=average_bits,
                                weight_bytes=weight_bytes)
-    quantized = quantize_static(model, calibration, replace(config, layer_bits=layer_bits))
-    return quantized, MixedPrecisionPlan(sensitivity=sensitivity, layer_bits=layer_bits)
+    result = static_quantization(model, calibration, replace(config, layer_bits=layer_bits))
+    plan = MixedPrecisionPlan(sensitivity=sensitivity, layer_bits=layer_bits)
+    coverage = replace(result.coverage, method="mixed_precision")
+    return MethodResult(result.model, coverage, {**result.details, "plan": plan})

@@ -119,6 +119,8 @@ class QuantizedLayer(nn.Module):
         # LSQ's learned steps: parameters only between learn_step_sizes() and finish_training().
         self.register_parameter("weight_step", None)
         self.register_parameter("input_step", None)
+        #: Set when the input is left float although asked (see :meth:`freeze`): why.
+        self.weight_only_reason: str | None = None
         # Once frozen, the state dict holds the integer weight bit-packed, not the float one:
         # what a user ships, and what the report's size_bytes weighs.
         self._register_state_dict_hook(_packed_state)
@@ -126,15 +128,37 @@ class QuantizedLayer(nn.Module):
 
     # -- state -------------------------------------------------------------------------------
     def freeze(self) -> None:
-        """End calibration: fix the input range and round the weight to its integers."""
+        """End calibration: fix the input range and round the weight to its integers.
+
+        A layer whose forward never ran during calibration (a parent reads its ``weight``
+        directly, or no calibration input reached it) has no input range: it is quantized
+        weight-only and says why in ``weight_only_reason``, rather than failing the model.
+        """
         if self.input_scheme is not None and self.mode == "observe":
-            self.input_qparams = self.observer.qparams()
+            if self.observer.batches == 0:
+                self.weight_only_reason = (
+                    "weight-only: its forward never ran during calibration (a parent module "
+                    "reads .weight directly, or no calibration input reaches it), so its input "
+                    "stays float")
+                self.input_scheme = self.observer = None
+            else:
+                self.input_qparams = self.observer.qparams()
         self.freeze_weight()
         self.mode = "quantize"
 
     @property
     def low_bit(self) -> bool:
         return isinstance(self.weight_scheme, LowBitScheme)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The weight the kernel uses (float, fake-quantized or dequantized by mode), for
+        parents that read ``.weight`` directly instead of calling the layer."""
+        return self._weight()
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.layer.bias
 
     def freeze_weight(self) -> None:
         """Round the current weight to its integers (after QAT, or for dynamic quantization).
@@ -392,5 +416,10 @@ def quantized_layers(model: nn.Module) -> dict[str, QuantizedLayer]:
 
 
 def set_mode(model: nn.Module, mode: Mode) -> None:
+    """Set every QuantizedLayer and every weight-only quantized tensor to ``mode``."""
+    from nnzip.quant.parametrized import quantized_weights  # it builds on this module
+
     for layer in quantized_layers(model).values():
         layer.set_mode(mode)
+    for quantizer, original in quantized_weights(model).values():
+        quantizer.set_mode(mode, original)

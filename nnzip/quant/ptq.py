@@ -22,19 +22,24 @@ weights, activation ranges computed from each batch at run time.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Sequence
+import dataclasses
+import logging
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
+from nnzip.core.coverage import Coverage, MethodResult
 from nnzip.core.modes import eval_mode
 from nnzip.errors import NnzipError
 from nnzip.models.fold import fold_batchnorm
 from nnzip.models.surgery import set_module
 from nnzip.quant.affine import Granularity, QScheme
+from nnzip.quant.attention import Unfused, unfuse_attention
 from nnzip.quant.bias_correction import bias_correction
+from nnzip.quant.coverage import quant_coverage
 from nnzip.quant.equalize import cross_layer_equalization
 from nnzip.quant.gptq import gptq
 from nnzip.quant.lowbit import FIXED_BITS, WEIGHT_FORMATS, LowBitScheme, WeightFormat
@@ -47,9 +52,21 @@ from nnzip.quant.modules import (
     quantized_layers,
 )
 from nnzip.quant.observers import ObserverKind
+from nnzip.quant.parametrized import WeightQuantizer, attach, quantized_weights
+from nnzip.quant.plan import (
+    EMBEDDING_LAYER,
+    TENSOR,
+    Plan,
+    Target,
+    bits_for,
+    plan_targets,
+    select,
+)
 from nnzip.quant.smooth import smooth_quant
 
 Estimator = Literal["ste", "lsq"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -58,7 +75,11 @@ class QuantConfig:
     unsigned per-tensor activations calibrated by min-max: the standard int8 CPU scheme.
 
     ``layer_bits`` overrides the weight bits of named layers (mixed precision); ``skip`` keeps
-    named layers in float; ``layers`` restricts quantization to the named layers.
+    named layers in float; ``layers`` restricts quantization to the named layers. Names are
+    module names of the layers wrapped (each ``nn.MultiheadAttention`` becomes ``q_proj``,
+    ``k_proj``, ``v_proj`` and ``out_proj``) or parameter names of the tensors quantized
+    weight-only (``rnn.weight_ih_l0``); module prefixes and glob patterns work too
+    (:func:`nnzip.core.select_names`). See :mod:`nnzip.quant.plan` for what is quantized how.
 
     Better PTQ at low bits: ``equalize`` applies cross-layer equalization after folding
     BatchNorm; ``rounding="gptq"`` rounds Linear/Conv2d weights with GPTQ (``act_order``: columns
@@ -190,61 +211,107 @@ def quantizable_layers(model: nn.Module,
             if isinstance(module, layer_types) and not isinstance(module, QuantizedLayer)]
 
 
+def _plan(model: nn.Module, config: QuantConfig,
+          refused: Mapping[str, str] | None = None) -> Plan:
+    """The targets of ``model`` (a float model: attention already unfused) that ``config``
+    selects, and why every other weight is left (:mod:`nnzip.quant.plan`)."""
+    plan = plan_targets(model, config.layer_types, config.embedding_bits, refused)
+    if config.embedding_bits is not None and not any(
+            isinstance(module, WEIGHT_ONLY) for module in model.modules()):
+        raise NnzipError(f"embedding_bits is set but {type(model).__name__} has no nn.Embedding:"
+                         " leave embedding_bits at None")
+    return select(plan, config.layers, config.skip, config.layer_bits,
+                  model_name=type(model).__name__)
+
+
 def selected_layers(model: nn.Module, config: QuantConfig) -> list[str]:
-    """The layers ``config`` quantizes; an unknown name is an error listing the valid ones."""
-    available = quantizable_layers(model, config.layer_types)
-    if not available:
-        kinds = ", ".join(t.__name__ for t in config.layer_types)
-        raise NnzipError(f"{type(model).__name__} has no quantizable layer ({kinds}): nothing "
-                         "to quantize")
-    named = [*(config.layers or []), *config.skip, *config.layer_bits]
-    unknown = sorted(set(named) - set(available))
-    if unknown:
-        raise NnzipError(f"unknown or unquantizable layers {unknown}; quantizable layers are: "
-                         f"{', '.join(available)}")
-    chosen = list(config.layers) if config.layers is not None else available
-    return [name for name in chosen if name not in set(config.skip)]
+    """The names ``config`` quantizes in ``model``: modules it wraps (``fc1``, and the
+    ``q_proj``/``k_proj``/``v_proj``/``out_proj`` each ``nn.MultiheadAttention`` becomes) and
+    weights it quantizes weight-only (``rnn.weight_ih_l0``); an unknown name is an error that
+    lists the valid ones. Embeddings (``embedding_bits``) are not listed."""
+    target = copy.deepcopy(model)
+    refused = unfuse_attention(target).refused
+    return [t.name for t in _plan(target, config, refused).selected if t.how != EMBEDDING_LAYER]
+
+
+def selected_weights(model: nn.Module, config: QuantConfig
+                     ) -> tuple[nn.Module, dict[str, nn.Parameter]]:
+    """The float copy quantization starts from (:func:`float_copy`) and the weight tensor of
+    every name :func:`selected_layers` gives, in it (embeddings not included)."""
+    target, _, unfused = float_copy(model, config)
+    plan = _plan(target, config, unfused.refused)
+    return target, {t.name: t.weight.param for t in plan.selected if t.how != EMBEDDING_LAYER}
+
+
+@dataclass
+class Prepared:
+    """A prepared copy and what preparing it did (for the coverage)."""
+
+    model: nn.Module
+    equalized_pairs: int
+    plan: Plan
+    unfused: Unfused
+    #: What the coverage adds to a target's description (a scheme adapted to it), by name.
+    notes: dict[str, str] = field(default_factory=dict)
 
 
 def prepare(model: nn.Module, config: QuantConfig | None = None) -> nn.Module:
-    """A copy of ``model`` with BatchNorm folded (and layers equalized if the config says so)
-    and its layers wrapped for calibration."""
-    return _prepare(model, config or QuantConfig())[0]
+    """A copy of ``model`` with BatchNorm folded (and layers equalized if the config says so),
+    attention unfused into Linears, and every selected weight ready for calibration."""
+    return _prepare(model, config or QuantConfig()).model
 
 
-def _prepare(model: nn.Module, config: QuantConfig) -> tuple[nn.Module, int]:
-    """:func:`prepare`, and the number of layer pairs equalized."""
+def float_copy(model: nn.Module, config: QuantConfig) -> tuple[nn.Module, int, Unfused]:
+    """The float model quantization starts from: a copy, BatchNorm folded, layer pairs equalized
+    if asked, every ``nn.MultiheadAttention`` as four Linears (same outputs)."""
     target = copy.deepcopy(model).eval()
     if config.fold_batchnorm and any(isinstance(m, nn.modules.batchnorm._BatchNorm)
                                      for m in target.modules()):
         target = fold_batchnorm(target, inplace=True)
     pairs = cross_layer_equalization(target, inplace=True)[1] if config.equalize else 0
-    for name in selected_layers(target, config):
-        layer = target.get_submodule(name)
+    # After folding and equalization, which trace the model (the unfused attention is not a
+    # torch.nn leaf, nn.MultiheadAttention is).
+    return target, pairs, unfuse_attention(target)
+
+
+def _scheme_for(planned: Target, config: QuantConfig, notes: dict[str, str]) -> WeightScheme:
+    """The target's weight scheme; per-group scales fall back to per-channel (with a note) for a
+    weight whose rows the group size does not divide, rather than refusing the model."""
+    scheme = config.weight_scheme(bits_for(planned, config.layer_bits))
+    if isinstance(scheme, QScheme) and scheme.granularity == "group" \
+            and planned.weight.input_length % scheme.group_size:
+        notes[planned.name] = (f" (per-channel: group_size {scheme.group_size} does not divide "
+                               f"its {planned.weight.input_length} inputs per output channel)")
+        return dataclasses.replace(scheme, granularity="channel", group_size=None)
+    return scheme
+
+
+def _prepare(model: nn.Module, config: QuantConfig) -> Prepared:
+    target, pairs, unfused = float_copy(model, config)
+    plan = _plan(target, config, unfused.refused)
+    notes: dict[str, str] = {}
+    for planned in plan.selected:
+        if planned.how == TENSOR:
+            owners = [(target.get_submodule(name), attr) for name, attr in planned.weight.owners]
+            attach(owners, WeightQuantizer(_scheme_for(planned, config, notes),
+                                           config.weight_range, planned.reason))
+            continue
+        layer = target.get_submodule(planned.name)
+        if planned.how == EMBEDDING_LAYER:
+            scheme = QScheme(bits=config.embedding_bits, symmetric=True, signed=True,
+                             granularity="channel")
+            set_module(target, planned.name, QuantizedLayer(layer, scheme, None))
+            continue
         if config.bias_correction and layer.bias is None:
             # Bias correction will give it one: create it now (zero, same function) so that
             # the corrected state dict loads into any model prepared with this config.
             layer.bias = nn.Parameter(torch.zeros(layer.weight.shape[0],
                                                   dtype=layer.weight.dtype))
-        wrapped = QuantizedLayer(layer, config.weight_scheme(config.layer_bits.get(name)),
-                                 config.input_scheme(), observer=config.observer,
-                                 weight_range=config.weight_range,
+        wrapped = QuantizedLayer(layer, _scheme_for(planned, config, notes), config.input_scheme(),
+                                 observer=config.observer, weight_range=config.weight_range,
                                  observer_options=config.observer_options)
-        set_module(target, name, wrapped)
-    if config.embedding_bits is not None:
-        _wrap_embeddings(target, config.embedding_bits)
-    return target, pairs
-
-
-def _wrap_embeddings(model: nn.Module, bits: int) -> None:
-    """Wrap every nn.Embedding for weight-only quantization, one symmetric scale per row."""
-    scheme = QScheme(bits=bits, symmetric=True, signed=True, granularity="channel")
-    names = [name for name, module in model.named_modules() if isinstance(module, WEIGHT_ONLY)]
-    if not names:
-        raise NnzipError(f"embedding_bits is set but {type(model).__name__} has no nn.Embedding:"
-                         " leave embedding_bits at None")
-    for name in names:
-        set_module(model, name, QuantizedLayer(model.get_submodule(name), scheme, None))
+        set_module(target, planned.name, wrapped)
+    return Prepared(target, pairs, plan, unfused, notes)
 
 
 def calibrate(model: nn.Module, batches: Iterable) -> int:
@@ -265,12 +332,16 @@ def calibrate(model: nn.Module, batches: Iterable) -> int:
 
 
 def convert(model: nn.Module) -> nn.Module:
-    """Freeze every QuantizedLayer: fixed input ranges and integer weights. In place."""
+    """Freeze every QuantizedLayer (fixed input ranges, integer weights) and every weight-only
+    quantized tensor (integer weights). In place."""
     layers = quantized_layers(model)
-    if not layers:
+    tensors = quantized_weights(model)
+    if not layers and not tensors:
         raise NnzipError("the model has no QuantizedLayer: call prepare() first")
     for layer in layers.values():
         layer.freeze()
+    for quantizer, original in tensors.values():
+        quantizer.freeze(original)
     return model
 
 
@@ -284,28 +355,65 @@ def static_ptq(model: nn.Module, batches: Iterable,
                config: QuantConfig | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """:func:`quantize_static`, and what it did: calibration samples, pairs equalized, the
     layers GPTQ rounded, the largest bias correction per layer (JSON-ready, for reports)."""
+    result = static_quantization(model, batches, config)
+    return result.model, result.details
+
+
+def static_quantization(model: nn.Module, batches: Iterable,
+                        config: QuantConfig | None = None) -> MethodResult:
+    """:func:`static_ptq` as a :class:`~nnzip.core.MethodResult`: the model (eval mode), what
+    was done per parameter of ``model`` (coverage) and the details."""
     config = config or QuantConfig()
     if config.estimator == "lsq":
         raise NnzipError("estimator 'lsq' learns step sizes during training: use "
                          "quantization_aware_training, or estimator 'ste' for PTQ")
     # GPTQ and bias correction run the calibration batches again: a generator would be spent.
     batches = list(batches)
-    prepared, pairs = _prepare(model, config)
+    prepared = _prepare(model, config)
+    quantized = prepared.model
     if config.smoothquant_alpha is not None:
-        smoothed = smooth_quant(prepared, batches, alpha=config.smoothquant_alpha,
+        smoothed = smooth_quant(quantized, batches, alpha=config.smoothquant_alpha,
                                 layers=config.smoothquant_layers)
-    details: dict[str, Any] = {"calibration_samples": calibrate(prepared, batches)}
+    details: dict[str, Any] = {"calibration_samples": calibrate(quantized, batches)}
     if config.smoothquant_alpha is not None:
         details["smoothed_layers"] = smoothed
-    convert(prepared)
+    convert(quantized)
     if config.equalize:
-        details["equalized_pairs"] = pairs
+        details["equalized_pairs"] = prepared.equalized_pairs
+    notes: dict[str, str] = {}
     if config.rounding == "gptq":
-        details["gptq_layers"] = gptq(prepared, batches, act_order=config.act_order)
+        details["gptq_layers"] = (gptq(quantized, batches, act_order=config.act_order)
+                                  if quantized_layers(quantized) else [])
+        notes = gptq_notes(quantized, details["gptq_layers"])
     if config.bias_correction:
         details["bias_corrections"] = {name: round(value, 6) for name, value in
-                                       bias_correction(prepared, batches).items()}
-    return prepared, details
+                                       bias_correction(quantized, batches).items()}
+    method = "gptq" if config.rounding == "gptq" else "quantize_static"
+    return MethodResult(quantized.eval(), coverage_of(model, prepared, method, notes), details)
+
+
+def gptq_notes(model: nn.Module, gptq_layers: list[str]) -> dict[str, str]:
+    """What the coverage adds for GPTQ: which layers it rounded, and why not the others."""
+    notes = {name: ", GPTQ rounding" for name in gptq_layers}
+    for name in quantized_layers(model):
+        notes.setdefault(name, ", rounded to nearest (GPTQ takes Linear and Conv2d layers "
+                               "with groups=1 and affine weights)")
+    for name in quantized_weights(model):
+        notes[name] = (", rounded to nearest (GPTQ needs the inputs of a layer it can see; "
+                       "this weight is read by a fused kernel or a functional call)")
+    return notes
+
+
+def coverage_of(model: nn.Module, prepared: Prepared, method: str,
+                notes: dict[str, str] | None = None) -> Coverage:
+    """The coverage of ``method`` over ``model``'s parameters, once ``prepared`` is quantized."""
+    notes = {name: prepared.notes.get(name, "") + (notes or {}).get(name, "")
+             for name in {*prepared.notes, *(notes or {})}}
+    coverage = quant_coverage(model, prepared.model, method, origins=prepared.unfused.origins,
+                              skipped=prepared.plan.skipped, notes=notes)
+    for name, reason in coverage.skipped.items():  # in the coverage too: not a warning
+        log.info("%s left %s: %s", method, name, reason)
+    return coverage
 
 
 def quantize_dynamic(model: nn.Module, bits: int = 8,
@@ -314,16 +422,31 @@ def quantize_dynamic(model: nn.Module, bits: int = 8,
                      embedding_bits: int | None = None) -> nn.Module:
     """Dynamic quantization in one call: int weights, activation ranges from each batch.
 
-    nnzip's counterpart of ``torch.ao.quantization.quantize_dynamic(model, {nn.Linear},
-    dtype=torch.qint8)``, for any model with Linear layers. No calibration data is needed.
-    ``embedding_bits`` also quantizes embedding tables (weight-only, per row).
+    nnzip's counterpart of ``torch.ao.quantization.quantize_dynamic(model, dtype=torch.qint8)``,
+    and covering at least as much: Linear layers (attention projections included) get int
+    weights and per-batch int8 activations; LSTM/GRU gate matrices, functional parameters and
+    tied tensors get int weights (weight-only: their kernels are fused or invisible). No
+    calibration data is needed. ``embedding_bits`` also quantizes embedding tables (weight-only,
+    per row).
     """
     config = QuantConfig(weight_bits=bits, activation_bits=8, weight_granularity=granularity,
                          fold_batchnorm=False, layer_types=layer_types,
                          embedding_bits=embedding_bits)
-    prepared = prepare(model, config)
-    for layer in quantized_layers(prepared).values():
+    return dynamic_quantization(model, config).model
+
+
+def dynamic_quantization(model: nn.Module, config: QuantConfig) -> MethodResult:
+    """:func:`quantize_dynamic` with any ``config`` (its ``activation_bits`` is the width of
+    the per-batch activations), as a :class:`~nnzip.core.MethodResult`."""
+    if config.activation_bits is None:
+        raise NnzipError("dynamic quantization computes activation ranges per batch: set "
+                         "activation_bits (8), or use static quantization for weights only")
+    prepared = _prepare(model, config)
+    for layer in quantized_layers(prepared.model).values():
         layer.freeze_weight()
         # Embeddings are weight-only: a frozen lookup table, no activation to quantize.
         layer.set_mode("dynamic" if layer.input_scheme is not None else "quantize")
-    return prepared
+    for quantizer, original in quantized_weights(prepared.model).values():
+        quantizer.freeze(original)
+    return MethodResult(prepared.model.eval(),
+                        coverage_of(model, prepared, "quantize_dynamic"), {})

@@ -17,11 +17,16 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 
+import torch
 from torch import nn
 
+from nnzip.core.coverage import MethodResult
+from nnzip.core.modes import eval_mode
 from nnzip.data.splits import DataSplits
+from nnzip.errors import NnzipError
 from nnzip.quant.modules import quantized_layers
-from nnzip.quant.ptq import QuantConfig, calibrate, convert, prepare
+from nnzip.quant.parametrized import quantized_weights
+from nnzip.quant.ptq import QuantConfig, _prepare, calibrate, convert, coverage_of
 from nnzip.train import TrainConfig, TrainResult, fit
 
 
@@ -29,17 +34,57 @@ def quantization_aware_training(model: nn.Module, data: DataSplits, batches: Ite
                                 config: QuantConfig | None = None,
                                 train_config: TrainConfig | None = None, *,
                                 progress: bool = False) -> tuple[nn.Module, TrainResult]:
-    """A quantized copy of ``model``: PTQ on ``batches``, then QAT with ``train_config``."""
+    """A quantized copy of ``model`` (eval mode): PTQ on ``batches``, then QAT with
+    ``train_config``."""
+    result, train_result = qat(model, data, batches, config, train_config, progress=progress)
+    return result.model, train_result
+
+
+def qat(model: nn.Module, data: DataSplits, batches: Iterable, config: QuantConfig | None = None,
+        train_config: TrainConfig | None = None, *, progress: bool = False
+        ) -> tuple[MethodResult, TrainResult]:
+    """:func:`quantization_aware_training` with the coverage: a :class:`MethodResult` (model in
+    eval mode) and what the fine-tune did."""
     config = dataclasses.replace(config or QuantConfig(), weight_range="minmax")
-    quantized = prepare(model, config)
+    batches = list(batches)
+    _check_classification(model, batches)
+    prepared = _prepare(model, config)
+    quantized = prepared.model
     calibrate(quantized, batches)
     convert(quantized)
     for layer in quantized_layers(quantized).values():
         if config.estimator == "lsq":
             layer.learn_step_sizes()  # before fit() builds its optimizer over the parameters
         layer.set_mode("train")
+    weights = quantized_weights(quantized)
+    for quantizer, original in weights.values():
+        quantizer.set_mode("train", original)
     result = fit(quantized, data, train_config or TrainConfig(epochs=3, patience=None),
                  progress=progress, description="quantization-aware training")
     for layer in quantized_layers(quantized).values():
         layer.finish_training()
-    return quantized, result
+    for quantizer, original in weights.values():
+        quantizer.set_mode("quantize", original)  # rounds the trained weight
+    estimator = f", trained through the rounding ({config.estimator})"
+    notes = {name: estimator for name in quantized_layers(quantized)}
+    notes.update({name: ", trained through the rounding (ste)" for name in weights})
+    coverage = coverage_of(model, prepared, "qat", notes)
+    return MethodResult(quantized.eval(), coverage, {"finetune_epochs": result.epochs_run}), \
+        result
+
+
+def _check_classification(model: nn.Module, batches: list) -> None:
+    """QAT fine-tunes with :func:`nnzip.train.fit`, whose loss and accuracy take one class per
+    sample: say so up front for a model with per-position outputs (a language model)."""
+    if not batches:
+        return  # calibrate() says the calibration set is empty
+    first = batches[0]
+    inputs = first[0] if isinstance(first, (tuple, list)) else first
+    with eval_mode(model), torch.no_grad():
+        outputs = model(inputs[:1])
+    if isinstance(outputs, torch.Tensor) and outputs.dim() > 2:
+        raise NnzipError(
+            f"QAT fine-tunes with a per-sample classification loss, but {type(model).__name__} "
+            f"gives {tuple(outputs.shape[1:])} outputs per sample (per position, e.g. a "
+            "language model): quantize it without training (the quantize stage: static, "
+            "dynamic or rounding: gptq)")

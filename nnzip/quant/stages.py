@@ -15,19 +15,23 @@ stages:
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterable
 from typing import Any, Literal
 
 import torch
 from pydantic import Field, model_validator
 from torch import nn
 
+from nnzip.core.coverage import MethodResult
 from nnzip.data.splits import calibration_batches
 from nnzip.errors import NnzipError
 from nnzip.quant.lowbit import FIXED_BITS
-from nnzip.quant.mixed import DEFAULT_CANDIDATE_BITS, check_candidate_bits, quantize_mixed
+from nnzip.quant.mixed import DEFAULT_CANDIDATE_BITS, check_candidate_bits, mixed_precision
 from nnzip.quant.modules import quantized_layers
-from nnzip.quant.ptq import QuantConfig, quantize_dynamic, static_ptq
-from nnzip.quant.qat import quantization_aware_training
+from nnzip.quant.parametrized import quantized_weights
+from nnzip.quant.ptq import QuantConfig, dynamic_quantization, static_quantization
+from nnzip.quant.qat import qat
 from nnzip.stage import Context, Stage
 from nnzip.train import FinetunedStage
 
@@ -85,22 +89,28 @@ class QuantOptions(Stage):
 
     @staticmethod
     def record_layers(quantized: nn.Module, context: Context) -> None:
-        layers = quantized_layers(quantized)
+        layers = {name: (layer, layer.layer.weight, layer.dequantized_weight())
+                  for name, layer in quantized_layers(quantized).items()}
+        layers.update({name: (quantizer, original, quantizer.dequantized(original))
+                       for name, (quantizer, original) in quantized_weights(quantized).items()})
         context.record("layer_bits", {name: layer.weight_scheme.bits
-                                      for name, layer in layers.items()})
+                                      for name, (layer, _, _) in layers.items()})
         context.record("weight_format", {name: getattr(layer.weight_scheme, "format", "affine")
-                                         for name, layer in layers.items()})
-        context.record("weight_error", {name: round(_relative_error(layer), 6)
-                                        for name, layer in layers.items()})
+                                         for name, (layer, _, _) in layers.items()})
+        context.record("weight_error", {name: round(_relative_error(weight, rounded), 6)
+                                        for name, (_, weight, rounded) in layers.items()})
 
 
 class Quantize(QuantOptions):
-    """Post-training quantization of every Conv/Linear (or the named ``layers``).
+    """Post-training quantization of every weight nnzip reaches (or the named ``layers``):
+    Conv/Linear layers and attention projections with their input activations, LSTM/GRU gates,
+    functional and tied weights weight-only (:mod:`nnzip.quant.plan`). Records the coverage.
 
     ``mode: static`` folds BatchNorm, calibrates activation ranges with ``observer`` on
     ``calibration_batches`` training batches and rounds weights (``weight_range``: min-max or
     MSE-optimal per channel). ``activation_bits: null`` quantizes weights only. ``mode: dynamic``
-    quantizes Linear weights and computes activation ranges per batch at run time.
+    quantizes Linear weights and computes activation ranges per batch at run time (and the
+    weight-only tensors as in static mode), as ``torch.ao.quantization.quantize_dynamic`` does.
 
     Static mode only, for 4 bits: ``equalize`` (cross-layer equalization), ``rounding: gptq``
     (with ``act_order``) and ``bias_correction``; see :class:`QuantConfig`.
@@ -150,21 +160,55 @@ class Quantize(QuantOptions):
                 "rounding": self.rounding, "act_order": self.act_order}
 
     def apply(self, model: nn.Module, context: Context) -> nn.Module:
-        if self.mode == "dynamic":
-            quantized = quantize_dynamic(model, self.weight_bits, granularity=self.granularity)
-        else:
-            quantized, details = static_ptq(model, self.calibration(context), self.config())
-            for key, value in details.items():
-                context.record(key, value)
+        calibration = self.calibration(context) if self.mode == "static" else None
+        result = quantize_model(model, self, calibration)
+        for key, value in result.details.items():
+            context.record(key, value)
         context.record("mode", self.mode)
-        self.record_layers(quantized, context)
-        return quantized
+        context.record("coverage", result.coverage.to_dict())
+        self.record_layers(result.model, context)
+        return result.model
 
 
-def _relative_error(layer) -> float:
+def quantize_model(model: nn.Module, config: Quantize | None = None,
+                   calibration: Iterable | None = None) -> MethodResult:
+    """Quantize a copy of ``model`` as the ``quantize`` stage ``config`` says (default: static
+    W8A8): the model (eval mode), its coverage (what was done to each parameter of ``model``,
+    and why the others were left) and the details.
+
+    ``calibration``: batches of training inputs (or (inputs, targets) pairs), needed by
+    ``mode: static``; ``mode: dynamic`` needs none.
+
+    ```python
+    from nnzip.quant import Quantize, quantize
+    result = quantize(model, Quantize(weight_bits=4, rounding="gptq"), calibration=batches)
+    result.model, result.coverage.changed_fraction, result.coverage.skipped
+    ```
+    """
+    if isinstance(model, torch.Tensor):
+        raise NnzipError("quantize(model, config) quantizes a model; to round one tensor with "
+                         "given qparams use nnzip.quant.affine.quantize(tensor, qparams)")
+    config = Quantize() if config is None else config
+    if not isinstance(config, Quantize):
+        raise NnzipError(f"quantize takes a Quantize config (the quantize stage), got "
+                         f"{type(config).__name__}: use quantization_aware_training for QAT, "
+                         "quantize_mixed for mixed precision, or Quantize(**options)")
+    if config.mode == "dynamic":
+        # Linear layers, as torch.ao.quantization.quantize_dynamic: convolutions need the
+        # calibrated ranges of static quantization.
+        return dynamic_quantization(model, dataclasses.replace(
+            config.config(), layer_types=(nn.Linear,), fold_batchnorm=False))
+    if calibration is None:
+        raise NnzipError("static quantization calibrates activation ranges: pass calibration="
+                         "batches of training inputs (e.g. nnzip.data.calibration_batches(data, "
+                         "8)), or use Quantize(mode='dynamic')")
+    return static_quantization(model, calibration, config.config())
+
+
+def _relative_error(weight: torch.Tensor, rounded: torch.Tensor) -> float:
     """‖W_q − W‖² / ‖W‖²: how much of the weight's energy rounding changed."""
-    weight = layer.layer.weight.detach()
-    error = (layer.dequantized_weight() - weight).pow(2).sum()
+    weight = weight.detach()
+    error = (rounded.detach() - weight).pow(2).sum()
     return float(error / torch.clamp(weight.pow(2).sum(), min=1e-12))
 
 
@@ -185,9 +229,10 @@ class QAT(QuantOptions, FinetunedStage):
         return {"estimator": self.estimator}
 
     def apply(self, model: nn.Module, context: Context) -> nn.Module:
-        quantized, result = quantization_aware_training(
-            model, context.data, self.calibration(context), self.config(),
-            self.finetune_config(context), progress=context.progress)
+        method, result = qat(model, context.data, self.calibration(context), self.config(),
+                             self.finetune_config(context), progress=context.progress)
+        quantized = method.model
+        context.record("coverage", method.coverage.to_dict())
         self.record_layers(quantized, context)
         context.record("finetune_epochs", result.epochs_run)
         context.record("finetune_best_val_accuracy", round(result.best_val_accuracy, 4))
@@ -237,10 +282,12 @@ class MixedPrecision(QuantOptions):
     def apply(self, model: nn.Module, context: Context) -> nn.Module:
         calibration = self.calibration(context)
         validation = list(context.data.loader("val", batch_size=256))
-        quantized, plan = quantize_mixed(
+        result = mixed_precision(
             model, calibration, validation, average_bits=self.average_bits,
             weight_bytes=self.weight_bytes, candidate_bits=self.candidate_bits,
             config=self.config(), progress=context.progress)
+        quantized, plan = result.model, result.details["plan"]
+        context.record("coverage", result.coverage.to_dict())
         sensitivity = plan.sensitivity
         context.record("budget", {"average_bits": self.average_bits} if self.average_bits
                        is not None else {"weight_bytes": self.weight_bytes})

@@ -31,13 +31,16 @@ from torch import nn
 # DequantizeLinear. It must happen at import: the exporter builds its op registry on first use,
 # and a registry built before this import lacks these ops for the rest of the process.
 from torch.ao.quantization.fx import _decomposed  # noqa: F401
+from torch.nn.utils import parametrize
 
 from nnzip.atomic import atomic_path
 from nnzip.errors import NnzipError
 from nnzip.evaluate.machine import int8_weights_saturate
 from nnzip.models.surgery import set_module
+from nnzip.quant.attention import fuse_attention
 from nnzip.quant.lowbit import LowBitParams
 from nnzip.quant.modules import QuantizedLayer, quantized_layers
+from nnzip.quant.parametrized import WeightQuantizer, quantized_weights, remove_quantizers
 
 log = logging.getLogger(__name__)
 
@@ -69,28 +72,25 @@ def affine_weight(quantized: QuantizedLayer) -> tuple[torch.Tensor, torch.Tensor
         zero_point
 
 
-class QDQLayer(nn.Module):
-    """Export view of a frozen QuantizedLayer: int8 weight + scales, input quantize/dequantize."""
+class QDQWeight(nn.Module):
+    """An integer weight with its scales, read back through DequantizeLinear when exported."""
 
-    def __init__(self, quantized: QuantizedLayer, weight_dtype: str = "int8") -> None:
-        super().__init__()
+    def _store_weight(self, quantized: QuantizedLayer | WeightQuantizer, weight_dtype: str,
+                      name: str) -> None:
         if quantized.weight_int is None or quantized.mode != "quantize":
             raise NnzipError("export needs a converted model: call nnzip.quant.convert() (or "
-                             "finish QAT) before exporting; a layer is still in mode "
+                             f"finish QAT) before exporting; {name!r} is still in mode "
                              f"{quantized.mode!r}")
         weight_int, scale, zero_point = affine_weight(quantized)
         scheme = quantized.weight_qparams.scheme
         if scheme.granularity == "group":
-            raise NnzipError("group-wise weight scales have no QDQ export yet: quantize with "
-                             "granularity 'channel' or 'tensor' to export to ONNX, or export "
-                             "float_view(model) (the dequantized weights, float size)")
+            raise NnzipError(f"{name!r} has group-wise weight scales, which have no QDQ export "
+                             "yet: quantize with granularity 'channel' or 'tensor' to export to "
+                             "ONNX, or export float_view(model) (the dequantized weights, float "
+                             "size)")
         if getattr(scheme, "axis", 0) != 0 and scheme.granularity == "channel":
             raise NnzipError(f"per-channel weights along axis {scheme.axis} cannot be exported: "
                              "ONNX Conv/Gemm weights are per output channel (axis 0)")
-        self.layer = quantized.layer
-        # SmoothQuant's input division (a Mul/Div before QuantizeLinear), if the layer has one.
-        self.register_buffer("smoothing", None if quantized.smoothing is None
-                             else quantized.smoothing.detach().float().clone())
         self.per_channel = scheme.granularity == "channel"
         if weight_dtype not in ("int8", "uint8"):
             raise NnzipError(f"weight_dtype must be 'int8' or 'uint8', got {weight_dtype!r}")
@@ -106,6 +106,41 @@ class QDQLayer(nn.Module):
             scale, zero_point = scale.expand(channels), zero_point.expand(channels)
         self.register_buffer("weight_scale", scale.contiguous())
         self.register_buffer("weight_zero_point", zero_point.contiguous())
+
+    def dequantized_weight(self) -> torch.Tensor:
+        ops = torch.ops.quantized_decomposed
+        if self.per_channel:
+            return ops.dequantize_per_channel(self.weight_int, self.weight_scale,
+                                              self.weight_zero_point, 0, *self.weight_range)
+        return ops.dequantize_per_tensor(self.weight_int, float(self.weight_scale[0]),
+                                         int(self.weight_zero_point[0]), *self.weight_range)
+
+
+class QDQTensor(QDQWeight):
+    """Export view of a weight-only quantized tensor (an LSTM gate matrix, a functional or tied
+    weight): the parametrization returns the int8 weight through DequantizeLinear."""
+
+    def __init__(self, quantizer: WeightQuantizer, weight_dtype: str = "int8",
+                 name: str = "") -> None:
+        super().__init__()
+        self._store_weight(quantizer, weight_dtype, name)
+
+    def forward(self, original: torch.Tensor) -> torch.Tensor:
+        del original  # the integers are the weight
+        return self.dequantized_weight()
+
+
+class QDQLayer(QDQWeight):
+    """Export view of a frozen QuantizedLayer: int8 weight + scales, input quantize/dequantize."""
+
+    def __init__(self, quantized: QuantizedLayer, weight_dtype: str = "int8",
+                 name: str = "") -> None:
+        super().__init__()
+        self._store_weight(quantized, weight_dtype, name)
+        self.layer = quantized.layer
+        # SmoothQuant's input division (a Mul/Div before QuantizeLinear), if the layer has one.
+        self.register_buffer("smoothing", None if quantized.smoothing is None
+                             else quantized.smoothing.detach().float().clone())
         inputs = quantized.input_qparams
         self.input = None
         if inputs is not None:
@@ -137,12 +172,7 @@ class QDQLayer(nn.Module):
             x = ops.dequantize_per_tensor(ops.quantize_per_tensor(x, scale, zero_point, qmin, qmax,
                                                                   dtype),
                                           scale, zero_point, qmin, qmax, dtype)
-        if self.per_channel:
-            weight = ops.dequantize_per_channel(self.weight_int, self.weight_scale,
-                                                self.weight_zero_point, 0, *self.weight_range)
-        else:
-            weight = ops.dequantize_per_tensor(self.weight_int, float(self.weight_scale[0]),
-                                               int(self.weight_zero_point[0]), *self.weight_range)
+        weight = self.dequantized_weight()
         layer = self.layer
         if isinstance(layer, nn.Linear):
             return F.linear(x, weight, layer.bias)
@@ -157,13 +187,22 @@ def export_view(model: nn.Module, weight_dtype: str = "int8") -> nn.Module:
             raise NnzipError(f"layer {name!r} is dynamically quantized; ONNX export of dynamic "
                              "quantization is done by ONNX Runtime itself: export the float model "
                              "and use onnxruntime.quantization.quantize_dynamic")
-        set_module(view, name, QDQLayer(layer, weight_dtype))
+        set_module(view, name, QDQLayer(layer, weight_dtype, name))
+    exported = {id(quantizer): QDQTensor(quantizer, weight_dtype, name)
+                for name, (quantizer, _) in quantized_weights(view).items()}
+    for module in view.modules():  # every user of a tied tensor reads the one QDQTensor
+        if parametrize.is_parametrized(module):
+            for plist in module.parametrizations.values():
+                if id(plist[0]) in exported:
+                    plist[0] = exported[id(plist[0])]
     return view
 
 
 def float_view(model: nn.Module) -> nn.Module:
     """A float copy of a quantized model: each layer back to nn.Conv/Linear holding its
-    dequantized weight, activations unquantized (weights-only quantization, run by float kernels).
+    dequantized weight, weight-only quantized tensors plain parameters holding theirs (tied ones
+    still one tensor), attention back to ``nn.MultiheadAttention``, activations unquantized
+    (weights-only quantization, run by float kernels).
     """
     view = copy.deepcopy(model).eval()
     for name, layer in quantized_layers(view).items():
@@ -171,11 +210,11 @@ def float_view(model: nn.Module) -> nn.Module:
         with torch.no_grad():
             float_layer.weight.copy_(layer.dequantized_weight())
         set_module(view, name, float_layer)
-    return view
+    return fuse_attention(remove_quantizers(view))
 
 
 def is_quantized(model: nn.Module) -> bool:
-    return bool(quantized_layers(model))
+    return bool(quantized_layers(model)) or bool(quantized_weights(model))
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, example: torch.Tensor, *,

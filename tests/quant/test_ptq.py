@@ -88,8 +88,11 @@ def test_bad_inputs_are_clear_errors(lenet5):
         quantize_static(lenet5, [])
     with pytest.raises(NnzipError, match="has no quantizable layer"):
         prepare(nn.Sequential(nn.ReLU(), nn.Flatten()))
-    with pytest.raises(NnzipError, match=r"unknown or unquantizable layers \['fc9'\].*conv1"):
+    with pytest.raises(NnzipError, match=r"skip: 'fc9' matches no quantizable layers.*did you "
+                                          r"mean 'fc2'.*conv1, conv2, fc1, fc2"):
         prepare(lenet5, QuantConfig(skip=("fc9",)))
+    with pytest.raises(NnzipError, match=r"layer_bits: 'fc3' matches no quantizable layers"):
+        prepare(lenet5, QuantConfig(layer_bits={"fc3": 4}))
     with pytest.raises(NnzipError, match="weight_bits must be an integer from 1 to 8"):
         prepare(lenet5, QuantConfig(weight_bits=12))
     with pytest.raises(NnzipError, match="not quantizable"):
