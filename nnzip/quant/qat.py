@@ -17,13 +17,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 
-import torch
 from torch import nn
 
 from nnzip.core.coverage import MethodResult
-from nnzip.core.modes import eval_mode
 from nnzip.data.splits import DataSplits
-from nnzip.errors import NnzipError
 from nnzip.quant.modules import quantized_layers
 from nnzip.quant.parametrized import quantized_weights
 from nnzip.quant.ptq import QuantConfig, _prepare, calibrate, convert, coverage_of
@@ -47,7 +44,6 @@ def qat(model: nn.Module, data: DataSplits, batches: Iterable, config: QuantConf
     eval mode) and what the fine-tune did."""
     config = dataclasses.replace(config or QuantConfig(), weight_range="minmax")
     batches = list(batches)
-    _check_classification(model, batches)
     prepared = _prepare(model, config)
     quantized = prepared.model
     calibrate(quantized, batches)
@@ -72,19 +68,3 @@ def qat(model: nn.Module, data: DataSplits, batches: Iterable, config: QuantConf
     return MethodResult(quantized.eval(), coverage, {"finetune_epochs": result.epochs_run}), \
         result
 
-
-def _check_classification(model: nn.Module, batches: list) -> None:
-    """QAT fine-tunes with :func:`nnzip.train.fit`, whose loss and accuracy take one class per
-    sample: say so up front for a model with per-position outputs (a language model)."""
-    if not batches:
-        return  # calibrate() says the calibration set is empty
-    first = batches[0]
-    inputs = first[0] if isinstance(first, (tuple, list)) else first
-    with eval_mode(model), torch.no_grad():
-        outputs = model(inputs[:1])
-    if isinstance(outputs, torch.Tensor) and outputs.dim() > 2:
-        raise NnzipError(
-            f"QAT fine-tunes with a per-sample classification loss, but {type(model).__name__} "
-            f"gives {tuple(outputs.shape[1:])} outputs per sample (per position, e.g. a "
-            "language model): quantize it without training (the quantize stage: static, "
-            "dynamic or rounding: gptq)")
