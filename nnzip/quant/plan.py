@@ -13,7 +13,7 @@ Every weight :func:`nnzip.core.find_weights` lists becomes a :class:`Target` or 
 - anything else (transposed convolutions, float embeddings) is skipped with the reason.
 
 Targets are named by module (``fc1``) for wrapped layers and by parameter (``rnn.weight_ih_l0``,
-or a tied tensor's first name) for weight-only ones; ``layers`` / ``skip`` / ``layer_bits`` take
+or a tied tensor's first name) for weight-only ones; ``layers`` / ``exclude`` / ``layer_bits`` take
 those names, module prefixes or glob patterns (:func:`nnzip.core.select_names`).
 """
 
@@ -147,17 +147,17 @@ def plan_targets(model: nn.Module, layer_types: tuple[type[nn.Module], ...],
     return Plan(targets=targets, skipped=skipped)
 
 
-def select(plan: Plan, layers: Sequence[str] | None, skip: Sequence[str],
+def select(plan: Plan, layers: Sequence[str] | None, exclude: Sequence[str],
            layer_bits: Mapping[str, int], model_name: str = "the model") -> Plan:
-    """Keep the targets ``layers`` names (all by default) and ``skip`` does not; embeddings
-    follow ``embedding_bits`` and ``skip`` only. Unknown names are errors that list the names."""
+    """Keep the targets ``layers`` names (all by default) and ``exclude`` does not; embeddings
+    follow ``embedding_bits`` and ``exclude`` only. Unknown names are errors that list the names."""
     selectable = [t for t in plan.targets if t.how != EMBEDDING_LAYER]
     if not plan.targets:
         raise NnzipError(f"{model_name} has no quantizable layer or weight (Linear, "
                          "Conv1d/2d/3d, attention, LSTM/GRU or functional weights): nothing to "
                          "quantize")
     candidates = [name for target in plan.targets for name in target.names]
-    for option, patterns in (("layers", layers or ()), ("skip", skip),
+    for option, patterns in (("layers", layers or ()), ("exclude", exclude),
                              ("layer_bits", list(layer_bits))):
         if isinstance(patterns, str):
             raise NnzipError(f"{option} must be a list of names, got the string {patterns!r}")
@@ -170,9 +170,9 @@ def select(plan: Plan, layers: Sequence[str] | None, skip: Sequence[str],
               or any(matches(n, p) for n in t.names for p in layers)]
     chosen += [t for t in plan.targets if t.how == EMBEDDING_LAYER]
     plan.selected = [t for t in chosen
-                     if not any(matches(n, p) for n in t.names for p in skip)]
+                     if not any(matches(n, p) for n in t.names for p in exclude)]
     if not plan.selected:
-        raise NnzipError("no layer left to quantize: 'layers' and 'skip' remove every one; keep "
+        raise NnzipError("no layer left to quantize: 'layers' and 'exclude' remove every one; keep "
                          "at least one")
     return plan
 

@@ -74,8 +74,10 @@ class QuantConfig:
     """What to quantize and how. Defaults: W8A8, per-channel symmetric weights, asymmetric
     unsigned per-tensor activations calibrated by min-max: the standard int8 CPU scheme.
 
-    ``layer_bits`` overrides the weight bits of named layers (mixed precision); ``skip`` keeps
-    named layers in float; ``layers`` restricts quantization to the named layers. Names are
+    ``layer_bits`` overrides the weight bits of named layers (mixed precision); ``exclude`` keeps
+    named layers in float; ``layers`` restricts quantization to the named layers (names, module
+    prefixes or glob patterns, as every method selects layers; ``skip`` is ``exclude``'s old
+    name). Names are
     module names of the layers wrapped (each ``nn.MultiheadAttention`` becomes ``q_proj``,
     ``k_proj``, ``v_proj`` and ``out_proj``) or parameter names of the tensors quantized
     weight-only (``rnn.weight_ih_l0``); module prefixes and glob patterns work too
@@ -109,8 +111,10 @@ class QuantConfig:
     observer_options: dict = field(default_factory=dict)
     weight_range: WeightRange = "minmax"
     layer_bits: dict[str, int] = field(default_factory=dict)
-    skip: Sequence[str] = ()
+    exclude: Sequence[str] = ()
     layers: Sequence[str] | None = None
+    #: The old name of ``exclude`` (still accepted, with a warning).
+    skip: Sequence[str] = ()
     fold_batchnorm: bool = True
     layer_types: tuple[type[nn.Module], ...] = QUANTIZABLE
     equalize: bool = False
@@ -136,6 +140,13 @@ class QuantConfig:
                              "weights: use rounding 'nearest' or weight_format 'affine'")
 
     def __post_init__(self) -> None:
+        if self.skip:
+            if self.exclude:
+                raise NnzipError("give exclude only: skip is its old name")
+            log.warning("QuantConfig: 'skip' is now called 'exclude' (the layer selection every "
+                        "method shares); using it as exclude")
+            object.__setattr__(self, "exclude", tuple(self.skip))
+            object.__setattr__(self, "skip", ())
         self._check_formats()
         self._check_rounding()
         self._check_transformer_options()
@@ -220,7 +231,7 @@ def _plan(model: nn.Module, config: QuantConfig,
             isinstance(module, WEIGHT_ONLY) for module in model.modules()):
         raise NnzipError(f"embedding_bits is set but {type(model).__name__} has no nn.Embedding:"
                          " leave embedding_bits at None")
-    return select(plan, config.layers, config.skip, config.layer_bits,
+    return select(plan, config.layers, config.exclude, config.layer_bits,
                   model_name=type(model).__name__)
 
 

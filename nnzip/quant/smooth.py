@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from nnzip.core.modes import eval_mode
+from nnzip.core.select import select_names
 from nnzip.data.splits import require_batches
 from nnzip.errors import NnzipError
 from nnzip.quant.capture import batch_inputs
@@ -74,8 +75,8 @@ def smooth_quant(model: nn.Module, batches: Iterable, alpha: float = 0.5,
     """Smooth the Linear QuantizedLayers of a prepared (not yet calibrated) model, in place.
 
     ``batches`` are calibration inputs (training data). By default every Linear whose input is
-    quantized is smoothed; ``layers`` names a subset. Returns the names smoothed. Calibrate
-    afterwards: the observers must see the smoothed inputs.
+    quantized is smoothed; ``layers`` names a subset (names or glob patterns). Returns the names
+    smoothed. Calibrate afterwards: the observers must see the smoothed inputs.
     """
     if not 0.0 < alpha < 1.0:
         raise NnzipError(f"alpha must lie strictly between 0 and 1 (0.5 in the paper), got {alpha}")
@@ -84,12 +85,10 @@ def smooth_quant(model: nn.Module, batches: Iterable, alpha: float = 0.5,
     if not available:
         raise NnzipError("SmoothQuant found no Linear layer with quantized inputs: prepare the "
                          "model with activation_bits set (W8A8) first")
-    unknown = sorted(set(layers or ()) - set(available))
-    if unknown:
-        raise NnzipError(f"unknown layers {unknown} for SmoothQuant; smoothable layers are: "
-                         f"{', '.join(available)}")
-    chosen = {name: layer for name, layer in available.items()
-              if layers is None or name in layers}
+    # Names or glob patterns, matched as every method's `layers` (nnzip.core.select).
+    names = select_names(list(available), layers, what="Linear layers with quantized inputs "
+                         "(smoothquant_layers)")
+    chosen = {name: available[name] for name in names}
     batches = require_batches(batches, "SmoothQuant")
     maxima = input_channel_max(model, chosen, batches)
     for name, layer in chosen.items():

@@ -16,6 +16,7 @@ stages:
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Iterable
 from typing import Any, Literal
 
@@ -35,6 +36,8 @@ from nnzip.quant.qat import qat
 from nnzip.stage import Context, Stage
 from nnzip.train import FinetunedStage
 
+log = logging.getLogger(__name__)
+
 
 class QuantOptions(Stage):
     """The quantization options ``quantize`` and ``qat`` share, validated and turned into a
@@ -49,8 +52,21 @@ class QuantOptions(Stage):
     percentile: float = Field(99.99, gt=50, le=100)
     calibration_batches: int = Field(8, ge=1)
     layers: list[str] | None = None
-    skip: list[str] = Field(default_factory=list)
+    exclude: list[str] = Field(default_factory=list)
     layer_bits: dict[str, int] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_names(cls, values: Any) -> Any:
+        """``skip`` is ``exclude``'s old name: still read, with a warning."""
+        if isinstance(values, dict) and "skip" in values:
+            if "exclude" in values:
+                raise ValueError("give exclude only: skip is its old name")
+            log.warning("%s: 'skip' is now called 'exclude' (the layer selection every method "
+                        "shares)", cls.kind)
+            values = {("exclude" if key == "skip" else key): value
+                      for key, value in values.items()}
+        return values
 
     @model_validator(mode="after")
     def _consistent(self) -> QuantOptions:
@@ -80,7 +96,7 @@ class QuantOptions(Stage):
         return QuantConfig(weight_bits=self.weight_bits, activation_bits=self.activation_bits,
                            weight_granularity=self.granularity, group_size=self.group_size,
                            observer=self.observer, observer_options=options,
-                           layer_bits=dict(self.layer_bits), skip=tuple(self.skip),
+                           layer_bits=dict(self.layer_bits), exclude=tuple(self.exclude),
                            layers=self.layers, weight_format=self.weight_format,
                            **self.config_overrides())
 

@@ -88,7 +88,7 @@ def test_bad_inputs_are_clear_errors(lenet5):
         quantize_static(lenet5, [])
     with pytest.raises(NnzipError, match="has no quantizable layer"):
         prepare(nn.Sequential(nn.ReLU(), nn.Flatten()))
-    with pytest.raises(NnzipError, match=r"skip: 'fc9' matches no quantizable layers.*did you "
+    with pytest.raises(NnzipError, match=r"exclude: 'fc9' matches no quantizable layers.*did you "
                                           r"mean 'fc2'.*conv1, conv2, fc1, fc2"):
         prepare(lenet5, QuantConfig(skip=("fc9",)))
     with pytest.raises(NnzipError, match=r"layer_bits: 'fc3' matches no quantizable layers"):
@@ -116,3 +116,14 @@ def test_quantized_state_dict_holds_packed_integers_and_loads_back_exactly(lenet
     fresh.load_state_dict(state)
     x = mnist.test.tensors[0][:64]
     assert torch.equal(fresh(x), quantized(x))
+
+
+def test_skip_is_the_old_name_of_exclude_and_still_works(caplog):
+    from nnzip.quant.stages import Quantize
+
+    with caplog.at_level("WARNING"):
+        assert QuantConfig(skip=("fc1",)).exclude == ("fc1",)
+        assert Quantize.model_validate({"skip": ["fc*"]}).exclude == ["fc*"]
+    assert "now called 'exclude'" in caplog.text
+    with pytest.raises(NnzipError, match="exclude only"):
+        QuantConfig(skip=("fc1",), exclude=("fc2",))
