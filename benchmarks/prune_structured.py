@@ -117,7 +117,7 @@ def run_model(arch: str, data: DataSplits, cache_dir: Path, repeats_b1: int,
     only_pruned = prune_channels(dense, stage.sparsity, data.train.tensors[0][:2], stage.criterion,
                                  global_pruning=stage.global_pruning, round_to=stage.round_to,
                                  iterative_steps=stage.iterative_steps, calibration=calibration,
-                                 ignored_layers=stage.ignored_layers, seed=context.seed)
+                                 exclude=stage.exclude, seed=context.seed)
     nnzip_prune_seconds = time.perf_counter() - started
     accuracy_only_pruned = accuracy_on_test(only_pruned, data)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 from torch import nn
 
 from nnzip.data.splits import DataSplits
@@ -57,6 +57,23 @@ class Stage(BaseModel):
 
     #: The name this stage has in a recipe (``- finetune: {...}``).
     kind: ClassVar[str] = ""
+    #: Old option names still read, with a warning naming the new one: ``{old: new}``.
+    renamed: ClassVar[dict[str, str]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_options(cls, values: object) -> object:
+        """Read an option under its old name (recipes written before it was renamed)."""
+        if not isinstance(values, dict):
+            return values
+        for old, new in cls.renamed.items():
+            if old in values:
+                if new in values:
+                    raise ValueError(f"give {new!r} only: {old!r} is its old name")
+                logging.getLogger("nnzip").warning("%s: option %r is now called %r", cls.kind,
+                                                   old, new)
+                values = {(new if key == old else key): value for key, value in values.items()}
+        return values
 
     def apply(self, model: nn.Module, context: Context) -> nn.Module:
         raise NotImplementedError

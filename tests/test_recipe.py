@@ -85,3 +85,23 @@ def test_malformed_structure_is_explained(data, message):
 def test_missing_recipe_file_is_a_clear_error(tmp_path):
     with pytest.raises(NnzipError, match="recipe file .*nope.yaml not found"):
         load_recipe(tmp_path / "nope.yaml")
+
+
+def test_every_renamed_option_still_parses_under_its_old_name(caplog):
+    """Recipes written before issue 13's renames keep working and are told the new name."""
+    from nnzip.recipe import STAGES
+
+    renamed = {(kind, old, new) for kind, cls in STAGES.items()
+               for old, new in cls.renamed.items()}
+    assert {("prune_channels", "ratio", "sparsity"), ("prune_channels", "ignored_layers",
+            "exclude"), ("svd", "ratio", "keep"), ("tucker", "ratio", "keep"),
+            ("quantize", "skip", "exclude")} <= renamed
+    values = {"sparsity": 0.5, "keep": 0.5, "exclude": ["fc1"]}
+    required = {"mixed_precision": {"average_bits": 4}}
+    for kind, old, new in renamed:
+        assert new in STAGES[kind].model_fields
+        options = {old: values[new], **required.get(kind, {})}
+        with caplog.at_level("WARNING"):
+            stage = parse_recipe({"stages": [{kind: options}]}).steps[0].stage
+        assert getattr(stage, new) == values[new]
+        assert f"option {old!r} is now called {new!r}" in caplog.text

@@ -17,7 +17,7 @@ which weights were factorized, and why the others were not.
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field, model_validator
 from torch import nn
@@ -47,21 +47,10 @@ def _record(context: Context, model: nn.Module, result: MethodResult, rank_key: 
 
 
 class _Factorize(FinetunedStage):
+    renamed = {"ratio": "keep"}
+
     layers: list[str] | None = None
     exclude: list[str] = Field(default_factory=list)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _old_names(cls, values: Any) -> Any:
-        if isinstance(values, dict) and "ratio" in values:
-            if "keep" in values:
-                raise ValueError("give keep (the fraction of each layer's weights kept) only; "
-                                 "ratio is its old name")
-            log.warning("%s: 'ratio' is deprecated, call it 'keep' (the fraction of each "
-                        "layer's weights kept)", cls.kind)
-            values = {("keep" if key == "ratio" else key): value
-                      for key, value in values.items()}
-        return values
 
     @property
     def ratio(self) -> float | None:

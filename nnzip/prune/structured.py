@@ -34,7 +34,7 @@ from typing import Literal
 
 import torch
 import torch_pruning as tp
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 from torch import nn
 from torch_pruning import ops
 
@@ -784,6 +784,7 @@ class PruneChannels(FinetunedStage):
     """
 
     kind = "prune_channels"
+    renamed = {"ratio": "sparsity", "ignored_layers": "exclude"}
 
     sparsity: float = 0.5
     criterion: Criterion = "l1"
@@ -792,21 +793,7 @@ class PruneChannels(FinetunedStage):
     iterative_steps: int = Field(1, ge=1)
     layers: list[str] | None = None
     exclude: list[str] = Field(default_factory=list)
-    ignored_layers: list[str] = Field(default_factory=list)
     calibration_batches: int = Field(8, ge=1)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _old_names(cls, values: object) -> object:
-        if isinstance(values, dict) and "ratio" in values:
-            if "sparsity" in values:
-                raise ValueError("give sparsity (the fraction of channels removed) only; ratio "
-                                 "is its old name")
-            log.warning("prune_channels: 'ratio' is deprecated, call it 'sparsity' (the "
-                        "fraction of channels removed)")
-            values = {("sparsity" if key == "ratio" else key): value
-                      for key, value in values.items()}
-        return values
 
     @field_validator("sparsity")
     @classmethod
@@ -839,7 +826,7 @@ class PruneChannels(FinetunedStage):
         params_before = sum(p.numel() for p in model.parameters())
         result = prune_channels_result(
             model, self.sparsity, example, self.criterion, global_pruning=self.global_pruning,
-            layers=self.layers, exclude=self.exclude, ignored_layers=self.ignored_layers,
+            layers=self.layers, exclude=self.exclude,
             round_to=self.round_to, iterative_steps=self.iterative_steps,
             calibration=calibration, after_step=finetune, seed=context.seed)
         pruned = result.model

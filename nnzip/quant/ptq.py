@@ -142,7 +142,7 @@ class QuantConfig:
     def __post_init__(self) -> None:
         if self.skip:
             if self.exclude:
-                raise NnzipError("give exclude only: skip is its old name")
+                raise NnzipError("give 'exclude' only: 'skip' is its old name")
             log.warning("QuantConfig: 'skip' is now called 'exclude' (the layer selection every "
                         "method shares); using it as exclude")
             object.__setattr__(self, "exclude", tuple(self.skip))

@@ -43,6 +43,8 @@ class QuantOptions(Stage):
     """The quantization options ``quantize`` and ``qat`` share, validated and turned into a
     :class:`QuantConfig`, and the per-layer details both record."""
 
+    renamed = {"skip": "exclude"}
+
     weight_bits: int = Field(8, ge=1, le=8)
     weight_format: Literal["affine", "binary", "ternary", "pow2"] = "affine"
     activation_bits: int | None = Field(8, ge=2, le=8)
@@ -54,19 +56,6 @@ class QuantOptions(Stage):
     layers: list[str] | None = None
     exclude: list[str] = Field(default_factory=list)
     layer_bits: dict[str, int] = Field(default_factory=dict)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _old_names(cls, values: Any) -> Any:
-        """``skip`` is ``exclude``'s old name: still read, with a warning."""
-        if isinstance(values, dict) and "skip" in values:
-            if "exclude" in values:
-                raise ValueError("give exclude only: skip is its old name")
-            log.warning("%s: 'skip' is now called 'exclude' (the layer selection every method "
-                        "shares)", cls.kind)
-            values = {("exclude" if key == "skip" else key): value
-                      for key, value in values.items()}
-        return values
 
     @model_validator(mode="after")
     def _consistent(self) -> QuantOptions:
