@@ -1,7 +1,9 @@
-"""Put any model in evaluation mode for a measurement and give it back as it was.
+"""Modes a measurement or a capture runs in, given back as they were afterwards.
 
-``torch.export``'s ``.module()`` refuses ``.eval()`` / ``.train()`` (its train/eval behaviour is
-fixed when it is exported), so the switch is tried and skipped where a module refuses it.
+:func:`eval_mode` puts any model in evaluation mode. ``torch.export``'s ``.module()`` refuses
+``.eval()`` / ``.train()`` (its train/eval behaviour is fixed when it is exported), so the switch
+is tried and skipped where a module refuses it. :func:`attention_fast_path_off` makes attention
+call its Linear layers, so that hooks capturing their inputs see them.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import contextlib
 import logging
 from collections.abc import Iterator
 
+import torch
 from torch import nn
 
 log = logging.getLogger(__name__)
@@ -34,3 +37,23 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         if was_training:
             _set_training(model, True)
+
+
+@contextlib.contextmanager
+def attention_fast_path_off() -> Iterator[None]:
+    """Turn off the fused inference path of ``nn.MultiheadAttention`` / ``TransformerEncoder``.
+
+    In eval mode without gradients, ``nn.TransformerEncoderLayer`` runs one fused kernel that
+    calls neither its attention nor its Linear layers, so no hook would see their inputs. The
+    switch is PyTorch's own (``torch.backends.mha``) and is restored afterwards.
+    """
+    backend = getattr(torch.backends, "mha", None)
+    if backend is None or not hasattr(backend, "set_fastpath_enabled"):
+        yield
+        return
+    was_enabled = backend.get_fastpath_enabled()
+    backend.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        backend.set_fastpath_enabled(was_enabled)

@@ -34,7 +34,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -44,6 +44,7 @@ from torch import nn
 from torch.func import functional_call
 
 from nnzip.core import Weight, eval_mode, find_weights
+from nnzip.core.modes import attention_fast_path_off
 from nnzip.core.weights import (
     ATTENTION_IN,
     ATTENTION_OUT,
@@ -174,26 +175,6 @@ class _Enough(Exception):
     """Raised by a capture hook once a module has run as often as it does per batch."""
 
 
-@contextlib.contextmanager
-def _attention_fast_path_off() -> Iterator[None]:
-    """Turn off the fused inference path of ``nn.MultiheadAttention`` / ``TransformerEncoder``.
-
-    In eval mode without gradients, ``nn.TransformerEncoderLayer`` runs one fused kernel that
-    calls neither its attention nor its Linear layers, so no hook would see their inputs. The
-    switch is PyTorch's own (``torch.backends.mha``) and is restored afterwards.
-    """
-    backend = getattr(torch.backends, "mha", None)
-    if backend is None or not hasattr(backend, "set_fastpath_enabled"):
-        yield
-        return
-    was_enabled = backend.get_fastpath_enabled()
-    backend.set_fastpath_enabled(False)
-    try:
-        yield
-    finally:
-        backend.set_fastpath_enabled(was_enabled)
-
-
 def conv_input_rows(layer: nn.modules.conv._ConvNd, x: torch.Tensor) -> torch.Tensor:
     """Every kernel patch of a ``groups=1`` Conv1d/2d/3d input as a row: (patches, columns).
 
@@ -319,7 +300,7 @@ def _calls_per_batch(model: nn.Module, modules: Sequence[nn.Module], batch) -> d
 
     handles = [module.register_forward_pre_hook(count) for module in set(modules)]
     try:
-        with eval_mode(model), torch.no_grad(), _attention_fast_path_off():
+        with eval_mode(model), torch.no_grad(), attention_fast_path_off():
             run_batch(model, batch)
     finally:
         for handle in handles:
@@ -352,7 +333,7 @@ def _block_hessians(model: nn.Module, source: _Source, batches: Sequence, calls:
 
     handle = source.module.register_forward_pre_hook(visit, with_kwargs=True)
     try:
-        with eval_mode(model), torch.no_grad(), _attention_fast_path_off():
+        with eval_mode(model), torch.no_grad(), attention_fast_path_off():
             for batch in batches:
                 seen = 0
                 with contextlib.suppress(_Enough):

@@ -14,7 +14,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from nnzip.core.modes import eval_mode
+from nnzip.core.modes import attention_fast_path_off, eval_mode
 from nnzip.errors import NnzipError
 
 
@@ -66,7 +66,8 @@ def feed_layer(model: nn.Module, layer: nn.Module, batches: Iterable,
               else layer.register_forward_hook(on_output))
     samples = reached = 0
     try:
-        with eval_mode(model), torch.no_grad():
+        # The fused attention path calls no Linear forward: a hook inside would never fire.
+        with eval_mode(model), torch.no_grad(), attention_fast_path_off():
             for batch in batches:
                 samples += batch_size(batch)
                 try:
