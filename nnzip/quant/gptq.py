@@ -71,11 +71,15 @@ class Hessian:
     running sum in float64: a convolution gives hundreds of thousands of rows)."""
 
     def __init__(self, columns: int) -> None:
-        self.sum = torch.zeros(columns, columns, dtype=torch.float64)
+        self.columns = columns
+        self.sum: torch.Tensor | None = None  # made on the device of the first rows
         self.rows = 0
 
     def add(self, rows: torch.Tensor) -> None:
         rows = rows.detach().float()
+        if self.sum is None:
+            self.sum = torch.zeros(self.columns, self.columns, dtype=torch.float64,
+                                   device=rows.device)
         self.sum += (rows.T @ rows).double()
         self.rows += rows.shape[0]
 
