@@ -8,9 +8,9 @@
 
 from nnzip.core.coverage import Coverage, MethodResult, ParamRecord, build_coverage
 from nnzip.core.modes import eval_mode
-from nnzip.core.select import LayerSelection, matches, select_names
+from nnzip.core.select import LayerSelection, matches, select_names, select_weights
 from nnzip.core.weights import Weight, find_weights, unique_parameters
 
 __all__ = ["Coverage", "LayerSelection", "MethodResult", "ParamRecord", "Weight",
            "build_coverage", "eval_mode", "find_weights", "matches", "select_names",
-           "unique_parameters"]
+           "select_weights", "unique_parameters"]

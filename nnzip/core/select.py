@@ -14,7 +14,9 @@ from collections.abc import Sequence
 from fnmatch import fnmatchcase
 
 from pydantic import BaseModel, Field
+from torch import nn
 
+from nnzip.core.weights import Weight, find_weights
 from nnzip.errors import NnzipError
 
 
@@ -30,8 +32,8 @@ def _unmatched(pattern: str, option: str, candidates: Sequence[str],
     close = difflib.get_close_matches(pattern, list(candidates) + modules, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     if any(matches(name, pattern) for name in others):
-        return NnzipError(f"{option}: {pattern!r} names parameters this method does not change "
-                          f"({what}); name one of: {', '.join(modules or candidates)}")
+        return NnzipError(f"{option}: {pattern!r} names only what this method does not change "
+                          f"(it changes {what}); name one of: {', '.join(modules or candidates)}")
     return NnzipError(f"{option}: {pattern!r} matches no {what} of this model{hint}; the "
                       f"{what} are under: {', '.join(modules or candidates)}")
 
@@ -58,6 +60,34 @@ def select_names(candidates: Sequence[str], layers: Sequence[str] | None = None,
     if not selected:
         raise NnzipError(f"no {what} left to change: 'layers' selects {len(chosen)} and "
                          "'exclude' removes them all; keep at least one")
+    return selected
+
+
+def select_weights(model: nn.Module, layers: Sequence[str] | None = None,
+                   exclude: Sequence[str] = (), *, what: str = "weights") -> list[Weight]:
+    """The weights of ``model`` (:func:`nnzip.core.find_weights`) that ``layers`` selects
+    (default: all) and ``exclude`` does not, tied tensors once.
+
+    Patterns may use any name of a tied tensor; a tied tensor excluded under one of its names is
+    excluded (it cannot be half compressed).
+    """
+    weights = find_weights(model)
+    names_of = {weight.name: (weight.name, *weight.aliases) for weight in weights}
+    every_name = [name for names in names_of.values() for name in names]
+    known = set(every_name)
+    others = [name for name, _ in model.named_parameters(remove_duplicate=False)
+              if name not in known]
+    select_names(every_name, layers, exclude, others=others, what=what)  # clear errors
+
+    def named(weight: Weight, patterns: Sequence[str]) -> bool:
+        return any(matches(name, pattern) for name in names_of[weight.name]
+                   for pattern in patterns)
+
+    selected = [weight for weight in weights
+                if (layers is None or named(weight, layers)) and not named(weight, exclude)]
+    if not selected:
+        raise NnzipError(f"no {what} left: 'exclude' removes every one 'layers' selects (a tied "
+                         "weight is excluded by any of its names); keep at least one")
     return selected
 
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from nnzip.core.coverage import MethodResult, build_coverage
-from nnzip.core.select import matches
+from nnzip.core.select import select_names
 from nnzip.core.weights import (
     ATTENTION_IN,
     ATTENTION_OUT,
@@ -103,38 +103,19 @@ def _is_pattern(name: str) -> bool:
 def select_layers(model: nn.Module, kind: type[nn.Module] | tuple[type[nn.Module], ...],
                   layers: list[str] | None, exclude: list[str] | tuple[str, ...] = ()
                   ) -> list[str]:
-    """Names of the ``kind`` modules to factorize: ``layers`` (checked) or all, less ``exclude``.
+    """Names of the ``kind`` modules to factorize: ``layers`` (default: all) less ``exclude``.
 
-    A name may be a glob pattern (``blocks.*.mlp.0``), which must match at least one of them.
+    Names, module prefixes and glob patterns (``blocks.*.mlp.0``), as every method selects
+    layers (:func:`nnzip.core.select_names`); a pattern that names no ``kind`` layer is an error.
     """
     kinds = kind if isinstance(kind, tuple) else (kind,)
     label = " / ".join(f"nn.{k.__name__}" for k in kinds)
     modules = dict(model.named_modules())
-    candidates = [name for name, module in modules.items()
-                  if isinstance(module, kinds) and name]
-
-    def expand(names: list[str] | tuple[str, ...]) -> list[str]:
-        found = []
-        for name in names:
-            if _is_pattern(name):
-                hits = [c for c in candidates if matches(c, name)]
-                if not hits:
-                    raise NnzipError(f"{name!r} matches no {label} layer: name one of "
-                                     f"{', '.join(candidates) or '(none)'}")
-                found += hits
-                continue
-            if name not in modules:
-                raise NnzipError(f"the model has no layer {name!r}: name one of "
-                                 f"{', '.join(candidates) or '(none)'}")
-            if not isinstance(modules[name], kinds):
-                raise NnzipError(f"layer {name!r} is a {type(modules[name]).__name__}, not an "
-                                 f"{label}: name one of {', '.join(candidates)}")
-            found.append(name)
-        return found
-
-    chosen = expand(layers) if layers is not None else candidates
-    dropped = set(expand(exclude))
-    return [name for name in chosen if name not in dropped]
+    candidates = [name for name, module in modules.items() if isinstance(module, kinds) and name]
+    if not candidates:
+        return []
+    others = [name for name in modules if name and name not in candidates]
+    return select_names(candidates, layers, exclude, others=others, what=f"{label} layers")
 
 
 def resolve_keep(keep: float | None, ratio: float | None, method: str) -> float | None:

@@ -23,7 +23,8 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from nnzip.core import Coverage, Weight, build_coverage, find_weights, matches, select_names
+from nnzip.core import Coverage, Weight, build_coverage, find_weights
+from nnzip.core.select import select_weights as core_select_weights
 from nnzip.core.weights import CONV_TRANSPOSE, EMBEDDING
 from nnzip.errors import NnzipError
 
@@ -69,30 +70,9 @@ def canonical(model: nn.Module, names: Sequence[str]) -> list[str]:
 
 def select_weights(model: nn.Module, layers: Sequence[str] | None = None,
                    exclude: Sequence[str] = ()) -> list[Weight]:
-    """The weights ``layers`` selects (default: all) and ``exclude`` does not, tied ones once.
-
-    Patterns follow :func:`nnzip.core.select_names` (names, module prefixes, globs) and may use
-    any name of a tied tensor: excluding ``decoder`` excludes the embedding it is tied to.
-    """
-    weights = find_weights(model)
-    names_of = {weight.name: (weight.name, *weight.aliases) for weight in weights}
-    every_name = [name for names in names_of.values() for name in names]
-    known = set(every_name)
-    others = [name for name, _ in model.named_parameters(remove_duplicate=False)
-              if name not in known]
-    select_names(every_name, layers, exclude, others=others)  # unknown patterns: clear errors
-
-    def named(weight: Weight, patterns: Sequence[str]) -> bool:
-        return any(matches(name, pattern) for name in names_of[weight.name]
-                   for pattern in patterns)
-
-    selected = [weight for weight in weights
-                if (layers is None or named(weight, layers)) and not named(weight, exclude)]
-    if not selected:
-        raise NnzipError("no weights left to prune: 'exclude' removes every weight 'layers' "
-                         "selects (a tied weight is excluded by any of its names); keep at "
-                         "least one")
-    return selected
+    """The weights to prune (:func:`nnzip.core.select.select_weights`, the selection every
+    method shares)."""
+    return core_select_weights(model, layers, exclude, what="weights to prune")
 
 
 def select_parameters(model: nn.Module, layers: Sequence[str] | None = None,

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from nnzip.core.coverage import MethodResult, build_coverage
-from nnzip.core.select import select_names
+from nnzip.core.select import select_weights as core_select_weights
 from nnzip.core.weights import CONV, CONV_TRANSPOSE, FUNCTIONAL, Weight, find_weights
 from nnzip.errors import NnzipError
 from nnzip.share.kmeans import Init, check_bits, gmm_1d, kmeans_1d, kmeans_vectors
@@ -89,19 +89,9 @@ def _relative_error(before: torch.Tensor, after: torch.Tensor) -> float:
 def select_weights(model: nn.Module, layers: Sequence[str] | None = None,
                    exclude: Sequence[str] = ()) -> list[Weight]:
     """The weights to share: every weight :func:`find_weights` lists (Linear, conv, attention
-    projections, RNN gates, embeddings, bare parameters), less ``exclude``, or only ``layers``.
-
-    Names, module names and glob patterns work, and a tied tensor may be named by any of its
-    names: it is one weight.
-    """
-    weights = find_weights(model)
-    by_name = {name: weight for weight in weights for name in (weight.name, *weight.aliases)}
-    others = [name for name, _ in model.named_parameters() if name not in by_name]
-    chosen = select_names(list(by_name), layers, exclude, others=others, what="weights")
-    picked = {by_name[name].name for name in chosen}
-    # A tied tensor excluded under one of its names is excluded: it cannot be half shared.
-    dropped = {by_name[name].name for name in by_name if name not in chosen}
-    return [weight for weight in weights if weight.name in picked - dropped]
+    projections, RNN gates, embeddings, bare parameters) that ``layers`` / ``exclude`` select
+    (:func:`nnzip.core.select.select_weights`, the selection every method shares)."""
+    return core_select_weights(model, layers, exclude, what="weights to share")
 
 
 def _is_conv(weight: Weight) -> bool:

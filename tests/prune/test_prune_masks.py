@@ -112,7 +112,7 @@ def test_unknown_layer_name_is_an_error_naming_it_and_the_valid_layers(mlp):
         select_parameters(mlp, layers=["fc1", "fc9"])
     with pytest.raises(NnzipError, match="exclude: 'conv1' matches no weights"):
         select_parameters(mlp, exclude=["conv1"])
-    with pytest.raises(NnzipError, match="'fc1.bias' names parameters this method does not"):
+    with pytest.raises(NnzipError, match="'fc1.bias' names only what this method does not"):
         select_parameters(mlp, layers=["fc1.bias"])
 
 
