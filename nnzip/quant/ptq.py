@@ -181,7 +181,7 @@ class QuantConfig:
             raise NnzipError(f"estimator must be 'ste' or 'lsq', got {self.estimator!r}")
         if self.weight_format in FIXED_BITS and self.layer_bits:
             raise NnzipError(f"{self.weight_format} weights have a fixed width, so layer_bits "
-                             "cannot change it: use skip to keep layers in float, or "
+                             "cannot change it: use exclude to keep layers in float, or "
                              "weight_format 'affine' with layer_bits {name: 1} for binary layers")
         if self.weight_format != "affine" and self.weight_granularity != "channel":
             raise NnzipError(f"{self.weight_format} weights have one scale per output channel: "
@@ -195,6 +195,7 @@ class QuantConfig:
         if self.estimator == "lsq" and self.weight_format == "pow2":
             raise NnzipError("LSQ learns a real-valued step, which would break pow2's exact "
                              "powers of two: train pow2 weights with estimator 'ste'")
+        self.weight_scheme()  # the scheme's own checks (granularity 'group' needs group_size)
 
     def weight_scheme(self, bits: int | None = None) -> WeightScheme:
         """The scheme of a layer's weight; ``bits`` overrides ``weight_bits`` (layer_bits)."""

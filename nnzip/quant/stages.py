@@ -59,12 +59,8 @@ class QuantOptions(Stage):
 
     @model_validator(mode="after")
     def _consistent(self) -> QuantOptions:
-        if self.granularity == "group" and self.group_size is None:
-            raise ValueError("granularity 'group' needs group_size, e.g. group_size: 64")
-        for name, bits in self.layer_bits.items():
-            if not 1 <= bits <= 8:
-                raise ValueError(f"layer_bits[{name!r}] must be from 1 to 8 (1 is binary), got "
-                                 f"{bits}")
+        # Only what QuantConfig cannot tell (was weight_bits given?) is checked here; the rest is
+        # QuantConfig's own validation, run once below, so both say the same words.
         fixed = FIXED_BITS.get(self.weight_format)
         if fixed is not None and "weight_bits" in self.model_fields_set \
                 and self.weight_bits != fixed:

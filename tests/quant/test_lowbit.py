@@ -158,7 +158,7 @@ def test_bad_low_bit_options_are_clear_errors():
         QuantConfig(weight_format="pow2", weight_bits=1)
     with pytest.raises(NnzipError, match="binary weights take 1 bit"):
         LowBitScheme("binary", 4)
-    with pytest.raises(NnzipError, match="fixed width.*use skip"):
+    with pytest.raises(NnzipError, match="fixed width.*use exclude"):
         QuantConfig(weight_format="ternary", layer_bits={"fc1": 8})
     with pytest.raises(NnzipError, match="one scale per output channel"):
         QuantConfig(weight_format="binary", weight_granularity="tensor")

@@ -20,7 +20,7 @@ def test_quantize_is_a_registered_stage_with_validated_options():
         _recipe(weight_bits=12)
     with pytest.raises(NnzipError, match="needs group_size"):
         _recipe(granularity="group")
-    with pytest.raises(NnzipError, match=r"layer_bits\['fc1'\] must be from 1 to 8"):
+    with pytest.raises(NnzipError, match=r"layer_bits\['fc1'\] must be an integer from 1 to 8"):
         _recipe(layer_bits={"fc1": 9})
     with pytest.raises(NnzipError, match="unknown option 'observr'.*did you mean 'observer'"):
         _recipe(observr="kl")
