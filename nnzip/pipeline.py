@@ -20,6 +20,7 @@ from torch import nn
 
 from nnzip.codec.nnz import codec_options
 from nnzip.core.coverage import Coverage, MethodResult, changed_coverage
+from nnzip.core.modes import set_eval
 from nnzip.core.weights import unique_parameters
 from nnzip.data.splits import DataSplits, probe_batch
 from nnzip.errors import NnzipError
@@ -48,7 +49,7 @@ def apply(model: nn.Module, stage: Stage | str, data: DataSplits | None = None, 
     ``result.coverage`` lists every parameter: what the method did to it, or why it left it.
     """
     stage = _stage(stage, options)
-    context = Context(data=data, reference=copy.deepcopy(model).eval() if teacher is None
+    context = Context(data=data, reference=set_eval(copy.deepcopy(model)) if teacher is None
                       else teacher, finetune_epochs=finetune_epochs, seed=seed,
                       progress=progress)
     return _run_stage(stage, model, context, stage.kind)
@@ -71,7 +72,7 @@ def _run_stage(stage: Stage, model: nn.Module, context: Context, label: str) -> 
     if not isinstance(result, nn.Module):
         raise NnzipError(f"stage {label} returned {type(result).__name__}, not a model: "
                          "a stage's apply() must return the compressed nn.Module")
-    result.eval()
+    set_eval(result)
     details = dict(context.details)
     recorded = details.pop("coverage", None)
     coverage = (Coverage.from_dict(recorded) if recorded is not None
@@ -139,7 +140,7 @@ def compress(model: nn.Module, recipe: Recipe | str | Path, data: DataSplits, *,
     eval_config = eval_config or EvalConfig()
     out_dir = Path(out_dir) if out_dir is not None else None
     torch.manual_seed(seed)
-    reference = copy.deepcopy(model).eval()
+    reference = set_eval(copy.deepcopy(model))
     model = copy.deepcopy(reference)
     context = Context(data=data, reference=reference, finetune_epochs=finetune_epochs, seed=seed,
                       workdir=out_dir, progress=progress)
@@ -165,7 +166,7 @@ def compress(model: nn.Module, recipe: Recipe | str | Path, data: DataSplits, *,
                                                             example=probe_batch(data, 2)),
                                  config=eval_config))
         report, paths = _write(rows, eval_config, out_dir, extra)
-    model.eval()
+    set_eval(model)
     if out_dir is not None:
         paths["model"] = save_final_model(model, out_dir, data)
     return CompressResult(model=model, report=report, paths=paths)

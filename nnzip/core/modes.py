@@ -27,6 +27,12 @@ def _set_training(model: nn.Module, training: bool) -> None:
                   type(model).__name__)
 
 
+def set_eval(model: nn.Module) -> nn.Module:
+    """``model`` in eval mode (left as exported where the module refuses the switch)."""
+    _set_training(model, False)
+    return model
+
+
 @contextlib.contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     """Run the body with ``model`` in eval mode, then restore its previous training flag."""

@@ -2,7 +2,8 @@
 
 Methods work on *weights*, not on module types (STYLE.md): a Linear's or a convolution's
 ``weight``, attention's ``in_proj_weight`` (and ``out_proj``), an LSTM/GRU's gate matrices, an
-embedding table, and bare parameters a user's module passes to ``F.linear``/``F.conv2d``. A tensor
+embedding table, and bare parameters a user's module passes to ``F.linear``/``F.conv2d`` (or
+that the graph of a ``torch.export`` program uses). A tensor
 reachable under several names (an output layer tied to its embedding, a module registered twice)
 is one :class:`Weight` with its other names in ``aliases``: it is compressed once, stays tied, and
 is counted once.
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from torch import nn
+from torch import fx, nn
 from torch.nn.utils import parametrize
 
 #: Kinds of weight, by the module that owns it (or how it is used).
@@ -115,6 +116,10 @@ def _kind(module: nn.Module, attr: str, parent: nn.Module | None) -> str | None:
         return ATTENTION_IN if attr.endswith("proj_weight") else None
     if isinstance(module, nn.RNNBase):
         return RNN if attr.startswith("weight_") else None
+    if type(module) is nn.Module or isinstance(module, fx.GraphModule):
+        # A program from torch.export (a .pt2): plain holders of the original hierarchy, whose
+        # tensors the graph uses through aten operators.
+        return FUNCTIONAL
     if type(module).__module__.startswith("torch."):
         return None  # a torch layer whose tensor is not a weight matrix (e.g. PReLU, Bilinear)
     return FUNCTIONAL

@@ -29,6 +29,7 @@ from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from nnzip.core import Coverage, LayerSelection, MethodResult
+from nnzip.core.modes import set_eval
 from nnzip.data.splits import DataSplits, calibration_batches
 from nnzip.errors import NnzipError
 from nnzip.prune.calibrated import METHODS as CALIBRATED
@@ -210,7 +211,7 @@ def _run(model: nn.Module, config: Prune, context: Context, *, calibration: Sequ
         masks = _prune_unstructured(model, config, context, names, finetune, calibration,
                                     details)
     fold_masks(model, masks)
-    model.eval()
+    set_eval(model)
     pruned = [name for name in names if name in masks]
     summary = sparsity_summary(model, pruned or names)
     if skipped or config.pattern == "n:m":

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from nnzip.core.coverage import Coverage, MethodResult
-from nnzip.core.modes import eval_mode
+from nnzip.core.modes import eval_mode, set_eval
 from nnzip.errors import NnzipError
 from nnzip.models.fold import fold_batchnorm
 from nnzip.models.surgery import set_module
@@ -276,7 +276,7 @@ def prepare(model: nn.Module, config: QuantConfig | None = None) -> nn.Module:
 def float_copy(model: nn.Module, config: QuantConfig) -> tuple[nn.Module, int, Unfused]:
     """The float model quantization starts from: a copy, BatchNorm folded, layer pairs equalized
     if asked, every ``nn.MultiheadAttention`` as four Linears (same outputs)."""
-    target = copy.deepcopy(model).eval()
+    target = set_eval(copy.deepcopy(model))
     if config.fold_batchnorm and any(isinstance(m, nn.modules.batchnorm._BatchNorm)
                                      for m in target.modules()):
         target = fold_batchnorm(target, inplace=True)
@@ -401,7 +401,7 @@ def static_quantization(model: nn.Module, batches: Iterable,
         details["bias_corrections"] = {name: round(value, 6) for name, value in
                                        bias_correction(quantized, batches).items()}
     method = "gptq" if config.rounding == "gptq" else "quantize_static"
-    return MethodResult(quantized.eval(), coverage_of(model, prepared, method, notes), details)
+    return MethodResult(set_eval(quantized), coverage_of(model, prepared, method, notes), details)
 
 
 def gptq_notes(model: nn.Module, gptq_layers: list[str]) -> dict[str, str]:
@@ -460,5 +460,5 @@ def dynamic_quantization(model: nn.Module, config: QuantConfig) -> MethodResult:
         layer.set_mode("dynamic" if layer.input_scheme is not None else "quantize")
     for quantizer, original in quantized_weights(prepared.model).values():
         quantizer.freeze(original)
-    return MethodResult(prepared.model.eval(),
+    return MethodResult(set_eval(prepared.model),
                         coverage_of(model, prepared, "quantize_dynamic"), {})

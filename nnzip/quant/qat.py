@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from torch import nn
 
 from nnzip.core.coverage import MethodResult
+from nnzip.core.modes import set_eval
 from nnzip.data.splits import DataSplits
 from nnzip.quant.modules import quantized_layers
 from nnzip.quant.parametrized import quantized_weights
@@ -65,6 +66,6 @@ def qat(model: nn.Module, data: DataSplits, batches: Iterable, config: QuantConf
     notes = {name: estimator for name in quantized_layers(quantized)}
     notes.update({name: ", trained through the rounding (ste)" for name in weights})
     coverage = coverage_of(model, prepared, "qat", notes)
-    return MethodResult(quantized.eval(), coverage, {"finetune_epochs": result.epochs_run}), \
+    return MethodResult(set_eval(quantized), coverage, {"finetune_epochs": result.epochs_run}), \
         result
 

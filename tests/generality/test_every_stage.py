@@ -86,3 +86,24 @@ def test_encoder_only_stages_refuse_other_models_by_name(stage, family):
     model, _ = example(family)
     with pytest.raises(NnzipError, match="Hugging Face|BERT|encoder"):
         apply(model, stage, example_splits(family))
+
+
+@pytest.mark.parametrize("family", ["vit", "conv1d", "shared_layer"])
+def test_a_torch_export_program_is_compressed_like_the_model_it_came_from(family):
+    """A user model loaded from a .pt2 is a graph of aten operators over plain holders: its
+    weights are still found (as functional weights), pruned and quantized."""
+    from nnzip.core import find_weights
+
+    model, inputs = example(family)
+    program = torch.export.export(model, (inputs,)).module()
+    assert sum(w.numel for w in find_weights(program)) == sum(
+        w.numel for w in find_weights(model))
+    pruned = apply(program, "prune", sparsity=0.5, finetune_epochs=0)
+    weights = [w.param for w in find_weights(pruned.model)]
+    zeros = sum(int((p == 0).sum()) for p in weights)
+    assert zeros == round(0.5 * sum(p.numel() for p in weights))
+    quantized = apply(torch.export.export(model, (inputs,)).module(), "quantize", mode="dynamic")
+    assert quantized.coverage.changed_params == sum(w.numel for w in find_weights(model))
+    with torch.no_grad():
+        reference, output = model(inputs), quantized.model(inputs)
+    assert float((output - reference).norm() / reference.norm()) < 0.05
