@@ -17,3 +17,9 @@ from nnzip.codec.tensors import Coded, Integer, decode_tensor, encode_tensor
 __all__ = ["FORMAT_VERSION", "Coded", "Integer", "NnzFile", "decode_tensor", "decode_tensors",
            "encode_tensor", "encode_tensors", "huffman_decode", "huffman_encode", "is_nnz",
            "pack_bits", "packed_bytes", "read_nnz", "unpack_bits"]
+
+
+def __getattr__(name: str):
+    from nnzip.codec import nnz
+
+    return getattr(nnz, name)  # a moved name (save_nnz, load_nnz...) says where it went

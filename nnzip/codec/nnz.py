@@ -181,3 +181,16 @@ def record_bytes(record: dict) -> tuple[int, int, int]:
     if encoding == "integer":
         return 0, sizes[0], sum(sizes[1:])
     return 0, sum(sizes), 0
+
+
+#: Names that lived here before the codec stopped importing models (issue 13), and where they are.
+_MOVED = {**{name: "nnzip.models.nnz" for name in (
+    "save_nnz", "load_nnz", "nnz_bytes", "model_from_nnz", "nnz_artifact", "layer_table")},
+    "model_tensors": "nnzip.models.compact (compact_tensors)"}
+
+
+def __getattr__(name: str):
+    if name in _MOVED:
+        raise ImportError(f"nnzip.codec.nnz.{name} moved to {_MOVED[name]}: write "
+                          f"'from {_MOVED[name]} import {name}'", name=name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

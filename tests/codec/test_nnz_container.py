@@ -77,3 +77,10 @@ def test_foreign_and_missing_files_and_models_outside_the_zoo(tmp_path):
         load_nnz(tmp_path / "missing.nnz")
     with pytest.raises(NnzipError, match="model zoo.*pass example="):
         save_nnz(torch.nn.Linear(2, 2), tmp_path / "y.nnz")
+
+
+def test_model_level_names_that_moved_out_of_the_codec_say_where_they_went():
+    with pytest.raises(ImportError, match="moved to nnzip.models.nnz"):
+        from nnzip.codec.nnz import save_nnz  # noqa: F401
+    with pytest.raises(ImportError, match="from nnzip.models.nnz import load_nnz"):
+        from nnzip.codec import load_nnz  # noqa: F401
