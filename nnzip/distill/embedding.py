@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nnzip.core.capture import run_batch
 from nnzip.core.modes import eval_mode
 from nnzip.errors import NnzipError
-from nnzip.quant.capture import run_batch
 from nnzip.train import StepHook, TrainConfig, fit_batches
 
 EmbeddingLoss = Literal["cosine", "mse"]

@@ -44,7 +44,9 @@ from torch import nn
 from torch.func import functional_call
 
 from nnzip.core import Weight, eval_mode, find_weights
+from nnzip.core.capture import run_batch
 from nnzip.core.modes import attention_fast_path_off
+from nnzip.core.obs import Hessian, inverse_hessian_factor, obs_sweep
 from nnzip.core.weights import (
     ATTENTION_IN,
     ATTENTION_OUT,
@@ -58,8 +60,6 @@ from nnzip.core.weights import (
 from nnzip.data.splits import require_batches
 from nnzip.errors import NnzipError
 from nnzip.prune.masks import Masks, check_sparsity, nm_masks, select_weights
-from nnzip.quant.capture import run_batch
-from nnzip.quant.gptq import Hessian, inverse_hessian_factor, obs_sweep
 
 log = logging.getLogger(__name__)
 

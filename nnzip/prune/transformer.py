@@ -35,10 +35,10 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from nnzip.core.capture import run_batch
 from nnzip.core.modes import eval_mode
 from nnzip.data.splits import calibration_batches
 from nnzip.errors import NnzipError
-from nnzip.quant.capture import run_batch
 from nnzip.stage import Context, Stage
 
 Criterion = Literal["activation", "gradient"]

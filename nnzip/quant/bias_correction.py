@@ -22,10 +22,10 @@ from collections.abc import Iterable, Iterator
 import torch
 from torch import nn
 
+from nnzip.core.capture import batch_inputs, feed_layer
 from nnzip.core.modes import eval_mode
 from nnzip.data.splits import require_batches
 from nnzip.errors import NnzipError
-from nnzip.quant.capture import batch_inputs, feed_layer
 from nnzip.quant.modules import QuantizedLayer, quantized_layers
 
 

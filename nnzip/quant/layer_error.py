@@ -20,9 +20,9 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from nnzip.core.capture import batch_inputs
 from nnzip.core.modes import eval_mode
 from nnzip.errors import NnzipError
-from nnzip.quant.capture import batch_inputs
 from nnzip.quant.modules import QuantizedLayer, quantized_layers
 
 

@@ -22,11 +22,11 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
+from nnzip.core.capture import batch_inputs
 from nnzip.core.modes import eval_mode
 from nnzip.core.select import select_names
 from nnzip.data.splits import require_batches
 from nnzip.errors import NnzipError
-from nnzip.quant.capture import batch_inputs
 from nnzip.quant.modules import QuantizedLayer, quantized_layers
 
 #: Smallest activation or weight maximum used, so that a dead channel does not divide by zero.

@@ -112,3 +112,20 @@ def test_accuracy_and_agreement_count_every_position_of_a_language_model():
     other = logits.clone()
     other[0, 0, 3] = 5.0
     assert agreement(logits, other) == 5 / 6
+
+
+@pytest.mark.parametrize("package", ["core", "codec"])
+def test_shared_packages_import_no_method_family(package):
+    """Layering (STYLE.md): core and the codec are used by the families, never the reverse."""
+    import ast
+    from pathlib import Path
+
+    import nnzip
+
+    families = {"prune", "quant", "distill", "factorize", "share", "runtime", "evaluate",
+                "models", "pipeline", "recipe", "cli", "train"}
+    folder = Path(nnzip.__file__).parent / package
+    for source in folder.glob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("nnzip."):
+                assert node.module.split(".")[1] not in families, f"{source.name}: {node.module}"

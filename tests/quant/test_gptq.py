@@ -2,11 +2,12 @@ import pytest
 import torch
 from torch import nn
 
+from nnzip.core.obs import Hessian
 from nnzip.data import calibration_batches
 from nnzip.errors import NnzipError
 from nnzip.quant import QuantConfig, convert, prepare, quantize_static, quantized_layers
 from nnzip.quant.affine import QScheme, dequantize, minmax_qparams, quantize
-from nnzip.quant.gptq import Hessian, gptq, gptq_quantize_weight, layer_input_rows
+from nnzip.quant.gptq import gptq, gptq_quantize_weight, layer_input_rows
 
 W4 = QScheme(bits=4, granularity="channel")
 

@@ -1,4 +1,5 @@
-"""Run calibration batches up to one layer and look at what it sees (GPTQ, bias correction).
+"""Run calibration batches up to one layer and look at what it sees (GPTQ, bias correction,
+Wanda/SparseGPT, head pruning, embedding distillation).
 
 Methods that work layer by layer need, for each layer, its inputs or outputs in the model as it
 is *now* (earlier layers already quantized). :func:`feed_layer` runs each batch through the model
