@@ -7,7 +7,7 @@ import functools
 
 import pytest
 import torch
-from conftest import example, example_splits, relative_error
+from generality_helpers import example, example_splits, relative_error
 from torch import nn
 
 from nnzip.core import find_weights
@@ -71,6 +71,24 @@ def test_w8a8_error_of_attention_models_is_that_of_the_conv_models():
     # 3.4x the worst conv family (0.024 vs 0.007), with every attention projection quantized.
     assert errors["vit"] <= 4 * worst_conv
     assert max(errors[family] for family in ATTENTION_FAMILIES) < 0.03
+
+
+def test_w8a8_error_per_layer_of_attention_models_is_that_of_the_conv_models():
+    """Layer by layer (each quantized layer on its own input), attention projections and MLPs
+    lose what convolutions lose: the ViT's larger model-level error is depth (14 layers against
+    3-5) and its one-token readout, not a worse quantizer."""
+    import statistics
+
+    from nnzip.quant.layer_error import layer_errors
+
+    medians = {}
+    for family in CONV_FAMILIES + ATTENTION_FAMILIES:
+        test = splits(family).test
+        errors = layer_errors(static_w8a8(family).model, [(test.tensors[0], test.tensors[1])])
+        medians[family] = statistics.median(e["output_error"] for e in errors.values())
+    print("W8A8 median per-layer output error:", {k: round(v, 4) for k, v in medians.items()})
+    worst_conv = max(medians[family] for family in CONV_FAMILIES)
+    assert all(medians[family] <= worst_conv for family in ATTENTION_FAMILIES)
 
 
 @pytest.mark.parametrize("family", ATTENTION_FAMILIES)
