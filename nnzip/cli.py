@@ -171,9 +171,24 @@ def _show(report: dict, paths: dict[str, Path]) -> None:
     from nnzip.evaluate import rich_table
 
     console.print(rich_table(report))
+    for stage in report.get("stages", []):
+        console.print(_coverage_line(stage))
     for kind in ("json", "md", "html", "model"):
         if kind in paths:
             console.print(f"{kind:>5}: {paths[kind]}")
+
+
+def _coverage_line(stage: dict) -> str:
+    """One line per stage: what share of the parameters it changed, and what it skipped."""
+    coverage = stage.get("details", {}).get("coverage") or {}
+    skipped = coverage.get("skipped") or {}
+    line = (f"{stage['label']}: changed {100 * coverage.get('changed_fraction', 0):.1f} % of "
+            f"{coverage.get('total_params', 0):,} parameters")
+    if skipped:
+        shown = "; ".join(f"{name} ({reason})" for name, reason in list(skipped.items())[:3])
+        more = f"; and {len(skipped) - 3} more (see the report)" if len(skipped) > 3 else ""
+        line += f"; skipped {len(skipped)} weight(s): {shown}{more}"
+    return line
 
 
 def cmd_demo(args: argparse.Namespace) -> None:

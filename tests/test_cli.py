@@ -66,16 +66,21 @@ def test_train_then_eval_then_compress_then_report(tmp_path, capsys):
     assert main(["eval", "--model", str(model_dir), "--data", "digits",
                  "--out", str(tmp_path / "eval"), *FAST]) == 0
     recipe = tmp_path / "r.yaml"
-    recipe.write_text("stages:\n  - finetune: {epochs: 1}\n")
+    recipe.write_text("stages:\n  - finetune: {epochs: 1}\n"
+                      "  - prune: {pattern: 'n:m', finetune_epochs: 0}\n")
     assert main(["compress", "--model", str(model_dir), "--recipe", str(recipe), "--data",
                  "digits", "--out", str(tmp_path / "c"), *FAST]) == 0
     stages = [m["stage"] for m in json.loads((tmp_path / "c/report.json").read_text())["models"]]
-    assert stages == ["baseline", "finetune"]
+    assert stages == ["baseline", "finetune", "prune"]
+    printed = capsys.readouterr().out
+    assert "finetune: changed 100.0 % of" in printed
+    # fc3 has 100 inputs per output: 2:4 groups fit; every weight pruned, nothing skipped.
+    assert "prune: changed" in printed and "skipped" not in printed
     capsys.readouterr()
     assert main(["report", str(tmp_path / "eval/report.json"), str(tmp_path / "c/report.json"),
                  "--out", str(tmp_path / "merged")]) == 0
     merged = json.loads((tmp_path / "merged/report.json").read_text())
-    assert len(merged["models"]) == 3
+    assert len(merged["models"]) == 4
 
 
 def test_missing_data_is_named(capsys, tmp_path, lenet5_dir):
