@@ -15,14 +15,24 @@ is 1 (class tokens, position embeddings: they are added to activations, not mult
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from torch import fx, nn
 from torch.nn.utils import parametrize
 
-#: Kinds of weight, by the module that owns it (or how it is used).
-LINEAR, CONV, CONV_TRANSPOSE = "linear", "conv", "conv_transpose"
-EMBEDDING, ATTENTION_IN, ATTENTION_OUT, RNN, FUNCTIONAL = (
-    "embedding", "attention_in_proj", "attention_out_proj", "rnn", "functional")
+
+class Kind(StrEnum):
+    """What kind of weight a tensor is, by the module that owns it (or how it is used). Methods
+    dispatch on it: each says what it does with every kind, or why it skips one."""
+
+    LINEAR = "linear"
+    CONV = "conv"
+    CONV_TRANSPOSE = "conv_transpose"
+    EMBEDDING = "embedding"
+    ATTENTION_IN = "attention_in_proj"
+    ATTENTION_OUT = "attention_out_proj"
+    RNN = "rnn"
+    FUNCTIONAL = "functional"
 
 
 @dataclass(frozen=True)
@@ -36,7 +46,7 @@ class Weight:
     """
 
     name: str
-    kind: str
+    kind: Kind
     shape: tuple[int, ...]
     owners: tuple[tuple[str, str], ...]
     param: nn.Parameter = field(compare=False, repr=False)
@@ -101,28 +111,28 @@ def _parents(model: nn.Module) -> dict[str, nn.Module]:
             for child_name, _ in module.named_children()}
 
 
-def _kind(module: nn.Module, attr: str, parent: nn.Module | None) -> str | None:
+def _kind(module: nn.Module, attr: str, parent: nn.Module | None) -> Kind | None:
     if isinstance(module, nn.modules.conv._ConvTransposeNd):
-        return CONV_TRANSPOSE if attr == "weight" else None
+        return Kind.CONV_TRANSPOSE if attr == "weight" else None
     if isinstance(module, nn.modules.conv._ConvNd):
-        return CONV if attr == "weight" else None
+        return Kind.CONV if attr == "weight" else None
     if isinstance(module, nn.Linear):
         if attr != "weight":
             return None
-        return ATTENTION_OUT if isinstance(parent, nn.MultiheadAttention) else LINEAR
+        return Kind.ATTENTION_OUT if isinstance(parent, nn.MultiheadAttention) else Kind.LINEAR
     if isinstance(module, nn.Embedding | nn.EmbeddingBag):
-        return EMBEDDING if attr == "weight" else None
+        return Kind.EMBEDDING if attr == "weight" else None
     if isinstance(module, nn.MultiheadAttention):
-        return ATTENTION_IN if attr.endswith("proj_weight") else None
+        return Kind.ATTENTION_IN if attr.endswith("proj_weight") else None
     if isinstance(module, nn.RNNBase):
-        return RNN if attr.startswith("weight_") else None
+        return Kind.RNN if attr.startswith("weight_") else None
     if type(module) is nn.Module or isinstance(module, fx.GraphModule):
         # A program from torch.export (a .pt2): plain holders of the original hierarchy, whose
         # tensors the graph uses through aten operators.
-        return FUNCTIONAL
+        return Kind.FUNCTIONAL
     if type(module).__module__.startswith("torch."):
         return None  # a torch layer whose tensor is not a weight matrix (e.g. PReLU, Bilinear)
-    return FUNCTIONAL
+    return Kind.FUNCTIONAL
 
 
 def find_weights(model: nn.Module) -> list[Weight]:
@@ -138,7 +148,7 @@ def find_weights(model: nn.Module) -> list[Weight]:
         if kind is None:
             continue
         reader = None
-        if kind == ATTENTION_OUT:
+        if kind == Kind.ATTENTION_OUT:
             reader = module_name.rpartition(".")[0]
         weights.append(Weight(
             name=_join(module_name, attr), kind=kind, shape=tuple(param.shape),

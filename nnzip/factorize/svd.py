@@ -19,18 +19,7 @@ from torch import nn
 
 from nnzip.core.coverage import MethodResult, build_coverage
 from nnzip.core.select import select_names
-from nnzip.core.weights import (
-    ATTENTION_IN,
-    ATTENTION_OUT,
-    CONV,
-    CONV_TRANSPOSE,
-    EMBEDDING,
-    FUNCTIONAL,
-    LINEAR,
-    RNN,
-    Weight,
-    find_weights,
-)
+from nnzip.core.weights import Kind, Weight, find_weights
 from nnzip.errors import NnzipError
 from nnzip.models.surgery import set_module
 
@@ -168,17 +157,17 @@ def other_weight_reasons(model: nn.Module, handled: tuple[str, ...]) -> dict[str
     """Why a factorization (which replaces modules of the ``handled`` weight kinds) leaves the
     model's other weights alone, by weight name."""
     why = {
-        LINEAR: "a Linear layer: svd factorizes those (tucker does convolutions)",
-        CONV: "a convolution: tucker factorizes those (svd does Linear layers)",
-        CONV_TRANSPOSE: "a transposed convolution: not factorized",
-        EMBEDDING: "an embedding table is looked up, not multiplied: not factorized",
-        ATTENTION_IN: "read directly by nn.MultiheadAttention (in_proj_weight): a factorized "
-                      "replacement would break it",
-        ATTENTION_OUT: "read directly by nn.MultiheadAttention (out_proj.weight): a factorized "
-                       "replacement would break it",
-        RNN: "a recurrent gate matrix read by the RNN's fused kernel: not factorized",
-        FUNCTIONAL: "a bare parameter used through torch.nn.functional: there is no module to "
-                    "replace",
+        Kind.LINEAR: "a Linear layer: svd factorizes those (tucker does convolutions)",
+        Kind.CONV: "a convolution: tucker factorizes those (svd does Linear layers)",
+        Kind.CONV_TRANSPOSE: "a transposed convolution: not factorized",
+        Kind.EMBEDDING: "an embedding table is looked up, not multiplied: not factorized",
+        Kind.ATTENTION_IN: "read directly by nn.MultiheadAttention (in_proj_weight): a "
+                           "factorized replacement would break it",
+        Kind.ATTENTION_OUT: "read directly by nn.MultiheadAttention (out_proj.weight): a "
+                            "factorized replacement would break it",
+        Kind.RNN: "a recurrent gate matrix read by the RNN's fused kernel: not factorized",
+        Kind.FUNCTIONAL: "a bare parameter used through torch.nn.functional: there is no module "
+                         "to replace",
     }
     return {weight.name: why[weight.kind] for weight in find_weights(model)
             if weight.kind not in handled}
@@ -223,7 +212,7 @@ def factorize_linears_result(model: nn.Module, *, rank: int | None = None,
         plan[name] = svd_linear(layer, chosen)
         done[name] = {"rank": chosen, "params_before": before,
                       "params_after": linear_params(in_features, out_features, chosen, bias)}
-    return apply_plan(model, "svd", plan, done, (LINEAR, ATTENTION_OUT))
+    return apply_plan(model, "svd", plan, done, (Kind.LINEAR, Kind.ATTENTION_OUT))
 
 
 def apply_plan(model: nn.Module, method: str, plan: dict[str, nn.Module], done: dict[str, dict],

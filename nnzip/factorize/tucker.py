@@ -22,7 +22,7 @@ from tensorly.decomposition import partial_tucker
 from torch import nn
 
 from nnzip.core.coverage import MethodResult
-from nnzip.core.weights import CONV
+from nnzip.core.weights import Kind
 from nnzip.errors import NnzipError
 from nnzip.factorize.svd import (
     apply_plan,
@@ -230,7 +230,7 @@ def factorize_convs_result(model: nn.Module, *, method: str | None = None,
             continue
         plan[name] = tucker2_conv(conv, chosen, seed=seed)
         done[name] = {"ranks": list(chosen), "params_before": before, "params_after": after}
-    return apply_plan(model, "tucker", plan, done, (CONV,))
+    return apply_plan(model, "tucker", plan, done, (Kind.CONV,))
 
 
 def factorize_convs(model: nn.Module, *, method: str | None = None, keep: float | None = None,

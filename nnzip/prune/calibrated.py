@@ -47,16 +47,7 @@ from nnzip.core import Weight, eval_mode, find_weights
 from nnzip.core.capture import run_batch
 from nnzip.core.modes import attention_fast_path_off
 from nnzip.core.obs import Hessian, inverse_hessian_factor, obs_sweep
-from nnzip.core.weights import (
-    ATTENTION_IN,
-    ATTENTION_OUT,
-    CONV,
-    CONV_TRANSPOSE,
-    EMBEDDING,
-    FUNCTIONAL,
-    LINEAR,
-    RNN,
-)
+from nnzip.core.weights import Kind
 from nnzip.data.splits import require_batches
 from nnzip.errors import NnzipError
 from nnzip.prune.masks import Masks, check_sparsity, nm_masks, select_weights
@@ -203,24 +194,24 @@ def calibrated_skip_reason(weight: Weight, m: int | None = None) -> str | None:
     if weight.tied:
         reason = (f"tied to {', '.join(weight.aliases)}: each name sees other inputs, and one "
                   "Hessian per weight cannot describe both; prune it by magnitude")
-    elif weight.kind == CONV and weight.groups != 1:
+    elif weight.kind == Kind.CONV and weight.groups != 1:
         reason = (f"grouped convolution (groups={weight.groups}): each group multiplies other "
                   "input channels, which one input Hessian per layer does not describe; prune "
                   "it by magnitude")
-    elif weight.kind == CONV_TRANSPOSE:
+    elif weight.kind == Kind.CONV_TRANSPOSE:
         reason = ("transposed convolution: its inputs are not the columns of its stored weight; "
                   "prune it by magnitude")
-    elif weight.kind == EMBEDDING:
+    elif weight.kind == Kind.EMBEDDING:
         reason = ("embedding table: rows are looked up by token id, not multiplied by an "
                   "input; prune it by magnitude")
-    elif weight.kind == RNN:
+    elif weight.kind == Kind.RNN:
         reason = ("RNN gate matrix: applied inside the fused recurrent kernel, so the inputs it "
                   "multiplies at every step (the hidden states) cannot be captured without "
                   "unrolling the recurrence; prune it by magnitude")
-    elif weight.kind == FUNCTIONAL:
+    elif weight.kind == Kind.FUNCTIONAL:
         reason = ("parameter used through a functional call (F.linear / F.conv2d) inside its "
                   "module's forward: no hook sees the input it multiplies; prune it by magnitude")
-    elif weight.kind not in (LINEAR, CONV, ATTENTION_IN, ATTENTION_OUT):
+    elif weight.kind not in (Kind.LINEAR, Kind.CONV, Kind.ATTENTION_IN, Kind.ATTENTION_OUT):
         reason = f"{weight.kind} weight: calibrated pruning does not handle it"
     elif m is not None and weight.input_length % m:
         reason = f"{weight.input_length} inputs per output, not a multiple of M={m}"
@@ -263,19 +254,19 @@ def _pre_projection(attention: nn.MultiheadAttention, args: tuple, kwargs: dict
 
 def _source(model: nn.Module, weight: Weight) -> _Source:
     rows = slice(None)
-    if weight.kind == LINEAR:
+    if weight.kind == Kind.LINEAR:
         columns = weight.shape[1]
         return _Source(weight.module, ((rows, lambda a, k: _first_input(a, k)
                                         .reshape(-1, columns)),))
-    if weight.kind == CONV:
+    if weight.kind == Kind.CONV:
         return _Source(weight.module, ((rows, lambda a, k: conv_input_rows(
             weight.module, _first_input(a, k))),))
-    if weight.kind == ATTENTION_OUT:
+    if weight.kind == Kind.ATTENTION_OUT:
         attention = model.get_submodule(weight.reader)
         columns = weight.shape[1]
         return _Source(attention, ((rows, lambda a, k: _pre_projection(attention, a, k)
                                     .reshape(-1, columns)),))
-    attention = weight.module  # ATTENTION_IN: in_proj_weight or q/k/v_proj_weight
+    attention = weight.module  # Kind.ATTENTION_IN: in_proj_weight or q/k/v_proj_weight
 
     def argument(role: str) -> Extract:
         columns = weight.shape[1]
@@ -348,7 +339,7 @@ def input_hessian(model: nn.Module, layer: nn.Module, batches: Sequence) -> torc
     when ``model`` runs on ``batches`` as it is now."""
     batches = require_batches(batches, "input_hessian")
     weight = next((w for w in find_weights(model) if w.module is layer
-                   and w.kind in (LINEAR, CONV) and w.groups == 1), None)
+                   and w.kind in (Kind.LINEAR, Kind.CONV) and w.groups == 1), None)
     if weight is None:
         raise NnzipError(f"input_hessian needs a Linear or groups=1 convolution of the model, "
                          f"got {type(layer).__name__}")

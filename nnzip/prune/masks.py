@@ -25,7 +25,7 @@ from torch.nn.utils import prune as torch_prune
 
 from nnzip.core import Coverage, Weight, build_coverage, find_weights
 from nnzip.core.select import select_weights as core_select_weights
-from nnzip.core.weights import CONV_TRANSPOSE, EMBEDDING
+from nnzip.core.weights import Kind
 from nnzip.errors import NnzipError
 
 log = logging.getLogger(__name__)
@@ -167,13 +167,13 @@ def nm_skip_reason(model: nn.Module, weight: Weight, m: int) -> str | None:
     table's rows. A transposed convolution stores its weight (in, out/groups, ...): its reduction
     dimension is the first, so groups along a row would not be what a kernel can skip.
     """
-    if weight.kind == EMBEDDING:
+    if weight.kind == Kind.EMBEDDING:
         multipliers = [name for name, _ in weight.owners
                        if isinstance(model.get_submodule(name), nn.Linear)]
         if not multipliers:
             return ("embedding table: rows are looked up, not multiplied, so N:M sparse kernels "
                     "cannot speed it up; prune it unstructured instead")
-    if weight.kind == CONV_TRANSPOSE:
+    if weight.kind == Kind.CONV_TRANSPOSE:
         return ("transposed convolution: its weight is stored (in, out/groups, ...), so N:M "
                 "groups along a row do not run along the dimension a sparse kernel reduces over")
     if weight.input_length % m:

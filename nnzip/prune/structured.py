@@ -40,7 +40,7 @@ from torch_pruning import ops
 
 from nnzip.core.coverage import Coverage, MethodResult, build_coverage
 from nnzip.core.select import select_names
-from nnzip.core.weights import FUNCTIONAL, Weight, find_weights
+from nnzip.core.weights import Kind, Weight, find_weights
 from nnzip.data.splits import Batch, calibration_batches, probe_batch
 from nnzip.errors import NnzipError
 from nnzip.prune.importance import channel_scores, taylor_scores
@@ -386,7 +386,7 @@ def _blocked_groups(model: nn.Module, example_inputs: torch.Tensor, excluded: li
     modules = dict(model.named_modules())
     frozen = {modules[name] for name in _frozen_layers(model)}
     weights = find_weights(model)
-    functional = {id(weight.param) for weight in weights if weight.kind == FUNCTIONAL}
+    functional = {id(weight.param) for weight in weights if weight.kind == Kind.FUNCTIONAL}
     tied = [weight for weight in weights if weight.tied]
     ignored, reasons, prunable = [], {}, False
     for group in graph.get_all_groups(root_module_types=list(PRUNABLE_TYPES)):

@@ -25,18 +25,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from nnzip.core.select import matches, select_names
-from nnzip.core.weights import (
-    ATTENTION_IN,
-    ATTENTION_OUT,
-    CONV,
-    CONV_TRANSPOSE,
-    EMBEDDING,
-    FUNCTIONAL,
-    LINEAR,
-    RNN,
-    Weight,
-    find_weights,
-)
+from nnzip.core.weights import Kind, Weight, find_weights
 from nnzip.errors import NnzipError
 
 #: How a target is quantized.
@@ -84,7 +73,7 @@ def _tied_target(model: nn.Module, weight: Weight, layer_types: tuple[type[nn.Mo
     modules = _owner_modules(model, weight)
     wanted = any(isinstance(module, layer_types) for module in modules) or (
         embedding_bits is not None and any(isinstance(m, nn.Embedding) for m in modules)) \
-        or weight.kind == FUNCTIONAL
+        or weight.kind == Kind.FUNCTIONAL
     if not wanted:
         return None
     users = ", ".join(weight.aliases)
@@ -98,29 +87,29 @@ def _single_target(weight: Weight, layer_types: tuple[type[nn.Module], ...],
                    ) -> Target | str:
     """The target of an untied weight, or why it is not quantized."""
     module, kind = weight.module, weight.kind
-    if kind in (LINEAR, CONV):
+    if kind in (Kind.LINEAR, Kind.CONV):
         if isinstance(module, layer_types):
             return Target(weight.module_name, LAYER, weight)
         kinds = ", ".join(t.__name__ for t in layer_types)
         return (f"{type(module).__name__} is not among the layer types quantized here "
                 f"({kinds})")
-    if kind == EMBEDDING:
+    if kind == Kind.EMBEDDING:
         if embedding_bits is None or not isinstance(module, nn.Embedding):
             return ("embedding table left float (set embedding_bits to quantize it "
                     "weight-only, one scale per row)")
         return Target(weight.module_name, EMBEDDING_LAYER, weight)
-    if kind == RNN:
+    if kind == Kind.RNN:
         return Target(weight.name, TENSOR, weight,
                       f"activations float: the {type(module).__name__} kernel is fused")
-    if kind == FUNCTIONAL:
+    if kind == Kind.FUNCTIONAL:
         return Target(weight.name, TENSOR, weight,
                       f"activations float: {type(module).__name__} uses the parameter through "
                       "a functional call (F.linear/F.conv2d) nnzip cannot wrap")
-    if kind in (ATTENTION_IN, ATTENTION_OUT):
+    if kind in (Kind.ATTENTION_IN, Kind.ATTENTION_OUT):
         attention = weight.reader or weight.module_name
         why = refused.get(attention, "the attention module is fused")
         return Target(weight.name, TENSOR, weight, f"activations float: {why}")
-    if kind == CONV_TRANSPOSE:
+    if kind == Kind.CONV_TRANSPOSE:
         return ("transposed convolutions have no quantized layer in nnzip: left float (exclude "
                 "it to silence this)")
     return f"{kind} weights are not quantized"

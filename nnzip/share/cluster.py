@@ -27,7 +27,7 @@ from torch import nn
 
 from nnzip.core.coverage import MethodResult, build_coverage
 from nnzip.core.select import select_weights as core_select_weights
-from nnzip.core.weights import CONV, CONV_TRANSPOSE, FUNCTIONAL, Weight, find_weights
+from nnzip.core.weights import Kind, Weight, find_weights
 from nnzip.errors import NnzipError
 from nnzip.share.kmeans import Init, check_bits, gmm_1d, kmeans_1d, kmeans_vectors
 from nnzip.share.modules import SharedWeight, share_weight
@@ -95,7 +95,7 @@ def select_weights(model: nn.Module, layers: Sequence[str] | None = None,
 
 
 def _is_conv(weight: Weight) -> bool:
-    return weight.kind in (CONV, CONV_TRANSPOSE) or (weight.kind == FUNCTIONAL
+    return weight.kind in (Kind.CONV, Kind.CONV_TRANSPOSE) or (weight.kind == Kind.FUNCTIONAL
                                                      and len(weight.shape) > 2)
 
 

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from nnzip.core import build_coverage, find_weights, matches, select_names
-from nnzip.core.weights import ATTENTION_IN, ATTENTION_OUT, EMBEDDING, FUNCTIONAL, RNN
+from nnzip.core.weights import Kind
 from nnzip.errors import NnzipError
 from nnzip.models.examples import EXAMPLES, example_model
 
@@ -48,10 +48,10 @@ def test_excluding_everything_is_an_error():
 
 def test_weights_are_found_wherever_they_live():
     kinds = {name: {w.kind for w in find_weights(example_model(name)[0])} for name in EXAMPLES}
-    assert {ATTENTION_IN, ATTENTION_OUT} <= kinds["vit"]
-    assert {ATTENTION_IN, ATTENTION_OUT, EMBEDDING} <= kinds["text_transformer"]
-    assert {RNN, EMBEDDING} <= kinds["lstm_lm"] and RNN in kinds["gru_lm"]
-    assert kinds["functional"] == {FUNCTIONAL}
+    assert {Kind.ATTENTION_IN, Kind.ATTENTION_OUT} <= kinds["vit"]
+    assert {Kind.ATTENTION_IN, Kind.ATTENTION_OUT, Kind.EMBEDDING} <= kinds["text_transformer"]
+    assert {Kind.RNN, Kind.EMBEDDING} <= kinds["lstm_lm"] and Kind.RNN in kinds["gru_lm"]
+    assert kinds["functional"] == {Kind.FUNCTIONAL}
 
 
 def test_a_tied_weight_is_one_weight_with_its_other_name():

@@ -9,7 +9,7 @@ import torch
 from torch.nn.utils import prune as torch_prune
 
 from nnzip.core import find_weights
-from nnzip.core.weights import ATTENTION_IN, ATTENTION_OUT, CONV, LINEAR
+from nnzip.core.weights import Kind
 from nnzip.errors import NnzipError
 from nnzip.prune import (
     Prune,
@@ -120,8 +120,8 @@ def test_nm_2_of_4_in_every_covered_group_and_skipped_weights_listed(family):
 
 def _calibrated_kind(weight) -> bool:
     """Weights Wanda/SparseGPT must cover: Linear, attention, groups=1 convolutions, untied."""
-    return (weight.kind in (LINEAR, ATTENTION_IN, ATTENTION_OUT)
-            or (weight.kind == CONV and weight.groups == 1)) and not weight.tied
+    return (weight.kind in (Kind.LINEAR, Kind.ATTENTION_IN, Kind.ATTENTION_OUT)
+            or (weight.kind == Kind.CONV and weight.groups == 1)) and not weight.tied
 
 
 @pytest.mark.parametrize("criterion", ["wanda", "sparsegpt"])
