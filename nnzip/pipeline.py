@@ -65,8 +65,12 @@ def _stage(stage: Stage | str, options: dict) -> Stage:
 
 
 def _run_stage(stage: Stage, model: nn.Module, context: Context, label: str) -> MethodResult:
-    """Apply ``stage``; its coverage is what it recorded, or else what changed in the model."""
-    before = {name: param.detach().clone() for name, param in unique_parameters(model).items()}
+    """Apply ``stage``; its coverage is what it recorded, or else what changed in the model.
+
+    Only a stage that records no coverage costs a copy of the parameters (to compare against).
+    """
+    before = None if stage.records_coverage else {
+        name: param.detach().clone() for name, param in unique_parameters(model).items()}
     context.details = {}
     result = stage.apply(model, context)
     if not isinstance(result, nn.Module):
@@ -75,6 +79,9 @@ def _run_stage(stage: Stage, model: nn.Module, context: Context, label: str) -> 
     set_eval(result)
     details = dict(context.details)
     recorded = details.pop("coverage", None)
+    if stage.records_coverage and recorded is None:
+        raise NnzipError(f"stage {label} ({stage.kind}) says it records its coverage but did not: "
+                         "a bug in the stage; please report it")
     coverage = (Coverage.from_dict(recorded) if recorded is not None
                 else changed_coverage(before, result, stage.kind))
     return MethodResult(model=result, coverage=coverage, details=details)

@@ -59,6 +59,9 @@ class Stage(BaseModel):
     kind: ClassVar[str] = ""
     #: Old option names still read, with a warning naming the new one: ``{old: new}``.
     renamed: ClassVar[dict[str, str]] = {}
+    #: Whether :meth:`apply` records ``context.record("coverage", ...)``; the others get a
+    #: coverage by comparing the parameters before and after.
+    records_coverage: ClassVar[bool] = False
 
     @model_validator(mode="before")
     @classmethod

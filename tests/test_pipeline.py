@@ -136,3 +136,12 @@ def test_apply_runs_one_method_in_place_and_says_what_it_covered(mlp, digits):
     assert same.details["achieved_sparsity"] == pytest.approx(0.6, abs=1e-4)
     with pytest.raises(NnzipError, match="did you mean 'sparsity'"):
         apply(mlp, "prune", digits, sparsty=0.5)
+
+
+def test_a_stage_that_promises_coverage_and_records_none_is_a_clear_error(mlp, digits,
+                                                                           monkeypatch):
+    monkeypatch.setattr(_Record, "records_coverage", True, raising=False)
+    monkeypatch.setitem(STAGES, "record", _Record)
+    with pytest.raises(NnzipError, match="says it records its coverage but did not"):
+        compress(mlp, parse_recipe({"stages": ["record"]}), digits, eval_config=FAST,
+                 progress=False)

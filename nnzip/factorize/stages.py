@@ -48,6 +48,7 @@ def _record(context: Context, model: nn.Module, result: MethodResult, rank_key: 
 
 class _Factorize(FinetunedStage):
     renamed = {"ratio": "keep"}
+    records_coverage = True
 
     layers: list[str] | None = None
     exclude: list[str] = Field(default_factory=list)

@@ -91,6 +91,7 @@ class Prune(FinetunedStage, LayerSelection):
     """
 
     kind = "prune"
+    records_coverage = True
 
     sparsity: float | None = None
     criterion: Literal["magnitude", "l1", "l2", "random", "taylor", "hessian", "wanda",

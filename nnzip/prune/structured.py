@@ -785,6 +785,7 @@ class PruneChannels(FinetunedStage):
 
     kind = "prune_channels"
     renamed = {"ratio": "sparsity", "ignored_layers": "exclude"}
+    records_coverage = True
 
     sparsity: float = 0.5
     criterion: Criterion = "l1"

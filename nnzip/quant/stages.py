@@ -44,6 +44,7 @@ class QuantOptions(Stage):
     :class:`QuantConfig`, and the per-layer details both record."""
 
     renamed = {"skip": "exclude"}
+    records_coverage = True
 
     weight_bits: int = Field(8, ge=1, le=8)
     weight_format: Literal["affine", "binary", "ternary", "pow2"] = "affine"

@@ -36,6 +36,8 @@ def _record_table(model: nn.Module, context: Context) -> None:
 
 
 class _SharingStage(FinetunedStage):
+    records_coverage = True
+
     lr: float = Field(1e-4, gt=0)
     layers: list[str] | None = None
     exclude: list[str] = Field(default_factory=list)
