@@ -37,6 +37,11 @@ class DataSplits:
     augment: Augment | None = field(default=None, repr=False)
     #: Names of the classes by index, where the data has them (image folders).
     class_names: tuple[str, ...] | None = None
+    #: What the data is for, which decides the metrics, the losses and the stages that fit
+    #: (:mod:`nnzip.tasks`): ``classify`` (a label per sample, or per position), ``lm`` (causal
+    #: language modelling: targets are the next tokens, the metric is perplexity) or ``embed``
+    #: (sentence embeddings judged on STS).
+    task: str = "classify"
 
     def loader(self, split: str, batch_size: int = 128, shuffle: bool = False,
                seed: int = 0) -> DataLoader:
@@ -56,7 +61,8 @@ class DataSplits:
         return {"name": self.name, "train": len(self.train), "val": len(self.val),
                 "test": len(self.test), "num_classes": self.num_classes,
                 "input_shape": list(self.input_shape),
-                "input_dtype": str(self.input_dtype).removeprefix("torch.")}
+                "input_dtype": str(self.input_dtype).removeprefix("torch."),
+                **({} if self.task == "classify" else {"task": self.task})}
 
 
 def input_dtype_for(x: np.ndarray) -> torch.dtype:
