@@ -65,6 +65,10 @@ def metric_specs(models: list[dict]) -> list[tuple[str, str, Getter, str]]:
          lambda m: None if m.get("accuracy") is None else 100 * m["accuracy"], "percent"),
         ("Agreement with reference", "%",
          lambda m: None if m.get("agreement") is None else 100 * m["agreement"], "percent"),
+        ("Test perplexity", "perplexity (lower is better)", lambda m: m.get("perplexity"),
+         "plain"),
+        ("STS Spearman", "Spearman ρ", lambda m: m.get("spearman"), "plain"),
+        ("Fidelity to the original", "mean cosine", lambda m: m.get("fidelity"), "plain"),
     ]
     return specs
 
@@ -140,12 +144,21 @@ def robustness_chart(models: list[dict]) -> bytes | None:
     return to_png(fig)
 
 
+#: The metric each task is judged by on the trade-off chart: (key, axis label, scale).
+TRADE_OFF_METRICS = {"classify": ("accuracy", "test accuracy (%)", 100.0),
+                     "lm": ("perplexity", "test perplexity (lower is better)", 1.0),
+                     "embed": ("spearman", "STS Spearman", 1.0)}
+
+
 def accuracy_size_chart(models: list[dict]) -> bytes | None:
-    """Accuracy against artifact size, each point labelled with its model."""
-    points = [(label, color, m["size_bytes"], 100 * m["accuracy"])
+    """The task's metric (accuracy, perplexity, STS Spearman) against artifact size, each point
+    labelled with its model; the task is the first model's."""
+    task = next((m.get("task") for m in models if m.get("task")), "classify")
+    key, ylabel, scale_by = TRADE_OFF_METRICS.get(task, TRADE_OFF_METRICS["classify"])
+    points = [(label, color, m["size_bytes"], scale_by * m[key])
               for label, color, m in zip(model_labels(models), model_colors(len(models)), models,
                                          strict=True)
-              if m.get("size_bytes") and m.get("accuracy") is not None]
+              if m.get("size_bytes") and m.get(key) is not None]
     if not points:
         return None
     scale, unit = _byte_unit([p[2] for p in points])
@@ -162,11 +175,12 @@ def accuracy_size_chart(models: list[dict]) -> bytes | None:
     sizes = [p[2] for p in points]
     if max(sizes) / min(sizes) > 20:  # compressed models can be orders of magnitude smaller
         ax.set_xscale("log")
-    lowest = min(p[3] for p in points)
-    ax.set_ylim(max(0.0, math.floor(lowest / 5) * 5 - 5), 101)
-    ax.set_title("Accuracy vs size")
+    if key == "accuracy":
+        lowest = min(p[3] for p in points)
+        ax.set_ylim(max(0.0, math.floor(lowest / 5) * 5 - 5), 101)
+    ax.set_title(f"{ylabel.split(' (')[0].capitalize()} vs size")
     ax.set_xlabel(f"artifact size ({unit})")
-    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.spines[["top", "right"]].set_visible(False)
     return to_png(fig)

@@ -16,26 +16,24 @@ from torch import nn
 from nnzip.core.modes import eval_mode
 from nnzip.data.splits import DataSplits, describe_inputs, probe_batch
 from nnzip.errors import NnzipError
-from nnzip.evaluate.accuracy import accuracy, agreement, predict_logits, top_k_accuracy
 from nnzip.evaluate.config import EvalConfig
 from nnzip.evaluate.energy import measure_energy
 from nnzip.evaluate.flops import count_flops
 from nnzip.evaluate.latency import compare_latency, fixed_threads
 from nnzip.evaluate.memory import peak_memory_bytes
-from nnzip.evaluate.robustness import (
-    fgsm_accuracy,
-    gaussian_noise_accuracy,
-    unsupported_reason,
-)
 from nnzip.evaluate.size import artifact_bytes, count_nonzero, count_params, file_bytes
 
 log = logging.getLogger(__name__)
 
 REPORT_MODEL_KEYS = (
-    "name", "stage", "params", "nonzero_params", "size_bytes", "compression_ratio", "flops",
-    "macs", "latency_ms", "speedup", "throughput_per_s", "peak_memory_bytes", "accuracy", "top5",
-    "agreement", "robustness", "energy_j", "energy_note",
+    "name", "stage", "task", "params", "nonzero_params", "size_bytes", "compression_ratio",
+    "flops", "macs", "latency_ms", "speedup", "throughput_per_s", "peak_memory_bytes",
+    "accuracy", "top5", "agreement", "perplexity", "loss", "spearman", "fidelity",
+    "neighbour_overlap", "robustness", "energy_j", "energy_note",
 )
+#: The task metrics (:mod:`nnzip.tasks`); each task fills its own, the others are None.
+TASK_METRIC_KEYS = ("accuracy", "top5", "agreement", "perplexity", "loss", "spearman",
+                    "fidelity", "neighbour_overlap")
 
 
 def _first_line(error: BaseException) -> str:
@@ -78,12 +76,18 @@ def check_model_accepts(model: nn.Module, data: DataSplits, name: str) -> None:
             f"model {name!r} rejects the data (per-sample input shape {tuple(data.input_shape)}; "
             f"probed with one test sample, {describe_inputs(sample)}): {_error_text(error)}: "
             f"pass data matching the model's input{_input_hints(data)}") from error
+    from nnzip.tasks import task_of
+
+    task = task_of(data)
     shape = tuple(output.shape) if isinstance(output, torch.Tensor) else None
-    if shape != (1, data.num_classes):
+    expected = task.output_shape(data)
+    if shape != expected:
+        wanted = ("a classifier with one output per class of the data" if task.name == "classify"
+                  else f"a model for the {task.name} task ({task.description})")
         raise NnzipError(
             f"model {name!r} returns {shape if shape else type(output).__name__} for one sample "
-            f"({describe_inputs(sample)}), expected logits of shape (1, {data.num_classes}): "
-            f"pass a classifier with one output per class of the data{_input_hints(data)}")
+            f"({describe_inputs(sample)}), expected {task.output_name} of shape {expected}: "
+            f"pass {wanted}{_input_hints(data)}")
     # Latency, memory and accuracy run batches: a model traced or exported with a fixed batch
     # size of 1 would otherwise fail deep inside a measurement. The pair is real data too, so a
     # failure here is about the batch, not about the values.
@@ -126,29 +130,6 @@ def _energy(model: nn.Module, data: DataSplits, config: EvalConfig,
     return joules, f"RAPL package energy per batch-{batch_size} forward, whole CPU package"
 
 
-def _robustness(model: nn.Module, data: DataSplits, config: EvalConfig) -> dict:
-    """Accuracy under noise and FGSM; a ``note`` says why a probe has no figures."""
-    unmeasured_fgsm = {str(float(eps)): None for eps in config.fgsm_epsilons}
-    x, y = data.test.tensors
-    reason = unsupported_reason(x)
-    if reason is not None:
-        return {"gaussian": {str(float(sigma)): None for sigma in config.noise_sigmas},
-                "fgsm": unmeasured_fgsm, "note": reason}
-    if config.robustness_samples is not None:
-        x, y = x[:config.robustness_samples], y[:config.robustness_samples]
-    gaussian = gaussian_noise_accuracy(model, x, y, config.noise_sigmas, data.input_range,
-                                       batch_size=config.eval_batch_size)
-    try:
-        fgsm = fgsm_accuracy(model, x, y, config.fgsm_epsilons, data.input_range,
-                             batch_size=config.eval_batch_size)
-    except RuntimeError as error:
-        # Quantized or scripted kernels may have no backward; no gradient, no attack figure.
-        log.warning("FGSM not measured for %s: %s", type(model).__name__, _first_line(error))
-        return {"gaussian": gaussian, "fgsm": unmeasured_fgsm,
-                "note": f"FGSM not measured: no input gradient ({_first_line(error)})"}
-    return {"gaussian": gaussian, "fgsm": fgsm}
-
-
 def evaluate(model: nn.Module, data: DataSplits, *, name: str = "model",
              stage: str = "baseline", reference: nn.Module | None = None,
              reference_size_bytes: int | None = None,
@@ -156,11 +137,13 @@ def evaluate(model: nn.Module, data: DataSplits, *, name: str = "model",
              config: EvalConfig | None = None) -> dict:
     """Measure ``model`` on ``data``'s test split; one report entry with :data:`REPORT_MODEL_KEYS`.
 
-    ``reference`` is the model it was compressed from: the compression ratio divides its size
-    (``reference_size_bytes``, or measured) by this model's, and ``agreement`` compares their test
-    predictions, and ``speedup`` (reference p50 / model p50, per batch size) comes from timing the
-    two interleaved, so machine drift cannot fake it. Without a reference the model is its own
-    (ratio, agreement and speedup 1.0). The size is
+    The task metrics come from the data's task (:mod:`nnzip.tasks`): accuracy for a classifier,
+    perplexity for a language model, STS Spearman and fidelity for a sentence encoder; the keys
+    of the other tasks are None. ``reference`` is the model it was compressed from: the
+    compression ratio divides its size (``reference_size_bytes``, or measured) by this model's,
+    ``agreement`` compares their test predictions, and ``speedup`` (reference p50 / model p50,
+    per batch size) comes from timing the two interleaved, so machine drift cannot fake it.
+    Without a reference the model is its own (ratio, agreement and speedup 1.0). The size is
     that of ``artifact_path`` when given, else of the state dict serialized as safetensors. The
     model's training/eval mode is left as it was.
     """
@@ -182,16 +165,15 @@ def evaluate(model: nn.Module, data: DataSplits, *, name: str = "model",
     throughput = largest_batch / (p50_largest / 1000.0) if p50_largest else None
     energy_j, energy_note = _energy(model, data, config, largest_batch)
 
-    loader = data.loader("test", batch_size=config.eval_batch_size)
-    logits = predict_logits(model, loader)
-    labels = data.test.tensors[1]
-    fidelity = 1.0
-    if reference is not None:
-        fidelity = agreement(logits, predict_logits(reference, loader))
+    from nnzip.tasks import task_of
 
+    task = task_of(data)
+    measured = task.measure(model, data, reference, config)
+    metrics = {key: measured.get(key) for key in TASK_METRIC_KEYS}
     return {
         "name": name,
         "stage": stage,
+        "task": task.name,
         "params": count_params(model),
         "nonzero_params": count_nonzero(model),
         "size_bytes": size_bytes,
@@ -202,10 +184,8 @@ def evaluate(model: nn.Module, data: DataSplits, *, name: str = "model",
         "speedup": speedup,
         "throughput_per_s": throughput,
         "peak_memory_bytes": peak_memory_bytes(model, batch=probe_batch(data, largest_batch)),
-        "accuracy": accuracy(logits, labels),
-        "top5": top_k_accuracy(logits, labels, k=5),
-        "agreement": fidelity,
-        "robustness": _robustness(model, data, config),
+        **metrics,
+        "robustness": measured["robustness"],
         "energy_j": energy_j,
         "energy_note": energy_note,
     }

@@ -9,7 +9,9 @@ FGSM is from Goodfellow, Shlens & Szegedy, "Explaining and Harnessing Adversaria
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +20,12 @@ from torch import nn
 from nnzip.core.modes import eval_mode
 from nnzip.core.outputs import predicted_labels, prediction_rows
 from nnzip.errors import NnzipError
+
+if TYPE_CHECKING:
+    from nnzip.data.splits import DataSplits
+    from nnzip.evaluate.config import EvalConfig
+
+log = logging.getLogger(__name__)
 
 
 def _batches(x: torch.Tensor, y: torch.Tensor,
@@ -96,3 +104,28 @@ def fgsm_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                     predicted = predicted_labels(model(adversarial))
                     correct[_key(eps)] += int((predicted == yb.reshape(-1)).sum())
     return {key: count / max(y.numel(), 1) for key, count in correct.items()}
+
+
+def robustness_report(model: nn.Module, data: DataSplits, config: EvalConfig) -> dict:
+    """Accuracy under noise and FGSM on the test split; a ``note`` says why a probe has no
+    figures (integer inputs, no input gradient)."""
+    unmeasured_fgsm = {str(float(eps)): None for eps in config.fgsm_epsilons}
+    x, y = data.test.tensors
+    reason = unsupported_reason(x)
+    if reason is not None:
+        return {"gaussian": {str(float(sigma)): None for sigma in config.noise_sigmas},
+                "fgsm": unmeasured_fgsm, "note": reason}
+    if config.robustness_samples is not None:
+        x, y = x[:config.robustness_samples], y[:config.robustness_samples]
+    gaussian = gaussian_noise_accuracy(model, x, y, config.noise_sigmas, data.input_range,
+                                       batch_size=config.eval_batch_size)
+    try:
+        fgsm = fgsm_accuracy(model, x, y, config.fgsm_epsilons, data.input_range,
+                             batch_size=config.eval_batch_size)
+    except RuntimeError as error:
+        # Quantized or scripted kernels may have no backward; no gradient, no attack figure.
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        log.warning("FGSM not measured for %s: %s", type(model).__name__, reason)
+        return {"gaussian": gaussian, "fgsm": unmeasured_fgsm,
+                "note": f"FGSM not measured: no input gradient ({reason})"}
+    return {"gaussian": gaussian, "fgsm": fgsm}

@@ -53,6 +53,37 @@ def fmt_energy(joules: float | None) -> str:
     return f"{joules * 1e3:.3g} mJ" if joules < 1 else f"{joules:.3g} J"
 
 
+def fmt_plain(value: float | None) -> str:
+    """Four significant digits: perplexity 43.17, Spearman 0.8203."""
+    return NA if value is None else f"{value:.4g}"
+
+
+#: The task metrics (:mod:`nnzip.tasks`) as (report key, header, format); a report shows the
+#: ones any of its models has, so a classifier report reads as it always did.
+METRIC_COLUMNS = (
+    ("perplexity", "Perplexity", fmt_plain),
+    ("spearman", "STS Spearman", fmt_plain),
+    ("accuracy", "Accuracy", fmt_percent),
+    ("top5", "Top-5", fmt_percent),
+    ("agreement", "Agreement", fmt_percent),
+    ("fidelity", "Fidelity (cos)", fmt_plain),
+    ("neighbour_overlap", "Top-10 overlap", fmt_percent),
+)
+
+
+def metric_columns(models: list[dict]) -> list[tuple[str, str, object]]:
+    """The task metric columns some model has a value for; a language model's accuracy and
+    top-5 are over next tokens, and say so when every model is one."""
+    columns = []
+    next_token = all(m.get("task") == "lm" for m in models)
+    for key, header, fmt in METRIC_COLUMNS:
+        if any(m.get(key) is not None for m in models):
+            if next_token and key in ("accuracy", "top5"):
+                header = f"Next-token {header.lower()}"
+            columns.append((key, header, fmt))
+    return columns
+
+
 def batch_keys(models: list[dict]) -> list[str]:
     """Latency keys present in any model ("batch1", "batch64", ...), by batch size."""
     keys = {key for model in models for key in (model.get("latency_ms") or {})}
@@ -70,12 +101,14 @@ def summary_columns(models: list[dict]) -> list[str]:
     latency = [f"p50 b{key.removeprefix('batch')} (ms)" for key in batch_keys(models)]
     speedup = [f"Speedup b{key.removeprefix('batch')}" for key in batch_keys(models)]
     return ["Model", "Stage", "Params", "Non-zero", "Size", "Ratio", "MFLOPs", *latency, *speedup,
-            "Throughput (/s)", "Peak mem", "Accuracy", "Top-5", "Agreement", "Energy"]
+            "Throughput (/s)", "Peak mem", *[header for _, header, _ in metric_columns(models)],
+            "Energy"]
 
 
 def summary_rows(models: list[dict]) -> list[list[str]]:
     """One row per model, aligned with :func:`summary_columns`."""
     keys = batch_keys(models)
+    metrics = metric_columns(models)
     rows = []
     for model in models:
         latency = model.get("latency_ms") or {}
@@ -87,8 +120,7 @@ def summary_rows(models: list[dict]) -> list[list[str]]:
             *[fmt_ms((latency.get(key) or {}).get("p50")) for key in keys],
             *[fmt_ratio(speedup.get(key)) for key in keys],
             fmt_count(model["throughput_per_s"]), fmt_bytes(model["peak_memory_bytes"]),
-            fmt_percent(model["accuracy"]), fmt_percent(model["top5"]),
-            fmt_percent(model["agreement"]), fmt_energy(model["energy_j"]),
+            *[fmt(model.get(key)) for key, _, fmt in metrics], fmt_energy(model["energy_j"]),
         ])
     return rows
 
@@ -113,7 +145,7 @@ def robustness_rows(models: list[dict]) -> list[list[str]]:
         robustness = model.get("robustness") or {}
         gaussian = robustness.get("gaussian") or {}
         fgsm = robustness.get("fgsm") or {}
-        rows.append([label, fmt_percent(model["accuracy"]),
+        rows.append([label, fmt_percent(model.get("accuracy")),
                      *[fmt_percent(gaussian.get(key)) for key in gaussian_keys],
                      *[fmt_percent(fgsm.get(key)) for key in fgsm_keys]])
     return rows

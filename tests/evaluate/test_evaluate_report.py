@@ -21,13 +21,15 @@ MACHINE = {"cpu_model": "Test CPU", "cpu_flags": ["avx2"], "cores": 2, "threads"
 
 def _entry(name: str, stage: str, size_bytes: int, acc: float, **overrides) -> dict:
     entry = {
-        "name": name, "stage": stage, "params": 235_146, "nonzero_params": 120_000,
+        "name": name, "stage": stage, "task": "classify", "params": 235_146,
+        "nonzero_params": 120_000,
         "size_bytes": size_bytes, "compression_ratio": 940_000 / size_bytes,
         "flops": 470_400, "macs": 235_200,
         "latency_ms": {"batch1": {"p50": 0.05, "p95": 0.07}, "batch64": {"p50": 0.8, "p95": 1.1}},
         "speedup": {"batch1": 1.5, "batch64": 2.0},
         "throughput_per_s": 80_000.0, "peak_memory_bytes": 1_200_000, "accuracy": acc,
-        "top5": 0.999, "agreement": 0.98,
+        "top5": 0.999, "agreement": 0.98, "perplexity": None, "loss": None, "spearman": None,
+        "fidelity": None, "neighbour_overlap": None,
         "robustness": {"gaussian": {"0.1": acc - 0.01, "0.2": acc - 0.05},
                        "fgsm": {"0.05": acc - 0.3, "0.1": acc - 0.6}},
         "energy_j": None, "energy_note": "no RAPL counters here",

@@ -1,0 +1,90 @@
+"""Classification, and causal language modelling as classification of every next token."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nnzip.core.outputs import prediction_rows
+from nnzip.tasks.base import Task, stream_outputs
+
+_CHANNELS = ("it removes whole channels of convolution and MLP chains; a transformer's units are "
+             "its heads, FFN neurons and layers: use prune_heads or drop_layers")
+
+
+class Classification(Task):
+    name = "classify"
+    description = "a label per sample (or per position), judged by accuracy"
+    metric = "accuracy"
+
+    def batch_loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(*prediction_rows(outputs, targets))
+
+    def batch_score(self, outputs: torch.Tensor, targets: torch.Tensor) -> tuple[float, int]:
+        logits, labels = prediction_rows(outputs, targets)
+        return float((logits.argmax(dim=1) == labels).sum()), len(labels)
+
+    def distill_loss(self, student: torch.Tensor, teacher: torch.Tensor, targets: torch.Tensor,
+                     options) -> torch.Tensor:
+        from nnzip.distill.losses import kd_loss
+
+        return kd_loss(student, teacher, targets, options.temperature, options.alpha,
+                       options.targets)
+
+    def measure(self, model: nn.Module, data, reference: nn.Module | None, config) -> dict:
+        """``accuracy``, ``top5``, ``agreement`` (share of predictions equal to the
+        reference's) and ``robustness`` (accuracy under noise and FGSM)."""
+        from nnzip.evaluate.accuracy import accuracy, agreement, predict_logits, top_k_accuracy
+        from nnzip.evaluate.robustness import robustness_report
+
+        loader = data.loader("test", batch_size=config.eval_batch_size)
+        logits = predict_logits(model, loader)
+        labels = data.test.tensors[1]
+        fidelity = 1.0 if reference is None else agreement(logits,
+                                                           predict_logits(reference, loader))
+        return {"accuracy": accuracy(logits, labels), "top5": top_k_accuracy(logits, labels, 5),
+                "agreement": fidelity, "robustness": robustness_report(model, data, config)}
+
+
+class LanguageModeling(Classification):
+    """Causal language modelling: the targets are the next token of every position.
+
+    Perplexity is exp of the mean next-token cross-entropy over every target token of the test
+    split; ``accuracy`` and ``top5`` are next-token accuracies and ``agreement`` the share of
+    positions where the model's next token is the reference's. The test split is streamed batch
+    by batch: (tokens × vocabulary) logits of a whole split would not fit in memory.
+    """
+
+    name = "lm"
+    description = "causal language modelling, judged by perplexity on held-out text"
+    metric = "perplexity"
+    higher_is_better = False
+    score_name = "next-token accuracy"
+    refused_stages = {"prune_channels": _CHANNELS}
+
+    def measure(self, model: nn.Module, data, reference: nn.Module | None, config) -> dict:
+        """``perplexity`` (and its log, ``loss``), next-token ``accuracy`` / ``top5``,
+        ``agreement`` with the reference's next token, and ``robustness`` (a note: the probes
+        perturb continuous inputs, and token ids are not)."""
+        from nnzip.evaluate.robustness import robustness_report
+
+        loss, correct, top5, agree, count = 0.0, 0, 0, 0, 0
+        loader = data.loader("test", batch_size=config.eval_batch_size)
+        others = () if reference is None else (reference,)
+        for outputs, targets, theirs in stream_outputs(model, loader, *others):
+            logits, labels = prediction_rows(outputs, targets)
+            loss += float(F.cross_entropy(logits, labels, reduction="sum"))
+            predicted = logits.argmax(dim=1)
+            correct += int((predicted == labels).sum())
+            k = min(5, logits.shape[1])
+            top5 += int((logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1).sum())
+            agree += len(labels) if not theirs else int(
+                (predicted == prediction_rows(theirs[0])[0].argmax(dim=1)).sum())
+            count += len(labels)
+        count = max(count, 1)
+        return {"perplexity": math.exp(loss / count), "loss": loss / count,
+                "accuracy": correct / count, "top5": top5 / count, "agreement": agree / count,
+                "robustness": robustness_report(model, data, config)}
