@@ -25,8 +25,10 @@ ZOO_HINT = "an architecture name, not a trained model"
 
 
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", default="mnist",
-                        help="mnist, digits, a .npz file (x, y) or a folder of class sub-folders")
+    parser.add_argument("--data", default=None,
+                        help="mnist (the default), digits, stsb-lm (STS-B text for a causal "
+                             "language model), a .npz file (x, y) or a folder of class "
+                             "sub-folders. A Hugging Face encoder (hf:) is judged on STS-B")
     parser.add_argument("--mnist-dir", type=Path, default=None,
                         help="folder with the MNIST IDX test files (default: ../shared/data/mnist "
                              "or $NNZIP_MNIST_DIR)")
@@ -39,6 +41,17 @@ def _add_eval_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=50, help="timed runs per batch size")
     parser.add_argument("--robustness-samples", type=int, default=None,
                         help="test images used for the noise/FGSM accuracy (default: all)")
+
+
+def _add_sentence_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("sentence encoders (hf:)", "the embed task's data: STS-B "
+                                      "dev pairs to judge on, training sentences to calibrate "
+                                      "and fine-tune on")
+    group.add_argument("--pairs", type=int, default=None, metavar="N",
+                       help="judge on the first N STS-B dev pairs (default: all 1 500)")
+    group.add_argument("--train-sentences", type=int, default=2048, metavar="N",
+                       help="STS-B training sentences for calibration and fine-tuning "
+                            "(default: 2048)")
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -96,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="model to compare against (compression ratio, agreement)")
     evaluate.add_argument("--out", type=Path, default=Path("runs/eval"))
     _add_data_options(evaluate)
+    _add_sentence_options(evaluate)
     _add_eval_options(evaluate)
 
     compress = commands.add_parser("compress", help="apply a YAML recipe, measuring every stage")
@@ -105,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     compress.add_argument("--finetune-epochs", type=int, default=3,
                           help="default fine-tune budget of the stages")
     _add_data_options(compress)
+    _add_sentence_options(compress)
     _add_eval_options(compress)
 
     deploy = commands.add_parser("deploy", help="run a model on every runtime (PyTorch, ONNX "
@@ -155,7 +170,27 @@ def _eval_config(args: argparse.Namespace):
 def _load_data(args: argparse.Namespace):
     from nnzip.data import load_dataset
 
-    return load_dataset(args.data, mnist_dir=args.mnist_dir, seed=args.seed)
+    return load_dataset(args.data or "mnist", mnist_dir=args.mnist_dir, seed=args.seed)
+
+
+def _is_encoder(model) -> bool:
+    from nnzip.models.hf import SentenceEncoder
+
+    return isinstance(model, SentenceEncoder)
+
+
+def _model_data(args: argparse.Namespace, model):
+    """The data ``model`` is judged on: ``--data``, or for a sentence encoder the embed task's
+    STS-B data, whose targets are this model's own embeddings (one fp32 encode)."""
+    if not _is_encoder(model):
+        return _load_data(args)
+    if args.data is not None:
+        raise NnzipError(f"a sentence encoder is judged on STS-B, not on --data {args.data}: "
+                         "drop --data (--pairs and --train-sentences choose the sentences)")
+    from nnzip.tasks import sentence_data
+
+    return sentence_data(model, pairs=args.pairs, train_sentences=args.train_sentences,
+                         seed=args.seed, progress=not args.no_progress)
 
 
 def _load_model(spec: str, trust_pickle: bool):
@@ -234,9 +269,9 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_eval(args: argparse.Namespace) -> None:
     from nnzip.pipeline import evaluate_models
 
-    data = _load_data(args)
     model = _load_model(args.model, args.trust_pickle)
     reference = _load_model(args.reference, args.trust_pickle) if args.reference else None
+    data = _model_data(args, reference if reference is not None else model)
     models = [("model", "evaluated", model)]
     if reference is not None:
         models.insert(0, ("reference", "baseline", reference))
@@ -254,11 +289,14 @@ def cmd_eval(args: argparse.Namespace) -> None:
 def cmd_compress(args: argparse.Namespace) -> None:
     from nnzip.pipeline import compress
     from nnzip.recipe import load_recipe
+    from nnzip.tasks import TASKS
 
     recipe = load_recipe(args.recipe)  # validated before anything slow happens
-    data = _load_data(args)
     model = _load_model(args.model, args.trust_pickle)
-    name = Path(args.model).stem
+    if _is_encoder(model):
+        recipe.check_task(TASKS["embed"])  # before the encoder is run on the STS-B sentences
+    data = _model_data(args, model)
+    name = Path(args.model.removeprefix("hf:")).stem
     result = compress(model, recipe, data, name=name, out_dir=args.out,
                       eval_config=_eval_config(args), finetune_epochs=args.finetune_epochs,
                       seed=args.seed, progress=not args.no_progress)
@@ -371,9 +409,10 @@ def main(argv: list[str] | None = None) -> int:
             import torch  # late: `nnzip --help` stays fast
 
             torch.set_num_threads(args.work_threads)
-        if args.command in ("eval", "compress", "deploy") and args.model.startswith("hf:"):
-            raise NnzipError(f"{args.command} measures image classifiers; judge a Hugging Face "
-                             f"encoder on its task with 'nnzip sts --model {args.model}'")
+        if args.command == "deploy" and args.model.startswith("hf:"):
+            raise NnzipError(f"deploy times image classifiers and language models; measure a "
+                             f"Hugging Face encoder with 'nnzip eval --model {args.model}' or "
+                             f"'nnzip sts --model {args.model}'")
         COMMANDS[args.command](args)
     except NnzipError as error:
         # One line, never wrapped, and the message's own brackets are not read as markup.

@@ -49,6 +49,10 @@ def apply(model: nn.Module, stage: Stage | str, data: DataSplits | None = None, 
     ``result.coverage`` lists every parameter: what the method did to it, or why it left it.
     """
     stage = _stage(stage, options)
+    if data is not None:
+        from nnzip.tasks import task_of
+
+        task_of(data).check_stage(stage)
     context = Context(data=data, reference=set_eval(copy.deepcopy(model)) if teacher is None
                       else teacher, finetune_epochs=finetune_epochs, seed=seed,
                       progress=progress)
@@ -142,8 +146,11 @@ def compress(model: nn.Module, recipe: Recipe | str | Path, data: DataSplits, *,
     in eval mode. With ``out_dir`` the report files (and the final model, when it can be saved)
     are written there.
     """
+    from nnzip.tasks import task_of
+
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
+    recipe.check_task(task_of(data))  # a stage that does not fit the task: refused before work
     eval_config = eval_config or EvalConfig()
     out_dir = Path(out_dir) if out_dir is not None else None
     torch.manual_seed(seed)
@@ -151,7 +158,8 @@ def compress(model: nn.Module, recipe: Recipe | str | Path, data: DataSplits, *,
     model = copy.deepcopy(reference)
     context = Context(data=data, reference=reference, finetune_epochs=finetune_epochs, seed=seed,
                       workdir=out_dir, progress=progress)
-    extra = {"data": data.summary(), "recipe": recipe.to_dict(), "stages": []}
+    extra = {"data": data.summary(), "task": task_of(data).name, "recipe": recipe.to_dict(),
+             "stages": []}
 
     baseline = evaluate(model, data, name=name, stage="baseline", config=eval_config)
     rows = [baseline]

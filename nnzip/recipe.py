@@ -57,6 +57,18 @@ class Recipe:
     description: str = ""
     source: str = "<recipe>"
 
+    def check_task(self, task) -> Recipe:
+        """Refuse, before any work, a stage that does not fit ``task`` (:mod:`nnzip.tasks`),
+        naming the recipe, the stage and the task; returns the recipe."""
+        for index, step in enumerate(self.steps, start=1):
+            why = task.refusal(step.stage)
+            if why is not None:
+                shown = step.stage.kind if step.label == step.stage.kind else \
+                    f"{step.label}, {step.stage.kind}"
+                raise NnzipError(f"recipe {self.source}, stage {index} ({shown}) does not fit the "
+                                 f"{task.name} task ({task.description}): {why}")
+        return self
+
     def to_dict(self) -> dict:
         return {"name": self.name, "description": self.description, "source": self.source,
                 "stages": [{"label": s.label, "kind": s.stage.kind,

@@ -93,10 +93,27 @@ class TrainResult:
 
 def cross_entropy(outputs: torch.Tensor, targets: torch.Tensor,
                   inputs: torch.Tensor) -> torch.Tensor:
-    """The default loss hook: plain cross-entropy on the task labels (every position of a
-    model that classifies positions, see :mod:`nnzip.core.outputs`)."""
+    """Plain cross-entropy on the labels (every position of a model that classifies positions,
+    see :mod:`nnzip.core.outputs`): the task loss of classification and language modelling."""
     del inputs
     return F.cross_entropy(*prediction_rows(outputs, targets))
+
+
+def task_loss(data: DataSplits) -> LossHook:
+    """The default loss hook of ``data``'s task (:mod:`nnzip.tasks`): cross-entropy for a
+    classifier or a language model, ``1 − cos`` to the original's embedding for an encoder."""
+    from nnzip.tasks import task_of
+
+    task = task_of(data)
+    if task.name == "classify":
+        return cross_entropy
+
+    def loss_fn(outputs: torch.Tensor, targets: torch.Tensor,
+                inputs: torch.Tensor) -> torch.Tensor:
+        del inputs
+        return task.batch_loss(outputs, targets)
+
+    return loss_fn
 
 
 def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -124,24 +141,30 @@ def _device_of(model: nn.Module) -> torch.device:
 
 
 @torch.no_grad()
-def validate(model: nn.Module, loader: DataLoader) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of ``model`` over ``loader`` (eval mode, mode restored)."""
+def validate(model: nn.Module, loader: DataLoader, task=None) -> tuple[float, float]:
+    """Mean task loss and validation score of ``model`` over ``loader`` (eval mode, mode
+    restored). The score is the task's (:mod:`nnzip.tasks`): accuracy by default (a classifier,
+    a language model's next token), the cosine to the original's embedding for an encoder."""
+    from nnzip.tasks import TASKS
+
+    task = task or TASKS["classify"]
     was_training = model.training
     model.eval()
     device = _device_of(model)
-    total_loss, correct, count = 0.0, 0, 0
+    total_loss, score, count = 0.0, 0.0, 0
     try:
         for inputs, targets in loader:
             inputs, targets = inputs.to(device), targets.to(device)
-            logits, labels = prediction_rows(model(inputs), targets)
-            total_loss += F.cross_entropy(logits, labels, reduction="sum").item()
-            correct += (logits.argmax(dim=1) == labels).sum().item()
-            count += len(labels)
+            outputs = model(inputs)
+            batch_score, batch_count = task.batch_score(outputs, targets)
+            total_loss += task.batch_loss(outputs, targets).item() * batch_count
+            score += batch_score
+            count += batch_count
     finally:
         model.train(was_training)
     if count == 0:
         raise NnzipError("the validation split is empty: use a larger val_fraction")
-    return total_loss / count, correct / count
+    return total_loss / count, score / count
 
 
 def _load_checkpoint(path: Path) -> dict | None:
@@ -177,8 +200,11 @@ def fit(model: nn.Module, data: DataSplits, config: TrainConfig | None = None, *
     the hooks are the only place methods change it. With ``checkpoint`` set, state is saved after
     every epoch and an existing checkpoint is resumed (or, if it finished, simply loaded).
     """
+    from nnzip.tasks import task_of
+
     config = config or TrainConfig()
-    loss_fn = loss_fn or config.loss_fn or cross_entropy
+    data_task = task_of(data)
+    loss_fn = loss_fn or config.loss_fn or task_loss(data)
     device = _device_of(model)
     optimizer = _make_optimizer(model, config)
     scheduler = _make_scheduler(optimizer, config)
@@ -211,7 +237,7 @@ def fit(model: nn.Module, data: DataSplits, config: TrainConfig | None = None, *
             train_loss = _train_one_epoch(model, data, config, epoch, optimizer, loss_fn,
                                           step_hook, device)
             scheduler.step()
-            val_loss, val_acc = validate(model, val_loader)
+            val_loss, val_acc = validate(model, val_loader, data_task)
             epoch += 1
             improved = val_acc > best_val
             if improved:
@@ -223,7 +249,8 @@ def fit(model: nn.Module, data: DataSplits, config: TrainConfig | None = None, *
                             "val_accuracy": val_acc, "lr": optimizer.param_groups[0]["lr"]})
             finished = config.patience is not None and bad_epochs >= config.patience
             bar.update(task, completed=epoch,
-                       status=f"loss {train_loss:.4f}  val acc {100 * val_acc:.2f}%")
+                       status=f"loss {train_loss:.4f}  val {data_task.score_name} "
+                              f"{100 * val_acc:.2f}%")
             log.info("%s epoch %d: train loss %.4f, val loss %.4f, val acc %.4f", description,
                      epoch, train_loss, val_loss, val_acc)
             if checkpoint:
@@ -408,7 +435,10 @@ class FinetunedStage(FinetuneOptions):
             raise NnzipError(f"stage {self.kind!r} fine-tunes by distillation but there is no "
                              "teacher: run it in a pipeline (the model before compression is "
                              "the teacher) or pass Context(teacher=...)")
-        return config.with_loss(distillation_loss(context.teacher, self.distill))
+        from nnzip.tasks import task_of
+
+        return config.with_loss(distillation_loss(context.teacher, self.distill,
+                                                  task_of(context.data)))
 
 
 class Finetune(Stage):

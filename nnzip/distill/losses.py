@@ -83,14 +83,22 @@ def teacher_outputs(teacher: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
     return teacher(inputs)
 
 
-def distillation_loss(teacher: nn.Module, options: DistillOptions | None = None
+def distillation_loss(teacher: nn.Module, options: DistillOptions | None = None, task=None
                       ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
     """A loss hook for :func:`nnzip.train.fit` that distils ``teacher`` into the model trained.
 
     The teacher runs on the same (augmented) batch as the student, in eval mode, without
-    gradients; its weights are never changed.
+    gradients; its weights are never changed. ``task`` (:mod:`nnzip.tasks`, classification by
+    default) says what matching the teacher means: the KD loss on logits, ``1 − cos`` on
+    sentence embeddings.
     """
     options = options or DistillOptions()
+    if task is not None and task.name != "classify":
+        def task_loss_fn(outputs: torch.Tensor, targets: torch.Tensor,
+                         inputs: torch.Tensor) -> torch.Tensor:
+            return task.distill_loss(outputs, teacher_outputs(teacher, inputs), targets, options)
+
+        return task_loss_fn
 
     def loss_fn(outputs: torch.Tensor, targets: torch.Tensor,
                 inputs: torch.Tensor) -> torch.Tensor:

@@ -76,7 +76,9 @@ def distill(student: nn.Module, teacher: nn.Module, data: DataSplits,
     teacher.eval()
     probe = _probe(data, _device_of(student))
     check_teacher(student, teacher, probe)
-    kd = distillation_loss(teacher, options)
+    from nnzip.tasks import task_of
+
+    kd = distillation_loss(teacher, options, task_of(data))
     hints = dict(hints or {})
     if not hints:
         return fit(student, data, config, loss_fn=kd, step_hook=step_hook, progress=progress,

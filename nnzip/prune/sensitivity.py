@@ -30,7 +30,8 @@ Curves = dict[str, dict[float, float]]
 
 
 def split_accuracy(model: nn.Module, data: DataSplits, split: str = "val") -> float:
-    """Top-1 accuracy of ``model`` on one split of ``data``."""
+    """Top-1 accuracy of ``model`` on one split of ``data`` (its task's score: next-token
+    accuracy for a language model)."""
     loader = data.loader(split, batch_size=512)  # an unknown split is an error here
     return accuracy(predict_logits(model, loader), getattr(data, split).tensors[1])
 

@@ -116,6 +116,11 @@ class Quantize(QuantOptions):
 
     Static mode only, for 4 bits: ``equalize`` (cross-layer equalization), ``rounding: gptq``
     (with ``act_order``) and ``bias_correction``; see :class:`QuantConfig`.
+
+    Transformers: ``embedding_bits`` stores every ``nn.Embedding`` table in that many bits
+    (weight-only, a scale per row); ``smoothquant_alpha`` (0.5 in Xiao et al. 2023) migrates
+    activation outliers into the weights before calibration, of every Linear with quantized
+    inputs or of the ``smoothquant_layers`` named.
     """
 
     kind = "quantize"
@@ -127,11 +132,14 @@ class Quantize(QuantOptions):
     bias_correction: bool = False
     rounding: Literal["nearest", "gptq"] = "nearest"
     act_order: bool = False
+    embedding_bits: int | None = Field(None, ge=2, le=8)
+    smoothquant_alpha: float | None = Field(None, gt=0, lt=1)
+    smoothquant_layers: list[str] | None = None
 
     @model_validator(mode="after")
     def _static_only(self) -> Quantize:
-        better = [name for name in ("equalize", "bias_correction", "act_order")
-                  if getattr(self, name)] + (["rounding: gptq"] if self.rounding == "gptq" else [])
+        better = [name for name in ("equalize", "bias_correction", "act_order",
+                                    "smoothquant_alpha") if getattr(self, name)] + (["rounding: gptq"] if self.rounding == "gptq" else [])
         if self.mode == "dynamic" and better:
             raise ValueError(f"{', '.join(better)} need calibration: use mode: static")
         if self.act_order and self.rounding != "gptq":
@@ -159,7 +167,9 @@ class Quantize(QuantOptions):
     def config_overrides(self) -> dict[str, Any]:
         return {"weight_range": self.weight_range, "fold_batchnorm": self.fold_batchnorm,
                 "equalize": self.equalize, "bias_correction": self.bias_correction,
-                "rounding": self.rounding, "act_order": self.act_order}
+                "rounding": self.rounding, "act_order": self.act_order,
+                "embedding_bits": self.embedding_bits, "smoothquant_alpha": self.smoothquant_alpha,
+                "smoothquant_layers": self.smoothquant_layers}
 
     def apply(self, model: nn.Module, context: Context) -> nn.Module:
         calibration = self.calibration(context) if self.mode == "static" else None

@@ -83,6 +83,9 @@ class SentenceEmbedding(Task):
 
     def refusal(self, stage) -> str | None:
         why = super().refusal(stage)
+        if why is None and getattr(stage, "criterion", None) in ("taylor", "hessian"):
+            why = ("criteria taylor and hessian score weights by the gradient of a classification "
+                   "loss: use magnitude, wanda or sparsegpt")
         if why is None and getattr(stage, "kind", stage) == "distill":
             if getattr(stage, "student", None):
                 why = ("a new zoo student is an image or language model, not a sentence "
