@@ -10,6 +10,6 @@ def test_sts_command_reports_fp32_and_quantized_scores(minilm, capsys):
     assert "fp32: Spearman" in out and "dynamic: Spearman" in out and "of fp32" in out
 
 
-def test_image_commands_point_hf_models_to_sts(capsys):
-    assert main(["eval", "--model", "hf:minilm", "--data", "digits"]) == 2
+def test_deploy_points_hf_models_to_eval_and_sts(capsys):
+    assert main(["deploy", "--model", "hf:minilm"]) == 2
     assert "nnzip sts --model hf:minilm" in capsys.readouterr().err

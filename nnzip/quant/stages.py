@@ -139,7 +139,8 @@ class Quantize(QuantOptions):
     @model_validator(mode="after")
     def _static_only(self) -> Quantize:
         better = [name for name in ("equalize", "bias_correction", "act_order",
-                                    "smoothquant_alpha") if getattr(self, name)] + (["rounding: gptq"] if self.rounding == "gptq" else [])
+                                    "smoothquant_alpha") if getattr(self, name)]
+        better += ["rounding: gptq"] if self.rounding == "gptq" else []
         if self.mode == "dynamic" and better:
             raise ValueError(f"{', '.join(better)} need calibration: use mode: static")
         if self.act_order and self.rounding != "gptq":
