@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 from rich.console import Console
@@ -356,23 +355,31 @@ def _sts_schemes(names: list[str], group_size: int | None) -> list:
     return schemes
 
 
-@contextmanager
 def _sts_step(description: str, enabled: bool):
-    """A spinner with the elapsed time on stderr while a step without batches runs."""
+    """A context manager: a spinner and the elapsed time on stderr while a step without batches
+    (calibration, quantization) runs, left as a finished line when it ends."""
+    from contextlib import contextmanager
+
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    with Progress(SpinnerColumn(finished_text="done"), TextColumn("[bold]{task.description}"),
-                  TimeElapsedColumn(), console=error_console, disable=not enabled,
-                  transient=False) as bar:
-        task = bar.add_task(escape(description), total=None)
-        yield
-        bar.update(task, total=1, completed=1)
+    @contextmanager
+    def step():
+        with Progress(SpinnerColumn(finished_text="done"), TextColumn("[bold]{task.description}"),
+                      TimeElapsedColumn(), console=error_console, disable=not enabled,
+                      transient=False) as bar:
+            task = bar.add_task(escape(description), total=None)
+            yield
+            bar.update(task, total=1, completed=1)
+
+    return step()
 
 
 def _sts_cells(row: dict) -> list[str]:
-    """One row of the result table as text (the fp32 row has no Δ, cosine or overlap)."""
+    """One row of the result table as text (the fp32 row has no Δ, cosine or overlap: n/a)."""
+    from nnzip.evaluate.tables import NA
+
     def number(key: str, spec: str) -> str:
-        return "—" if row.get(key) is None else format(row[key], spec)
+        return NA if row.get(key) is None else format(row[key], spec)
 
     return [row["scheme"], number("spearman", ".4f"), number("spearman_delta", "+.4f"),
             number("cosine_to_reference", ".4f"), number("neighbour_overlap", ".3f"),
@@ -408,15 +415,10 @@ def _sts_rich_table(rows: list[dict], title: str):
     return table
 
 
-def cmd_sts(args: argparse.Namespace) -> None:
-    import time
+def _sts_encoder_and_pairs(args: argparse.Namespace):
+    """The encoder and the STS-B pairs it is judged on, each checked."""
+    from nnzip.data.sts import load_sts
 
-    from nnzip.data.sts import calibration_sentences, load_sts
-    from nnzip.evaluate import artifact_bytes
-    from nnzip.evaluate.embedding import sts_embeddings, sts_scores, token_batches
-    from nnzip.quant.schemes import quantize_scheme
-
-    schemes = _sts_schemes(args.quantize, args.group_size)  # before anything slow
     if args.pairs is not None and args.pairs < 2:
         raise NnzipError(f"--pairs must be at least 2 (a Spearman correlation), got {args.pairs}")
     if args.calibration < 1:
@@ -434,20 +436,47 @@ def cmd_sts(args: argparse.Namespace) -> None:
         raise NnzipError(f"{len(pairs)} pairs hold {len(pairs.sentences())} distinct sentences; "
                          f"the top-{STS_NEIGHBOURS} neighbour overlap needs more than "
                          f"{STS_NEIGHBOURS}: raise --pairs")
+    return model, pairs
+
+
+def _sts_row(model, pairs, args: argparse.Namespace, label: str, fp32: dict | None = None,
+             reference=None) -> tuple[dict, object]:
+    """Encode the sentences of ``pairs`` once with ``model`` and score them, against the fp32
+    row and embeddings (a tensor) when given: the table row and the embeddings (a tensor)."""
+    import time
+
+    from nnzip.evaluate import artifact_bytes
+    from nnzip.evaluate.embedding import sts_embeddings, sts_scores
+
+    started = time.perf_counter()
+    sentences, embeddings = sts_embeddings(model, pairs, args.batch_size,
+                                           progress=not args.no_progress,
+                                           description=f"encode {label}")
+    row = {"scheme": label, **sts_scores(sentences, embeddings, pairs, reference,
+                                          STS_NEIGHBOURS),
+           "encode_seconds": time.perf_counter() - started, "bytes": artifact_bytes(model)}
+    row["bytes_fraction"] = row["bytes"] / (fp32["bytes"] if fp32 else row["bytes"])
+    if fp32 is not None:
+        row["spearman_delta"] = row["spearman"] - fp32["spearman"]
+    return row, embeddings
+
+
+def cmd_sts(args: argparse.Namespace) -> None:
+    import time
+
+    from nnzip.data.sts import calibration_sentences
+    from nnzip.evaluate.embedding import token_batches
+    from nnzip.quant.schemes import quantize_scheme
+
+    schemes = _sts_schemes(args.quantize, args.group_size)  # before anything slow
+    model, pairs = _sts_encoder_and_pairs(args)
     progress = not args.no_progress
     calibrated = any(scheme.needs_calibration for scheme in schemes)
     if calibrated and args.split == "train":
         error_console.print("note: calibration sentences come from the training split, the "
                             "split being judged", soft_wrap=True, highlight=False, markup=False)
-
     # The one fp32 encode: its own Spearman and every scheme's reference.
-    started = time.perf_counter()
-    sentences, reference = sts_embeddings(model, pairs, args.batch_size, progress=progress,
-                                          description="encode fp32")
-    fp32_bytes = artifact_bytes(model)
-    fp32 = {"scheme": "fp32", **sts_scores(sentences, reference, pairs),
-            "bytes": fp32_bytes, "bytes_fraction": 1.0,
-            "encode_seconds": time.perf_counter() - started}
+    fp32, reference = _sts_row(model, pairs, args, "fp32")
     rows = [fp32]
     calibration = None
     if calibrated:
@@ -461,25 +490,18 @@ def cmd_sts(args: argparse.Namespace) -> None:
                        + (" (calibrate)" if scheme.needs_calibration else ""), progress):
             quantized = quantize_scheme(model, scheme, calibration, group_size=group_size).model
         quantize_seconds = time.perf_counter() - started
-        started = time.perf_counter()
-        _, embeddings = sts_embeddings(quantized, pairs, args.batch_size, progress=progress,
-                                       description=f"encode {label}")
-        encode_seconds = time.perf_counter() - started
-        scores = sts_scores(sentences, embeddings, pairs, reference, STS_NEIGHBOURS)
-        size = artifact_bytes(quantized)
-        rows.append({"scheme": label, **scores,
-                     "spearman_delta": scores["spearman"] - fp32["spearman"], "bytes": size,
-                     "bytes_fraction": size / fp32_bytes, "quantize_seconds": quantize_seconds,
-                     "encode_seconds": encode_seconds})
-        del quantized, embeddings
-    title = (f"{args.model} on STS-B {args.split}: {len(pairs)} pairs, {len(sentences)} "
-             f"sentences" + (f"; calibration: {args.calibration} training sentences"
-                             if calibrated else ""))
+        row, _ = _sts_row(quantized, pairs, args, label, fp32, reference)
+        rows.append({**row, "quantize_seconds": quantize_seconds})
+        del quantized
+    title = (f"{args.model} on STS-B {args.split}: {len(pairs)} pairs, "
+             f"{len(pairs.sentences())} sentences"
+             + (f"; calibration: {args.calibration} training sentences" if calibrated else ""))
     if console.is_terminal:
         console.print(_sts_rich_table(rows, title))
     else:
         for line in [title, "", *sts_text_table(rows)]:
             console.print(line, soft_wrap=True, highlight=False, markup=False)
+
 
 def cmd_report(args: argparse.Namespace) -> None:
     from nnzip.evaluate import build_report, load_report, write_report
