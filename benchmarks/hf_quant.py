@@ -37,6 +37,7 @@ import argparse
 import copy
 import json
 import logging
+import os
 import tempfile
 import time
 import warnings
@@ -200,11 +201,13 @@ def run(args, console: Console) -> dict:
                                   repeats=60 if batch_size == 1 else 20)
         for (name, _), timing in zip(timed, timings, strict=True):
             latency[name][str(batch_size)] = {**timing, "tokens": int(batch.shape[1])}
+    # Other jobs on a shared machine slow every runtime alike: the ratios survive, the ms do not.
+    load_average = [round(value, 2) for value in os.getloadavg()]
     return {"benchmark": "hf_quant", "machine": machine_info(1), "pairs": len(pairs),
             "sentences": len(sentences), "calibration_sentences": CALIBRATION_SENTENCES,
             "fp32": {**fp32_row, "bytes": fp32_bytes}, "schemes": rows,
             "targets": check_targets(rows, fp32_row["spearman"]), "layer_errors": errors,
-            "onnx": onnx_rows, "latency_ms": latency}
+            "onnx": onnx_rows, "latency_ms": latency, "load_average_1_5_15_min": load_average}
 
 
 def _md_table(columns: list[str], rows: list[list[str]]) -> list[str]:
@@ -254,7 +257,11 @@ def render_markdown(report: dict) -> str:
     lines += ["## Latency", "",
               f"p50 (p95) in ms, one thread, timed interleaved in one run; batch 1: a dev "
               f"sentence of median length ({tokens['1']} tokens), batch 32: the first 32 dev "
-              f"sentences padded to {tokens['32']} tokens. Speedup against PyTorch fp32.", ""]
+              f"sentences padded to {tokens['32']} tokens. Speedup against PyTorch fp32."
+              + (" Load average (1, 5, 15 min) as the timing ended: "
+                 f"{', '.join(map(str, report['load_average_1_5_15_min']))} on "
+                 f"{report['machine']['cores']} cores." if "load_average_1_5_15_min" in report
+                 else ""), ""]
     lines += _md_table(["runtime", "b1 p50 (p95)", "b1 speedup", "b32 p50 (p95)", "b32 speedup"],
                        [[name, f"{t['1']['p50']:.2f} ({t['1']['p95']:.2f})",
                          f"{base['1']['p50'] / t['1']['p50']:.2f}×",
