@@ -1,19 +1,24 @@
 """Quantizing a real sentence transformer: all-MiniLM-L6-v2 on the STS Benchmark.
 
 The shipped pretrained MiniLM-L6 (22.7 M parameters, ``nnzip[transformers]``) is quantized by
-PyTorch's ``torch.ao.quantization.quantize_dynamic`` and by nnzip's schemes, all in one run:
+PyTorch's ``torch.ao.quantization.quantize_dynamic`` and by every nnzip scheme of
+``nnzip.quant.schemes.SCHEMES`` (the table ``nnzip sts --quantize`` reads, so the command and this
+benchmark build each scheme the same way), all in one run:
 
-- nnzip dynamic int8 (per-channel weights, per-batch activation range), Linear layers only (the
-  same bytes as PyTorch's) and with the embedding tables in int8 too (one scale per row);
-- weight-only int8; W8A8 static (min-max calibrated, per-tensor activations) with and without
-  SmoothQuant (α = 0.5);
-- weight-only int4 with group-wise scales (128/64/32), rounded to nearest and by GPTQ.
+- dynamic int8 (per-channel weights, per-batch activation range) of the Linear layers:
+  ``dynamic-int8`` (the same bytes as PyTorch's) and ``dynamic-int8-emb8`` (the embedding tables
+  in int8 too, one scale per row);
+- ``weight-int8``; static W8A8 (min-max calibrated, per-tensor activations) ``w8a8``, with
+  SmoothQuant (α = 0.5) on every Linear (``w8a8-smoothquant-all``) or on the LayerNorm-fed
+  Q/K/V/FC1 only, as the paper does (``w8a8-smoothquant``);
+- weight-only int4 with group-wise scales (128/64/32), rounded to nearest (``weight-int4-rtn``)
+  and by GPTQ (``weight-int4-gptq``).
 
-Every nnzip scheme but the first also stores the embeddings in int8 (they are half of the fp32
-bytes); LayerNorms stay float. Calibration (observers, SmoothQuant statistics, GPTQ Hessians) uses
-256 sentences of the STS *training* split; everything reported is measured on the dev split
-(1 500 pairs): Spearman of cos(s1, s2) vs gold, mean cosine of each sentence's embedding to the
-fp32 one, top-10 nearest-neighbour overlap among the dev sentences. Bytes: the saved state dict
+Every nnzip scheme but ``dynamic-int8`` also stores the embeddings in int8 (they are half of the
+fp32 bytes); LayerNorms stay float. Calibration (observers, SmoothQuant statistics, GPTQ Hessians)
+uses 256 sentences of the STS *training* split; everything reported is measured on the dev split
+(1 500 pairs): Spearman of cos(s1, s2) vs gold, mean cosine of each sentence's embedding to the fp32
+one, top-10 nearest-neighbour overlap among the dev sentences. Bytes: the saved state dict
 (safetensors, bit-packed integer weights, scales included), as nnzip's size measure does.
 
 Then ONNX: the fp32 encoder and the W8A8 models exported (QDQ with nnzip's scales, int8 embedding
@@ -32,6 +37,7 @@ import argparse
 import copy
 import json
 import logging
+import os
 import tempfile
 import time
 import warnings
@@ -54,8 +60,8 @@ from nnzip.evaluate.embedding import (
 )
 from nnzip.evaluate.latency import compare_latency
 from nnzip.models.hf import load_hf
-from nnzip.quant import QuantConfig, quantize_dynamic, quantize_static
 from nnzip.quant.layer_error import layer_errors
+from nnzip.quant.schemes import SCHEMES, QuantScheme, quantize_scheme
 from nnzip.runtime import OrtModule, export_onnx
 
 RESULTS = Path(__file__).parent / "results"
@@ -64,46 +70,29 @@ CALIBRATION_BATCH = 32
 ENCODE_BATCH = 64
 NEIGHBOURS = 10
 LATENCY_BATCHES = (1, 32)
+INT4_GROUP_SIZES = (128, 64, 32)
+PEER = "PyTorch quantize_dynamic int8 (Linear)"
 
 
-def int4(group: int, rounding: str) -> QuantConfig:
-    return QuantConfig(weight_bits=4, activation_bits=None, weight_granularity="group",
-                       group_size=group, rounding=rounding, embedding_bits=8)
+def nnzip_schemes() -> list[tuple[QuantScheme, int | None]]:
+    """Every scheme of the shared table, the int4 ones at each group size."""
+    return [(scheme, group) for scheme in SCHEMES.values()
+            for group in (INT4_GROUP_SIZES if scheme.group_wise else (None,))]
 
 
-def layernorm_fed_layers(model: nn.Module) -> list[str]:
-    """The Linears whose input is a LayerNorm's output in BERT (Q, K, V and FC1): the ones the
-    SmoothQuant paper smooths (its FC2 and out-projection inputs come from GELU / attention)."""
-    suffixes = ("attention.self.query", "attention.self.key", "attention.self.value",
-                "intermediate.dense")
-    return [name for name, module in model.named_modules()
-            if isinstance(module, nn.Linear) and name.endswith(suffixes)]
+def schemes(calibration: list[torch.Tensor]) -> list[tuple[str, str, callable]]:
+    """(name, what it is, build) triples; each build returns a quantized copy of the fp32 model.
+    The names are those of ``nnzip sts --quantize`` (with the group size of the int4 ones)."""
+    def build(scheme: QuantScheme, group: int | None):
+        return lambda model: quantize_scheme(model, scheme, calibration, group_size=group).model
 
+    def peer(model: nn.Module) -> nn.Module:
+        return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {nn.Linear},
+                                                      dtype=torch.qint8)
 
-def schemes(calibration: list[torch.Tensor], calibration_model: nn.Module
-            ) -> list[tuple[str, callable]]:
-    """(name, build) pairs; each build returns a quantized copy of the fp32 model."""
-    def static(config: QuantConfig):
-        return lambda model: quantize_static(model, calibration, config)
-
-    return [
-        ("PyTorch quantize_dynamic int8 (Linear)",
-         lambda model: torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {nn.Linear},
-                                                              dtype=torch.qint8)),
-        ("nnzip dynamic int8 per-channel (Linear)", quantize_dynamic),
-        ("nnzip dynamic int8 per-channel + int8 emb.",
-         lambda model: quantize_dynamic(model, embedding_bits=8)),
-        ("nnzip weight-only int8 + int8 emb.",
-         static(QuantConfig(activation_bits=None, embedding_bits=8))),
-        ("nnzip W8A8 static + int8 emb.", static(QuantConfig(embedding_bits=8))),
-        ("nnzip W8A8 static + SmoothQuant α=0.5 + int8 emb.",
-         static(QuantConfig(embedding_bits=8, smoothquant_alpha=0.5))),
-        ("nnzip W8A8 static + SmoothQuant α=0.5 on Q/K/V/FC1 + int8 emb.",
-         static(QuantConfig(embedding_bits=8, smoothquant_alpha=0.5,
-                            smoothquant_layers=layernorm_fed_layers(calibration_model)))),
-        *((f"nnzip int4 g{g} RTN + int8 emb.", static(int4(g, "nearest"))) for g in (128, 64, 32)),
-        *((f"nnzip int4 g{g} GPTQ + int8 emb.", static(int4(g, "gptq"))) for g in (128, 64, 32)),
-    ]
+    return [(PEER, "PyTorch's own dynamic int8 (one scale per tensor), the peer", peer),
+            *((scheme.label(group), scheme.summary, build(scheme, group))
+              for scheme, group in nnzip_schemes())]
 
 
 def measure(model: nn.Module, sentences: list[str], pairs, reference: torch.Tensor | None,
@@ -152,11 +141,11 @@ def check_targets(rows: list[dict], fp32_spearman: float) -> dict:
         return (row["cosine"] >= 0.99 and abs(row["spearman"] - fp32_spearman) <= 0.005
                 and row["bytes_fraction"] <= 0.30)
 
-    int8 = [row["scheme"] for row in rows if row["scheme"].startswith("nnzip")
+    int8 = [row["scheme"] for row in rows if row["scheme"] != PEER
             and "int4" not in row["scheme"] and ok_int8(row)]
     gptq = {row["scheme"]: row["cosine"] >= 0.97
             and abs(row["spearman"] - fp32_spearman) <= 0.02
-            for row in rows if "GPTQ" in row["scheme"]}
+            for row in rows if "gptq" in row["scheme"]}
     return {"int8_schemes_meeting_target": int8, "int8_target_met": bool(int8),
             "int4_gptq_target_met": gptq}
 
@@ -174,13 +163,13 @@ def run(args, console: Console) -> dict:
     console.print(f"fp32: Spearman {fp32_row['spearman']:.4f}, {fp32_bytes:,} bytes, "
                   f"{len(pairs)} pairs, {len(sentences)} sentences")
     rows, models = [], {}
-    for name, build in schemes(calibration, fp32):
+    for name, summary, build in schemes(calibration):
         started = time.perf_counter()
         model = build(fp32)
         seconds = time.perf_counter() - started
         row, _ = measure(model, sentences, pairs, reference, fp32)
         size = artifact_bytes(model)
-        row.update(scheme=name, bytes=size, bytes_fraction=size / fp32_bytes,
+        row.update(scheme=name, what=summary, bytes=size, bytes_fraction=size / fp32_bytes,
                    spearman_delta=row["spearman"] - fp32_row["spearman"],
                    build_seconds=seconds)
         rows.append(row)
@@ -188,10 +177,8 @@ def run(args, console: Console) -> dict:
         console.print(f"  {name}: cos {row['cosine']:.4f}, Spearman {row['spearman']:.4f} "
                       f"({row['spearman_delta']:+.4f}), NN {row['nn_overlap']:.3f}, "
                       f"{row['bytes_fraction']:.1%} bytes, built in {seconds:.0f} s")
-    error_schemes = ["nnzip W8A8 static + int8 emb.",
-                     "nnzip W8A8 static + SmoothQuant α=0.5 + int8 emb.",
-                     "nnzip W8A8 static + SmoothQuant α=0.5 on Q/K/V/FC1 + int8 emb.",
-                     "nnzip int4 g128 RTN + int8 emb.", "nnzip int4 g128 GPTQ + int8 emb."]
+    error_schemes = ["w8a8", "w8a8-smoothquant-all", "w8a8-smoothquant", "weight-int4-rtn g128",
+                     "weight-int4-gptq g128"]
     errors = {name: layer_errors(models[name], calibration[:4], fp32) for name in error_schemes}
 
     folder = Path(tempfile.mkdtemp(prefix="nnzip-hf-"))
@@ -206,7 +193,7 @@ def run(args, console: Console) -> dict:
         console.print(f"  {name}: cos {row['cosine']:.4f}, Spearman {row['spearman']:.4f}, "
                       f"{size:,} bytes")
     timed = [("PyTorch fp32", fp32),
-             ("PyTorch quantize_dynamic int8", models["PyTorch quantize_dynamic int8 (Linear)"]),
+             ("PyTorch quantize_dynamic int8", models[PEER]),
              *((name, module) for name, module, _ in runtimes)]
     latency = {name: {} for name, _ in timed}
     for batch_size, batch in batches.items():
@@ -214,11 +201,13 @@ def run(args, console: Console) -> dict:
                                   repeats=60 if batch_size == 1 else 20)
         for (name, _), timing in zip(timed, timings, strict=True):
             latency[name][str(batch_size)] = {**timing, "tokens": int(batch.shape[1])}
+    # Other jobs on a shared machine slow every runtime alike: the ratios survive, the ms do not.
+    load_average = [round(value, 2) for value in os.getloadavg()]
     return {"benchmark": "hf_quant", "machine": machine_info(1), "pairs": len(pairs),
             "sentences": len(sentences), "calibration_sentences": CALIBRATION_SENTENCES,
             "fp32": {**fp32_row, "bytes": fp32_bytes}, "schemes": rows,
             "targets": check_targets(rows, fp32_row["spearman"]), "layer_errors": errors,
-            "onnx": onnx_rows, "latency_ms": latency}
+            "onnx": onnx_rows, "latency_ms": latency, "load_average_1_5_15_min": load_average}
 
 
 def _md_table(columns: list[str], rows: list[list[str]]) -> list[str]:
@@ -239,14 +228,14 @@ def render_markdown(report: dict) -> str:
              "sentences; bytes: the saved state dict (safetensors, bit-packed weights, scales "
              "included). All nnzip schemes but the first keep LayerNorm in float and store the "
              "embedding tables in int8 (one scale per row).", ""]
-    rows = [[row["scheme"], f"{row['cosine']:.4f}", f"{row['min_cosine']:.4f}",
+    rows = [[row["scheme"], row.get("what", ""), f"{row['cosine']:.4f}",
+             f"{row['min_cosine']:.4f}",
              f"{row['spearman']:.4f}", f"{row['spearman_delta']:+.4f}",
              f"{row['nn_overlap']:.3f}", f"{row['bytes']:,}", f"{row['bytes_fraction']:.1%}",
              f"{row['build_seconds']:.0f}"] for row in report["schemes"]]
-    lines += _md_table(["scheme", "cos", "min cos", "Spearman", "Δ Spearman", "NN@10", "bytes",
-                        "of fp32", "build s"], rows)
-    gptq = ", ".join(f"{name.split(' + ')[0].removeprefix('nnzip ')}: "
-                     f"{'met' if met else 'NOT met'}"
+    lines += _md_table(["scheme (`nnzip sts --quantize`)", "what", "cos", "min cos", "Spearman",
+                        "Δ Spearman", "NN@10", "bytes", "of fp32", "build s"], rows)
+    gptq = ", ".join(f"{name}: {'met' if met else 'NOT met'}"
                      for name, met in targets["int4_gptq_target_met"].items())
     lines += ["**Targets.** int8 (cos ≥ 0.99, |Δ Spearman| ≤ 0.005, ≤ 30 % bytes): "
               + ("met by " + "; ".join(targets["int8_schemes_meeting_target"])
@@ -268,7 +257,11 @@ def render_markdown(report: dict) -> str:
     lines += ["## Latency", "",
               f"p50 (p95) in ms, one thread, timed interleaved in one run; batch 1: a dev "
               f"sentence of median length ({tokens['1']} tokens), batch 32: the first 32 dev "
-              f"sentences padded to {tokens['32']} tokens. Speedup against PyTorch fp32.", ""]
+              f"sentences padded to {tokens['32']} tokens. Speedup against PyTorch fp32."
+              + (" Load average (1, 5, 15 min) as the timing ended: "
+                 f"{', '.join(map(str, report['load_average_1_5_15_min']))} on "
+                 f"{report['machine']['cores']} cores." if "load_average_1_5_15_min" in report
+                 else ""), ""]
     lines += _md_table(["runtime", "b1 p50 (p95)", "b1 speedup", "b32 p50 (p95)", "b32 speedup"],
                        [[name, f"{t['1']['p50']:.2f} ({t['1']['p95']:.2f})",
                          f"{base['1']['p50'] / t['1']['p50']:.2f}×",
@@ -280,10 +273,7 @@ def render_markdown(report: dict) -> str:
               "error of the layer on its own input (weight and input rounding); *acc*: relative "
               "error of its output against the fp32 model's (everything up to this layer).", ""]
     schemes = list(report["layer_errors"])
-    short = {name: name.removeprefix("nnzip ").split(" + int8")[0]
-             .replace(" + SmoothQuant α=0.5 on Q/K/V/FC1", " +SQ(QKV,FC1)")
-             .replace(" + SmoothQuant α=0.5", " +SQ") for name in schemes}
-    columns = ["layer"] + [f"{short[s]} {kind}" for s in schemes for kind in ("w", "own", "acc")]
+    columns = ["layer"] + [f"{s} {kind}" for s in schemes for kind in ("w", "own", "acc")]
     layers = list(report["layer_errors"][schemes[0]])
     rows = [[layer.removeprefix("transformer.").replace("encoder.layer.", "L")]
             + [f"{report['layer_errors'][s][layer][key]:.4f}" for s in schemes

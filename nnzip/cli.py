@@ -137,18 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "correct")
     _add_data_options(deploy)
 
-    sts = commands.add_parser("sts", help="judge a sentence encoder (hf:FOLDER, hf:minilm) on "
-                              "the STS Benchmark dev split, optionally quantized")
-    _add_model_options(sts)
-    sts.add_argument("--quantize", choices=sorted(STS_SCHEMES), default="none",
-                     help="quantize first (calibrated on STS training sentences): dynamic int8, "
-                          "weight-only int8, W8A8 (with SmoothQuant), int4 group-wise RTN/GPTQ; "
-                          "all but 'dynamic' also store the embedding tables in int8")
-    sts.add_argument("--group-size", type=int, default=64, help="group size of the int4 schemes")
-    sts.add_argument("--pairs", type=int, default=None, help="only the first N dev pairs")
-    sts.add_argument("--calibration", type=int, default=256,
-                     help="training sentences used for calibration")
-    sts.add_argument("--batch-size", type=int, default=64, help="sentences per forward pass")
+    _add_sts_parser(commands)
 
     report = commands.add_parser("report", help="print and re-render report.json files "
                                                 "(several are merged into one comparison)")
@@ -333,51 +322,223 @@ def cmd_deploy(args: argparse.Namespace) -> None:
     console.print(f"model: {deployment.path}\n deploy.json: {args.out / 'deploy.json'}")
 
 
-STS_SCHEMES = {
-    "none": None,
-    "dynamic": {"dynamic": True},
-    "int8": {"activation_bits": None, "embedding_bits": 8},
-    "w8a8": {"embedding_bits": 8},
-    "w8a8-smooth": {"embedding_bits": 8, "smoothquant_alpha": 0.5},
-    "int4-rtn": {"weight_bits": 4, "activation_bits": None, "weight_granularity": "group",
-                 "embedding_bits": 8},
-    "int4-gptq": {"weight_bits": 4, "activation_bits": None, "weight_granularity": "group",
-                  "embedding_bits": 8, "rounding": "gptq"},
-}
+# --- nnzip sts: judge a sentence encoder on the STS Benchmark, fp32 and quantized -------------
+
+#: Neighbours compared by the overlap column (top-k among the judged sentences).
+STS_NEIGHBOURS = 10
+STS_COLUMNS = ("scheme", "Spearman", "Δ", "cos to fp32", f"top-{STS_NEIGHBOURS} overlap",
+               "bytes", "of fp32", "quantize s", "encode s")
 
 
-def cmd_sts(args: argparse.Namespace) -> None:
-    from nnzip.data.sts import calibration_sentences, load_sts
-    from nnzip.evaluate import artifact_bytes
-    from nnzip.evaluate.embedding import evaluate_sts, sts_embeddings, token_batches
-    from nnzip.quant import QuantConfig, quantize_dynamic, quantize_static
+def _add_sts_parser(commands) -> None:
+    import textwrap
 
+    from nnzip.quant.schemes import DEFAULT_GROUP_SIZE, RENAMED, SCHEMES
+
+    width = max(len(name) for name in SCHEMES) + 2
+    schemes = "\n".join(textwrap.fill(scheme.summary, 94, initial_indent=f"  {name:<{width}}",
+                                      subsequent_indent=" " * (width + 2))
+                        for name, scheme in SCHEMES.items())
+    renamed = ", ".join(f"{old} → {new}" for old, new in RENAMED.items())
+    sts = commands.add_parser(
+        "sts", help="judge a sentence encoder (hf:FOLDER, hf:minilm) on the STS Benchmark, "
+                    "fp32 and quantized",
+        description=textwrap.fill(
+            "Judge a sentence encoder on the STS Benchmark: the Spearman correlation of cos(s1, "
+            "s2) with the gold scores, for the fp32 model and for each --quantize scheme, with "
+            "its mean cosine to the fp32 embeddings, top-10 neighbour overlap and bytes. The "
+            "fp32 model is encoded once and is every scheme's reference. Progress goes to "
+            "stderr, the table to stdout.", 94),
+        epilog=f"quantization schemes (calibrated on STS-B training sentences where they need "
+               f"it):\n{schemes}\n\n"
+               + textwrap.fill(f"Old names still work, with a warning: {renamed}. Measured "
+                               "numbers: README.md (Transformers) and "
+                               "benchmarks/results/hf_quant.md.", 94),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_model_options(sts)
+    sts.add_argument("--quantize", nargs="+", default=[], metavar="SCHEME",
+                     help="one or more schemes (listed below), compared in one table against "
+                          "one fp32 encode")
+    sts.add_argument("--split", choices=("dev", "train"), default="dev",
+                     help="the STS-B split to judge on (default: dev)")
+    sts.add_argument("--pairs", type=int, default=None, help="only the first N pairs")
+    sts.add_argument("--group-size", type=int, default=None,
+                     help=f"group size of the weight-int4-* schemes (default "
+                          f"{DEFAULT_GROUP_SIZE})")
+    sts.add_argument("--calibration", type=int, default=256,
+                     help="training sentences used for calibration")
+    sts.add_argument("--batch-size", type=int, default=64, help="sentences per forward pass")
+
+
+def _sts_schemes(names: list[str], group_size: int | None) -> list:
+    """The schemes asked for, in order, once each; an old name is warned about on stderr."""
+    from nnzip.quant.schemes import find_scheme
+
+    schemes = []
+    for name in names:
+        if name == "none":  # the old default: the fp32 model only
+            continue
+        scheme = find_scheme(name)
+        if scheme.name != name:
+            error_console.print(f"warning: --quantize {name} is now called {scheme.name}",
+                                soft_wrap=True, highlight=False, markup=False)
+        if scheme not in schemes:
+            schemes.append(scheme)
+    if group_size is not None:
+        if group_size < 1:
+            raise NnzipError(f"--group-size must be at least 1, got {group_size}")
+        if not any(scheme.group_wise for scheme in schemes):
+            raise NnzipError("--group-size applies to the weight-int4-rtn and weight-int4-gptq "
+                             "schemes: add one to --quantize, or drop --group-size")
+    return schemes
+
+
+def _sts_step(description: str, enabled: bool):
+    """A context manager: a spinner and the elapsed time on stderr while a step without batches
+    (calibration, quantization) runs, left as a finished line when it ends."""
+    from contextlib import contextmanager
+
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    @contextmanager
+    def step():
+        with Progress(SpinnerColumn(finished_text="done"), TextColumn("[bold]{task.description}"),
+                      TimeElapsedColumn(), console=error_console, disable=not enabled,
+                      transient=False) as bar:
+            task = bar.add_task(escape(description), total=None)
+            yield
+            bar.update(task, total=1, completed=1)
+
+    return step()
+
+
+def _sts_cells(row: dict) -> list[str]:
+    """One row of the result table as text (the fp32 row has no Δ, cosine or overlap: n/a)."""
+    from nnzip.evaluate.tables import NA
+
+    def number(key: str, spec: str) -> str:
+        return NA if row.get(key) is None else format(row[key], spec)
+
+    return [row["scheme"], number("spearman", ".4f"), number("spearman_delta", "+.4f"),
+            number("cosine_to_reference", ".4f"), number("neighbour_overlap", ".3f"),
+            f"{row['bytes']:,}", f"{row['bytes_fraction']:.1%}",
+            number("quantize_seconds", ".1f"), number("encode_seconds", ".1f")]
+
+
+def sts_text_table(rows: list[dict]) -> list[str]:
+    """The result table as aligned markdown lines: they do not depend on any terminal width, so
+    piped output is never wrapped mid-word (and pastes into a README)."""
+    cells = [list(STS_COLUMNS), *(_sts_cells(row) for row in rows)]
+    widths = [max(len(line[column]) for line in cells) for column in range(len(STS_COLUMNS))]
+
+    def line(values: list[str]) -> str:
+        padded = [value.ljust(width) if column == 0 else value.rjust(width)
+                  for column, (value, width) in enumerate(zip(values, widths, strict=True))]
+        return "| " + " | ".join(padded) + " |"
+
+    rule = "|" + "|".join(("-" * (width + 1) + (":" if column else "-"))
+                          for column, width in enumerate(widths)) + "|"
+    return [line(cells[0]), rule, *(line(values) for values in cells[1:])]
+
+
+def _sts_rich_table(rows: list[dict], title: str):
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in STS_COLUMNS:
+        table.add_column(column, justify="left" if column == "scheme" else "right",
+                         no_wrap=True)
+    for row in rows:
+        table.add_row(*_sts_cells(row))
+    return table
+
+
+def _sts_encoder_and_pairs(args: argparse.Namespace):
+    """The encoder and the STS-B pairs it is judged on, each checked."""
+    from nnzip.data.sts import load_sts
+
+    if args.pairs is not None and args.pairs < 2:
+        raise NnzipError(f"--pairs must be at least 2 (a Spearman correlation), got {args.pairs}")
+    if args.calibration < 1:
+        raise NnzipError(f"--calibration must be at least 1 sentence, got {args.calibration}")
+    if args.no_progress and args.model.startswith("hf:"):
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()  # its "Loading weights" bar
     model = _load_model(args.model, args.trust_pickle)
     if not hasattr(model, "tokenize"):
         raise NnzipError(f"{args.model} is not a sentence encoder: pass hf:FOLDER or hf:minilm")
-    pairs = load_sts("dev")
+    pairs = load_sts(args.split)
     pairs = pairs.head(args.pairs) if args.pairs else pairs
-    _, reference = sts_embeddings(model, pairs, args.batch_size)
-    result = evaluate_sts(model, pairs, batch_size=args.batch_size)
-    console.print(f"fp32: Spearman {result['spearman']:.4f} on {len(pairs)} dev pairs, "
-                  f"{artifact_bytes(model):,} bytes")
-    options = dict(STS_SCHEMES[args.quantize] or {})
-    if not STS_SCHEMES[args.quantize]:
-        return
-    if options.pop("dynamic", False):
-        quantized = quantize_dynamic(model)
+    if len(pairs.sentences()) <= STS_NEIGHBOURS:
+        raise NnzipError(f"{len(pairs)} pairs hold {len(pairs.sentences())} distinct sentences; "
+                         f"the top-{STS_NEIGHBOURS} neighbour overlap needs more than "
+                         f"{STS_NEIGHBOURS}: raise --pairs")
+    return model, pairs
+
+
+def _sts_row(model, pairs, args: argparse.Namespace, label: str, fp32: dict | None = None,
+             reference=None) -> tuple[dict, object]:
+    """Encode the sentences of ``pairs`` once with ``model`` and score them, against the fp32
+    row and embeddings (a tensor) when given: the table row and the embeddings (a tensor)."""
+    import time
+
+    from nnzip.evaluate import artifact_bytes
+    from nnzip.evaluate.embedding import sts_embeddings, sts_scores
+
+    started = time.perf_counter()
+    sentences, embeddings = sts_embeddings(model, pairs, args.batch_size,
+                                           progress=not args.no_progress,
+                                           description=f"encode {label}")
+    row = {"scheme": label, **sts_scores(sentences, embeddings, pairs, reference,
+                                          STS_NEIGHBOURS),
+           "encode_seconds": time.perf_counter() - started, "bytes": artifact_bytes(model)}
+    row["bytes_fraction"] = row["bytes"] / (fp32["bytes"] if fp32 else row["bytes"])
+    if fp32 is not None:
+        row["spearman_delta"] = row["spearman"] - fp32["spearman"]
+    return row, embeddings
+
+
+def cmd_sts(args: argparse.Namespace) -> None:
+    import time
+
+    from nnzip.data.sts import calibration_sentences
+    from nnzip.evaluate.embedding import token_batches
+    from nnzip.quant.schemes import quantize_scheme
+
+    schemes = _sts_schemes(args.quantize, args.group_size)  # before anything slow
+    model, pairs = _sts_encoder_and_pairs(args)
+    progress = not args.no_progress
+    calibrated = any(scheme.needs_calibration for scheme in schemes)
+    if calibrated and args.split == "train":
+        error_console.print("note: calibration sentences come from the training split, the "
+                            "split being judged", soft_wrap=True, highlight=False, markup=False)
+    # The one fp32 encode: its own Spearman and every scheme's reference.
+    fp32, reference = _sts_row(model, pairs, args, "fp32")
+    rows = [fp32]
+    calibration = None
+    if calibrated:
+        with _sts_step(f"tokenize {args.calibration} calibration sentences", progress):
+            calibration, _ = token_batches(model, calibration_sentences(args.calibration), 32)
+    for scheme in schemes:
+        group_size = args.group_size if scheme.group_wise else None
+        label = scheme.label(group_size)
+        started = time.perf_counter()
+        with _sts_step(f"quantize {label}"
+                       + (" (calibrate)" if scheme.needs_calibration else ""), progress):
+            quantized = quantize_scheme(model, scheme, calibration, group_size=group_size).model
+        quantize_seconds = time.perf_counter() - started
+        row, _ = _sts_row(quantized, pairs, args, label, fp32, reference)
+        rows.append({**row, "quantize_seconds": quantize_seconds})
+        del quantized
+    title = (f"{args.model} on STS-B {args.split}: {len(pairs)} pairs, "
+             f"{len(pairs.sentences())} sentences"
+             + (f"; calibration: {args.calibration} training sentences" if calibrated else ""))
+    if console.is_terminal:
+        console.print(_sts_rich_table(rows, title))
     else:
-        if options.get("weight_granularity") == "group":
-            options["group_size"] = args.group_size
-        calibration, _ = token_batches(model, calibration_sentences(args.calibration), 32)
-        quantized = quantize_static(model, calibration, QuantConfig(**options))
-    scores = evaluate_sts(quantized, pairs, reference, batch_size=args.batch_size)
-    size = artifact_bytes(quantized)
-    console.print(f"{args.quantize}: Spearman {scores['spearman']:.4f} "
-                  f"({scores['spearman'] - result['spearman']:+.4f}), cosine to fp32 "
-                  f"{scores['cosine_to_reference']:.4f}, top-10 neighbour overlap "
-                  f"{scores['neighbour_overlap']:.3f}, {size:,} bytes "
-                  f"({size / artifact_bytes(model):.1%} of fp32)")
+        for line in [title, "", *sts_text_table(rows)]:
+            console.print(line, soft_wrap=True, highlight=False, markup=False)
 
 
 def cmd_report(args: argparse.Namespace) -> None:

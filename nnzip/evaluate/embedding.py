@@ -9,7 +9,10 @@
 
 :func:`encode` runs any model that maps a batch of token ids to embeddings (a
 :class:`~nnzip.models.hf.SentenceEncoder`, its quantized copy, or an ONNX Runtime module), with
-the tokenizer of a SentenceEncoder.
+the tokenizer of a SentenceEncoder. Encoding thousands of sentences takes minutes on a CPU, so
+``progress=True`` shows a bar over the batches, on stderr (stdout stays for results).
+:func:`sts_scores` judges embeddings already computed, so one fp32 encode gives both the fp32
+Spearman and the reference that the compressed encoders are compared with.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
 from nnzip.core.modes import eval_mode
@@ -52,18 +57,32 @@ def token_batches(encoder: nn.Module, sentences: Sequence[str], batch_size: int 
     return batches, order
 
 
+def batch_progress(enabled: bool) -> Progress:
+    """A progress bar over batches, written to stderr (disabled: draws nothing)."""
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("batches"), TimeElapsedColumn())
+    return Progress(*columns, console=Console(stderr=True), disable=not enabled,
+                    transient=False)
+
+
 def encode(model: nn.Module, sentences: Sequence[str], batch_size: int = 32, *,
-           tokenizer_source: nn.Module | None = None) -> torch.Tensor:
+           tokenizer_source: nn.Module | None = None, progress: bool = False,
+           description: str = "encode") -> torch.Tensor:
     """Embeddings ``(len(sentences), hidden)`` of ``sentences``, in their order.
 
     ``model`` takes a batch of token ids (padding = the tokenizer's pad id); the tokenizer is
     ``model``'s own, or that of ``tokenizer_source`` (for an ONNX Runtime module).
+    ``progress`` shows a bar named ``description`` over the batches, on stderr.
     """
     encoder = _tokenizing_encoder(model, tokenizer_source)
     batches, order = token_batches(encoder, sentences, batch_size)
-    with eval_mode(model), torch.no_grad():
-        outputs = torch.cat([model(ids).float() for ids in batches])
-    return outputs[torch.tensor(order)]
+    outputs = []
+    with eval_mode(model), torch.no_grad(), batch_progress(progress) as bar:
+        task = bar.add_task(description, total=len(batches))
+        for ids in batches:
+            outputs.append(model(ids).float())
+            bar.advance(task)
+    return torch.cat(outputs)[torch.tensor(order)]
 
 
 def cosine_pairs(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
@@ -113,11 +132,13 @@ def neighbour_overlap(embeddings: torch.Tensor, reference: torch.Tensor, k: int 
 
 
 def sts_embeddings(model: nn.Module, pairs: STSPairs, batch_size: int = 32, *,
-                   tokenizer_source: nn.Module | None = None
-                   ) -> tuple[list[str], torch.Tensor]:
-    """The distinct sentences of ``pairs`` and their embeddings (each sentence encoded once)."""
+                   tokenizer_source: nn.Module | None = None, progress: bool = False,
+                   description: str = "encode") -> tuple[list[str], torch.Tensor]:
+    """The distinct sentences of ``pairs`` and their embeddings (each sentence encoded once);
+    ``progress`` shows a bar over the batches on stderr."""
     sentences = pairs.sentences()
-    return sentences, encode(model, sentences, batch_size, tokenizer_source=tokenizer_source)
+    return sentences, encode(model, sentences, batch_size, tokenizer_source=tokenizer_source,
+                             progress=progress, description=description)
 
 
 def sts_spearman(sentences: list[str], embeddings: torch.Tensor, pairs: STSPairs) -> float:
@@ -128,15 +149,22 @@ def sts_spearman(sentences: list[str], embeddings: torch.Tensor, pairs: STSPairs
     return spearman(cosine_pairs(first, second), pairs.scores)
 
 
-def evaluate_sts(model: nn.Module, pairs: STSPairs, reference: torch.Tensor | None = None, *,
-                 batch_size: int = 32, k: int = 10,
-                 tokenizer_source: nn.Module | None = None) -> dict[str, float]:
-    """STS Spearman of ``model`` on ``pairs``; with ``reference`` (the original encoder's
-    embeddings of ``pairs.sentences()``) also fidelity and neighbour overlap at ``k``."""
-    sentences, embeddings = sts_embeddings(model, pairs, batch_size,
-                                           tokenizer_source=tokenizer_source)
+def sts_scores(sentences: list[str], embeddings: torch.Tensor, pairs: STSPairs,
+               reference: torch.Tensor | None = None, k: int = 10) -> dict[str, float]:
+    """:func:`evaluate_sts` from embeddings already computed (``sts_embeddings``'s output), so
+    one encode of the original serves as its own score and as everyone's ``reference``."""
     result = {"spearman": sts_spearman(sentences, embeddings, pairs)}
     if reference is not None:
         result["cosine_to_reference"] = fidelity(embeddings, reference)
         result["neighbour_overlap"] = neighbour_overlap(embeddings, reference, k)
     return result
+
+
+def evaluate_sts(model: nn.Module, pairs: STSPairs, reference: torch.Tensor | None = None, *,
+                 batch_size: int = 32, k: int = 10, tokenizer_source: nn.Module | None = None,
+                 progress: bool = False) -> dict[str, float]:
+    """STS Spearman of ``model`` on ``pairs``; with ``reference`` (the original encoder's
+    embeddings of ``pairs.sentences()``) also fidelity and neighbour overlap at ``k``."""
+    sentences, embeddings = sts_embeddings(model, pairs, batch_size,
+                                           tokenizer_source=tokenizer_source, progress=progress)
+    return sts_scores(sentences, embeddings, pairs, reference, k)

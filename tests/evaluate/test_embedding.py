@@ -15,6 +15,7 @@ from nnzip.evaluate.embedding import (
     neighbour_overlap,
     spearman,
     sts_embeddings,
+    sts_scores,
 )
 
 
@@ -58,3 +59,28 @@ def test_metric_inputs_are_checked():
     with pytest.raises(NnzipError, match="k must be"):
         neighbour_overlap(torch.randn(3, 4), torch.randn(3, 4), k=3)
     assert spearman([1, 2, 3], [10, 20, 30]) == pytest.approx(1.0)
+
+
+def test_scores_of_one_encode_equal_evaluate_sts(minilm, dev_pairs):
+    sentences, reference = sts_embeddings(minilm, dev_pairs, batch_size=16)
+    damaged = copy.deepcopy(minilm)
+    with torch.no_grad():
+        layer = damaged.transformer.encoder.layer[1].intermediate.dense
+        layer.weight.mul_(1.5)
+    _, embeddings = sts_embeddings(damaged, dev_pairs, batch_size=16)
+    assert sts_scores(sentences, embeddings, dev_pairs, reference, k=5) == \
+        evaluate_sts(damaged, dev_pairs, reference, batch_size=16, k=5)
+    assert sts_scores(sentences, reference, dev_pairs) == evaluate_sts(minilm, dev_pairs,
+                                                                        batch_size=16)
+
+
+def test_encode_progress_goes_to_stderr_and_counts_the_batches(minilm, capsys):
+    sentences = load_sts("dev").head(10).sentences()
+    quiet = encode(minilm, sentences, batch_size=4)
+    assert capsys.readouterr().err == ""
+    shown = encode(minilm, sentences, batch_size=4, progress=True, description="encode check")
+    captured = capsys.readouterr()
+    assert torch.equal(quiet, shown)
+    batches = -(-len(sentences) // 4)
+    assert "encode check" in captured.err and f"{batches}/{batches}" in captured.err
+    assert captured.out == ""
