@@ -193,10 +193,15 @@ def _load_model(spec: str, trust_pickle: bool):
 
 def _show(report: dict, paths: dict[str, Path]) -> None:
     from nnzip.evaluate import rich_table
+    from nnzip.evaluate.tables import aligned_table, transposed_summary
 
-    console.print(rich_table(report))
+    if console.is_terminal:
+        console.print(rich_table(report))
+    else:  # piped: lines that no terminal width can wrap mid-word
+        for line in aligned_table(*transposed_summary(report["models"])):
+            print(line)
     for stage in report.get("stages", []):
-        console.print(_coverage_line(stage))
+        console.print(_coverage_line(stage), soft_wrap=True)
     for kind in ("json", "md", "html", "model"):
         if kind in paths:
             console.print(f"{kind:>5}: {paths[kind]}")
@@ -428,17 +433,9 @@ def _sts_cells(row: dict) -> list[str]:
 def sts_text_table(rows: list[dict]) -> list[str]:
     """The result table as aligned markdown lines: they do not depend on any terminal width, so
     piped output is never wrapped mid-word (and pastes into a README)."""
-    cells = [list(STS_COLUMNS), *(_sts_cells(row) for row in rows)]
-    widths = [max(len(line[column]) for line in cells) for column in range(len(STS_COLUMNS))]
+    from nnzip.evaluate.tables import aligned_table
 
-    def line(values: list[str]) -> str:
-        padded = [value.ljust(width) if column == 0 else value.rjust(width)
-                  for column, (value, width) in enumerate(zip(values, widths, strict=True))]
-        return "| " + " | ".join(padded) + " |"
-
-    rule = "|" + "|".join(("-" * (width + 1) + (":" if column else "-"))
-                          for column, width in enumerate(widths)) + "|"
-    return [line(cells[0]), rule, *(line(values) for values in cells[1:])]
+    return aligned_table(list(STS_COLUMNS), [_sts_cells(row) for row in rows])
 
 
 def _sts_rich_table(rows: list[dict], title: str):

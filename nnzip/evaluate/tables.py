@@ -166,3 +166,27 @@ def machine_line(machine: dict) -> str:
             f"{machine.get('threads', '?')} torch thread(s) for timing · flags: {flags} · "
             f"torch {machine.get('torch_version', '?')} · Python "
             f"{machine.get('python_version', '?')} · {machine.get('platform', '?')}")
+
+
+def aligned_table(columns: list[str], rows: list[list[str]], left: int = 1) -> list[str]:
+    """Aligned markdown lines (the first ``left`` columns left-aligned, the rest right): they
+    do not depend on any terminal width, so piped output is never wrapped mid-word."""
+    cells = [list(columns), *rows]
+    widths = [max(len(line[column]) for line in cells) for column in range(len(columns))]
+
+    def line(values: list[str]) -> str:
+        padded = [value.ljust(width) if column < left else value.rjust(width)
+                  for column, (value, width) in enumerate(zip(values, widths, strict=True))]
+        return "| " + " | ".join(padded) + " |"
+
+    rule = "|" + "|".join(("-" * (width + 1) + ("-" if column < left else ":"))
+                          for column, width in enumerate(widths)) + "|"
+    return [line(cells[0]), rule, *(line(values) for values in cells[1:])]
+
+
+def transposed_summary(models: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """The summary with metrics down and models across (what a terminal shows best)."""
+    columns, rows = summary_columns(models), summary_rows(models)
+    header = ["Metric", *[f"{row[0]} ({row[1]})" for row in rows]]
+    return header, [[metric, *[row[index] for row in rows]]
+                    for index, metric in enumerate(columns[2:], start=2)]
