@@ -184,8 +184,8 @@ def _tensor_mismatch(transformer: nn.Module, fresh: nn.Module) -> str | None:
                for name, module in transformer.named_modules()
                if name in types and type(module) is not type(types[name])]
     parts = [f"{label}: {_listing(names)}" for label, names in (
-        ("missing", missing), ("not in the config's model", unexpected),
-        ("other shapes", wrong), ("other layers", swapped)) if names]
+        ("other layers", swapped), ("other shapes", wrong), ("missing", missing),
+        ("not in the config's model", unexpected)) if names]
     return "; ".join(parts) or None
 
 

@@ -289,3 +289,11 @@ def test_dynamic_quantization_has_neither_nnz_nor_qdq_onnx(tiny_encoder, token_i
     with pytest.raises(NnzipError, match="dynamically quantized"):
         export_onnx(dynamic, tmp_path / "dynamic.onnx", token_ids[0], sequence_dim=1)
     assert not list(tmp_path.iterdir())
+
+
+def test_a_factorized_encoder_is_refused_by_its_swapped_layers(tiny_encoder):
+    factorized = apply(copy.deepcopy(tiny_encoder), "svd", rank=4, finetune_epochs=0).model
+    reason = hf_save_refusal(factorized)
+    assert reason.startswith("from_pretrained would build a BertModel that differs")
+    assert "other layers: encoder.layer.0.attention.self.query is a Sequential, not a Linear" \
+        in reason
