@@ -146,30 +146,25 @@ def _config_with_shapes(transformer: nn.Module) -> tuple[Any, list[str]]:
     return config, problems
 
 
-def _removed_modules(transformer: nn.Module) -> list[str]:
-    """Sub-modules set to ``None`` on the model (BERT's pooler, which load_hf drops)."""
-    removed = []
-    for prefix, module in transformer.named_modules():
-        for child, sub in module._modules.items():
-            if sub is None:
-                removed.append(f"{prefix}.{child}" if prefix else child)
-    return removed
-
-
-def _fresh(transformer: nn.Module, config: Any) -> nn.Module:
-    """What ``from_pretrained`` builds from ``config`` (shapes only, on the meta device), with
-    the sub-modules the model dropped dropped too."""
+def _fresh(transformer: nn.Module, config: Any) -> tuple[nn.Module, list[str]]:
+    """What ``from_pretrained`` builds from ``config`` (shapes only, on the meta device) without
+    the sub-modules the model has as ``None`` (BERT's pooler, which load_hf drops), and their
+    names."""
     with torch.device("meta"):
         fresh = type(transformer)(config)
-    for name in _removed_modules(transformer):
+    removed = []
+    for name, _ in fresh.named_modules():
         parent, _, child = name.rpartition(".")
         try:
-            owner = fresh.get_submodule(parent) if parent else fresh
-        except AttributeError:
+            owner = transformer.get_submodule(parent) if parent else transformer
+        except AttributeError:  # the model has no such parent (it was removed itself)
             continue
-        if child in owner._modules:
-            owner._modules[child] = None
-    return fresh
+        if name and hasattr(owner, child) and getattr(owner, child) is None:
+            removed.append(name)
+    for name in removed:
+        parent, _, child = name.rpartition(".")
+        setattr(fresh.get_submodule(parent) if parent else fresh, child, None)
+    return fresh, removed
 
 
 def _tensor_mismatch(transformer: nn.Module, fresh: nn.Module) -> str | None:
@@ -204,9 +199,9 @@ def _untied_head(transformer: nn.Module, config: Any) -> bool:
                                                                     embeddings.weight)
 
 
-def _plan(model: nn.Module) -> tuple[nn.Module, Any]:
-    """(the PreTrainedModel to save, the config to save it with); NnzipError if transformers
-    could not rebuild the model from any config."""
+def _plan(model: nn.Module) -> tuple[nn.Module, Any, list[str]]:
+    """(the PreTrainedModel to save, the config to save it with, the sub-modules it dropped);
+    NnzipError if transformers could not rebuild the model from any config."""
     transformer = _pretrained_model(model)
     name = type(model).__name__
     quantized = _quantized(transformer)
@@ -235,7 +230,8 @@ def _plan(model: nn.Module) -> tuple[nn.Module, Any]:
     if problems:
         raise NnzipError(f"config.json cannot describe this {type(transformer).__name__}: "
                          f"{'; '.join(problems)}; {_OTHER_ARTIFACTS}")
-    mismatch = _tensor_mismatch(transformer, _fresh(transformer, config))
+    fresh, removed = _fresh(transformer, config)
+    mismatch = _tensor_mismatch(transformer, fresh)
     if mismatch:
         raise NnzipError(f"from_pretrained would build a {type(transformer).__name__} that "
                          f"differs from this one ({mismatch}), e.g. after factorization or "
@@ -244,7 +240,7 @@ def _plan(model: nn.Module) -> tuple[nn.Module, Any]:
         raise NnzipError("the output head is no longer the input embedding matrix, but the "
                          "config ties them, so from_pretrained would tie them again and change "
                          f"the outputs: {_OTHER_ARTIFACTS}")
-    return transformer, config
+    return transformer, config, removed
 
 
 def hf_save_refusal(model: nn.Module) -> str | None:
@@ -324,7 +320,7 @@ def save_hf(model: nn.Module, folder: str | os.PathLike,
     from nnzip.models.hf import SentenceEncoder
 
     folder = Path(folder).expanduser()
-    transformer, config = _plan(model)
+    transformer, config, removed = _plan(model)
     try:
         json.dumps(extra)
     except (TypeError, ValueError) as exc:
@@ -346,7 +342,7 @@ def save_hf(model: nn.Module, folder: str | os.PathLike,
         _write_json(tmp / MARKER_FILE, {
             "format": FORMAT, "format_version": FORMAT_VERSION, "nnzip_version": nnzip_version(),
             "wrapper": type(model).__name__, "architecture": type(transformer).__name__,
-            "removed_modules": _removed_modules(transformer), "extra": extra})
+            "removed_modules": removed, "extra": extra})
     log.info("saved %s as a Hugging Face folder %s", type(transformer).__name__, folder)
     return folder
 

@@ -65,6 +65,7 @@ def test_a_sentence_encoder_is_saved_as_a_sentence_transformers_folder(minilm, s
     assert pooling["pooling_mode_mean_tokens"] and not pooling["pooling_mode_cls_token"]
     assert pooling["word_embedding_dimension"] == 384
     assert _read_json(saved_minilm / "sentence_bert_config.json")["max_seq_length"] == 256
+    assert _read_json(saved_minilm / "nnzip.json")["removed_modules"] == ["pooler"]
     # 22.6 M fp32 parameters, the unused pooler not among them: the file is the weights.
     size = (saved_minilm / "model.safetensors").stat().st_size
     assert 4 * 22_500_000 < size < 4 * 22_800_000
@@ -297,3 +298,15 @@ def test_a_factorized_encoder_is_refused_by_its_swapped_layers(tiny_encoder):
     assert reason.startswith("from_pretrained would build a BertModel that differs")
     assert "other layers: encoder.layer.0.attention.self.query is a Sequential, not a Linear" \
         in reason
+
+
+def test_a_weight_only_quantized_encoder_saves_its_float_view(tiny_encoder, token_ids, tmp_path):
+    from nnzip.runtime.onnx_export import float_view
+
+    example, other = token_ids
+    quantized = quantize_static(tiny_encoder, [example],
+                                QuantConfig(activation_bits=None, embedding_bits=8))
+    assert hf_save_refusal(quantized) is not None
+    folder = save_hf(float_view(quantized), tmp_path / "dequantized")
+    with torch.no_grad():
+        assert torch.equal(load_hf(folder)(other), quantized(other))
