@@ -274,6 +274,15 @@ def _is_nnzip_folder(folder: Path) -> bool:
     return isinstance(marker, dict) and marker.get("format") == FORMAT
 
 
+def saved_wrapper(folder: str | os.PathLike) -> str | None:
+    """The class name of the nnzip wrapper :func:`save_hf` saved in ``folder``
+    (``"SentenceEncoder"``...), or None if save_hf did not write it."""
+    if not _is_nnzip_folder(Path(folder)):
+        return None
+    wrapper = json.loads((Path(folder) / MARKER_FILE).read_text(encoding="utf-8")).get("wrapper")
+    return str(wrapper) if wrapper else None
+
+
 def _write_json(path: Path, document: object) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
@@ -347,4 +356,4 @@ def save_hf(model: nn.Module, folder: str | os.PathLike,
     return folder
 
 
-__all__ = ["hf_save_refusal", "save_hf"]
+__all__ = ["hf_save_refusal", "save_hf", "saved_wrapper"]

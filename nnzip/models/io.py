@@ -236,6 +236,21 @@ def _load_pickle(path: Path, trust_pickle: bool) -> nn.Module:
     return obj.eval()
 
 
+def _load_hf_folder(path: Path) -> nn.Module:
+    """A Hugging Face folder (``config.json``, no ``spec.json``): a sentence encoder, as
+    ``hf:FOLDER`` loads it. A folder save_hf wrote from another wrapper (a causal LM) is not
+    one, and is refused rather than loaded as an encoder."""
+    from nnzip.models.hf import load_hf  # transformers is an optional extra
+    from nnzip.models.hf_save import saved_wrapper
+
+    wrapper = saved_wrapper(path)
+    if wrapper not in (None, "SentenceEncoder"):
+        raise NnzipError(f"{path} holds a {wrapper} saved by nnzip's save_hf; load_model reads "
+                         "sentence encoders only: load it with transformers' from_pretrained "
+                         "(its config.json names the class)")
+    return load_hf(path)
+
+
 def load_model(path: str | os.PathLike, *, trust_pickle: bool = False) -> nn.Module:
     """Load a model folder (save_model), a torch.export ``.pt2``, an ``.onnx`` file (run by ONNX
     Runtime), TorchScript, or a trusted pickle.
@@ -243,7 +258,8 @@ def load_model(path: str | os.PathLike, *, trust_pickle: bool = False) -> nn.Mod
     The format is recognised from the content, not the suffix. Models come back on the CPU and,
     except for ``.pt2`` programs (which do not support it), in eval mode. ``hf:FOLDER`` (or
     ``hf:minilm``, the shipped all-MiniLM-L6-v2) loads a Hugging Face encoder as a
-    :class:`~nnzip.models.hf.SentenceEncoder`.
+    :class:`~nnzip.models.hf.SentenceEncoder`, and so does a folder with a ``config.json`` and no
+    ``spec.json`` (what :func:`~nnzip.models.hf_save.save_hf` writes for an encoder).
     """
     if str(path).startswith("hf:"):
         from nnzip.models.hf import load_hf  # transformers is an optional extra
@@ -258,6 +274,8 @@ def load_model(path: str | os.PathLike, *, trust_pickle: bool = False) -> nn.Mod
             and (path.parent / SPEC_FILE).is_file():
         path = path.parent  # the user pointed at a file inside a model folder
     if path.is_dir():
+        if not (path / SPEC_FILE).is_file() and (path / "config.json").is_file():
+            return _load_hf_folder(path)
         return _load_folder(path)
     if is_nnz(path):
         return load_nnz(path)

@@ -16,6 +16,7 @@ from torch import nn
 
 from nnzip.data.sts import load_sts
 from nnzip.errors import NnzipError
+from nnzip.models import load_model
 from nnzip.models.hf import SentenceEncoder, load_hf
 from nnzip.models.hf_save import hf_save_refusal, save_hf
 from nnzip.models.nnz import load_nnz, save_nnz
@@ -75,6 +76,10 @@ def test_load_hf_reads_the_folder_back_bit_for_bit(minilm, saved_minilm, sentenc
     loaded = load_hf(saved_minilm)
     assert (loaded.pooling, loaded.normalize, loaded.max_length) == ("mean", True, 256)
     assert torch.equal(_embed(loaded, sentences), _embed(minilm, sentences))
+
+
+def test_load_model_reads_the_folder_as_a_sentence_encoder(minilm, saved_minilm, sentences):
+    assert torch.equal(_embed(load_model(saved_minilm), sentences), _embed(minilm, sentences))
 
 
 def test_automodel_reads_the_folder_with_the_same_hidden_states(minilm, saved_minilm, sentences):
@@ -218,6 +223,8 @@ def test_a_causal_lm_keeps_its_tied_head_through_from_pretrained(tiny_gpt2, tmp_
     ids = torch.randint(0, 100, (2, 9))
     with torch.no_grad():
         assert torch.equal(loaded(input_ids=ids).logits, tiny_gpt2(ids))
+    with pytest.raises(NnzipError, match="holds a _CausalLM saved by nnzip's save_hf"):
+        load_model(folder)  # not mistaken for a sentence encoder
 
 
 def test_an_untied_head_or_a_head_outside_the_transformer_is_refused(tiny_gpt2):
