@@ -29,6 +29,7 @@ from torch import nn
 
 from nnzip.atomic import atomic_dir
 from nnzip.codec.nnz import is_nnz
+from nnzip.codec.program import dynamic_dims
 from nnzip.errors import NnzipError
 from nnzip.models.nnz import Example, load_nnz, nnzip_version, save_nnz
 from nnzip.models.zoo import ZOO, create_model, model_spec
@@ -310,7 +311,8 @@ def load_model(path: str | os.PathLike, *, trust_pickle: bool = False) -> nn.Mod
 
 
 def export_model(model: nn.Module, path: str | os.PathLike, example: torch.Tensor) -> Path:
-    """Save any model as a ``torch.export`` program with a dynamic batch size, atomically.
+    """Save any model as a ``torch.export`` program with a dynamic batch size (and sequence
+    length, for token ids), atomically.
 
     This is how models outside the zoo (or zoo models whose shapes a method changed) are saved:
     the program carries its own graph, so :func:`load_model` needs no Python class to rebuild it.
@@ -325,7 +327,8 @@ def export_model(model: nn.Module, path: str | os.PathLike, example: torch.Tenso
     except NotImplementedError:  # an exported program's module keeps the mode it was made with
         pass
     try:
-        program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+        program = torch.export.export(model, (example,),
+                                      dynamic_shapes=(dynamic_dims(example, batch),))
     except Exception as exc:
         raise NnzipError(f"cannot export {type(model).__name__} with torch.export "
                          f"({type(exc).__name__}: {str(exc).splitlines()[0]}): make the forward "
