@@ -83,6 +83,20 @@ def _cause(error: BaseException) -> str:
     return cause
 
 
+def dynamic_dims(tensor: torch.Tensor, batch: torch.export.Dim) -> dict | None:
+    """The dimensions of one input exported as dynamic: the batch (0) and, for token ids
+    (integers with a second dimension), the sequence (1), so that a transformer's program takes
+    sentences of any length, not only the example's. ``Dim.AUTO`` lets torch.export keep the
+    sequence static where the model fixes it (a table of integer features) instead of failing.
+    """
+    if not tensor.dim():
+        return None
+    if tensor.dim() >= 2 and not (tensor.is_floating_point() or tensor.is_complex()) \
+            and tensor.dtype != torch.bool:
+        return {0: batch, 1: torch.export.Dim.AUTO}
+    return {0: batch}
+
+
 def export_program(model: nn.Module, inputs: tuple[torch.Tensor, ...]
                    ) -> tuple[torch.export.ExportedProgram, bool]:
     """``torch.export`` of ``model`` in eval mode: (program, whether the batch size is dynamic).
@@ -96,7 +110,7 @@ def export_program(model: nn.Module, inputs: tuple[torch.Tensor, ...]
     batch = torch.export.Dim("batch", min=1)
     try:
         try:
-            shapes = tuple({0: batch} if t.dim() else None for t in inputs)
+            shapes = tuple(dynamic_dims(t, batch) for t in inputs)
             return torch.export.export(model, inputs, dynamic_shapes=shapes), True
         except Exception as dynamic_error:  # e.g. the forward fixes the batch size
             log.info("exporting with a fixed batch size: %s", _cause(dynamic_error))

@@ -125,6 +125,22 @@ def _read_json(path: Path) -> object:
         raise NnzipError(f"cannot read {path} ({exc}): the model folder is damaged") from exc
 
 
+def _pooling_modes(config: dict) -> list[str]:
+    """The pooling modes a sentence-transformers ``1_Pooling/config.json`` asks for: one flag per
+    mode up to version 5 (``pooling_mode_mean_tokens: true``), ``pooling_mode: "mean"`` (or a
+    list of modes) from version 6."""
+    if "pooling_mode" in config:
+        mode = config["pooling_mode"]
+        return [mode] if isinstance(mode, str) else list(mode)
+    return [mode for mode, key in (("cls", "pooling_mode_cls_token"),
+                                   ("max", "pooling_mode_max_tokens"),
+                                   ("mean", "pooling_mode_mean_tokens"),
+                                   ("mean_sqrt_len", "pooling_mode_mean_sqrt_len_tokens"),
+                                   ("weightedmean", "pooling_mode_weightedmean_tokens"),
+                                   ("lasttoken", "pooling_mode_lasttoken"))
+            if config.get(key)]
+
+
 def _sentence_transformers_recipe(folder: Path) -> tuple[Path, Pooling, bool, int | None]:
     """(transformer folder, pooling, normalize, max length) from a sentence-transformers folder;
     a plain transformers folder gets mean pooling without normalization."""
@@ -139,12 +155,8 @@ def _sentence_transformers_recipe(folder: Path) -> tuple[Path, Pooling, bool, in
         if kind == "Transformer":
             transformer_folder = sub
         elif kind == "Pooling" and (sub / "config.json").is_file():
-            config = _read_json(sub / "config.json")
-            modes = [mode for mode, key in (("cls", "pooling_mode_cls_token"),
-                                            ("max", "pooling_mode_max_tokens"),
-                                            ("mean", "pooling_mode_mean_tokens"))
-                     if config.get(key)]
-            if len(modes) != 1:
+            modes = _pooling_modes(_read_json(sub / "config.json"))
+            if len(modes) != 1 or modes[0] not in ("mean", "cls", "max"):
                 raise NnzipError(f"{sub / 'config.json'} asks for pooling {modes or 'none'}; "
                                  "nnzip supports exactly one of mean, cls or max")
             pooling = modes[0]

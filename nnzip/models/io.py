@@ -29,6 +29,7 @@ from torch import nn
 
 from nnzip.atomic import atomic_dir
 from nnzip.codec.nnz import is_nnz
+from nnzip.codec.program import dynamic_dims
 from nnzip.errors import NnzipError
 from nnzip.models.nnz import Example, load_nnz, nnzip_version, save_nnz
 from nnzip.models.zoo import ZOO, create_model, model_spec
@@ -236,6 +237,21 @@ def _load_pickle(path: Path, trust_pickle: bool) -> nn.Module:
     return obj.eval()
 
 
+def _load_hf_folder(path: Path) -> nn.Module:
+    """A Hugging Face folder (``config.json``, no ``spec.json``): a sentence encoder, as
+    ``hf:FOLDER`` loads it. A folder save_hf wrote from another wrapper (a causal LM) is not
+    one, and is refused rather than loaded as an encoder."""
+    from nnzip.models.hf import load_hf  # transformers is an optional extra
+    from nnzip.models.hf_save import saved_wrapper
+
+    wrapper = saved_wrapper(path)
+    if wrapper not in (None, "SentenceEncoder"):
+        raise NnzipError(f"{path} holds a {wrapper} saved by nnzip's save_hf; load_model reads "
+                         "sentence encoders only: load it with transformers' from_pretrained "
+                         "(its config.json names the class)")
+    return load_hf(path)
+
+
 def load_model(path: str | os.PathLike, *, trust_pickle: bool = False) -> nn.Module:
     """Load a model folder (save_model), a torch.export ``.pt2``, an ``.onnx`` file (run by ONNX
     Runtime), TorchScript, or a trusted pickle.
@@ -243,7 +259,8 @@ def load_model(path: str | os.PathLike, *, trust_pickle: bool = False) -> nn.Mod
     The format is recognised from the content, not the suffix. Models come back on the CPU and,
     except for ``.pt2`` programs (which do not support it), in eval mode. ``hf:FOLDER`` (or
     ``hf:minilm``, the shipped all-MiniLM-L6-v2) loads a Hugging Face encoder as a
-    :class:`~nnzip.models.hf.SentenceEncoder`.
+    :class:`~nnzip.models.hf.SentenceEncoder`, and so does a folder with a ``config.json`` and no
+    ``spec.json`` (what :func:`~nnzip.models.hf_save.save_hf` writes for an encoder).
     """
     if str(path).startswith("hf:"):
         from nnzip.models.hf import load_hf  # transformers is an optional extra
@@ -258,6 +275,8 @@ def load_model(path: str | os.PathLike, *, trust_pickle: bool = False) -> nn.Mod
             and (path.parent / SPEC_FILE).is_file():
         path = path.parent  # the user pointed at a file inside a model folder
     if path.is_dir():
+        if not (path / SPEC_FILE).is_file() and (path / "config.json").is_file():
+            return _load_hf_folder(path)
         return _load_folder(path)
     if is_nnz(path):
         return load_nnz(path)
@@ -292,7 +311,8 @@ def load_model(path: str | os.PathLike, *, trust_pickle: bool = False) -> nn.Mod
 
 
 def export_model(model: nn.Module, path: str | os.PathLike, example: torch.Tensor) -> Path:
-    """Save any model as a ``torch.export`` program with a dynamic batch size, atomically.
+    """Save any model as a ``torch.export`` program with a dynamic batch size (and sequence
+    length, for token ids), atomically.
 
     This is how models outside the zoo (or zoo models whose shapes a method changed) are saved:
     the program carries its own graph, so :func:`load_model` needs no Python class to rebuild it.
@@ -307,7 +327,8 @@ def export_model(model: nn.Module, path: str | os.PathLike, example: torch.Tenso
     except NotImplementedError:  # an exported program's module keeps the mode it was made with
         pass
     try:
-        program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+        program = torch.export.export(model, (example,),
+                                      dynamic_shapes=(dynamic_dims(example, batch),))
     except Exception as exc:
         raise NnzipError(f"cannot export {type(model).__name__} with torch.export "
                          f"({type(exc).__name__}: {str(exc).splitlines()[0]}): make the forward "

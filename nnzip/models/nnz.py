@@ -5,8 +5,10 @@ through the codec.
   version 1, the smallest file); loading rebuilds it with :func:`~nnzip.models.create_model`.
 - Any other model — a user's own architecture, or a zoo model a method reshaped — is stored as
   its ``torch.export`` program (version 2, :mod:`nnzip.codec.program`), traced on ``example``
-  inputs whose shapes and dtypes (not values) are kept. Loading deserializes the program with the
-  decoded tensors and returns ``program.module()``.
+  inputs whose shapes and dtypes (not values) are kept; the batch dimension stays dynamic, and so
+  does the sequence dimension of token ids (a transformer's program takes sentences of any
+  length). Loading deserializes the program with the decoded tensors and returns
+  ``program.module()``.
 
 Either way the methods' state is stored compactly (:mod:`nnzip.models.compact`): shared weights
 as codebook + codes, weight-only integer layers as their integers, zeros as sparse records, tied

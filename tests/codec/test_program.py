@@ -54,3 +54,38 @@ def test_code_in_a_shape_expression_is_refused_before_sympy_reads_it():
 
     with pytest.raises(NnzipError, match="shape expression nnzip does not read"):
         model_from_nnz(decode_tensors(_forged(inject)))
+
+
+class _MeanTokens(nn.Module):
+    """Token ids (batch, tokens) → the mean of their embeddings (a sentence encoder's shape)."""
+
+    def __init__(self, fixed_tokens: int | None = None) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(50, 8)
+        self.fixed_tokens = fixed_tokens
+        self.head = nn.Linear(8 * fixed_tokens, 3) if fixed_tokens else nn.Linear(8, 3)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        states = self.embed(ids)
+        if self.fixed_tokens:  # a table of integer features: the second dimension is fixed
+            return self.head(states.flatten(1))
+        return self.head(states.mean(dim=1))
+
+
+def test_a_program_of_token_ids_takes_any_number_of_tokens(tmp_path):
+    torch.manual_seed(0)
+    model = _MeanTokens().eval()
+    loaded = load_nnz(save_nnz(model, tmp_path / "m.nnz", example=torch.randint(0, 50, (2, 7))))
+    for shape in ((2, 7), (3, 12), (1, 4)):  # other batch sizes and sentence lengths
+        ids = torch.randint(0, 50, shape)
+        assert torch.equal(loaded(ids), model(ids))
+
+
+def test_integer_inputs_whose_second_dimension_is_fixed_still_export(tmp_path):
+    torch.manual_seed(0)
+    model = _MeanTokens(fixed_tokens=5).eval()
+    loaded = load_nnz(save_nnz(model, tmp_path / "m.nnz", example=torch.randint(0, 50, (2, 5))))
+    ids = torch.randint(0, 50, (4, 5))
+    assert torch.equal(loaded(ids), model(ids))
+    with pytest.raises(RuntimeError):  # the fixed dimension stays fixed
+        loaded(torch.randint(0, 50, (4, 6)))

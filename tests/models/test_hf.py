@@ -63,3 +63,20 @@ def test_folder_without_weights_is_a_clear_error(tmp_path):
 def test_missing_folder_is_a_clear_error(tmp_path):
     with pytest.raises(NnzipError, match="not found"):
         load_hf(tmp_path / "nowhere")
+
+
+def test_pooling_config_of_sentence_transformers_6_is_read(minilm, tmp_path):
+    import json
+
+    from nnzip.models.hf_save import save_hf
+
+    folder = save_hf(minilm, tmp_path / "st6")
+    pooling = folder / "1_Pooling" / "config.json"
+    # sentence-transformers 6 writes one "pooling_mode" instead of one flag per mode.
+    pooling.write_text(json.dumps({"embedding_dimension": 384, "pooling_mode": "cls",
+                                   "include_prompt": True}))
+    assert load_hf(folder).pooling == "cls"
+    pooling.write_text(json.dumps({"embedding_dimension": 384,
+                                   "pooling_mode": "weightedmean"}))
+    with pytest.raises(NnzipError, match=r"asks for pooling \['weightedmean'\]"):
+        load_hf(folder)

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from nnzip.errors import NnzipError
-from nnzip.models import create_model, load_model, read_spec, save_model
+from nnzip.models import create_model, export_model, load_model, read_spec, save_model
 
 SHAPE = (1, 28, 28)
 
@@ -154,3 +154,13 @@ def test_unknown_file_is_an_error(tmp_path):
     path.write_text("hello")
     with pytest.raises(NnzipError, match="not a model file"):
         load_model(path)
+
+
+def test_exported_token_model_takes_any_batch_and_sentence_length(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(50, 8), nn.Linear(8, 3)).eval()
+    loaded = load_model(export_model(model, tmp_path / "tokens.pt2",
+                                     torch.randint(0, 50, (2, 7))))
+    for shape in ((2, 7), (3, 12)):
+        ids = torch.randint(0, 50, shape)
+        assert torch.equal(loaded(ids), model(ids))

@@ -43,3 +43,17 @@ def test_smoothquant_w8a8_encoder_runs_in_onnx_runtime(tiny_encoder, tmp_path):
     got = runtime(other)
     assert got.shape == expected.shape
     assert torch.nn.functional.cosine_similarity(got, expected).min() > 0.99
+
+
+def test_weight_only_int8_encoder_keeps_float_activations_in_onnx_runtime(tiny_encoder, tmp_path):
+    # ORT fuses DequantizeLinear → MatMul into MatMulNBits, which by default also rounds the
+    # activations to int8; nnzip's sessions ask it not to, so ORT computes what nnzip measured.
+    ids = tiny_encoder.tokenize(SENTENCES)[0]
+    quantized = quantize_static(tiny_encoder, [ids], QuantConfig(activation_bits=None,
+                                                                 embedding_bits=8))
+    path = export_onnx(quantized, tmp_path / "w8.onnx", ids, sequence_dim=1)
+    with torch.no_grad():
+        expected = quantized(ids)
+    for optimization in ("all", "basic"):
+        got = OrtModule(path, optimization=optimization)(ids)
+        assert (got - expected).abs().max() < 1e-6, optimization
