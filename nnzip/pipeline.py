@@ -193,10 +193,17 @@ def save_final_model(model: nn.Module, out_dir: Path, data: DataSplits) -> Path:
     After weight sharing (or an ``encode`` stage) the model is saved as its ``.nnz`` file (a
     model outside the zoo as its torch.export program, traced on two test inputs).
 
+    A Hugging Face sentence encoder is saved as a folder that ``transformers``,
+    ``sentence-transformers`` and nnzip load (:func:`nnzip.models.hf_save.save_hf`) while its
+    layers are still transformers' own (pruned, distilled, layers dropped); otherwise (heads
+    pruned, quantized, factorized) as its ``.nnz``, which reloads bit for bit.
+
     A model quantized by nnzip is saved as a QDQ ``.onnx`` file: int8 weights with their scales,
     runnable on ONNX Runtime's integer kernels (a .pt2 would hold fp32 copies of the weights).
     """
     from nnzip.models import export_model, model_spec, save_model
+    from nnzip.models.hf import SentenceEncoder
+    from nnzip.models.hf_save import hf_save_refusal, save_hf
     from nnzip.runtime.onnx_export import export_onnx, is_quantized
 
     example = probe_batch(data, 2)
@@ -204,9 +211,20 @@ def save_final_model(model: nn.Module, out_dir: Path, data: DataSplits) -> Path:
     if options is not None:
         return save_nnz(model, out_dir / "model.nnz", example=example,
                         huffman=options["huffman"])
+    if isinstance(model, SentenceEncoder):
+        reason = hf_save_refusal(model)
+        if reason is None:
+            return save_hf(model, out_dir / "model")
+        log.info("not saved as a Hugging Face folder: %s", reason)
+        try:
+            return save_nnz(model, out_dir / "model.nnz", example=example)
+        except NnzipError as error:  # e.g. activation quantization: the ONNX file holds it
+            log.info("not saved as .nnz: %s", error)
     if is_quantized(model):
         try:
-            return export_onnx(model, out_dir / "model.onnx", example)
+            return export_onnx(model, out_dir / "model.onnx", example,
+                               **({"sequence_dim": 1} if example.dim() == 2
+                                  and not example.is_floating_point() else {}))
         except NnzipError as error:  # e.g. dynamic quantization: ORT quantizes that itself
             log.info("saving as torch.export instead of ONNX: %s", error)
 

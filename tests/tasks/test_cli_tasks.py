@@ -3,6 +3,9 @@
 import json
 
 from nnzip.cli import main
+from nnzip.evaluate import EvalConfig, evaluate
+from nnzip.models import load_model
+from nnzip.tasks import sentence_data
 
 
 def test_compress_runs_a_recipe_on_minilm_and_reports_sts_metrics(minilm, tmp_path, capsys):
@@ -11,7 +14,7 @@ def test_compress_runs_a_recipe_on_minilm_and_reports_sts_metrics(minilm, tmp_pa
                       "  - prune: {sparsity: 0.5, criterion: wanda, calibration_batches: 2,\n"
                       "            finetune_epochs: 0}\n"
                       "  - distill: {finetune_epochs: 1, lr: 1.0e-5, batch_size: 16}\n"
-                      "  - quantize: {mode: dynamic, embedding_bits: 8}\n")
+                      "  - quantize: {activation_bits: null, embedding_bits: 8}\n")
     out = tmp_path / "run"
     assert main(["compress", "--model", "hf:minilm", "--recipe", str(recipe), "--out", str(out),
                  "--pairs", "16", "--train-sentences", "48", "--repeats", "1",
@@ -31,6 +34,14 @@ def test_compress_runs_a_recipe_on_minilm_and_reports_sts_metrics(minilm, tmp_pa
     assert rows["prune"]["nonzero_params"] < 0.85 * rows["baseline"]["nonzero_params"]
     assert rows["quantize"]["size_bytes"] < 0.3 * rows["baseline"]["size_bytes"]
     assert "| STS Spearman | Fidelity (cos) | Top-10 overlap |" in (out / "report.md").read_text()
+    # The saved artifact (sparse int8 .nnz) reloads to the very model that was measured.
+    saved = out / "model.nnz"
+    assert saved.is_file() and saved.stat().st_size < 0.2 * rows["baseline"]["size_bytes"]
+    data = sentence_data(minilm, pairs=16, train_sentences=48, seed=0)
+    again = evaluate(load_model(str(saved)), data, config=EvalConfig(repeats=1, warmup=1,
+                                                                      batch_sizes=(1,)))
+    assert again["spearman"] == rows["quantize"]["spearman"]
+    assert again["fidelity"] == rows["quantize"]["fidelity"]
 
 
 def test_a_recipe_stage_that_does_not_fit_an_encoder_is_refused_before_any_encoding(
