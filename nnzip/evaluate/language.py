@@ -1,0 +1,83 @@
+"""Language-model quality: perplexity and next-token predictions over a split.
+
+Perplexity is exp of the mean cross-entropy (in nats) over *every* target token of the split
+(Jelinek et al. 1977): for packed blocks (:mod:`nnzip.data.text`) each of the N·L positions
+predicts the next token, and each counts once. Lower is better; a model that spreads its
+probability evenly over a vocabulary of V words scores V.
+
+The logits of a whole split do not fit in memory ((700, 64, 30 522) floats are 5.5 GB), so one
+pass keeps only the summed loss and the predicted ids; agreement with a reference model is then
+:func:`nnzip.evaluate.accuracy.agreement` on those ids (the share of positions where both models
+predict the same next token).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nnzip.core.modes import eval_mode
+from nnzip.core.outputs import prediction_rows
+from nnzip.data.splits import DataSplits, eval_batch_size
+from nnzip.errors import NnzipError
+
+
+@dataclass(frozen=True)
+class LanguageScores:
+    """One pass of a language model over a split."""
+
+    #: Mean cross-entropy per target token, in nats.
+    cross_entropy: float
+    #: Target tokens scored.
+    tokens: int
+    #: The most likely next token at every position, shaped like the split's targets.
+    predictions: torch.Tensor
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(self.cross_entropy)
+
+    @property
+    def bits_per_token(self) -> float:
+        return self.cross_entropy / math.log(2)
+
+
+def next_token_scores(model: nn.Module, data: DataSplits, split: str = "test",
+                      batch_size: int | None = None) -> LanguageScores:
+    """Cross-entropy and predicted ids of ``model`` over every target token of ``split``.
+
+    ``batch_size`` defaults to what keeps one batch's logits near 64 MiB
+    (:func:`nnzip.data.splits.eval_batch_size`); the result does not depend on it beyond float
+    rounding. The loss is summed in float64.
+    """
+    if split not in ("train", "val", "test"):
+        raise NnzipError(f"unknown split {split!r}: use 'train', 'val' or 'test'")
+    if len(getattr(data, split)) == 0:
+        raise NnzipError(f"the {split} split of {data.name!r} is empty: nothing to score")
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    total, tokens, predictions = 0.0, 0, []
+    with eval_mode(model), torch.no_grad():
+        for inputs, targets in data.loader(split, batch_size=batch_size or eval_batch_size(data)):
+            logits = model(inputs.to(device))
+            rows, labels = prediction_rows(logits, targets.to(device))
+            if labels.dim() != 1 or rows.shape[0] != targets.numel():
+                raise NnzipError(f"the model gives {rows.shape[0]} predictions for "
+                                 f"{labels.shape[0]} target tokens (logits shape "
+                                 f"{tuple(logits.shape)}, targets {tuple(targets.shape)}): a "
+                                 "language model must give (batch, positions, vocabulary)")
+            total += float(F.cross_entropy(rows.float(), labels, reduction="sum").double())
+            tokens += labels.numel()
+            predictions.append(rows.argmax(dim=-1).reshape(targets.shape).cpu())
+    return LanguageScores(cross_entropy=total / tokens, tokens=tokens,
+                          predictions=torch.cat(predictions))
+
+
+def perplexity(model: nn.Module, data: DataSplits, split: str = "test",
+               batch_size: int | None = None) -> float:
+    """exp(mean cross-entropy over every target token of ``split``): see the module docstring."""
+    return next_token_scores(model, data, split, batch_size).perplexity
