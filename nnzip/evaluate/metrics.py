@@ -79,10 +79,15 @@ def check_model_accepts(model: nn.Module, data: DataSplits, name: str) -> None:
             f"probed with one test sample, {describe_inputs(sample)}): {_error_text(error)}: "
             f"pass data matching the model's input{_input_hints(data)}") from error
     shape = tuple(output.shape) if isinstance(output, torch.Tensor) else None
-    if shape != (1, data.num_classes):
+    # One label per sample: (1, classes); one per position (a language model's next tokens):
+    # (1, *positions, classes), or classes second as PyTorch's segmentation models give them.
+    positions = tuple(data.test.tensors[1].shape[1:])
+    expected = [(1, data.num_classes)] if not positions else [
+        (1, *positions, data.num_classes), (1, data.num_classes, *positions)]
+    if shape not in expected:
         raise NnzipError(
             f"model {name!r} returns {shape if shape else type(output).__name__} for one sample "
-            f"({describe_inputs(sample)}), expected logits of shape (1, {data.num_classes}): "
+            f"({describe_inputs(sample)}), expected logits of shape {expected[0]}: "
             f"pass a classifier with one output per class of the data{_input_hints(data)}")
     # Latency, memory and accuracy run batches: a model traced or exported with a fixed batch
     # size of 1 would otherwise fail deep inside a measurement. The pair is real data too, so a
