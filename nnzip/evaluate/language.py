@@ -8,7 +8,10 @@ probability evenly over a vocabulary of V words scores V.
 The logits of a whole split do not fit in memory ((700, 64, 30 522) floats are 5.5 GB), so one
 pass keeps only the summed loss and the predicted ids; agreement with a reference model is then
 :func:`nnzip.evaluate.accuracy.agreement` on those ids (the share of positions where both models
-predict the same next token).
+predict the same next token). Given the reference model itself, the same pass also measures
+the mean KL divergence KL(p_reference ‖ p_model) per token: how far a compressed model's whole
+next-token distribution moved, which perplexity alone can hide (a change can lower the loss on
+some tokens and raise it on others).
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ class LanguageScores:
     tokens: int
     #: The most likely next token at every position, shaped like the split's targets.
     predictions: torch.Tensor
+    #: Mean KL(p_reference ‖ p_model) per token in nats, when a reference model was given.
+    kl_to_reference: float | None = None
 
     @property
     def perplexity(self) -> float:
@@ -47,8 +52,10 @@ class LanguageScores:
 
 
 def next_token_scores(model: nn.Module, data: DataSplits, split: str = "test",
-                      batch_size: int | None = None) -> LanguageScores:
-    """Cross-entropy and predicted ids of ``model`` over every target token of ``split``.
+                      batch_size: int | None = None,
+                      reference: nn.Module | None = None) -> LanguageScores:
+    """Cross-entropy and predicted ids of ``model`` over every target token of ``split`` (and
+    the mean KL divergence from ``reference``'s next-token distribution, if given).
 
     ``batch_size`` defaults to what keeps one batch's logits near 64 MiB
     (:func:`nnzip.data.splits.eval_batch_size`); the result does not depend on it beyond float
@@ -60,7 +67,7 @@ def next_token_scores(model: nn.Module, data: DataSplits, split: str = "test",
         raise NnzipError(f"the {split} split of {data.name!r} is empty: nothing to score")
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
-    total, tokens, predictions = 0.0, 0, []
+    total, divergence, tokens, predictions = 0.0, 0.0, 0, []
     with eval_mode(model), torch.no_grad():
         for inputs, targets in data.loader(split, batch_size=batch_size or eval_batch_size(data)):
             logits = model(inputs.to(device))
@@ -73,8 +80,23 @@ def next_token_scores(model: nn.Module, data: DataSplits, split: str = "test",
             total += float(F.cross_entropy(rows.float(), labels, reduction="sum").double())
             tokens += labels.numel()
             predictions.append(rows.argmax(dim=-1).reshape(targets.shape).cpu())
+            if reference is not None:
+                divergence += _kl_sum(rows, reference, inputs.to(device))
     return LanguageScores(cross_entropy=total / tokens, tokens=tokens,
-                          predictions=torch.cat(predictions))
+                          predictions=torch.cat(predictions),
+                          kl_to_reference=divergence / tokens if reference is not None else None)
+
+
+def _kl_sum(rows: torch.Tensor, reference: nn.Module, inputs: torch.Tensor) -> float:
+    """Σ over the batch's positions of KL(p_reference ‖ p_model), in float64."""
+    with eval_mode(reference):
+        expected = prediction_rows(reference(inputs))[0]
+    if expected.shape != rows.shape:
+        raise NnzipError(f"the reference gives logits {tuple(expected.shape)} where the model "
+                         f"gives {tuple(rows.shape)}: compare models of one vocabulary")
+    return float(F.kl_div(F.log_softmax(rows.float(), dim=-1),
+                          F.log_softmax(expected.float(), dim=-1), reduction="sum",
+                          log_target=True).double())
 
 
 def perplexity(model: nn.Module, data: DataSplits, split: str = "test",

@@ -52,6 +52,19 @@ def test_perplexity_is_exp_of_the_mean_token_cross_entropy_at_any_batch_size(dat
     assert torch.equal(scores.predictions, logits.argmax(dim=-1))
 
 
+def test_kl_to_a_reference_is_zero_for_itself_and_the_mean_per_token_otherwise(data):
+    model, other = tiny_lm(data), tiny_lm(data, seed=1)
+    assert next_token_scores(model, data).kl_to_reference is None
+    assert next_token_scores(model, data, reference=model).kl_to_reference == pytest.approx(
+        0.0, abs=1e-6)
+    x = data.test.tensors[0]
+    with torch.no_grad():
+        log_p, log_q = F.log_softmax(other(x), -1), F.log_softmax(model(x), -1)
+    expected = float((log_p.exp() * (log_p - log_q)).sum(-1).mean())
+    measured = next_token_scores(model, data, batch_size=5, reference=other).kl_to_reference
+    assert expected > 0 and measured == pytest.approx(expected, rel=1e-4)
+
+
 def test_agreement_of_next_token_predictions(data):
     model, other = tiny_lm(data), tiny_lm(data, seed=1)
     own = next_token_scores(model, data).predictions
