@@ -53,7 +53,7 @@ from common import benchmark_parser, machine_line, markdown_table, run_each, wri
 from nnzip.data import DataSplits, load_dataset
 from nnzip.evaluate import artifact_bytes, machine_info
 from nnzip.evaluate.accuracy import agreement
-from nnzip.evaluate.language import LanguageScores, next_token_scores
+from nnzip.evaluate.language import LanguageScores, next_token_scores, perplexity_change
 from nnzip.models.causal_lm import tied_head
 from nnzip.prune import encoder_linear_weights
 from nnzip.train import DEFAULT_TRAINING, train_zoo_model
@@ -137,24 +137,53 @@ def saved_bytes(model: nn.Module) -> int:
         return buffer.getbuffer().nbytes
 
 
-def measure(setting: Setting, name: str, family: str, make: Make) -> dict:
+#: Rows compared directly, paired by sequence: (row, against row).
+PAIRS = [("int4 g128 GPTQ", "int4 g128 RTN"), ("AWQ + int4 g128 RTN", "int4 g128 RTN"),
+         ("AWQ + int4 g128 GPTQ", "int4 g128 GPTQ"), ("SparseGPT 50 %", "magnitude 50 %"),
+         ("Wanda 50 %", "magnitude 50 %"), ("SparseGPT 2:4", "magnitude 2:4"),
+         ("2 of 4 layers, distilled", "2 of 4 layers, cross-entropy")]
+
+
+def measure(setting: Setting, name: str, family: str, make: Make
+            ) -> tuple[dict, LanguageScores]:
     model = copy.deepcopy(setting.fp32)
     started = time.perf_counter()
     model, details = make(model, setting)
     seconds = time.perf_counter() - started
     scores = next_token_scores(model.eval(), setting.data, reference=setting.fp32)
     reference = setting.reference
+    change, error = perplexity_change(scores, reference)
     row = {"name": name, "family": family, "perplexity": scores.perplexity,
-           "change_pct": 100 * (scores.perplexity / reference.perplexity - 1),
+           "change_pct": change, "change_se_pct": error,
            "agreement": agreement(scores.predictions, reference.predictions),
            "kl_to_fp32": scores.kl_to_reference,
            "bytes": saved_bytes(model), "seconds": round(seconds, 2),
            "params": sum(p.numel() for p in model.parameters()),
            "tied_head": tied_head(model), **details}
-    print(f"{name}: perplexity {row['perplexity']:.2f} ({row['change_pct']:+.2f} %), "
-          f"agreement {row['agreement']:.4f}, KL {row['kl_to_fp32']:.4f}, {row['bytes']:,} B, "
+    print(f"{name}: perplexity {row['perplexity']:.2f} ({change:+.2f} ± {error:.2f} %), "
+          f"agreement {row['agreement']:.4f}, KL {row['kl_to_fp32']:.3g}, {row['bytes']:,} B, "
           f"{seconds:.1f} s")
-    return row
+    return row, scores
+
+
+def comparisons(scores: dict[str, LanguageScores]) -> list[dict]:
+    """The :data:`PAIRS` both measured: perplexity change of the first against the second,
+    with its paired standard error (by sequence)."""
+    found = []
+    for first, second in PAIRS:
+        a = next((n for n in scores if n.startswith(first)), None)
+        b = next((n for n in scores if n.startswith(second)), None)
+        if a and b:
+            change, error = perplexity_change(scores[a], scores[b])
+            found.append({"row": a, "against": b, "change_pct": change, "se_pct": error})
+    return found
+
+
+def _paired(report: dict, first: str, second: str) -> str:
+    pair = next((c for c in report.get("comparisons", []) if c["row"].startswith(first)
+                 and c["against"].startswith(second)), None)
+    return "" if pair is None else (f"; paired: {pair['change_pct']:+.2f} ± "
+                                    f"{pair['se_pct']:.2f} %")
 
 
 def methods(distill_epochs: int, with_torchao: bool) -> list[tuple[str, str, Make]]:
@@ -234,8 +263,10 @@ def checks(report: dict) -> list[dict]:
                       "passed": abs(gptq["change_pct"]) <= 5.0
                       and gptq["perplexity"] < rtn["perplexity"],
                       "measured": f"GPTQ {gptq['change_pct']:+.2f} %, RTN "
-                                  f"{rtn['change_pct']:+.2f} % (KL to fp32 "
-                                  f"{gptq['kl_to_fp32']:.4f} vs {rtn['kl_to_fp32']:.4f})"})
+                                  f"{rtn['change_pct']:+.2f} %"
+                                  f"{_paired(report, 'int4 g128 GPTQ', 'int4 g128 RTN')} "
+                                  f"(KL to fp32 {gptq['kl_to_fp32']:.3g} vs "
+                                  f"{rtn['kl_to_fp32']:.3g})"})
     if awq_rtn and gptq:
         awq_text = f"AWQ + RTN {awq_rtn['change_pct']:+.2f} %"
         if awq_gptq:
@@ -246,9 +277,10 @@ def checks(report: dict) -> list[dict]:
         found.append({"check": "SparseGPT 50 % better than magnitude 50 %",
                       "passed": sparsegpt["perplexity"] < magnitude["perplexity"],
                       "measured": f"{sparsegpt['perplexity']:.2f} vs "
-                                  f"{magnitude['perplexity']:.2f} (KL to fp32 "
-                                  f"{sparsegpt['kl_to_fp32']:.4f} vs "
-                                  f"{magnitude['kl_to_fp32']:.4f})"})
+                                  f"{magnitude['perplexity']:.2f}"
+                                  f"{_paired(report, 'SparseGPT 50 %', 'magnitude 50 %')} "
+                                  f"(KL to fp32 {sparsegpt['kl_to_fp32']:.3g} vs "
+                                  f"{magnitude['kl_to_fp32']:.3g})"})
     return found
 
 
@@ -294,12 +326,19 @@ def render(report: dict) -> str:
              "take 4 bytes); seconds = the method's own time, one torch thread.", ""]
     rows = [["fp32", f"{fp32['perplexity']:.2f}", "–", "1", "0",
              _bytes(fp32["bytes"], fp32["bytes"]), "–"]]
-    rows += [[row["name"], f"{row['perplexity']:.2f}", f"{row['change_pct']:+.2f} %",
-              f"{row['agreement']:.4f}", f"{row['kl_to_fp32']:.4f}",
+    rows += [[row["name"], f"{row['perplexity']:.2f}",
+              f"{row['change_pct']:+.2f} ± {row['change_se_pct']:.2f} %",
+              f"{row['agreement']:.4f}", f"{row['kl_to_fp32']:.3g}",
               _bytes(row["bytes"], fp32["bytes"]), f"{row['seconds']:.1f}"]
              for row in report["models"]]
     lines += markdown_table(["method", "perplexity", "Δ vs fp32", "next-token agreement",
                              "KL to fp32 (nats/token)", "bytes (of fp32)", "seconds"], rows)
+    lines += ["", "± is the standard error of the change, paired with fp32 by sequence "
+              f"({report['data']['test']} test sequences). Pairs of rows, compared the same way "
+              "(the first row's perplexity against the second's):", ""]
+    lines += markdown_table(["row", "against", "perplexity change"], [
+        [c["row"], c["against"], f"{c['change_pct']:+.2f} ± {c['se_pct']:.2f} %"]
+        for c in report.get("comparisons", [])])
     lines += ["", "## Issue 14 done-when", ""]
     lines += markdown_table(["check", "measured", "passed"],
                             [[c["check"], c["measured"], "yes" if c["passed"] else "**no**"]
@@ -358,8 +397,11 @@ def main() -> None:
                                                                      version is not None)
             if not args.only or any(name.startswith(prefix) for prefix in args.only)]
 
+    scores: dict[str, LanguageScores] = {}
+
     def run(item: tuple[str, str, Make]) -> dict:
-        row = measure(setting, *item)
+        row, scores[item[0]] = measure(setting, *item)
+        report["comparisons"] = comparisons(scores)
         report["checks"] = checks({**report, "models": [*report["models"], row]})
         report["seconds"] = time.perf_counter() - started
         return row

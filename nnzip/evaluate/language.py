@@ -39,6 +39,9 @@ class LanguageScores:
     tokens: int
     #: The most likely next token at every position, shaped like the split's targets.
     predictions: torch.Tensor
+    #: The cross-entropy of every target token (nats), shaped like the split's targets: what
+    #: a paired comparison of two models needs (:func:`perplexity_change`).
+    token_losses: torch.Tensor | None = None
     #: Mean KL(p_reference ‖ p_model) per token in nats, when a reference model was given.
     kl_to_reference: float | None = None
 
@@ -67,7 +70,7 @@ def next_token_scores(model: nn.Module, data: DataSplits, split: str = "test",
         raise NnzipError(f"the {split} split of {data.name!r} is empty: nothing to score")
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
-    total, divergence, tokens, predictions = 0.0, 0.0, 0, []
+    total, divergence, tokens, predictions, losses = 0.0, 0.0, 0, [], []
     with eval_mode(model), torch.no_grad():
         for inputs, targets in data.loader(split, batch_size=batch_size or eval_batch_size(data)):
             logits = model(inputs.to(device))
@@ -77,14 +80,32 @@ def next_token_scores(model: nn.Module, data: DataSplits, split: str = "test",
                                  f"{labels.shape[0]} target tokens (logits shape "
                                  f"{tuple(logits.shape)}, targets {tuple(targets.shape)}): a "
                                  "language model must give (batch, positions, vocabulary)")
-            total += float(F.cross_entropy(rows.float(), labels, reduction="sum").double())
+            token_losses = F.cross_entropy(rows.float(), labels, reduction="none")
+            total += float(token_losses.double().sum())
+            losses.append(token_losses.reshape(targets.shape).cpu())
             tokens += labels.numel()
             predictions.append(rows.argmax(dim=-1).reshape(targets.shape).cpu())
             if reference is not None:
                 divergence += _kl_sum(rows, reference, inputs.to(device))
     return LanguageScores(cross_entropy=total / tokens, tokens=tokens,
-                          predictions=torch.cat(predictions),
+                          predictions=torch.cat(predictions), token_losses=torch.cat(losses),
                           kl_to_reference=divergence / tokens if reference is not None else None)
+
+
+def perplexity_change(scores: LanguageScores, reference: LanguageScores) -> tuple[float, float]:
+    """(change of perplexity against ``reference`` in %, its standard error in %), paired by
+    sequence: the standard error of the mean per-sequence loss difference over the split's
+    sequences (tokens of one sequence are not independent, sequences nearly are), carried to
+    perplexity to first order (d ppl / ppl = d loss)."""
+    if scores.token_losses is None or reference.token_losses is None \
+            or scores.token_losses.shape != reference.token_losses.shape:
+        raise NnzipError("a paired perplexity change needs the token losses of both models on "
+                         "the same split: score both with next_token_scores")
+    per_sequence = (scores.token_losses.double() - reference.token_losses.double()).mean(dim=1)
+    error = float(per_sequence.std() / math.sqrt(len(per_sequence))) if len(per_sequence) > 1 \
+        else math.nan
+    change = 100 * (math.exp(scores.cross_entropy - reference.cross_entropy) - 1)
+    return change, 100 * error
 
 
 def _kl_sum(rows: torch.Tensor, reference: nn.Module, inputs: torch.Tensor) -> float:

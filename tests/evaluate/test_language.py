@@ -12,7 +12,7 @@ from torch import nn
 from nnzip.data.splits import eval_batch_size
 from nnzip.errors import NnzipError
 from nnzip.evaluate.accuracy import agreement
-from nnzip.evaluate.language import next_token_scores, perplexity
+from nnzip.evaluate.language import next_token_scores, perplexity, perplexity_change
 
 
 class Uniform(nn.Module):
@@ -63,6 +63,20 @@ def test_kl_to_a_reference_is_zero_for_itself_and_the_mean_per_token_otherwise(d
     expected = float((log_p.exp() * (log_p - log_q)).sum(-1).mean())
     measured = next_token_scores(model, data, batch_size=5, reference=other).kl_to_reference
     assert expected > 0 and measured == pytest.approx(expected, rel=1e-4)
+
+
+def test_perplexity_change_is_paired_by_sequence(data):
+    model, other = tiny_lm(data), tiny_lm(data, seed=1)
+    mine, theirs = next_token_scores(model, data), next_token_scores(other, data)
+    assert mine.token_losses.shape == data.test.tensors[1].shape
+    assert float(mine.token_losses.double().mean()) == pytest.approx(mine.cross_entropy,
+                                                                     rel=1e-6)
+    change, error = perplexity_change(mine, theirs)
+    assert change == pytest.approx(100 * (mine.perplexity / theirs.perplexity - 1), rel=1e-6)
+    differences = (mine.token_losses - theirs.token_losses).double().mean(dim=1)
+    assert error == pytest.approx(100 * float(differences.std()) / len(differences) ** 0.5,
+                                  rel=1e-6)
+    assert perplexity_change(mine, mine) == (0.0, 0.0)
 
 
 def test_agreement_of_next_token_predictions(data):
