@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/hf_prune.py
 	$(PY) benchmarks/hf_save.py
 	$(PY) benchmarks/minilm_recipe.py
+	$(PY) benchmarks/lm_stsb.py
 	$(PY) benchmarks/coverage.py
 
 lint: $(STAMP)

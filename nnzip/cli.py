@@ -251,12 +251,22 @@ def cmd_train(args: argparse.Namespace) -> None:
     TrainConfig.model_validate(config.model_dump())  # re-check the overrides' ranges
     result = fit(model, data, config, checkpoint=args.checkpoint,
                  progress=not args.no_progress, description=f"train {args.arch}")
-    test_accuracy = accuracy(predict_logits(model, data.loader("test", 256)), data.test.tensors[1])
-    path = save_model(model, args.out, extra={"training": config.model_dump(),
-                                              "test_accuracy": test_accuracy})
-    console.print(f"{args.arch}: best val accuracy {100 * result.best_val_accuracy:.2f}% "
-                  f"(epoch {result.best_epoch}), test accuracy {100 * test_accuracy:.2f}% "
-                  f"on {len(data.test)} images")
+    if data.task == "lm":  # a split's logits would not fit in memory: scored batch by batch
+        from nnzip.evaluate.language import next_token_scores
+
+        scores = next_token_scores(model, data)
+        test = {"test_perplexity": scores.perplexity}
+        measured = f"test perplexity {scores.perplexity:.2f} on {scores.tokens} tokens"
+        val_name = "val next-token accuracy"
+    else:
+        test_accuracy = accuracy(predict_logits(model, data.loader("test", 256)),
+                                 data.test.tensors[1])
+        test = {"test_accuracy": test_accuracy}
+        measured = f"test accuracy {100 * test_accuracy:.2f}% on {len(data.test)} images"
+        val_name = "val accuracy"
+    path = save_model(model, args.out, extra={"training": config.model_dump(), **test})
+    console.print(f"{args.arch}: best {val_name} {100 * result.best_val_accuracy:.2f}% "
+                  f"(epoch {result.best_epoch}), {measured}")
     console.print(f"model: {path}")
 
 

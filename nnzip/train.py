@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 
 from nnzip.atomic import atomic_path
 from nnzip.core.outputs import prediction_rows
-from nnzip.data.splits import DataSplits
+from nnzip.data.splits import DataSplits, eval_batch_size
 from nnzip.distill.losses import DistillOptions, distillation_loss
 from nnzip.errors import NnzipError
 from nnzip.stage import Context, Stage
@@ -227,7 +227,7 @@ def fit(model: nn.Module, data: DataSplits, config: TrainConfig | None = None, *
         log.info("resuming %s from %s at epoch %d", description, checkpoint, start_epoch)
 
     finished = state is not None and state.get("finished", False)
-    val_loader = data.loader("val", batch_size=256)
+    val_loader = data.loader("val", batch_size=eval_batch_size(data))
     epoch = start_epoch
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[status]}"), TimeElapsedColumn())
@@ -349,13 +349,16 @@ def fit_batches(model: nn.Module, batches: list, batch_loss: BatchLoss,
     return losses
 
 
-#: Training recipes for the zoo on MNIST-sized data; measured in benchmarks/results/zoo_mnist.md.
+#: Training recipes for the zoo on MNIST-sized data (measured in benchmarks/results/zoo_mnist.md)
+#: and, for ``gpt``, on the STS-B sentences of ``stsb-lm`` (benchmarks/results/lm_stsb.md): 2 000
+#: blocks of 64 tokens, so small batches give the from-scratch transformer enough steps.
 DEFAULT_TRAINING: dict[str, TrainConfig] = {
     "lenet300": TrainConfig(epochs=60, lr=1e-3, patience=15),
     "lenet5": TrainConfig(epochs=20, lr=1e-3, patience=8),
     "resnet8": TrainConfig(epochs=15, lr=2e-3, patience=5),
     "resnet20": TrainConfig(epochs=15, lr=2e-3, patience=5),
     "mobilenetv2": TrainConfig(epochs=15, lr=2e-3, patience=5),
+    "gpt": TrainConfig(epochs=8, lr=1e-3, batch_size=16, patience=2, augment=False),
 }
 
 

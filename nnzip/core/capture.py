@@ -84,3 +84,49 @@ def feed_layer(model: nn.Module, layer: nn.Module, batches: Iterable,
         raise NnzipError(f"the forward pass never reached {type(layer).__name__}: is it part "
                          "of the model's forward?")
     return samples
+
+
+def feed_layers(model: nn.Module, layers: Mapping[str, nn.Module], batches: Iterable,
+                visit: Callable[[str, torch.Tensor], None]) -> int:
+    """:func:`feed_layer` for several layers in one pass: ``visit(name, input)`` for each
+    layer's first input of every batch, the forward stopped once every layer has been seen
+    (collect once, apply many: one pass serves every layer a method scales or measures).
+
+    Returns the number of samples fed; a layer the forward never reaches is an error naming it.
+    """
+    seen: set[str] = set()
+    reached: set[str] = set()
+
+    def hook_for(name: str):
+        def on_input(_module, args):
+            if name in seen:
+                return
+            seen.add(name)
+            visit(name, args[0])
+            if len(seen) == len(layers):
+                raise _LayerReached
+        return on_input
+
+    handles = [layer.register_forward_pre_hook(hook_for(name)) for name, layer in layers.items()]
+    samples = 0
+    try:
+        with eval_mode(model), torch.no_grad(), attention_fast_path_off():
+            for batch in batches:
+                samples += batch_size(batch)
+                seen.clear()
+                try:
+                    run_batch(model, batch)
+                except _LayerReached:
+                    pass
+                reached |= seen
+    finally:
+        for handle in handles:
+            handle.remove()
+    if samples == 0:
+        raise NnzipError("the calibration set is empty: pass at least one batch of training "
+                         "inputs (e.g. nnzip.data.calibration_batches(data, 8))")
+    missing = sorted(set(layers) - reached)
+    if missing:
+        raise NnzipError(f"the forward pass never reached {', '.join(missing)}: are they part "
+                         "of the model's forward?")
+    return samples

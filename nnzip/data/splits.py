@@ -151,6 +151,19 @@ def probe_batch(data: DataSplits, batch_size: int = 1, split: str = "test") -> t
     return inputs[torch.arange(batch_size) % len(inputs)]
 
 
+#: Logit entries one evaluation batch may hold (2^24 float32 values: 64 MiB). A language model
+#: gives (batch, positions, vocabulary) logits, 200 000 times an MNIST classifier's per sample.
+EVAL_LOGITS_BUDGET = 2**24
+
+
+def eval_batch_size(data: DataSplits, largest: int = 256) -> int:
+    """The batch size that keeps one batch's logits within :data:`EVAL_LOGITS_BUDGET`: ``largest``
+    for a classifier (10 classes: 256), 8 for 64-token blocks over a 30 522-word vocabulary."""
+    targets = data.test.tensors[1] if len(data.test) else data.train.tensors[1]
+    per_sample = max(1, data.num_classes) * max(1, targets[0].numel() if len(targets) else 1)
+    return max(1, min(largest, EVAL_LOGITS_BUDGET // per_sample))
+
+
 def describe_inputs(batch: torch.Tensor) -> str:
     """'shape (2, 1, 28, 28), dtype float32': what a model was given, for error messages."""
     return f"shape {tuple(batch.shape)}, dtype {str(batch.dtype).removeprefix('torch.')}"

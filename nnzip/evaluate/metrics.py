@@ -28,12 +28,12 @@ log = logging.getLogger(__name__)
 REPORT_MODEL_KEYS = (
     "name", "stage", "task", "params", "nonzero_params", "size_bytes", "compression_ratio",
     "flops", "macs", "latency_ms", "speedup", "throughput_per_s", "peak_memory_bytes",
-    "accuracy", "top5", "agreement", "perplexity", "loss", "spearman", "fidelity",
-    "neighbour_overlap", "robustness", "energy_j", "energy_note",
+    "accuracy", "top5", "agreement", "perplexity", "loss", "kl_to_reference", "spearman",
+    "fidelity", "neighbour_overlap", "robustness", "energy_j", "energy_note",
 )
 #: The task metrics (:mod:`nnzip.tasks`); each task fills its own, the others are None.
-TASK_METRIC_KEYS = ("accuracy", "top5", "agreement", "perplexity", "loss", "spearman",
-                    "fidelity", "neighbour_overlap")
+TASK_METRIC_KEYS = ("accuracy", "top5", "agreement", "perplexity", "loss", "kl_to_reference",
+                    "spearman", "fidelity", "neighbour_overlap")
 
 
 def _first_line(error: BaseException) -> str:
@@ -80,13 +80,13 @@ def check_model_accepts(model: nn.Module, data: DataSplits, name: str) -> None:
 
     task = task_of(data)
     shape = tuple(output.shape) if isinstance(output, torch.Tensor) else None
-    expected = task.output_shape(data)
-    if shape != expected:
+    expected = task.output_shapes(data)
+    if shape not in expected:
         wanted = ("a classifier with one output per class of the data" if task.name == "classify"
                   else f"a model for the {task.name} task ({task.description})")
         raise NnzipError(
             f"model {name!r} returns {shape if shape else type(output).__name__} for one sample "
-            f"({describe_inputs(sample)}), expected {task.output_name} of shape {expected}: "
+            f"({describe_inputs(sample)}), expected {task.output_name} of shape {expected[0]}: "
             f"pass {wanted}{_input_hints(data)}")
     # Latency, memory and accuracy run batches: a model traced or exported with a fixed batch
     # size of 1 would otherwise fail deep inside a measurement. The pair is real data too, so a

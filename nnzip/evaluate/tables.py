@@ -68,6 +68,7 @@ METRIC_COLUMNS = (
     ("accuracy", "Accuracy", fmt_percent),
     ("top5", "Top-5", fmt_percent),
     ("agreement", "Agreement", fmt_percent),
+    ("kl_to_reference", "KL to original", fmt_plain),
     ("fidelity", "Fidelity (cos)", fmt_plain),
     ("neighbour_overlap", "Top-10 overlap", fmt_percent),
 )

@@ -18,6 +18,7 @@ from typing import Any
 from torch import nn
 
 from nnzip.errors import NnzipError
+from nnzip.models.causal_lm import CausalLM
 from nnzip.models.lenet import LeNet5, LeNet300100
 from nnzip.models.mobilenet import MobileNetV2
 from nnzip.models.resnet import CifarResNet
@@ -37,6 +38,13 @@ def _image_channels(arch: str, input_shape: InputShape) -> dict[str, Any]:
         raise NnzipError(f"{arch} needs image inputs shaped (channels, height, width), got "
                          f"{tuple(input_shape)}: use lenet300 for flat feature vectors{grey}")
     return {"in_channels": input_shape[0]}
+
+
+def _token_positions(arch: str, input_shape: InputShape) -> dict[str, Any]:
+    if len(input_shape) != 1:
+        raise NnzipError(f"{arch} takes token ids shaped (positions,) per sample, got "
+                         f"{tuple(input_shape)}: use token data such as --data stsb-lm")
+    return {"n_positions": input_shape[0]}
 
 
 def _image_channels_and_size(arch: str, input_shape: InputShape) -> dict[str, Any]:
@@ -79,6 +87,9 @@ ZOO: dict[str, ZooEntry] = {
                        _image_channels),
     "mobilenetv2": ZooEntry(MobileNetV2, "small MobileNetV2 with depthwise convs",
                             _image_channels),
+    "gpt": ZooEntry(CausalLM, "GPT-2-style causal LM from a transformers config, LM head tied to "
+                    "the embedding (4.7M params on stsb-lm, 3.9M of them the embedding)",
+                    _token_positions),
 }
 
 

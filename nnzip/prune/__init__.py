@@ -87,6 +87,7 @@ from nnzip.prune.transformer import (
     prune_heads,
     prune_heads_and_neurons,
     prune_neurons,
+    transformer_blocks,
     unit_importance,
 )
 from nnzip.prune.unstructured import (
@@ -110,7 +111,7 @@ __all__ = [
     "weighted_sparsity", "Sensitivity", "layer_sizes", "PruneChannels", "prune_channels",
     "prunable_layers", "calibrated_prune", "sparsegpt_prune", "sparsegpt_prune_weight",
     "wanda_mask", "wanda_prune", "DropLayers", "PruneHeads", "drop_layers", "encoder_layers",
-    "encoder_linear_weights",
+    "encoder_linear_weights", "transformer_blocks",
     "encoder_shape", "prune_heads", "prune_heads_and_neurons", "prune_neurons", "unit_importance",
     "prune", "pruning_coverage", "nm_skip_reason", "nm_skipped", "nm_prune_with_skips",
     "calibrated_prune_with_skips", "calibrated_skip_reason", "conv_input_rows", "task_loss",

@@ -1,4 +1,5 @@
-"""Structured pruning of BERT-style encoders: attention heads, FFN neurons and whole layers.
+"""Structured pruning of transformers: attention heads and FFN neurons of BERT-style encoders,
+and whole layers of any stack of transformer blocks (BERT, GPT-2, ...).
 
 The Linear layers really shrink, so the encoder gets smaller and faster:
 
@@ -10,7 +11,9 @@ The Linear layers really shrink, so the encoder gets smaller and faster:
   dense layer.
 - **layers** (:func:`drop_layers`): whole transformer layers, e.g. every other one, to be
   recovered by distillation (Sanh et al. 2019, DistilBERT, initialise a student from every other
-  layer of the teacher).
+  layer of the teacher). Any model whose blocks are one ``nn.ModuleList`` works: a BERT-style
+  encoder, or a stack as long as its config's layer count (GPT-2's ``transformer.h``, which
+  ``config.n_layer`` counts); the config is updated to the layers kept.
 
 What to remove is scored on calibration batches, kept apart from the surgery:
 
@@ -21,8 +24,9 @@ What to remove is scored on calibration batches, kept apart from the surgery:
   multiplies every head's (neuron's) output, and the importance is E|∂L/∂ξ| for a task loss
   ``loss_fn(model, batch)`` (the first-order loss change when the unit is removed).
 
-A layer is found by its parts (``attention.self.{query,key,value}``, ``attention.output.dense``,
-``intermediate.dense``, ``output.dense``: BERT, RoBERTa, MiniLM, ...); any other model is refused.
+For heads and neurons a layer is found by its parts (``attention.self.{query,key,value}``,
+``attention.output.dense``, ``intermediate.dense``, ``output.dense``: BERT, RoBERTa, MiniLM, ...);
+any other model is refused.
 """
 
 from __future__ import annotations
@@ -102,15 +106,41 @@ def _layer_list(model: nn.Module) -> nn.ModuleList:
                      "one; use prune_channels for other models")
 
 
+def _layer_count(module: nn.Module) -> int | None:
+    config = getattr(module, "config", None)
+    count = getattr(config, "num_hidden_layers", None)  # GPT-2's config maps it to n_layer
+    return count if isinstance(count, int) else None
+
+
+def transformer_blocks(model: nn.Module) -> nn.ModuleList:
+    """The list of transformer layers of ``model``: a BERT-style encoder's, or else the
+    ``nn.ModuleList`` of same-type blocks holding Linear layers whose length is the layer count
+    of a config in the model (GPT-2's ``transformer.h``)."""
+    try:
+        return _layer_list(model)
+    except NnzipError:
+        pass
+    counts = {count for module in model.modules() if (count := _layer_count(module))}
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) in counts \
+                and len({type(child) for child in module}) == 1 \
+                and any(isinstance(m, nn.Linear) for m in module[0].modules()):
+            return module
+    raise NnzipError(f"{type(model).__name__} is not a BERT-style encoder nor a stack of "
+                     "transformer blocks nnzip can find (an nn.ModuleList of blocks as long as "
+                     "its config's num_hidden_layers / n_layer): layer dropping needs one")
+
+
 def encoder_layers(model: nn.Module) -> list[EncoderLayer]:
     """The encoder's layers in order; a model that is not a BERT-style encoder is an error."""
     return [_as_layer(module) for module in _layer_list(model)]
 
 
 def encoder_linear_weights(model: nn.Module) -> list[str]:
-    """Names of every Linear weight inside the encoder layers (not the embeddings, nor a pooler
-    the sentence embedding does not use): what Wanda / SparseGPT prune in a transformer."""
-    layers = {id(module) for module in _layer_list(model)}
+    """Names of every Linear weight inside the transformer layers (not the embeddings, a
+    pooler the sentence embedding does not use, nor a language model's head): what Wanda /
+    SparseGPT prune in a transformer (encoder or decoder, :func:`transformer_blocks`)."""
+    layers = {id(module) for module in transformer_blocks(model)}
     return [f"{name}.{sub}.weight" for name, module in model.named_modules()
             if id(module) in layers
             for sub, child in module.named_modules() if isinstance(child, nn.Linear)]
@@ -193,8 +223,9 @@ def prune_neurons(model: nn.Module, neurons: Mapping[int, Sequence[int]]) -> Non
 
 
 def drop_layers(model: nn.Module, keep: Sequence[int]) -> None:
-    """Keep only the encoder layers ``keep`` (in that order), in place; the config follows."""
-    container = _layer_list(model)
+    """Keep only the transformer layers ``keep`` (in that order), in place; the config's layer
+    count follows (``num_hidden_layers``, which is GPT-2's ``n_layer``)."""
+    container = transformer_blocks(model)
     keep = [int(i) for i in keep]
     if not keep:
         raise NnzipError("keep at least one encoder layer")
@@ -203,6 +234,11 @@ def drop_layers(model: nn.Module, keep: Sequence[int]) -> None:
         raise NnzipError(f"layers to keep must be distinct indices in 0..{len(container) - 1}, "
                          f"got {keep}")
     kept = [container[i] for i in keep]
+    if any(getattr(getattr(m, "config", None), "scale_attn_by_inverse_layer_idx", False)
+           for m in model.modules()):
+        raise NnzipError("this model scales attention by 1 / (layer index + 1) "
+                         "(scale_attn_by_inverse_layer_idx), so renumbering the layers kept "
+                         "would change what they compute: layer dropping is not supported here")
     for position, layer in enumerate(kept):
         for module in layer.modules():
             if hasattr(module, "layer_idx"):
@@ -417,17 +453,21 @@ class PruneHeads(Stage):
 
 
 class DropLayers(Stage):
-    """Recipe stage ``drop_layers``: keep only the encoder layers ``keep`` (default: every other
-    one, 1, 3, 5, ...); follow it with distillation to recover."""
+    """Recipe stage ``drop_layers``: keep only the transformer layers ``keep`` (default: every
+    other one, 1, 3, 5, ...) of a BERT-style encoder or a GPT-2-style decoder; follow it with
+    distillation to recover."""
 
     kind = "drop_layers"
 
     keep: list[int] | None = None
 
     def apply(self, model: nn.Module, context: Context) -> nn.Module:
-        count = len(encoder_layers(model))
+        count = len(transformer_blocks(model))
         keep = self.keep if self.keep is not None else every_other_layer(count)
+        params_before = sum(p.numel() for p in model.parameters())
         drop_layers(model, keep)
         context.record("kept_layers", list(keep))
         context.record("layers_before", count)
+        context.record("params_before", params_before)
+        context.record("params_after", sum(p.numel() for p in model.parameters()))
         return model

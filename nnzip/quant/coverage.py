@@ -62,13 +62,16 @@ def _merge(parts: dict[str, str]) -> str:
 def quant_coverage(original: nn.Module, quantized: nn.Module, method: str, *,
                    origins: Mapping[str, tuple[str, str]] | None = None,
                    skipped: Mapping[str, str] | None = None,
-                   notes: Mapping[str, str] | None = None) -> Coverage:
+                   notes: Mapping[str, str] | None = None,
+                   also_changed: Mapping[str, str] | None = None) -> Coverage:
     """Coverage of ``method`` over ``original``'s parameters.
 
     ``origins`` maps weight names of the quantized model to (original name, part) (from
     :func:`nnzip.quant.attention.unfuse_attention`); ``skipped`` maps weight names of the
     quantized model's float structure to why they were left; ``notes`` adds to the description
-    of a quantized layer or weight, by its name (e.g. ", GPTQ rounding").
+    of a quantized layer or weight, by its name (e.g. ", GPTQ rounding"); ``also_changed``
+    names parameters a method changed without quantizing them (a LayerNorm AWQ folded its
+    scales into), with what was done.
     """
     origins, notes = origins or {}, notes or {}
     changed: dict[str, dict[str, str]] = {}
@@ -82,6 +85,8 @@ def quant_coverage(original: nn.Module, quantized: nn.Module, method: str, *,
         place(changed, f"{name}.weight", describe_layer(layer) + notes.get(name, ""))
     for name, (quantizer, _) in quantized_weights(quantized).items():
         place(changed, name, describe_weight(quantizer) + notes.get(name, ""))
+    for name, note in (also_changed or {}).items():
+        place(changed, name, note)
     for name, reason in (skipped or {}).items():
         place(left, name, reason)
     for name, parts in left.items():  # a projection left float beside quantized ones

@@ -145,9 +145,10 @@ def gptq_quantize_weight(weight: torch.Tensor, hessian: torch.Tensor, scheme: QS
 def _layer_hessian(model: nn.Module, layer: QuantizedLayer, batches: list) -> torch.Tensor:
     columns = layer.layer.weight[0].numel()
     hessian = Hessian(columns)
-    # The kernel multiplies the quantized input: that is the X whose product GPTQ preserves.
-    feed_layer(model, layer, batches,
-               lambda x: hessian.add(layer_input_rows(layer.layer, layer.quantize_input(x))))
+    # The kernel multiplies the quantized input, divided first by the layer's per-channel
+    # factors (SmoothQuant, AWQ) where it has them: that is the X whose product GPTQ preserves.
+    feed_layer(model, layer, batches, lambda x: hessian.add(
+        layer_input_rows(layer.layer, layer.quantize_input(layer.smooth_input(x)))))
     return hessian.value()
 
 

@@ -259,13 +259,16 @@ class QuantizedLayer(nn.Module):
         self.weight_fixed = True
 
     def smooth(self, factors: torch.Tensor) -> None:
-        """Migrate quantization difficulty from the input to the weight (SmoothQuant): the
-        input is divided by ``factors`` (one per input channel) and the weight's columns are
-        multiplied by them, so the float function is unchanged. Call before calibration."""
+        """Migrate quantization difficulty from the input to the weight (SmoothQuant), or
+        protect the weight columns that meet large inputs (AWQ): the input is divided by
+        ``factors`` (one per input channel) and the weight's columns are multiplied by them, so
+        the float function is unchanged. Call before calibration (before the weight is rounded,
+        for a weight-only layer)."""
         if not isinstance(self.layer, nn.Linear):
             raise NnzipError(f"SmoothQuant scales the input channels of Linear layers, not "
                              f"{type(self.layer).__name__}")
-        if self.weight_int is not None or self.mode != "observe":
+        calibrated = self.input_scheme is not None and self.mode != "observe"
+        if self.weight_int is not None or calibrated:
             raise NnzipError("smooth() changes the weight and the input range: call it after "
                              "prepare() and before calibration")
         factors = factors.detach().float().reshape(-1)

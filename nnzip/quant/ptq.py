@@ -8,10 +8,11 @@ Quantization") in three steps, each a plain function:
 2. :func:`calibrate`: run calibration batches (training data, never the test set);
 3. :func:`convert`: fix every input range and round every weight to its integers.
 
-At 4 bits three optional steps reduce what rounding to nearest loses (Nagel et al.
-2019; Frantar et al. 2023), each its own module and switched on in :class:`QuantConfig`:
-``equalize`` (cross-layer equalization, after folding), ``rounding="gptq"`` (after convert) and
-``bias_correction`` (last, so it corrects the final weights).
+At 4 bits four optional steps reduce what rounding to nearest loses (Nagel et al.
+2019; Frantar et al. 2023; Lin et al. 2024), each its own module and switched on in
+:class:`QuantConfig`: ``equalize`` (cross-layer equalization, after folding), ``awq``
+(activation-aware scales of weight-only Linear layers, before rounding), ``rounding="gptq"``
+(after convert) and ``bias_correction`` (last, so it corrects the final weights).
 
 :func:`quantize_static` does all of it (:func:`static_ptq` also says what it did);
 :func:`quantize_dynamic` is the one-call equivalent of PyTorch's
@@ -38,6 +39,7 @@ from nnzip.models.fold import fold_batchnorm
 from nnzip.models.surgery import set_module
 from nnzip.quant.affine import Granularity, QScheme
 from nnzip.quant.attention import Unfused, unfuse_attention
+from nnzip.quant.awq import DEFAULT_GRID, awq
 from nnzip.quant.bias_correction import bias_correction
 from nnzip.quant.coverage import quant_coverage
 from nnzip.quant.equalize import cross_layer_equalization
@@ -100,6 +102,11 @@ class QuantConfig:
     al. 2023) migrates activation outliers into the Linear weights before calibration
     (:mod:`nnzip.quant.smooth`), of every Linear with quantized inputs or of the named
     ``smoothquant_layers`` only (the paper smooths the layers fed by a LayerNorm: Q, K, V, FC1).
+
+    Weight-only at low bits: ``awq`` (Lin et al. 2024, :mod:`nnzip.quant.awq`) scales the input
+    channels of every weight-only Linear by mean|x|^α, α searched on ``awq_grid`` points for the
+    smallest output error on the calibration batches, before rounding (to nearest or GPTQ); the
+    scales are folded into the LayerNorm or Linear before where the float function allows it.
     """
 
     weight_bits: int = 8
@@ -126,6 +133,8 @@ class QuantConfig:
     embedding_bits: int | None = None
     smoothquant_alpha: float | None = None
     smoothquant_layers: Sequence[str] | None = None
+    awq: bool = False
+    awq_grid: int = DEFAULT_GRID
 
     def _check_rounding(self) -> None:
         if self.rounding not in ("nearest", "gptq"):
@@ -167,6 +176,17 @@ class QuantConfig:
             if self.activation_bits is None:
                 raise NnzipError("SmoothQuant eases activation quantization: it needs "
                                  "activation_bits (W8A8), not weight-only quantization")
+        if self.awq:
+            if self.activation_bits is not None:
+                raise NnzipError(f"AWQ scales weight-only quantization: set activation_bits to "
+                                 f"None (got {self.activation_bits}); for quantized "
+                                 "activations use smoothquant_alpha")
+            if self.weight_format != "affine":
+                raise NnzipError(f"AWQ searches scales for affine integer weights, not "
+                                 f"{self.weight_format}: use weight_format 'affine'")
+        if not isinstance(self.awq_grid, int) or self.awq_grid < 2:
+            raise NnzipError(f"awq_grid is the number of α values tried (20 in the paper), at "
+                             f"least 2, got {self.awq_grid!r}")
 
     def _check_formats(self) -> None:
         for name, bits in {"weight_bits": self.weight_bits, **{
@@ -386,7 +406,11 @@ def static_quantization(model: nn.Module, batches: Iterable,
     if config.smoothquant_alpha is not None:
         smoothed = smooth_quant(quantized, batches, alpha=config.smoothquant_alpha,
                                 layers=config.smoothquant_layers)
+    # Before calibration: a weight-only layer rounds its weight at its first forward.
+    scaled = awq(quantized, batches, grid=config.awq_grid) if config.awq else None
     details: dict[str, Any] = {"calibration_samples": calibrate(quantized, batches)}
+    if scaled is not None:
+        details["awq"] = scaled
     if config.smoothquant_alpha is not None:
         details["smoothed_layers"] = smoothed
     convert(quantized)
@@ -397,11 +421,41 @@ def static_quantization(model: nn.Module, batches: Iterable,
         details["gptq_layers"] = (gptq(quantized, batches, act_order=config.act_order)
                                   if quantized_layers(quantized) else [])
         notes = gptq_notes(quantized, details["gptq_layers"])
+    also_changed: dict[str, str] = {}
+    if scaled is not None:
+        notes, also_changed = awq_notes(quantized, scaled, notes)
     if config.bias_correction:
         details["bias_corrections"] = {name: round(value, 6) for name, value in
                                        bias_correction(quantized, batches).items()}
     method = "gptq" if config.rounding == "gptq" else "quantize_static"
-    return MethodResult(set_eval(quantized), coverage_of(model, prepared, method, notes), details)
+    if config.awq:
+        method = f"awq+{method}"
+    return MethodResult(set_eval(quantized),
+                        coverage_of(model, prepared, method, notes, also_changed), details)
+
+
+def awq_notes(model: nn.Module, scaled: dict, notes: dict[str, str]
+              ) -> tuple[dict[str, str], dict[str, str]]:
+    """What the coverage adds for AWQ: the α of each scaled layer, and the parameters of the
+    modules the scales were folded into (changed too, though nothing quantized them)."""
+    notes = dict(notes)
+    for name, entry in scaled["layers"].items():
+        notes[name] = notes.get(name, "") + f", AWQ scales (α {entry['alpha']:.2f}, " \
+            f"{entry['scales']})"
+    also_changed = {}
+    for producer, layers in scaled["folded"].items():
+        what = f"divided by the AWQ scales of {', '.join(layers)} (same float function)"
+        module = model.get_submodule(producer)
+        if isinstance(module, QuantizedLayer):  # a Linear before: its rows took the fold
+            notes[producer] = notes.get(producer, "") + f", rows {what}"
+            module = module.layer
+            attrs = ("bias",)
+        else:
+            attrs = ("weight", "bias")
+        for attr in attrs:
+            if getattr(module, attr, None) is not None:
+                also_changed[f"{producer}.{attr}"] = what
+    return notes, also_changed
 
 
 def gptq_notes(model: nn.Module, gptq_layers: list[str]) -> dict[str, str]:
@@ -417,12 +471,15 @@ def gptq_notes(model: nn.Module, gptq_layers: list[str]) -> dict[str, str]:
 
 
 def coverage_of(model: nn.Module, prepared: Prepared, method: str,
-                notes: dict[str, str] | None = None) -> Coverage:
-    """The coverage of ``method`` over ``model``'s parameters, once ``prepared`` is quantized."""
+                notes: dict[str, str] | None = None,
+                also_changed: dict[str, str] | None = None) -> Coverage:
+    """The coverage of ``method`` over ``model``'s parameters, once ``prepared`` is quantized;
+    ``also_changed`` names parameters changed without being quantized (AWQ's folds)."""
     notes = {name: prepared.notes.get(name, "") + (notes or {}).get(name, "")
              for name in {*prepared.notes, *(notes or {})}}
     coverage = quant_coverage(model, prepared.model, method, origins=prepared.unfused.origins,
-                              skipped=prepared.plan.skipped, notes=notes)
+                              skipped=prepared.plan.skipped, notes=notes,
+                              also_changed=also_changed)
     for name, reason in coverage.skipped.items():  # in the coverage too: not a warning
         log.info("%s left %s: %s", method, name, reason)
     return coverage

@@ -6,6 +6,8 @@ stages:
   - quantize: {weight_bits: 4, observer: kl, weight_range: mse}
   - quantize: {mode: dynamic}                       # int8 Linear weights, per-batch activations
   - quantize: {weight_bits: 4, equalize: true, rounding: gptq, bias_correction: true}
+  - quantize: {weight_bits: 4, activation_bits: null, granularity: group, group_size: 128,
+               awq: true, rounding: gptq}           # AWQ scales, then GPTQ (weight-only)
   - quantize: {weight_format: pow2, weight_bits: 4} # signed powers of two, 4 bits
   - qat: {weight_bits: 4, estimator: lsq}           # learned step sizes
   - qat: {weight_format: binary, lr: 0.001}         # 1-bit weights (XNOR-Net's BWN)
@@ -115,7 +117,9 @@ class Quantize(QuantOptions):
     weight-only tensors as in static mode), as ``torch.ao.quantization.quantize_dynamic`` does.
 
     Static mode only, for 4 bits: ``equalize`` (cross-layer equalization), ``rounding: gptq``
-    (with ``act_order``) and ``bias_correction``; see :class:`QuantConfig`.
+    (with ``act_order``), ``bias_correction`` and, weight-only (``activation_bits: null``),
+    ``awq`` (activation-aware scales, Lin et al. 2024, α searched on ``awq_grid`` points; the
+    per-layer α is recorded in the details); see :class:`QuantConfig`.
 
     Transformers: ``embedding_bits`` stores every ``nn.Embedding`` table in that many bits
     (weight-only, a scale per row); ``smoothquant_alpha`` (0.5 in Xiao et al. 2023) migrates
@@ -135,11 +139,13 @@ class Quantize(QuantOptions):
     embedding_bits: int | None = Field(None, ge=2, le=8)
     smoothquant_alpha: float | None = Field(None, gt=0, lt=1)
     smoothquant_layers: list[str] | None = None
+    awq: bool = False
+    awq_grid: int = Field(20, ge=2)
 
     @model_validator(mode="after")
     def _static_only(self) -> Quantize:
         better = [name for name in ("equalize", "bias_correction", "act_order",
-                                    "smoothquant_alpha") if getattr(self, name)]
+                                    "smoothquant_alpha", "awq") if getattr(self, name)]
         better += ["rounding: gptq"] if self.rounding == "gptq" else []
         if self.mode == "dynamic" and better:
             raise ValueError(f"{', '.join(better)} need calibration: use mode: static")
@@ -170,7 +176,8 @@ class Quantize(QuantOptions):
                 "equalize": self.equalize, "bias_correction": self.bias_correction,
                 "rounding": self.rounding, "act_order": self.act_order,
                 "embedding_bits": self.embedding_bits, "smoothquant_alpha": self.smoothquant_alpha,
-                "smoothquant_layers": self.smoothquant_layers}
+                "smoothquant_layers": self.smoothquant_layers, "awq": self.awq,
+                "awq_grid": self.awq_grid}
 
     def apply(self, model: nn.Module, context: Context) -> nn.Module:
         calibration = self.calibration(context) if self.mode == "static" else None

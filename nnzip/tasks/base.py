@@ -67,10 +67,14 @@ class Task:
         """The task's report entries for ``model`` on ``data``'s test split (see subclasses)."""
         raise NotImplementedError
 
-    def output_shape(self, data) -> tuple[int, ...]:
-        """The shape a model's output must have for one test sample: a logit per class, and per
-        position where the targets have positions."""
-        return (1, *data.test.tensors[1].shape[1:], data.num_classes)
+    def output_shapes(self, data) -> list[tuple[int, ...]]:
+        """The shapes a model's output may have for one test sample: a logit per class, and per
+        position where the targets have positions (classes last, or second as PyTorch's
+        segmentation models give them); the first is the one named in errors."""
+        positions = tuple(data.test.tensors[1].shape[1:])
+        if not positions:
+            return [(1, data.num_classes)]
+        return [(1, *positions, data.num_classes), (1, data.num_classes, *positions)]
 
     def refusal(self, stage) -> str | None:
         """Why ``stage`` (a stage config, or a stage kind) does not fit this task, else None."""

@@ -67,24 +67,35 @@ class LanguageModeling(Classification):
 
     def measure(self, model: nn.Module, data, reference: nn.Module | None, config) -> dict:
         """``perplexity`` (and its log, ``loss``), next-token ``accuracy`` / ``top5``,
-        ``agreement`` with the reference's next token, and ``robustness`` (a note: the probes
-        perturb continuous inputs, and token ids are not)."""
+        ``agreement`` with the reference's next token and ``kl_to_reference`` (mean
+        KL(p_reference ‖ p_model) per token, what perplexity alone can hide), in one pass over
+        batches whose logits stay small (:func:`nnzip.data.splits.eval_batch_size`); and
+        ``robustness`` (a note: the probes perturb continuous inputs, token ids are not)."""
+        from nnzip.data.splits import eval_batch_size
         from nnzip.evaluate.robustness import robustness_report
 
-        loss, correct, top5, agree, count = 0.0, 0, 0, 0, 0
-        loader = data.loader("test", batch_size=config.eval_batch_size)
+        loss, kl, correct, top5, agree, count = 0.0, 0.0, 0, 0, 0, 0
+        loader = data.loader("test", batch_size=min(config.eval_batch_size,
+                                                    eval_batch_size(data)))
         others = () if reference is None else (reference,)
         for outputs, targets, theirs in stream_outputs(model, loader, *others):
             logits, labels = prediction_rows(outputs, targets)
-            loss += float(F.cross_entropy(logits, labels, reduction="sum"))
+            loss += float(F.cross_entropy(logits, labels, reduction="sum").double())
             predicted = logits.argmax(dim=1)
             correct += int((predicted == labels).sum())
             k = min(5, logits.shape[1])
             top5 += int((logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1).sum())
-            agree += len(labels) if not theirs else int(
-                (predicted == prediction_rows(theirs[0])[0].argmax(dim=1)).sum())
+            if theirs:
+                expected = prediction_rows(theirs[0])[0]
+                agree += int((predicted == expected.argmax(dim=1)).sum())
+                kl += float(F.kl_div(F.log_softmax(logits, dim=-1),
+                                     F.log_softmax(expected, dim=-1), reduction="sum",
+                                     log_target=True).double())
+            else:
+                agree += len(labels)
             count += len(labels)
         count = max(count, 1)
         return {"perplexity": math.exp(loss / count), "loss": loss / count,
                 "accuracy": correct / count, "top5": top5 / count, "agreement": agree / count,
+                "kl_to_reference": kl / count,
                 "robustness": robustness_report(model, data, config)}

@@ -55,8 +55,8 @@ class SentenceEmbedding(Task):
                        "encoder has no classes",
     }
 
-    def output_shape(self, data) -> tuple[int, ...]:
-        return (1, *data.test.tensors[1].shape[1:])
+    def output_shapes(self, data) -> list[tuple[int, ...]]:
+        return [(1, *data.test.tensors[1].shape[1:])]
 
     def batch_loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return (1.0 - F.cosine_similarity(outputs, targets.to(outputs.dtype), dim=-1)).mean()

@@ -20,14 +20,24 @@ def _params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+#: Zoo models of token sequences (the rest take images or features).
+TOKEN_MODELS = ("gpt",)
+
+
 @pytest.mark.parametrize("arch", sorted(ZOO))
 def test_every_zoo_model_maps_a_batch_to_class_scores(arch):
     torch.manual_seed(0)
+    if arch in TOKEN_MODELS:  # a language model scores the next token at every position
+        model = create_model(arch, input_shape=(12,), num_classes=50).eval()
+        assert model(torch.randint(0, 50, (2, 12))).shape == (2, 12, 50)
+        return
     model = create_model(arch, input_shape=MNIST_SHAPE, num_classes=10).eval()
     assert model(torch.rand(2, *MNIST_SHAPE)).shape == (2, 10)
 
 
-@pytest.mark.parametrize("arch", sorted(ZOO))
+# The transformers GPT's control flow does not trace with fx; the methods that reach it
+# capture with hooks (GPTQ, AWQ, Wanda) or do their own surgery (drop_layers).
+@pytest.mark.parametrize("arch", sorted(set(ZOO) - set(TOKEN_MODELS)))
 def test_every_zoo_model_traces_with_fx(arch):
     # Structured pruning traces models with torch.fx: no data-dependent control flow allowed.
     model = create_model(arch, input_shape=MNIST_SHAPE, num_classes=10).eval()
