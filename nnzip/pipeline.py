@@ -199,7 +199,8 @@ def save_final_model(model: nn.Module, out_dir: Path, data: DataSplits) -> Path:
     pruned, quantized, factorized) as its ``.nnz``, which reloads bit for bit.
 
     A model quantized by nnzip is saved as a QDQ ``.onnx`` file: int8 weights with their scales,
-    runnable on ONNX Runtime's integer kernels (a .pt2 would hold fp32 copies of the weights).
+    runnable on ONNX Runtime's integer kernels (a .pt2 would hold fp32 copies of the weights);
+    where ONNX has no form for it (group-wise int4) as its ``.nnz``.
     """
     from nnzip.models import export_model, model_spec, save_model
     from nnzip.models.hf import SentenceEncoder
@@ -225,8 +226,12 @@ def save_final_model(model: nn.Module, out_dir: Path, data: DataSplits) -> Path:
             return export_onnx(model, out_dir / "model.onnx", example,
                                **({"sequence_dim": 1} if example.dim() == 2
                                   and not example.is_floating_point() else {}))
-        except NnzipError as error:  # e.g. dynamic quantization: ORT quantizes that itself
-            log.info("saving as torch.export instead of ONNX: %s", error)
+        except NnzipError as error:  # e.g. group-wise int4 (no QDQ form), dynamic int8
+            log.info("not saved as ONNX: %s", error)
+        try:  # weight-only integers keep their size in the .nnz, and reload bit for bit
+            return save_nnz(model, out_dir / "model.nnz", example=example)
+        except NnzipError as error:  # e.g. dynamic quantization
+            log.info("saving as torch.export instead of .nnz: %s", error)
 
     if model_spec(model) is not None:
         try:
