@@ -150,6 +150,17 @@ class QDQLayer(QDQWeight):
                           input_scheme.qmin, input_scheme.qmax,
                           torch.int8 if input_scheme.qmin < 0 else torch.uint8)
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dequantized weight, for parents that read ``.weight`` instead of calling the layer
+        (transformers' ViT reads its patch projection's ``weight.dtype``), as QuantizedLayer
+        offers it; what nothing uses is dropped from the exported graph."""
+        return self.dequantized_weight()
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.layer.bias
+
     def _lookup(self, ids: torch.Tensor) -> torch.Tensor:
         """Embedding rows gathered as integers, then dequantized: dequantizing the whole table
         at every call would cost more than the rest of a small encoder at batch 1."""
