@@ -329,6 +329,9 @@ DEFAULT_TRAINING: dict[str, TrainConfig] = {
     "resnet8": TrainConfig(epochs=15, lr=2e-3, patience=5),
     "resnet20": TrainConfig(epochs=15, lr=2e-3, patience=5),
     "mobilenetv2": TrainConfig(epochs=15, lr=2e-3, patience=5),
+    # A ViT learns slowly from 4 500 digits (nnzip/models/vit.py has what was tried): the
+    # cosine schedule runs to its end, with no early stop on the 500 noisy validation digits.
+    "vit": TrainConfig(epochs=60, lr=1e-3, patience=None),
 }
 
 

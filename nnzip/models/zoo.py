@@ -21,6 +21,7 @@ from nnzip.errors import NnzipError
 from nnzip.models.lenet import LeNet5, LeNet300100
 from nnzip.models.mobilenet import MobileNetV2
 from nnzip.models.resnet import CifarResNet
+from nnzip.models.vit import VisionTransformer
 
 InputShape = tuple[int, ...]
 
@@ -79,6 +80,9 @@ ZOO: dict[str, ZooEntry] = {
                        _image_channels),
     "mobilenetv2": ZooEntry(MobileNetV2, "small MobileNetV2 with depthwise convs",
                             _image_channels),
+    "vit": ZooEntry(VisionTransformer, "small vision transformer: transformers' ViT after a conv "
+                    "stem, 4 layers of 4 heads (173k params on MNIST; needs nnzip[transformers])",
+                    _image_channels_and_size),
 }
 
 

@@ -27,9 +27,15 @@ def test_every_zoo_model_maps_a_batch_to_class_scores(arch):
     assert model(torch.rand(2, *MNIST_SHAPE)).shape == (2, 10)
 
 
-@pytest.mark.parametrize("arch", sorted(ZOO))
+# The zoo's vit is transformers' ViT, which torch.fx cannot trace; it has no BatchNorm to fold,
+# and the one method that still needs a trace (CLE) refuses it by name (tests/models/test_vit.py).
+FX_UNTRACEABLE = {"vit"}
+
+
+@pytest.mark.parametrize("arch", sorted(set(ZOO) - FX_UNTRACEABLE))
 def test_every_zoo_model_traces_with_fx(arch):
-    # Structured pruning traces models with torch.fx: no data-dependent control flow allowed.
+    # BatchNorm folding and CLE find their layer pairs on a torch.fx trace: no data-dependent
+    # control flow allowed.
     model = create_model(arch, input_shape=MNIST_SHAPE, num_classes=10).eval()
     traced = torch.fx.symbolic_trace(model)
     x = torch.rand(2, *MNIST_SHAPE)
