@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/share_deep_compression.py
 	$(PY) benchmarks/hf_quant.py
 	$(PY) benchmarks/hf_prune.py
+	$(PY) benchmarks/vit_mnist.py
 	$(PY) benchmarks/coverage.py
 
 lint: $(STAMP)
