@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/hf_save.py
 	$(PY) benchmarks/minilm_recipe.py
 	$(PY) benchmarks/lm_stsb.py
+	$(PY) benchmarks/vit_mnist.py
 	$(PY) benchmarks/coverage.py
 
 lint: $(STAMP)

@@ -34,7 +34,13 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from common import benchmark_parser, markdown_table, print_table, run_each
+from common import (
+    benchmark_parser,
+    markdown_table,
+    ort_quantize_static,
+    print_table,
+    run_each,
+)
 from nnzip.data import calibration_batches, load_mnist
 from nnzip.evaluate import machine_info
 from nnzip.evaluate.accuracy import accuracy, predict_logits
@@ -51,35 +57,6 @@ BATCHES = (1, 64)
 def test_accuracy(model: nn.Module, data) -> float:
     return accuracy(predict_logits(model, data.loader("test", batch_size=1000)),
                     data.test.tensors[1])
-
-
-def ort_quantize_static(fp32_path: Path, path: Path, batches: list,
-                        weight_type: str = "int8") -> Path:
-    """ONNX Runtime's own static quantization of the same fp32 file, same calibration images.
-
-    Every op gets quantized inputs and outputs (QLinearAdd too), so the whole graph runs on
-    integer kernels; ``weight_type`` uint8 avoids the AVX2 saturation of int8 weights.
-    """
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-
-    input_name = OrtModule(fp32_path).input_name
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.items = iter([{input_name: inputs.numpy()} for inputs, _ in batches])
-
-        def get_next(self):
-            return next(self.items, None)
-
-    quantize_static(str(fp32_path), str(path), Reader(), quant_format=QuantFormat.QDQ,
-                    per_channel=True, activation_type=QuantType.QUInt8,
-                    weight_type={"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}[weight_type])
-    return path
 
 
 def torch_fx_int8(model: nn.Module, batches: list, example: torch.Tensor) -> nn.Module:

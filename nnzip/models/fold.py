@@ -36,6 +36,8 @@ _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 def foldable_pairs(model: nn.Module) -> list[tuple[str, str]]:
     """(layer, batchnorm) module names where the BatchNorm only normalises that layer's output."""
+    if not any(isinstance(module, _BATCHNORMS) for module in model.modules()):
+        return []  # nothing to fold, so no trace needed (models torch.fx cannot trace, too)
     traced = fx_trace(model, "fold BatchNorm in",
                       "remove the fold_batchnorm stage, or fold by hand with "
                       "torch.nn.utils.fusion.fuse_conv_bn_eval")

@@ -22,6 +22,7 @@ from nnzip.models.causal_lm import CausalLM
 from nnzip.models.lenet import LeNet5, LeNet300100
 from nnzip.models.mobilenet import MobileNetV2
 from nnzip.models.resnet import CifarResNet
+from nnzip.models.vit import VisionTransformer
 
 InputShape = tuple[int, ...]
 
@@ -90,6 +91,9 @@ ZOO: dict[str, ZooEntry] = {
     "gpt": ZooEntry(CausalLM, "GPT-2-style causal LM from a transformers config, LM head tied to "
                     "the embedding (4.7M params on stsb-lm, 3.9M of them the embedding)",
                     _token_positions),
+    "vit": ZooEntry(VisionTransformer, "small vision transformer: transformers' ViT after a conv "
+                    "stem, 4 layers of 4 heads (173k params on MNIST; needs nnzip[transformers])",
+                    _image_channels_and_size),
 }
 
 

@@ -13,7 +13,7 @@ masks = magnitude_prune(model, 0.9)          # in place; masks keyed by "fc1.wei
 fold_masks(model, masks)                     # a plain model with exact zeros
 smaller = prune_channels(model, 0.5, example_inputs)   # a copy with half the channels removed
 wanda_prune(model, batches, 0.5)             # or sparsegpt_prune(model, batches, n=2, m=4)
-prune_heads_and_neurons(encoder, batches, 0.3, 0.3)    # a BERT-style encoder, in place
+prune_heads_and_neurons(encoder, batches, 0.3, 0.3)    # a BERT- or ViT-style encoder, in place
 ```
 """
 

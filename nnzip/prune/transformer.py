@@ -1,5 +1,5 @@
-"""Structured pruning of transformers: attention heads and FFN neurons of BERT-style encoders,
-and whole layers of any stack of transformer blocks (BERT, GPT-2, ...).
+"""Structured pruning of transformers: attention heads and FFN neurons of BERT- and ViT-style
+encoders, and whole layers of any stack of transformer blocks (BERT, ViT, GPT-2, ...).
 
 The Linear layers really shrink, so the encoder gets smaller and faster:
 
@@ -24,9 +24,11 @@ What to remove is scored on calibration batches, kept apart from the surgery:
   multiplies every head's (neuron's) output, and the importance is E|∂L/∂ξ| for a task loss
   ``loss_fn(model, batch)`` (the first-order loss change when the unit is removed).
 
-For heads and neurons a layer is found by its parts (``attention.self.{query,key,value}``,
-``attention.output.dense``, ``intermediate.dense``, ``output.dense``: BERT, RoBERTa, MiniLM, ...);
-any other model is refused.
+For heads and neurons a layer is found by its parts, in one of two layouts (:data:`LAYOUTS`):
+BERT's (``attention.self.{query,key,value}``, ``attention.output.dense``, ``intermediate.dense``,
+``output.dense``: BERT, RoBERTa, MiniLM, ...) or ViT's in transformers 5
+(``attention.{q,k,v,o}_proj``, ``mlp.fc1``, ``mlp.fc2``: the zoo's ``vit``). Any other model is
+refused.
 """
 
 from __future__ import annotations
@@ -52,14 +54,55 @@ BatchLoss = Callable[[nn.Module, object], torch.Tensor]
 
 
 @dataclass(frozen=True)
+class Layout:
+    """Where one transformer layer keeps the parts structured pruning touches: paths of the
+    Linear layers inside the layer, the attention module (which holds ``num_attention_heads``)
+    and the name of its head-size attribute."""
+
+    name: str
+    attention: str
+    query: str
+    key: str
+    value: str
+    attention_output: str   # all heads -> hidden
+    intermediate: str       # hidden -> FFN neurons
+    output: str             # FFN neurons -> hidden
+    head_size: str
+
+
+BERT_LAYOUT = Layout("BERT", "attention.self", "attention.self.query", "attention.self.key",
+                     "attention.self.value", "attention.output.dense", "intermediate.dense",
+                     "output.dense", "attention_head_size")
+VIT_LAYOUT = Layout("ViT", "attention", "attention.q_proj", "attention.k_proj",
+                    "attention.v_proj", "attention.o_proj", "mlp.fc1", "mlp.fc2", "head_dim")
+LAYOUTS: tuple[Layout, ...] = (BERT_LAYOUT, VIT_LAYOUT)
+
+
+@dataclass(frozen=True)
 class EncoderLayer:
-    """The parts of one BERT-style layer that structured pruning touches."""
+    """The parts of one transformer layer that structured pruning touches."""
 
     module: nn.Module
-    attention: nn.Module          # holds query, key, value, num_attention_heads, all_head_size
-    attention_output: nn.Linear   # all_head_size -> hidden
-    intermediate: nn.Linear       # hidden -> FFN neurons
-    output: nn.Linear             # FFN neurons -> hidden
+    layout: Layout
+
+    def part(self, path: str) -> nn.Module:
+        return self.module.get_submodule(path)
+
+    @property
+    def attention(self) -> nn.Module:
+        return self.part(self.layout.attention)
+
+    @property
+    def attention_output(self) -> nn.Linear:
+        return self.part(self.layout.attention_output)
+
+    @property
+    def intermediate(self) -> nn.Linear:
+        return self.part(self.layout.intermediate)
+
+    @property
+    def output(self) -> nn.Linear:
+        return self.part(self.layout.output)
 
     @property
     def heads(self) -> int:
@@ -67,7 +110,7 @@ class EncoderLayer:
 
     @property
     def head_size(self) -> int:
-        return int(self.attention.attention_head_size)
+        return int(getattr(self.attention, self.layout.head_size))
 
     @property
     def neurons(self) -> int:
@@ -82,17 +125,30 @@ def _linear(module: nn.Module, path: str) -> nn.Linear | None:
     return found if isinstance(found, nn.Linear) else None
 
 
-def _as_layer(module: nn.Module) -> EncoderLayer | None:
-    parts = [_linear(module, path) for path in (
-        "attention.self.query", "attention.self.key", "attention.self.value",
-        "attention.output.dense", "intermediate.dense", "output.dense")]
+def _fits(module: nn.Module, layout: Layout) -> bool:
+    """Every part is there and every projection has heads × head size units (which leaves out
+    grouped-query attention, whose keys and values have fewer heads)."""
+    parts = [_linear(module, path) for path in (layout.query, layout.key, layout.value,
+                                                layout.attention_output, layout.intermediate,
+                                                layout.output)]
     if any(part is None for part in parts):
-        return None
-    attention = module.get_submodule("attention.self")
-    if not all(hasattr(attention, attr) for attr in ("num_attention_heads",
-                                                    "attention_head_size", "all_head_size")):
-        return None
-    return EncoderLayer(module, attention, parts[3], parts[4], parts[5])
+        return False
+    attention = module.get_submodule(layout.attention)
+    heads = getattr(attention, "num_attention_heads", None)
+    head_size = getattr(attention, layout.head_size, None)
+    if not isinstance(heads, int) or not isinstance(head_size, int):
+        return False
+    width = heads * head_size
+    query, key, value, attention_output = parts[:4]
+    return (query.out_features == key.out_features == value.out_features == width
+            and attention_output.in_features == width)
+
+
+def _as_layer(module: nn.Module) -> EncoderLayer | None:
+    for layout in LAYOUTS:
+        if _fits(module, layout):
+            return EncoderLayer(module, layout)
+    return None
 
 
 def _layer_list(model: nn.Module) -> nn.ModuleList:
@@ -100,10 +156,11 @@ def _layer_list(model: nn.Module) -> nn.ModuleList:
         if isinstance(module, nn.ModuleList) and len(module) and \
                 all(_as_layer(child) is not None for child in module):
             return module
-    raise NnzipError(f"{type(model).__name__} is not a BERT-style encoder (no list of layers "
-                     "with attention.self.query/key/value, attention.output.dense, "
-                     "intermediate.dense and output.dense): head, neuron and layer pruning need "
-                     "one; use prune_channels for other models")
+    raise NnzipError(f"{type(model).__name__} is not a BERT- or ViT-style encoder (no list of "
+                     "layers with attention.self.query/key/value, attention.output.dense, "
+                     "intermediate.dense and output.dense, nor with attention.q/k/v/o_proj, "
+                     "mlp.fc1 and mlp.fc2): head, neuron and layer pruning need one; use "
+                     "prune_channels for other models")
 
 
 def _layer_count(module: nn.Module) -> int | None:
@@ -132,7 +189,8 @@ def transformer_blocks(model: nn.Module) -> nn.ModuleList:
 
 
 def encoder_layers(model: nn.Module) -> list[EncoderLayer]:
-    """The encoder's layers in order; a model that is not a BERT-style encoder is an error."""
+    """The encoder's layers in order; a model that is not a BERT- or ViT-style encoder is an
+    error."""
     return [_as_layer(module) for module in _layer_list(model)]
 
 
@@ -205,21 +263,23 @@ def prune_heads(model: nn.Module, heads: Mapping[int, Sequence[int]]) -> None:
     Every check runs before any layer changes; removing every head of a layer is an error.
     """
     for layer, keep in _plan(model, heads, "head"):
-        size = layer.head_size
+        size, layout = layer.head_size, layer.layout
         columns = torch.cat([torch.arange(h * size, (h + 1) * size) for h in keep])
-        for name in ("query", "key", "value"):
-            setattr(layer.attention, name, _shrunk(getattr(layer.attention, name), columns, 0))
-        layer.module.attention.output.dense = _shrunk(layer.attention_output, columns, 1)
+        for path in (layout.query, layout.key, layout.value):
+            layer.module.set_submodule(path, _shrunk(layer.part(path), columns, 0))
+        layer.module.set_submodule(layout.attention_output,
+                                   _shrunk(layer.attention_output, columns, 1))
         layer.attention.num_attention_heads = len(keep)
-        layer.attention.all_head_size = len(keep) * size
+        if hasattr(layer.attention, "all_head_size"):  # BERT's; ViT's width follows the Linears
+            layer.attention.all_head_size = len(keep) * size
 
 
 def prune_neurons(model: nn.Module, neurons: Mapping[int, Sequence[int]]) -> None:
     """Remove FFN neurons in place: ``neurons`` maps a layer index to the neurons to remove."""
     for layer, keep in _plan(model, neurons, "FFN neuron"):
         index = torch.tensor(keep)
-        layer.module.intermediate.dense = _shrunk(layer.intermediate, index, 0)
-        layer.module.output.dense = _shrunk(layer.output, index, 1)
+        layer.module.set_submodule(layer.layout.intermediate, _shrunk(layer.intermediate, index, 0))
+        layer.module.set_submodule(layer.layout.output, _shrunk(layer.output, index, 1))
 
 
 def drop_layers(model: nn.Module, keep: Sequence[int]) -> None:
@@ -414,7 +474,7 @@ def _calibration_batches(model: nn.Module, context: Context, source: str, count:
 
 class PruneHeads(Stage):
     """Recipe stage ``prune_heads``: remove a share of every layer's attention heads and FFN
-    neurons of a BERT-style encoder, scored by their activation on calibration inputs.
+    neurons of a BERT- or ViT-style encoder, scored by their activation on calibration inputs.
 
     ``calibration: sts`` draws ``calibration_sentences`` STS-B training sentences and tokenizes
     them with the model's tokenizer (a :class:`~nnzip.models.hf.SentenceEncoder`); ``data`` takes

@@ -150,6 +150,17 @@ class QDQLayer(QDQWeight):
                           input_scheme.qmin, input_scheme.qmax,
                           torch.int8 if input_scheme.qmin < 0 else torch.uint8)
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dequantized weight, for parents that read ``.weight`` instead of calling the layer
+        (transformers' ViT reads its patch projection's ``weight.dtype``), as QuantizedLayer
+        offers it; what nothing uses is dropped from the exported graph."""
+        return self.dequantized_weight()
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.layer.bias
+
     def _lookup(self, ids: torch.Tensor) -> torch.Tensor:
         """Embedding rows gathered as integers, then dequantized: dequantizing the whole table
         at every call would cost more than the rest of a small encoder at batch 1."""
@@ -217,6 +228,29 @@ def is_quantized(model: nn.Module) -> bool:
     return bool(quantized_layers(model)) or bool(quantized_weights(model))
 
 
+def _nodes(graph) -> list:
+    """Every node of an ONNX graph, those of its subgraphs (If / Loop bodies) included."""
+    nodes = []
+    for node in graph.node:
+        nodes.append(node)
+        for attribute in node.attribute:
+            subgraphs = [*attribute.graphs, *([attribute.g] if attribute.HasField("g") else [])]
+            for subgraph in subgraphs:
+                nodes.extend(_nodes(subgraph))
+    return nodes
+
+
+def _strip_debug_metadata(path: str | os.PathLike) -> None:
+    """Drop the exporter's per-node debug metadata (stack trace, module path and class, fx node
+    name): nothing a runtime reads, and 29 % of the zoo ViT's fp32 file (258 of 895 KB)."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    for node in _nodes(proto.graph) + [n for f in proto.functions for n in f.node]:
+        del node.metadata_props[:]
+    onnx.save(proto, str(path))
+
+
 def export_onnx(model: nn.Module, path: str | os.PathLike, example: torch.Tensor, *,
                 dynamic_batch: bool = True, opset: int = OPSET,
                 weight_dtype: str = "auto", sequence_dim: int | None = None) -> Path:
@@ -255,5 +289,6 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, example: torch.Tensor
                              "by torch.export (no data-dependent Python control flow)") from exc
         finally:
             registration.setLevel(level)
+        _strip_debug_metadata(tmp)
     log.info("exported %s to %s", type(model).__name__, path)
     return path

@@ -36,10 +36,16 @@ def test_every_zoo_model_maps_a_batch_to_class_scores(arch):
 
 
 # The transformers GPT's control flow does not trace with fx; the methods that reach it
-# capture with hooks (GPTQ, AWQ, Wanda) or do their own surgery (drop_layers).
-@pytest.mark.parametrize("arch", sorted(set(ZOO) - set(TOKEN_MODELS)))
+# capture with hooks (GPTQ, AWQ, Wanda) or do their own surgery (drop_layers). The zoo's vit is
+# transformers' ViT, which torch.fx cannot trace either; it has no BatchNorm to fold, and the
+# one method that still needs a trace (CLE) refuses it by name (tests/models/test_vit.py).
+FX_UNTRACEABLE = {"vit", *TOKEN_MODELS}
+
+
+@pytest.mark.parametrize("arch", sorted(set(ZOO) - FX_UNTRACEABLE))
 def test_every_zoo_model_traces_with_fx(arch):
-    # Structured pruning traces models with torch.fx: no data-dependent control flow allowed.
+    # BatchNorm folding and CLE find their layer pairs on a torch.fx trace: no data-dependent
+    # control flow allowed.
     model = create_model(arch, input_shape=MNIST_SHAPE, num_classes=10).eval()
     traced = torch.fx.symbolic_trace(model)
     x = torch.rand(2, *MNIST_SHAPE)

@@ -142,12 +142,12 @@ def test_pruning_every_head_of_a_layer_is_an_error_and_changes_nothing(encoder, 
     torch.testing.assert_close(_embed(encoder, token_ids), before)
 
 
-def test_a_model_that_is_not_a_bert_style_encoder_is_refused(mlp, digits):
-    with pytest.raises(NnzipError, match="not a BERT-style encoder"):
+def test_a_model_that_is_not_a_bert_or_vit_style_encoder_is_refused(mlp, digits):
+    with pytest.raises(NnzipError, match="not a BERT- or ViT-style encoder"):
         prune_heads(mlp, {0: [0]})
-    with pytest.raises(NnzipError, match="not a BERT-style encoder"):
+    with pytest.raises(NnzipError, match="not a BERT- or ViT-style encoder"):
         prune_heads_and_neurons(mlp, [digits.test.tensors[0][:4]], 0.3, 0.3)
-    with pytest.raises(NnzipError, match="not a BERT-style encoder"):
+    with pytest.raises(NnzipError, match="not a BERT- or ViT-style encoder"):
         drop_layers(mlp, [0])
 
 
