@@ -183,7 +183,7 @@ def transformer_blocks(model: nn.Module) -> nn.ModuleList:
                 and len({type(child) for child in module}) == 1 \
                 and any(isinstance(m, nn.Linear) for m in module[0].modules()):
             return module
-    raise NnzipError(f"{type(model).__name__} is not a BERT-style encoder nor a stack of "
+    raise NnzipError(f"{type(model).__name__} is not a BERT- or ViT-style encoder nor a stack of "
                      "transformer blocks nnzip can find (an nn.ModuleList of blocks as long as "
                      "its config's num_hidden_layers / n_layer): layer dropping needs one")
 
