@@ -166,8 +166,9 @@ def _producer_params(module: nn.Module) -> list[tuple[str, nn.Parameter]] | None
     if parametrize.is_parametrized(module):
         return None
     if isinstance(module, QuantizedLayer):
+        # Its rows can take a fold until it is rounded (input factors act on its columns).
         module = module.layer if isinstance(module.layer, nn.Linear) \
-            and module.weight_int is None and module.smoothing is None else None
+            and module.weight_int is None else None
         prefix = "layer."
     else:
         prefix = ""

@@ -11,7 +11,15 @@ from torch import nn
 import nnzip
 from nnzip.errors import NnzipError
 from nnzip.models.causal_lm import tied_head
-from nnzip.quant import QScheme, QuantConfig, convert, gptq, prepare, set_mode
+from nnzip.quant import (
+    QScheme,
+    QuantConfig,
+    convert,
+    gptq,
+    prepare,
+    set_mode,
+    static_quantization,
+)
 from nnzip.quant.awq import activation_scales, awq, rounded, search_scales
 
 INT4_G32 = QScheme(bits=4, granularity="group", group_size=32)
@@ -99,6 +107,24 @@ def test_a_fold_that_would_change_the_function_is_refused():
     set_mode(prepared, "float")
     with torch.no_grad():
         assert torch.allclose(prepared(x), model(x), atol=1e-5)
+
+
+def test_scales_fold_into_the_rows_of_a_linear_that_feeds_the_layer():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 32), nn.Linear(32, 16)).eval()
+    x = _outlier_inputs(256, 32)
+    result = static_quantization(model, [x], QuantConfig(
+        weight_bits=4, activation_bits=None, awq=True))
+    details = result.details["awq"]
+    assert details["folded"] == {"0": ["1"]}
+    assert details["layers"]["0"]["scales"].startswith("kept")   # the model input: no producer
+    records = {record.name: record for record in result.coverage.records}
+    assert "rows divided by the AWQ scales of 1" in records["0.weight"].note
+    assert records["0.bias"].changed and records["1.weight"].changed
+    quantized = result.model
+    set_mode(quantized, "float")
+    with torch.no_grad():
+        assert torch.allclose(quantized(x), model(x), atol=1e-4)
 
 
 def test_gptq_rounds_for_the_input_a_layer_with_input_factors_really_multiplies():
