@@ -66,12 +66,19 @@ def test_folding_into_the_layernorms_keeps_the_float_function(data):
     prepared = prepare(model, QuantConfig(weight_bits=4, activation_bits=None,
                                           weight_granularity="group", group_size=16))
     details = awq(prepared, _calibration(data))
-    blocks = "transformer.transformer.h"
-    assert details["folded"] == {f"{blocks}.{i}.ln_{j}": [
-        f"{blocks}.{i}.{'attn.c_attn' if j == 1 else 'mlp.c_fc'}"] for i in (0, 1) for j in (1, 2)}
-    kept = {n for n, e in details["layers"].items() if e["scales"].startswith("kept")}
-    assert kept == {f"{blocks}.{i}.{part}.c_proj" for i in (0, 1) for part in ("attn", "mlp")}
-    assert all(0 <= e["alpha"] < 1 and e["error_ratio"] <= 1 for e in details["layers"].values())
+    blocks, layers = "transformer.transformer.h", details["layers"]
+    # Every LayerNorm-fed layer that chose scales (α > 0; α = 0 scales nothing) had them folded
+    # into its LayerNorm; the layers behind the attention or the GELU keep an input factor.
+    fed = {f"{blocks}.{i}.ln_{j}": f"{blocks}.{i}.{'attn.c_attn' if j == 1 else 'mlp.c_fc'}"
+           for i in (0, 1) for j in (1, 2)}
+    assert details["folded"] == {ln: [layer] for ln, layer in fed.items()
+                                 if layers[layer]["alpha"] > 0}
+    assert len(details["folded"]) >= 3
+    for name, entry in layers.items():
+        assert 0 <= entry["alpha"] < 1 and entry["error_ratio"] <= 1
+        if name not in fed.values():
+            assert entry["scales"].startswith("kept" if entry["alpha"] > 0 else "none")
+            assert (prepared.get_submodule(name).smoothing is None) == (entry["alpha"] == 0)
     ln = prepared.get_submodule(f"{blocks}.0.ln_1")
     assert not torch.allclose(ln.weight, model.get_submodule(f"{blocks}.0.ln_1").weight)
     set_mode(prepared, "float")
@@ -176,7 +183,7 @@ def test_the_quantize_stage_with_awq_lowers_nothing_silently(data, rounding):
     records = {record.name: record for record in coverage.records}
     for name in linears:
         assert records[name].changed, name
-        assert "int4 group-16" in records[name].note and "AWQ scales (α" in records[name].note
+        assert "int4 group-16" in records[name].note and "AWQ α" in records[name].note
         assert ("GPTQ rounding" in records[name].note) == (rounding == "gptq")
     assert set(details["awq"]["layers"]) == {name.removesuffix(".weight") for name in linears}
     tied = records["transformer.transformer.wte.weight"]
