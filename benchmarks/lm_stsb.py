@@ -147,6 +147,7 @@ PAIRS = [("int4 g128 GPTQ", "int4 g128 RTN"), ("AWQ + int4 g128 RTN", "int4 g128
 def measure(setting: Setting, name: str, family: str, make: Make
             ) -> tuple[dict, LanguageScores]:
     model = copy.deepcopy(setting.fp32)
+    torch.manual_seed(0)   # dropout in the fine-tunes: each row repeats whatever ran before it
     started = time.perf_counter()
     model, details = make(model, setting)
     seconds = time.perf_counter() - started
@@ -355,7 +356,8 @@ def render(report: dict) -> str:
             [layer.removeprefix("transformer.transformer."), f"{entry['alpha']:.2f}",
              f"{entry['error_ratio']:.3f}",
              entry["scales"].replace("folded into transformer.transformer.", "")
-             .replace("kept as a per-input-channel factor of the layer", "input factor")]
+             .replace("kept as a per-input-channel factor of the layer", "input factor")
+             .replace("none: rounding to nearest was best (α 0)", "nothing (α 0)")]
             for layer, entry in awq["awq"]["layers"].items()])
     peer = report.get("torchao")
     lines += ["", f"Peer tool: {peer}" if peer else "", "",

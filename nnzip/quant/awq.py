@@ -11,7 +11,8 @@ activation magnitude,
 
 and grid-searches α ∈ {0, 1/n, …, (n−1)/n} (n = 20 in the paper) per layer for the smallest
 output error on calibration inputs, ‖Q(W·diag(s))·(x/s) − W·x‖² (α = 0 is plain rounding to
-nearest, so the search never does worse than RTN on those inputs).
+nearest, so the search never does worse than RTN on those inputs; a layer that chooses it is
+left unscaled).
 
 Where the division can go is the graph's business. When a Linear's input is exactly the output
 of a LayerNorm / RMSNorm (GPT-2's ``ln_1`` → ``c_attn`` and ``ln_2`` → ``c_fc``) or of another
@@ -166,8 +167,9 @@ def _producer_params(module: nn.Module) -> list[tuple[str, nn.Parameter]] | None
     if parametrize.is_parametrized(module):
         return None
     if isinstance(module, QuantizedLayer):
+        # Its rows can take a fold until it is rounded (input factors act on its columns).
         module = module.layer if isinstance(module.layer, nn.Linear) \
-            and module.weight_int is None and module.smoothing is None else None
+            and module.weight_int is None else None
         prefix = "layer."
     else:
         prefix = ""
@@ -289,7 +291,8 @@ def awq(model: nn.Module, batches: Iterable, *, grid: int = DEFAULT_GRID,
 
     ``batches``: calibration inputs (training data). Returns the details a report records:
     ``layers`` (per layer: the α chosen, the output error relative to rounding to nearest on
-    the calibration rows, and where 1/s went), ``folded`` (the modules that took a fold:
+    the calibration rows, and where 1/s went; α = 0 scales nothing), ``folded`` (the modules
+    that took a fold:
     ``{module: [layers]}``) and ``skipped`` (the quantized weights AWQ left, with why).
     """
     layers, skipped = _eligible(model)
@@ -315,8 +318,10 @@ def awq(model: nn.Module, batches: Iterable, *, grid: int = DEFAULT_GRID,
                                    [layers[n].weight_scheme for n in group],
                                    [layers[n].weight_range for n in group], grid)
             producer = producers.get(group[0]) if fold else None
-            if producer is not None and _fold(model, producer, [layers[n] for n in group],
-                                              search.scales, probe, reference):
+            if search.alpha == 0:  # s = 1: nothing to fold, no factor to carry
+                where = "none: rounding to nearest was best (α 0)"
+            elif producer is not None and _fold(model, producer, [layers[n] for n in group],
+                                                search.scales, probe, reference):
                 folded[producer] = list(group)
                 where = f"folded into {producer}"
             else:

@@ -440,7 +440,7 @@ def awq_notes(model: nn.Module, scaled: dict, notes: dict[str, str]
     modules the scales were folded into (changed too, though nothing quantized them)."""
     notes = dict(notes)
     for name, entry in scaled["layers"].items():
-        notes[name] = notes.get(name, "") + f", AWQ scales (α {entry['alpha']:.2f}, " \
+        notes[name] = notes.get(name, "") + f", AWQ α {entry['alpha']:.2f} (scales: " \
             f"{entry['scales']})"
     also_changed = {}
     for producer, layers in scaled["folded"].items():

@@ -11,7 +11,15 @@ from torch import nn
 import nnzip
 from nnzip.errors import NnzipError
 from nnzip.models.causal_lm import tied_head
-from nnzip.quant import QScheme, QuantConfig, convert, gptq, prepare, set_mode
+from nnzip.quant import (
+    QScheme,
+    QuantConfig,
+    convert,
+    gptq,
+    prepare,
+    set_mode,
+    static_quantization,
+)
 from nnzip.quant.awq import activation_scales, awq, rounded, search_scales
 
 INT4_G32 = QScheme(bits=4, granularity="group", group_size=32)
@@ -58,12 +66,19 @@ def test_folding_into_the_layernorms_keeps_the_float_function(data):
     prepared = prepare(model, QuantConfig(weight_bits=4, activation_bits=None,
                                           weight_granularity="group", group_size=16))
     details = awq(prepared, _calibration(data))
-    blocks = "transformer.transformer.h"
-    assert details["folded"] == {f"{blocks}.{i}.ln_{j}": [
-        f"{blocks}.{i}.{'attn.c_attn' if j == 1 else 'mlp.c_fc'}"] for i in (0, 1) for j in (1, 2)}
-    kept = {n for n, e in details["layers"].items() if e["scales"].startswith("kept")}
-    assert kept == {f"{blocks}.{i}.{part}.c_proj" for i in (0, 1) for part in ("attn", "mlp")}
-    assert all(0 <= e["alpha"] < 1 and e["error_ratio"] <= 1 for e in details["layers"].values())
+    blocks, layers = "transformer.transformer.h", details["layers"]
+    # Every LayerNorm-fed layer that chose scales (α > 0; α = 0 scales nothing) had them folded
+    # into its LayerNorm; the layers behind the attention or the GELU keep an input factor.
+    fed = {f"{blocks}.{i}.ln_{j}": f"{blocks}.{i}.{'attn.c_attn' if j == 1 else 'mlp.c_fc'}"
+           for i in (0, 1) for j in (1, 2)}
+    assert details["folded"] == {ln: [layer] for ln, layer in fed.items()
+                                 if layers[layer]["alpha"] > 0}
+    assert len(details["folded"]) >= 3
+    for name, entry in layers.items():
+        assert 0 <= entry["alpha"] < 1 and entry["error_ratio"] <= 1
+        if name not in fed.values():
+            assert entry["scales"].startswith("kept" if entry["alpha"] > 0 else "none")
+            assert (prepared.get_submodule(name).smoothing is None) == (entry["alpha"] == 0)
     ln = prepared.get_submodule(f"{blocks}.0.ln_1")
     assert not torch.allclose(ln.weight, model.get_submodule(f"{blocks}.0.ln_1").weight)
     set_mode(prepared, "float")
@@ -99,6 +114,24 @@ def test_a_fold_that_would_change_the_function_is_refused():
     set_mode(prepared, "float")
     with torch.no_grad():
         assert torch.allclose(prepared(x), model(x), atol=1e-5)
+
+
+def test_scales_fold_into_the_rows_of_a_linear_that_feeds_the_layer():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 32), nn.Linear(32, 16)).eval()
+    x = _outlier_inputs(256, 32)
+    result = static_quantization(model, [x], QuantConfig(
+        weight_bits=4, activation_bits=None, awq=True))
+    details = result.details["awq"]
+    assert details["folded"] == {"0": ["1"]}
+    assert details["layers"]["0"]["scales"].startswith("kept")   # the model input: no producer
+    records = {record.name: record for record in result.coverage.records}
+    assert "rows divided by the AWQ scales of 1" in records["0.weight"].note
+    assert records["0.bias"].changed and records["1.weight"].changed
+    quantized = result.model
+    set_mode(quantized, "float")
+    with torch.no_grad():
+        assert torch.allclose(quantized(x), model(x), atol=1e-4)
 
 
 def test_gptq_rounds_for_the_input_a_layer_with_input_factors_really_multiplies():
@@ -150,7 +183,7 @@ def test_the_quantize_stage_with_awq_lowers_nothing_silently(data, rounding):
     records = {record.name: record for record in coverage.records}
     for name in linears:
         assert records[name].changed, name
-        assert "int4 group-16" in records[name].note and "AWQ scales (α" in records[name].note
+        assert "int4 group-16" in records[name].note and "AWQ α" in records[name].note
         assert ("GPTQ rounding" in records[name].note) == (rounding == "gptq")
     assert set(details["awq"]["layers"]) == {name.removesuffix(".weight") for name in linears}
     tied = records["transformer.transformer.wte.weight"]
