@@ -115,3 +115,19 @@ def ort_quantize_static(fp32_path: Path, path: Path, batches: list,
                     per_channel=True, activation_type=QuantType.QUInt8,
                     weight_type={"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}[weight_type])
     return path
+
+
+def quiet_single_thread(seed: int = 0) -> None:
+    """The setup of the runtime benchmarks: no warnings, ORT's quantizer's advice muted (it asks
+    for pre-processing, loudly), numpy's float warnings off, one torch thread, a fixed seed."""
+    import logging
+    import warnings
+
+    import numpy as np
+    import torch
+
+    warnings.filterwarnings("ignore")
+    logging.getLogger().setLevel(logging.ERROR)
+    np.seterr(all="ignore")
+    torch.set_num_threads(1)
+    torch.manual_seed(seed)

@@ -23,13 +23,10 @@ batch 1.
 from __future__ import annotations
 
 import copy
-import logging
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 from rich.console import Console
 from torch import nn
@@ -39,6 +36,7 @@ from common import (
     markdown_table,
     ort_quantize_static,
     print_table,
+    quiet_single_thread,
     run_each,
 )
 from nnzip.data import calibration_batches, load_mnist
@@ -205,9 +203,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    warnings.filterwarnings("ignore")
-    logging.getLogger().setLevel(logging.ERROR)  # ORT's quantizer advises pre-processing, loudly
-    np.seterr(all="ignore")
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
+    quiet_single_thread()
     main()
