@@ -44,6 +44,11 @@ class LanguageScores:
     token_losses: torch.Tensor | None = None
     #: Mean KL(p_reference ‖ p_model) per token in nats, when a reference model was given.
     kl_to_reference: float | None = None
+    #: Share of target tokens predicted first / among the five most likely.
+    accuracy: float | None = None
+    top5: float | None = None
+    #: Share of positions whose predicted next token is the reference model's, when given.
+    agreement: float | None = None
 
     @property
     def perplexity(self) -> float:
@@ -71,6 +76,7 @@ def next_token_scores(model: nn.Module, data: DataSplits, split: str = "test",
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     total, divergence, tokens, predictions, losses = 0.0, 0.0, 0, [], []
+    correct, top5, agree = 0, 0, 0
     with eval_mode(model), torch.no_grad():
         for inputs, targets in data.loader(split, batch_size=batch_size or eval_batch_size(data)):
             logits = model(inputs.to(device))
@@ -84,12 +90,21 @@ def next_token_scores(model: nn.Module, data: DataSplits, split: str = "test",
             total += float(token_losses.double().sum())
             losses.append(token_losses.reshape(targets.shape).cpu())
             tokens += labels.numel()
-            predictions.append(rows.argmax(dim=-1).reshape(targets.shape).cpu())
+            predicted = rows.argmax(dim=-1)
+            predictions.append(predicted.reshape(targets.shape).cpu())
+            correct += int((predicted == labels).sum())
+            top = rows.topk(min(5, rows.shape[-1]), dim=-1).indices
+            top5 += int((top == labels[:, None]).any(dim=-1).sum())
             if reference is not None:
-                divergence += _kl_sum(rows, reference, inputs.to(device))
+                batch_divergence, batch_agree = _compare(rows, predicted, reference,
+                                                         inputs.to(device))
+                divergence += batch_divergence
+                agree += batch_agree
     return LanguageScores(cross_entropy=total / tokens, tokens=tokens,
                           predictions=torch.cat(predictions), token_losses=torch.cat(losses),
-                          kl_to_reference=divergence / tokens if reference is not None else None)
+                          kl_to_reference=divergence / tokens if reference is not None else None,
+                          accuracy=correct / tokens, top5=top5 / tokens,
+                          agreement=agree / tokens if reference is not None else None)
 
 
 def perplexity_change(scores: LanguageScores, reference: LanguageScores) -> tuple[float, float]:
@@ -108,16 +123,19 @@ def perplexity_change(scores: LanguageScores, reference: LanguageScores) -> tupl
     return change, 100 * error
 
 
-def _kl_sum(rows: torch.Tensor, reference: nn.Module, inputs: torch.Tensor) -> float:
-    """Σ over the batch's positions of KL(p_reference ‖ p_model), in float64."""
+def _compare(rows: torch.Tensor, predicted: torch.Tensor, reference: nn.Module,
+             inputs: torch.Tensor) -> tuple[float, int]:
+    """(Σ over the batch's positions of KL(p_reference ‖ p_model) in float64, positions where
+    the model predicts the reference's next token)."""
     with eval_mode(reference):
         expected = prediction_rows(reference(inputs))[0]
     if expected.shape != rows.shape:
         raise NnzipError(f"the reference gives logits {tuple(expected.shape)} where the model "
                          f"gives {tuple(rows.shape)}: compare models of one vocabulary")
-    return float(F.kl_div(F.log_softmax(rows.float(), dim=-1),
-                          F.log_softmax(expected.float(), dim=-1), reduction="sum",
-                          log_target=True).double())
+    divergence = float(F.kl_div(F.log_softmax(rows.float(), dim=-1),
+                                F.log_softmax(expected.float(), dim=-1), reduction="sum",
+                                log_target=True).double())
+    return divergence, int((predicted == expected.argmax(dim=-1)).sum())
 
 
 def perplexity(model: nn.Module, data: DataSplits, split: str = "test",

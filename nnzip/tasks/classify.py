@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from nnzip.core.outputs import prediction_rows
-from nnzip.tasks.base import Task, stream_outputs
+from nnzip.tasks.base import Task
 
 _CHANNELS = ("it removes whole channels of convolution and MLP chains; a transformer's units are "
              "its heads, FFN neurons and layers: use prune_heads or drop_layers")
@@ -72,30 +70,13 @@ class LanguageModeling(Classification):
         batches whose logits stay small (:func:`nnzip.data.splits.eval_batch_size`); and
         ``robustness`` (a note: the probes perturb continuous inputs, token ids are not)."""
         from nnzip.data.splits import eval_batch_size
+        from nnzip.evaluate.language import next_token_scores
         from nnzip.evaluate.robustness import robustness_report
 
-        loss, kl, correct, top5, agree, count = 0.0, 0.0, 0, 0, 0, 0
-        loader = data.loader("test", batch_size=min(config.eval_batch_size,
-                                                    eval_batch_size(data)))
-        others = () if reference is None else (reference,)
-        for outputs, targets, theirs in stream_outputs(model, loader, *others):
-            logits, labels = prediction_rows(outputs, targets)
-            loss += float(F.cross_entropy(logits, labels, reduction="sum").double())
-            predicted = logits.argmax(dim=1)
-            correct += int((predicted == labels).sum())
-            k = min(5, logits.shape[1])
-            top5 += int((logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1).sum())
-            if theirs:
-                expected = prediction_rows(theirs[0])[0]
-                agree += int((predicted == expected.argmax(dim=1)).sum())
-                kl += float(F.kl_div(F.log_softmax(logits, dim=-1),
-                                     F.log_softmax(expected, dim=-1), reduction="sum",
-                                     log_target=True).double())
-            else:
-                agree += len(labels)
-            count += len(labels)
-        count = max(count, 1)
-        return {"perplexity": math.exp(loss / count), "loss": loss / count,
-                "accuracy": correct / count, "top5": top5 / count, "agreement": agree / count,
-                "kl_to_reference": kl / count,
+        scores = next_token_scores(model, data, reference=reference,
+                                   batch_size=min(config.eval_batch_size, eval_batch_size(data)))
+        return {"perplexity": scores.perplexity, "loss": scores.cross_entropy,
+                "accuracy": scores.accuracy, "top5": scores.top5,
+                "agreement": 1.0 if reference is None else scores.agreement,
+                "kl_to_reference": 0.0 if reference is None else scores.kl_to_reference,
                 "robustness": robustness_report(model, data, config)}
