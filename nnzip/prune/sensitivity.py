@@ -16,9 +16,8 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from nnzip.data.splits import Batch, DataSplits
+from nnzip.data.splits import Batch, DataSplits, eval_batch_size
 from nnzip.errors import NnzipError
-from nnzip.evaluate.accuracy import accuracy, predict_logits
 from nnzip.prune.importance import Criterion, HessianMethod, Scores
 from nnzip.prune.masks import check_sparsity, global_masks, select_parameters, weight_lookup
 from nnzip.prune.unstructured import compute_scores
@@ -30,10 +29,14 @@ Curves = dict[str, dict[float, float]]
 
 
 def split_accuracy(model: nn.Module, data: DataSplits, split: str = "val") -> float:
-    """Top-1 accuracy of ``model`` on one split of ``data`` (its task's score: next-token
-    accuracy for a language model)."""
-    loader = data.loader(split, batch_size=512)  # an unknown split is an error here
-    return accuracy(predict_logits(model, loader), getattr(data, split).tensors[1])
+    """Top-1 accuracy of ``model`` on one split of ``data``: its task's validation score
+    (next-token accuracy for a language model), in batches whose logits stay small."""
+    from nnzip.tasks import task_of
+    from nnzip.train import validate
+
+    # An unknown split is an error here.
+    loader = data.loader(split, batch_size=eval_batch_size(data, largest=512))
+    return validate(model, loader, task_of(data))[1]
 
 
 def layer_sensitivity(model: nn.Module, data: DataSplits,

@@ -28,7 +28,8 @@ from nnzip.tasks.classify import _CHANNELS
 
 log = logging.getLogger(__name__)
 
-#: Tokens a sentence keeps (STS-B sentences are short: 99 % fit in 48 MiniLM tokens).
+#: Tokens a sentence keeps (STS-B sentences are short: 99.9 % of the 13 474 train and dev
+#: sentences fit in 48 MiniLM tokens; the longest has 70).
 DEFAULT_MAX_LENGTH = 48
 #: Neighbours compared by the overlap metric.
 NEIGHBOURS = 10

@@ -146,3 +146,16 @@ def test_finetuning_a_pruned_encoder_distils_it_back_toward_the_original(minilm,
                 if n.endswith("dense.weight"))
     assert zeros > 0.5 * sum(p.numel() for n, p in result.model.named_parameters()
                              if n.endswith("dense.weight"))
+
+
+def test_sensitivity_on_a_language_model_scores_next_tokens_batch_by_batch():
+    from nnzip.prune.sensitivity import layer_sensitivity
+
+    torch.manual_seed(0)
+    model, data = TinyLM(), _lm_data()
+    fit(model, data, TrainConfig(epochs=10, lr=1e-2, batch_size=16, patience=None),
+        progress=False)
+    curves = layer_sensitivity(model, data, sparsities=(0.9,), layers=["head"])
+    dense = validate(model, data.loader("val"), TASKS["lm"])[1]
+    assert curves["head.weight"][0.0] == pytest.approx(dense)
+    assert curves["head.weight"][0.9] < dense  # 90 % of the output layer gone: it must show
