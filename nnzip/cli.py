@@ -220,6 +220,53 @@ def _coverage_line(stage: dict) -> str:
     return line
 
 
+def _inputs(args: argparse.Namespace) -> dict[str, Path | None]:
+    """The files and folders a command reads, by option, that its --out must never overwrite."""
+    from nnzip.outputs import input_path
+
+    inputs = {option: input_path(getattr(args, name, None)) for option, name in (
+        ("--model", "model"), ("--reference", "reference"), ("--recipe", "recipe"),
+        ("--data", "data"), ("--mnist-dir", "mnist_dir"), ("--cache-dir", "cache_dir"))}
+    if getattr(args, "checkpoint", None) is not None:  # written by the run: may not exist yet
+        inputs["--checkpoint"] = args.checkpoint
+    for path in getattr(args, "reports", None) or []:
+        inputs[str(path)] = input_path(path)
+    return inputs
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Refuse a bad --out before any work (see :mod:`nnzip.outputs`): a model folder or .nnz
+    file for train, a results folder for every other command that writes one."""
+    from nnzip.outputs import MODEL_MARKERS, RUN_MARKERS, check_output, check_output_file
+
+    out = getattr(args, "out", None)
+    if out is None:
+        return
+    if args.command == "train" and out.suffix.lower() == ".nnz":
+        from nnzip.codec.nnz import MAGIC
+        from nnzip.outputs import starts_with
+
+        check_output_file(out, is_ours=lambda path: starts_with(path, MAGIC),
+                          inputs=_inputs(args))
+    else:
+        check_output(out, inputs=_inputs(args),
+                     markers=MODEL_MARKERS if args.command == "train" else RUN_MARKERS)
+
+
+def _interrupted_message(args: argparse.Namespace, interrupt: KeyboardInterrupt) -> str:
+    """Where the results finished before Ctrl-C are, and that --out was left as it was."""
+    saved = getattr(interrupt, "saved_to", None)
+    out = getattr(args, "out", None)
+    unchanged = f"; {out} is unchanged" if out is not None else ""
+    if saved is not None:
+        return (f"interrupted: the results finished so far are in {saved} (marked as "
+                f"interrupted){unchanged}")
+    checkpoint = getattr(args, "checkpoint", None)
+    if checkpoint is not None and checkpoint.exists():
+        return f"interrupted: the epochs finished so far are in {checkpoint}{unchanged}"
+    return f"interrupted before any result was finished{unchanged}"
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from nnzip.pipeline import evaluate_models
     from nnzip.train import train_zoo_model
@@ -550,6 +597,7 @@ def cmd_sts(args: argparse.Namespace) -> None:
 
 def cmd_report(args: argparse.Namespace) -> None:
     from nnzip.evaluate import build_report, load_report, write_report
+    from nnzip.outputs import final_paths, staged_folder
 
     reports = [load_report(path) for path in args.reports]
     if len(reports) == 1:
@@ -558,8 +606,9 @@ def cmd_report(args: argparse.Namespace) -> None:
         models = [entry for report in reports for entry in report["models"]]
         report = build_report(models, reports[0]["machine"],
                               extra={"merged_from": [str(path) for path in args.reports]})
-    paths = write_report(report, args.out) if args.out else {}
-    _show(report, paths)
+    with staged_folder(args.out) as folder:  # replaces --out as a whole, once written
+        paths = write_report(report, folder) if folder is not None else {}
+    _show(report, final_paths(paths, folder, args.out))
 
 
 COMMANDS = {"demo": cmd_demo, "train": cmd_train, "eval": cmd_eval, "compress": cmd_compress,
@@ -581,16 +630,16 @@ def main(argv: list[str] | None = None) -> int:
             raise NnzipError(f"deploy times image classifiers and language models; measure a "
                              f"Hugging Face encoder with 'nnzip eval --model {args.model}' or "
                              f"'nnzip sts --model {args.model}'")
+        check_outputs(args)  # before any work: a bad --out costs a second, not a finished run
         COMMANDS[args.command](args)
     except NnzipError as error:
         # One line, never wrapped, and the message's own brackets are not read as markup.
         error_console.print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True,
                             highlight=False)
         return 2
-    except KeyboardInterrupt:
-        where = getattr(args, "out", None)
-        kept = f"; finished results are in {where}" if where else ""
-        error_console.print(f"interrupted{kept}")
+    except KeyboardInterrupt as interrupt:
+        error_console.print(_interrupted_message(args, interrupt), soft_wrap=True,
+                            highlight=False, markup=False)
         return 130
     return 0
 

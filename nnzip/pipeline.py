@@ -1,15 +1,17 @@
 """Run a recipe: model + data -> stages -> compressed model -> measurements -> report.
 
-The model is measured before the first stage (the ``baseline`` row) and after every stage; the
-report is rewritten atomically after each measurement, so an interrupted run keeps every row it
-finished. The model before compression is the reference for compression ratio and agreement, and
-the default teacher of the stages.
+The model is measured before the first stage (the ``baseline`` row) and after every stage. The
+run writes into a temporary folder that replaces ``out_dir`` as a whole when it succeeds
+(:mod:`nnzip.outputs`); on Ctrl-C the rows finished so far are kept, marked as interrupted, in
+``OUT.interrupted`` beside it. The model before compression is the reference for compression
+ratio and agreement, and the default teacher of the stages.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -26,6 +28,7 @@ from nnzip.data.splits import DataSplits, probe_batch
 from nnzip.errors import NnzipError
 from nnzip.evaluate import EvalConfig, build_report, evaluate, machine_info, write_report
 from nnzip.models.nnz import nnz_artifact, save_nnz
+from nnzip.outputs import final_paths, staged_folder
 from nnzip.recipe import Recipe, load_recipe, parse_recipe
 from nnzip.stage import Context, Stage
 
@@ -122,17 +125,23 @@ def evaluate_models(models: list[tuple[str, str, nn.Module]], data: DataSplits, 
     rows: list[dict] = []
     report: dict = {}
     paths: dict[str, Path] = {}
-    for index, (name, stage, model) in enumerate(models):
-        is_reference = reference is None and index == 0
-        entry = evaluate(model, data, name=name, stage=stage,
-                         reference=None if is_reference else reference_model,
-                         reference_size_bytes=reference_size, config=eval_config,
-                         artifact_path=(artifacts or {}).get(name))
-        if is_reference:
-            reference_size = entry["size_bytes"]
-        rows.append(entry)
-        report, paths = _write(rows, eval_config, out_dir, extra)
-    return report, paths
+
+    def save_finished(folder: Path) -> bool:
+        planned = [name for name, _, _ in models]
+        return _write_interrupted(rows, planned, eval_config, folder, extra)
+
+    with staged_folder(out_dir, save_finished) as folder:
+        for index, (name, stage, model) in enumerate(models):
+            is_reference = reference is None and index == 0
+            entry = evaluate(model, data, name=name, stage=stage,
+                             reference=None if is_reference else reference_model,
+                             reference_size_bytes=reference_size, config=eval_config,
+                             artifact_path=(artifacts or {}).get(name))
+            if is_reference:
+                reference_size = entry["size_bytes"]
+            rows.append(entry)
+            report, paths = _write(rows, eval_config, folder, extra)
+    return report, final_paths(paths, folder, out_dir)
 
 
 def compress(model: nn.Module, recipe: Recipe | str | Path, data: DataSplits, *,
@@ -156,35 +165,63 @@ def compress(model: nn.Module, recipe: Recipe | str | Path, data: DataSplits, *,
     torch.manual_seed(seed)
     reference = set_eval(copy.deepcopy(model))
     model = copy.deepcopy(reference)
-    context = Context(data=data, reference=reference, finetune_epochs=finetune_epochs, seed=seed,
-                      workdir=out_dir, progress=progress)
     extra = {"data": data.summary(), "task": task_of(data).name, "recipe": recipe.to_dict(),
              "stages": []}
+    rows: list[dict] = []
 
-    baseline = evaluate(model, data, name=name, stage="baseline", config=eval_config)
-    rows = [baseline]
-    report, paths = _write(rows, eval_config, out_dir, extra)
-    for step in recipe.steps:
-        log.info("stage %s (%s)", step.label, step.stage.kind)
-        started = time.perf_counter()
-        result = _run_stage(step.stage, model, context, step.label)
-        model = result.model
-        extra["stages"].append({"label": step.label, "kind": step.stage.kind,
-                                "seconds": round(time.perf_counter() - started, 3),
-                                "details": {**result.details,
-                                            "coverage": result.coverage.to_dict()}})
-        with tempfile.TemporaryDirectory(prefix="nnzip-artifact-") as folder:
-            # After weight sharing (or an encode stage) the size is that of the .nnz file.
-            rows.append(evaluate(model, data, name=name, stage=step.label, reference=reference,
-                                 reference_size_bytes=baseline["size_bytes"],
-                                 artifact_path=nnz_artifact(model, folder,
-                                                            example=probe_batch(data, 2)),
-                                 config=eval_config))
-        report, paths = _write(rows, eval_config, out_dir, extra)
-    set_eval(model)
-    if out_dir is not None:
-        paths["model"] = save_final_model(model, out_dir, data)
-    return CompressResult(model=model, report=report, paths=paths)
+    def save_finished(folder: Path) -> bool:
+        # A stage applied but not yet measured has no row: its section is left out too.
+        measured = {**extra, "stages": extra["stages"][:max(len(rows) - 1, 0)]}
+        planned = ["baseline", *(step.label for step in recipe.steps)]
+        return _write_interrupted(rows, planned, eval_config, folder, measured,
+                                  saves_model=True)
+
+    with staged_folder(out_dir, save_finished) as folder:
+        context = Context(data=data, reference=reference, finetune_epochs=finetune_epochs,
+                          seed=seed, workdir=folder, progress=progress)
+        baseline = evaluate(model, data, name=name, stage="baseline", config=eval_config)
+        rows.append(baseline)
+        report, paths = _write(rows, eval_config, folder, extra)
+        for step in recipe.steps:
+            log.info("stage %s (%s)", step.label, step.stage.kind)
+            started = time.perf_counter()
+            result = _run_stage(step.stage, model, context, step.label)
+            model = result.model
+            extra["stages"].append({"label": step.label, "kind": step.stage.kind,
+                                    "seconds": round(time.perf_counter() - started, 3),
+                                    "details": {**result.details,
+                                                "coverage": result.coverage.to_dict()}})
+            with tempfile.TemporaryDirectory(prefix="nnzip-artifact-") as artifact_folder:
+                # After weight sharing (or an encode stage) the size is that of the .nnz file.
+                rows.append(evaluate(model, data, name=name, stage=step.label,
+                                     reference=reference,
+                                     reference_size_bytes=baseline["size_bytes"],
+                                     artifact_path=nnz_artifact(model, artifact_folder,
+                                                                example=probe_batch(data, 2)),
+                                     config=eval_config))
+            report, paths = _write(rows, eval_config, folder, extra)
+        set_eval(model)
+        if folder is not None:
+            paths["model"] = save_final_model(model, folder, data)
+    return CompressResult(model=model, report=report, paths=final_paths(paths, folder, out_dir))
+
+
+def _write_interrupted(rows: list[dict], planned: list[str], eval_config: EvalConfig,
+                       folder: Path, extra: dict, saves_model: bool = False) -> bool:
+    """After Ctrl-C: the rows measured so far as one consistent report set in ``folder``, marked
+    as interrupted (what was measured, what was not); False when nothing was measured."""
+    if not rows:
+        return False
+    for stale in folder.iterdir():  # e.g. a stage's scratch files: only the report set is kept
+        if stale.name not in ("report.json", "report.md", "report.html"):
+            if stale.is_dir():
+                shutil.rmtree(stale)
+            else:
+                stale.unlink()
+    interrupted = {"measured": planned[:len(rows)], "not_measured": planned[len(rows):],
+                   **({"model_saved": False} if saves_model else {})}
+    _write(rows, eval_config, folder, {**extra, "interrupted": interrupted})
+    return True
 
 
 def save_final_model(model: nn.Module, out_dir: Path, data: DataSplits) -> Path:

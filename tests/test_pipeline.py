@@ -56,11 +56,15 @@ class _Explode(Stage):
 def test_an_interrupted_recipe_keeps_the_rows_it_finished(mlp, digits, tmp_path, monkeypatch):
     monkeypatch.setitem(STAGES, "explode", _Explode)
     recipe = parse_recipe({"stages": [{"finetune": {"epochs": 1}}, "explode"]})
-    with pytest.raises(KeyboardInterrupt):
-        compress(mlp, recipe, digits, out_dir=tmp_path, eval_config=FAST, progress=False)
-    rows = json.loads((tmp_path / "report.json").read_text())["models"]
-    assert [row["stage"] for row in rows] == ["baseline", "finetune"]
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no temporaries"
+    with pytest.raises(KeyboardInterrupt) as interrupt:
+        compress(mlp, recipe, digits, out_dir=tmp_path / "run", eval_config=FAST,
+                 progress=False)
+    # out_dir only ever holds a finished run: the finished rows are kept beside it.
+    assert interrupt.value.saved_to == tmp_path / "run.interrupted"
+    report = json.loads((tmp_path / "run.interrupted" / "report.json").read_text())
+    assert [row["stage"] for row in report["models"]] == ["baseline", "finetune"]
+    assert report["interrupted"]["not_measured"] == ["explode"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.interrupted"], "no temporaries"
 
 
 def test_a_user_model_outside_the_zoo_is_saved_as_torch_export(digits, tmp_path):

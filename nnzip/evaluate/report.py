@@ -36,7 +36,7 @@ from nnzip.evaluate.tables import (
 
 REPORT_KEYS = ("nnzip_version", "machine", "models")
 #: Context keys drawn as sections of their own rather than dumped as JSON.
-_RENDERED_KEYS = ("stages",)
+_RENDERED_KEYS = ("stages", "interrupted")
 
 
 def _nnzip_version() -> str:
@@ -68,6 +68,7 @@ def render_markdown(report: dict) -> str:
     models = report["models"]
     parts = [
         "# nnzip report", "",
+        *([f"**{interrupted_line(report)}**", ""] if interrupted_line(report) else []),
         f"Machine: {machine_line(report['machine'])}  ",
         f"nnzip {report['nnzip_version']}", "",
         "## Models", "", _markdown_table(summary_columns(models), summary_rows(models)), "",
@@ -190,7 +191,7 @@ def render_html(report: dict) -> str:
 <title>nnzip report</title><style>{_CSS}</style></head>
 <body>
 <h1>nnzip report</h1>
-<p class="machine">{html.escape(machine_line(report["machine"]))}<br>
+{_interrupted_html(report)}<p class="machine">{html.escape(machine_line(report["machine"]))}<br>
 nnzip {html.escape(str(report["nnzip_version"]))}</p>
 <h2>Models</h2>
 <div class="scroll">{_html_table(summary_columns(models), summary_rows(models), swatches)}</div>
@@ -206,6 +207,11 @@ nnzip {html.escape(str(report["nnzip_version"]))}</p>
 {extras}
 </body></html>
 """
+
+
+def _interrupted_html(report: dict) -> str:
+    line = interrupted_line(report)
+    return f'<p class="interrupted"><strong>{html.escape(line)}</strong></p>\n' if line else ""
 
 
 def rich_table(report: dict) -> Table:
@@ -227,14 +233,31 @@ def rich_table(report: dict) -> Table:
 
 
 def write_report(report: dict, out_dir: str | os.PathLike) -> dict[str, Path]:
-    """Write report.json, report.md and report.html into ``out_dir``, each atomically."""
+    """Write report.json, report.md and report.html into ``out_dir``, each atomically.
+
+    All three are rendered before any is written, and report.json (the source of truth) is
+    written last: an interrupt never leaves a new report.json beside a missing or older
+    report.html. A whole folder is replaced at once by the callers (:mod:`nnzip.outputs`).
+    """
     out_dir = Path(out_dir)
-    return {
-        "json": write_text(out_dir / "report.json",
-                           json.dumps(report, indent=2, default=str) + "\n"),
-        "md": write_text(out_dir / "report.md", render_markdown(report)),
-        "html": write_text(out_dir / "report.html", render_html(report)),
-    }
+    texts = {"json": json.dumps(report, indent=2, default=str) + "\n",
+             "md": render_markdown(report), "html": render_html(report)}
+    paths = {kind: out_dir / f"report.{kind}" for kind in texts}
+    for kind in ("html", "md", "json"):
+        write_text(paths[kind], texts[kind])
+    return paths
+
+
+def interrupted_line(report: dict) -> str | None:
+    """The line that marks a report whose run was interrupted: what was measured and what not."""
+    interrupted = report.get("interrupted")
+    if not isinstance(interrupted, dict):
+        return None
+    measured = ", ".join(map(str, interrupted.get("measured") or [])) or "nothing"
+    missing = ", ".join(map(str, interrupted.get("not_measured") or [])) or "nothing"
+    unsaved = ("; the compressed model was not saved"
+               if interrupted.get("model_saved") is False else "")
+    return f"Interrupted (Ctrl-C): measured {measured}; not measured {missing}{unsaved}."
 
 
 def load_report(path: str | os.PathLike) -> dict:

@@ -41,6 +41,7 @@ from nnzip.evaluate.latency import compare_latency, fixed_threads
 from nnzip.evaluate.machine import machine_info
 from nnzip.evaluate.size import file_bytes
 from nnzip.models.fold import fold_batchnorm, foldable_pairs
+from nnzip.outputs import staged_folder
 from nnzip.runtime.onnx_export import export_onnx, float_view, is_quantized
 from nnzip.runtime.session import OrtModule, integer_op_count, op_counts, to_qoperator
 
@@ -173,28 +174,35 @@ def deploy(model: nn.Module, data: DataSplits, out_dir: str | Path, *,
     out_dir = Path(out_dir)
     model = model.eval()
     example = probe_batch(data, 2)
-    with fixed_threads(threads):
-        runtimes = build_runtimes(model, example, out_dir / "runtimes", threads)
-        if original is not None:
-            runtimes.append(Runtime("original-pytorch-eager", "the original model, PyTorch "
-                                    "eager (baseline, not a candidate)", None, original.eval(),
-                                    candidate=False))
-        check_accuracy(runtimes, data, samples, max_accuracy_change)
-    for runtime in runtimes:
-        if runtime.path is not None:
-            runtime.file_bytes = file_bytes(runtime.path)
-            runtime.integer_ops = integer_op_count(op_counts(runtime.path))
-    for batch in batch_sizes:
-        timings = compare_latency([runtime.module for runtime in runtimes], threads=threads,
-                                  repeats=repeats, batch=probe_batch(data, batch))
-        for runtime, timing in zip(runtimes, timings, strict=True):
-            runtime.latency_ms[batch] = {key: round(value, 4) for key, value in timing.items()}
-    correct = [runtime for runtime in runtimes if runtime.correct]
-    chosen = min(correct, key=lambda runtime: runtime.latency_ms[batch_sizes[0]]["p50"])
-    path = _save_chosen(chosen, model, example, out_dir)
-    machine = machine_info(threads) | {"onnxruntime_version": _ort_version()}
-    deployment = Deployment(chosen, runtimes, path, machine)
-    write_text(out_dir / "deploy.json", json.dumps(deployment.summary(), indent=2) + "\n")
+    # Written into a temporary folder that replaces out_dir as a whole at the end: no runtime
+    # file of an earlier deployment sits beside the new deploy.json.
+    with staged_folder(out_dir) as folder:
+        with fixed_threads(threads):
+            runtimes = build_runtimes(model, example, folder / "runtimes", threads)
+            if original is not None:
+                runtimes.append(Runtime("original-pytorch-eager", "the original model, "
+                                        "PyTorch eager (baseline, not a candidate)", None,
+                                        original.eval(), candidate=False))
+            check_accuracy(runtimes, data, samples, max_accuracy_change)
+        for runtime in runtimes:
+            if runtime.path is not None:
+                runtime.file_bytes = file_bytes(runtime.path)
+                runtime.integer_ops = integer_op_count(op_counts(runtime.path))
+        for batch in batch_sizes:
+            timings = compare_latency([runtime.module for runtime in runtimes], threads=threads,
+                                      repeats=repeats, batch=probe_batch(data, batch))
+            for runtime, timing in zip(runtimes, timings, strict=True):
+                runtime.latency_ms[batch] = {key: round(value, 4) for key, value in timing.items()}
+        correct = [runtime for runtime in runtimes if runtime.correct]
+        chosen = min(correct, key=lambda runtime: runtime.latency_ms[batch_sizes[0]]["p50"])
+        path = _save_chosen(chosen, model, example, folder)
+        for runtime in runtimes:  # named as they will be once the folder is in place
+            if runtime.path is not None:
+                runtime.path = out_dir / Path(runtime.path).relative_to(folder)
+        path = out_dir / path.relative_to(folder)
+        machine = machine_info(threads) | {"onnxruntime_version": _ort_version()}
+        deployment = Deployment(chosen, runtimes, path, machine)
+        write_text(folder / "deploy.json", json.dumps(deployment.summary(), indent=2) + "\n")
     return deployment
 
 
