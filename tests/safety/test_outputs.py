@@ -28,6 +28,7 @@ from nnzip.data import load_digits
 from nnzip.errors import NnzipError
 from nnzip.models import create_model, save_model
 from nnzip.models.io import export_model
+from nnzip.recipe import parse_recipe
 
 FAST = ["--repeats", "2", "--robustness-samples", "50", "--no-progress"]
 REPO = Path(__file__).resolve().parents[2]
@@ -379,3 +380,38 @@ def test_sigint_to_a_running_compress_keeps_consistent_partial_results(tmp_path,
                                                          "report.md"]
     assert json.loads((partial / "report.json").read_text())["interrupted"]["measured"] == [
         "baseline"]
+
+
+# --- the same from Python: nnzip.compress and deploy stage their folder too --------------------
+
+def test_the_api_refuses_an_unrelated_folder_before_the_baseline(tmp_path, no_work):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    data = load_digits(seed=0)
+    model = create_model("lenet300", input_shape=data.input_shape, num_classes=data.num_classes)
+    with pytest.raises(NnzipError, match="did not write"):
+        nnzip.pipeline.compress(model, parse_recipe({"stages": [{"prune": {"sparsity": 0.5}}]}),
+                                data, out_dir=mine, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
+    assert (mine / "notes.txt").read_text() == "mine"
+
+
+def test_deploy_replaces_an_earlier_deployment_whole(tmp_path, saved_models, capsys):
+    out = tmp_path / "deployed"
+    (out / "runtimes").mkdir(parents=True)
+    (out / "deploy.json").write_text("{}")
+    (out / "runtimes" / "stale.onnx").write_bytes(b"an earlier runtime")
+    (out / "model.pt2").write_bytes(b"an earlier choice")
+    model = _save("nnz", saved_models, tmp_path)
+    assert main(["deploy", "--model", str(model), "--data", "digits", "--out", str(out),
+                 "--batch-sizes", "1", "--repeats", "2"]) == 0
+    summary = json.loads((out / "deploy.json").read_text())
+    assert Path(summary["path"]).parent == out and Path(summary["path"]).is_file()
+    saved = {Path(p).name for p in (out / "runtimes").iterdir()}
+    assert "stale.onnx" not in saved
+    assert {Path(r["path"]).name for r in summary["runtimes"] if r["path"]} <= saved
+    assert all(Path(r["path"]).parent == out / "runtimes"
+               for r in summary["runtimes"] if r["path"])
+    assert b"an earlier choice" not in [p.read_bytes() for p in out.iterdir() if p.is_file()]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deployed", "model.nnz"]
