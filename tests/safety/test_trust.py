@@ -298,6 +298,19 @@ def test_a_torchscript_checkpoint_is_not_run_either(tmp_path, capsys):
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("entry", ["data/aotinductor/model/model.so",
+                                   "data/constants/opaque_obj_0", "data/constants/custom_obj_0",
+                                   "data/weights/model.pt", "models/second.json"])
+def test_a_pt2_with_compiled_or_pickled_entries_is_refused_by_name(entry, tmp_path):
+    path = export_model(_tiny_model(), tmp_path / "model.pt2", _example())
+    with zipfile.ZipFile(path, "a", zipfile.ZIP_STORED) as archive:
+        name = f"{archive.namelist()[0].split('/')[0]}/{entry}"  # torch's root folder
+        archive.writestr(name, b"\x80\x04anything")
+    with pytest.raises(NnzipError, match="--trust-pickle") as info:
+        load_model(path)
+    assert name in str(info.value)
+
+
 # --- corrupt or poisoned models --------------------------------------------------------------
 
 
@@ -338,6 +351,10 @@ def test_nan_weights_are_refused_by_every_loader(tmp_path):
     pickled = tmp_path / "m.pt"
     torch.save(_poison(_tiny_model(), "fc2.weight", 3), pickled)
     files["pickle"] = pickled
+    scripted = tmp_path / "m.ts"
+    with pytest.warns(DeprecationWarning):
+        torch.jit.save(torch.jit.script(_poison(_tiny_model(), "fc2.weight", 3)), scripted)
+    files["torchscript"] = scripted
     onnx_path = tmp_path / "m.onnx"
     torch.onnx.export(_poison(_tiny_model(), "fc2.weight", 3), (x,), onnx_path, dynamo=False)
     files["onnx"] = onnx_path
@@ -348,6 +365,19 @@ def test_nan_weights_are_refused_by_every_loader(tmp_path):
         assert "3 NaN or infinite values" in message, (kind, message)
         assert kind == "onnx" or "fc2.weight" in message, (kind, message)
         assert load_model(path, trust_pickle=True, allow_nonfinite=True) is not None
+
+
+def test_nan_weights_in_a_hugging_face_folder_are_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    folder = _hf_folder(tmp_path / "hf", bin_only=False)
+    state = load_file(folder / "model.safetensors")
+    state["embeddings.word_embeddings.weight"][0, :2] = float("inf")
+    save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(NnzipError, match="2 NaN or infinite values in "
+                                         "'transformer.embeddings.word_embeddings.weight'"):
+        nnzip.load(f"hf:{folder}")
+    assert nnzip.load(f"hf:{folder}", allow_nonfinite=True) is not None
 
 
 def test_nan_model_cli_exits_2_unless_allowed(tmp_path, capsys):
