@@ -221,7 +221,7 @@ def load_hf(path: str | os.PathLike = "minilm", *, trust_pickle: bool = False
         raise NnzipError(f"Hugging Face models need transformers: {INSTALL_HINT}") from exc
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(transformer_folder),
-                                                  local_files_only=True)
+                                                  local_files_only=True, trust_remote_code=False)
         # Eager attention: the same arithmetic everywhere, and traceable by torch.export.
         transformer = AutoModel.from_pretrained(str(transformer_folder), local_files_only=True,
                                                 attn_implementation="eager",

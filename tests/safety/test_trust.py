@@ -236,6 +236,18 @@ def test_pt2_never_unpickles_its_sample_inputs(tmp_path, capsys, digits_model):
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("family", ["functional", "shared_layer", "conv1d"])
+def test_user_exports_read_without_pickle_compute_what_torch_export_load_does(family, tmp_path):
+    """Constants, buffers and tied weights come back as torch's own loader gives them."""
+    from nnzip.models.examples import example_model
+
+    model, x = example_model(family, batch=4)
+    path = tmp_path / "model.pt2"
+    torch.export.save(torch.export.export(model.eval(), (x,)), path)
+    with torch.no_grad():
+        assert torch.equal(load_model(path)(x), torch.export.load(path).module()(x))
+
+
 def test_trust_pickle_opens_the_trusted_formats(tmp_path):
     model, x = _tiny_model(), _example()
     pickle_path = tmp_path / "model.pt"
@@ -257,12 +269,14 @@ def test_trust_pickle_reads_a_pickled_weight_as_asked(tmp_path):
     assert marker.exists()
 
 
-def test_a_pickled_hf_folder_needs_trust_and_is_then_read_weights_only(tmp_path, capsys):
+def test_a_pickled_hf_folder_needs_trust_and_is_then_read_weights_only(tmp_path, capsys,
+                                                                      recipe):
     marker = tmp_path / "MARKER"
     hf = evil_hf_bin(tmp_path, marker)
     capsys.readouterr()  # transformers' progress bar while the folder was written
-    for command in ("eval", "sts"):
-        assert main([command, "--model", f"hf:{hf}", "--no-progress"]) == 2
+    out = ["--out", str(tmp_path / "out")]
+    for argv in (["eval", *out], ["sts"], ["compress", "--recipe", str(recipe), *out]):
+        assert main([*argv, "--model", f"hf:{hf}", "--no-progress"]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "--trust-pickle" in err, err
     with pytest.raises(NnzipError, match="--trust-pickle"):
