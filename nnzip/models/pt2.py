@@ -79,8 +79,9 @@ def open_archive(path: Path) -> tuple[zipfile.ZipFile, str]:
     return archive, _root(archive.namelist(), source)
 
 
-def check_entries(archive: zipfile.ZipFile, root: str, source: str) -> None:
-    """Refuse an entry this reader does not know, naming it (compiled code, pickled objects)."""
+def check_entries(archive: zipfile.ZipFile, root: str, source: str, size_bytes: int) -> None:
+    """Refuse an entry this reader does not know, naming it (compiled code, pickled objects),
+    and sizes the archive cannot hold (each entry is later read into memory of its size)."""
     for info in archive.infolist():
         name = info.filename[len(root):]
         if info.is_dir():
@@ -95,6 +96,8 @@ def check_entries(archive: zipfile.ZipFile, root: str, source: str) -> None:
             # could expand without bound when read.
             raise NnzipError(f"{source} holds {info.filename!r} compressed, which "
                              "torch.export.save never writes: export the model again")
+        if info.file_size != info.compress_size or info.file_size > size_bytes:
+            raise _corrupt(source, f"entry {info.filename!r} claims {info.file_size:,} bytes")
     format_name = f"{root}archive_format"
     if format_name not in archive.namelist() or archive.read(format_name) != b"pt2":
         raise NnzipError(f"{source} is not a torch.export archive (no archive_format 'pt2'): "
@@ -138,7 +141,10 @@ def _dtype(code: Any, what: str, source: str) -> torch.dtype:
 def _flat(archive: zipfile.ZipFile, entry: str, dtype: torch.dtype, source: str) -> torch.Tensor:
     """The raw bytes of one payload entry as a flat tensor of ``dtype`` (little-endian, as
     torch writes them)."""
-    data = bytearray(archive.read(entry))
+    data = bytearray(archive.getinfo(entry).file_size)  # read once, straight into place
+    with archive.open(entry) as file:
+        if file.readinto(data) != len(data):
+            raise _corrupt(source, f"{entry!r} is shorter than its header says")
     size = torch.empty((), dtype=dtype).element_size()
     if len(data) % size:
         raise _corrupt(source, f"{entry!r} holds {len(data)} bytes, not a whole number of "
@@ -223,7 +229,7 @@ def read_pt2(path: Path) -> nn.Module:
     source = str(path)
     archive, root = open_archive(path)
     with archive:
-        check_entries(archive, root, source)
+        check_entries(archive, root, source, path.stat().st_size)
         program_name = f"{root}models/{MODEL_NAME}.json"
         if program_name not in archive.namelist():
             raise NnzipError(f"{source} holds no program {program_name!r}: export the model "
