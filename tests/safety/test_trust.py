@@ -233,6 +233,11 @@ def test_pt2_never_unpickles_its_sample_inputs(tmp_path, capsys, digits_model):
         argv = _argv("eval", role, evil, digits_model, Path(), tmp_path / role) + FAST
         assert main(argv) == 0, capsys.readouterr().err
         assert (tmp_path / role / "report.json").is_file()
+    deploy = tmp_path / "deploy"
+    argv = _argv("deploy", "model", evil, digits_model, Path(), deploy) + [
+        "--repeats", "1", "--batch-sizes", "1"]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert (deploy / "deploy.json").is_file()
     assert not marker.exists()
 
 
