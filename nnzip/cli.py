@@ -61,8 +61,12 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                              "hf:FOLDER for a Hugging Face encoder (hf:minilm: the shipped "
                              "all-MiniLM-L6-v2)")
     parser.add_argument("--trust-pickle", action="store_true",
-                        help="allow loading a pickled full model (pickle runs code: trusted files "
-                             "only)")
+                        help="allow loading a pickled full model, TorchScript, a .pt2 with "
+                             "pickled parts or a Hugging Face pytorch_model.bin (these can run "
+                             "code from the file: trusted files only)")
+    parser.add_argument("--allow-nonfinite", action="store_true",
+                        help="measure a model whose weights hold NaN or Inf instead of refusing "
+                             "it")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -182,13 +186,14 @@ def _model_data(args: argparse.Namespace, model):
                          seed=args.seed, progress=not args.no_progress)
 
 
-def _load_model(spec: str, trust_pickle: bool):
+def _load_model(spec: str, args: argparse.Namespace):
     from nnzip.models import ZOO, load_model
 
     if spec in ZOO and not Path(spec).exists():
         raise NnzipError(f"{spec!r} is {ZOO_HINT}: train it first with "
                          f"'nnzip train --arch {spec} --out DIR', then pass --model DIR")
-    return load_model(spec, trust_pickle=trust_pickle)
+    return load_model(spec, trust_pickle=args.trust_pickle,
+                      allow_nonfinite=args.allow_nonfinite)
 
 
 def _show(report: dict, paths: dict[str, Path]) -> None:
@@ -320,8 +325,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_eval(args: argparse.Namespace) -> None:
     from nnzip.pipeline import evaluate_models
 
-    model = _load_model(args.model, args.trust_pickle)
-    reference = _load_model(args.reference, args.trust_pickle) if args.reference else None
+    model = _load_model(args.model, args)
+    reference = _load_model(args.reference, args) if args.reference else None
     data = _model_data(args, reference if reference is not None else model)
     models = [("model", "evaluated", model)]
     if reference is not None:
@@ -343,7 +348,7 @@ def cmd_compress(args: argparse.Namespace) -> None:
     from nnzip.tasks import TASKS
 
     recipe = load_recipe(args.recipe)  # validated before anything slow happens
-    model = _load_model(args.model, args.trust_pickle)
+    model = _load_model(args.model, args)
     if _is_encoder(model):
         recipe.check_task(TASKS["embed"])  # before the encoder is run on the STS-B sentences
     data = _model_data(args, model)
@@ -360,8 +365,8 @@ def cmd_deploy(args: argparse.Namespace) -> None:
     from nnzip.runtime import deploy
 
     data = _load_data(args)
-    model = _load_model(args.model, args.trust_pickle)
-    reference = _load_model(args.reference, args.trust_pickle) if args.reference else None
+    model = _load_model(args.model, args)
+    reference = _load_model(args.reference, args) if args.reference else None
     deployment = deploy(model, data, args.out, batch_sizes=tuple(args.batch_sizes),
                         threads=args.threads, repeats=args.repeats,
                         max_accuracy_change=args.max_accuracy_change, original=reference)
@@ -519,7 +524,7 @@ def _sts_encoder_and_pairs(args: argparse.Namespace):
         from transformers.utils import logging as transformers_logging
 
         transformers_logging.disable_progress_bar()  # its "Loading weights" bar
-    model = _load_model(args.model, args.trust_pickle)
+    model = _load_model(args.model, args)
     if not hasattr(model, "tokenize"):
         raise NnzipError(f"{args.model} is not a sentence encoder: pass hf:FOLDER or hf:minilm")
     pairs = load_sts(args.split)

@@ -264,11 +264,15 @@ def save_final_model(model: nn.Module, out_dir: Path, data: DataSplits) -> Path:
                                **({"sequence_dim": 1} if example.dim() == 2
                                   and not example.is_floating_point() else {}))
         except NnzipError as error:  # e.g. group-wise int4 (no QDQ form), dynamic int8
+            onnx_refusal = error
             log.info("not saved as ONNX: %s", error)
         try:  # weight-only integers keep their size in the .nnz, and reload bit for bit
             return save_nnz(model, out_dir / "model.nnz", example=example)
         except NnzipError as error:  # e.g. dynamic quantization
-            log.info("saving as torch.export instead of .nnz: %s", error)
+            # Neither file holds the integers: what is saved below is a float model. The user
+            # asked for a quantized one, so this is said where they see it (not at INFO).
+            log.warning("the quantized model is saved as a float model, not as integers: ONNX "
+                        "refused it (%s) and so did .nnz (%s)", onnx_refusal, error)
 
     if model_spec(model) is not None:
         try:

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import math
+import pickle
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -172,9 +173,15 @@ def _load_checkpoint(path: Path) -> dict | None:
         return None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # weights_only refused an object: nothing of it was run
+        raise NnzipError(f"checkpoint {path} holds objects other than tensors, which nnzip never "
+                         "unpickles: it is not an nnzip checkpoint; delete it to start training "
+                         "afresh") from None
     except Exception as exc:  # a truncated or foreign file: say so instead of a torch traceback
-        raise NnzipError(f"checkpoint {path} is corrupt or not an nnzip checkpoint ({exc}): "
-                         "delete it to start training afresh") from None
+        cause = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise NnzipError(f"checkpoint {path} is corrupt or not an nnzip checkpoint "
+                         f"({type(exc).__name__}: {cause}): delete it to start training "
+                         "afresh") from None
     if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
         raise NnzipError(f"checkpoint {path} was written by another nnzip version: delete it to "
                          "start training afresh")

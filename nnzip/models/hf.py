@@ -21,6 +21,7 @@ import importlib.util
 import json
 import logging
 import os
+import pickle
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -186,28 +187,51 @@ def _check_folder(folder: Path) -> None:
                          "model.save_pretrained(folder) and tokenizer.save_pretrained(folder)")
 
 
-def load_hf(path: str | os.PathLike = "minilm") -> SentenceEncoder:
+def _check_weights_safe(folder: Path, trust_pickle: bool) -> None:
+    """Weights are read from ``model.safetensors`` (which cannot run code); a folder with only
+    ``pytorch_model.bin`` (a pickle) is read only when trusted, and then still with
+    ``weights_only=True``."""
+    if trust_pickle or (folder / "model.safetensors").is_file():
+        return
+    raise NnzipError(f"{folder} holds its weights as pytorch_model.bin, a pickle, and unpickling "
+                     "can run code from the file: pass --trust-pickle (trust_pickle=True) if you "
+                     "trust its source, or convert it to model.safetensors (transformers' "
+                     "model.save_pretrained(folder) writes it)")
+
+
+def load_hf(path: str | os.PathLike = "minilm", *, trust_pickle: bool = False
+            ) -> SentenceEncoder:
     """Load a local Hugging Face encoder as a :class:`SentenceEncoder` (eval mode, CPU, fp32).
 
     ``path`` is a folder, or ``"minilm"`` for the shipped all-MiniLM-L6-v2. Only local files are
-    read (``local_files_only``): nothing is downloaded.
+    read (``local_files_only``): nothing is downloaded, no code from the folder is run
+    (``trust_remote_code`` stays off) and the weights come from ``model.safetensors``; a folder
+    with only ``pytorch_model.bin`` needs ``trust_pickle`` (it is then read with
+    ``weights_only=True``).
     """
     folder = minilm_path() if str(path) == "minilm" else Path(path).expanduser()
     _check_folder(folder)
     transformer_folder, pooling, normalize, max_length = _sentence_transformers_recipe(folder)
     if transformer_folder != folder:
         _check_folder(transformer_folder)
+    _check_weights_safe(transformer_folder, trust_pickle)
     try:
         from transformers import AutoModel, AutoTokenizer
     except ImportError as exc:
         raise NnzipError(f"Hugging Face models need transformers: {INSTALL_HINT}") from exc
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(transformer_folder),
-                                                  local_files_only=True)
+                                                  local_files_only=True, trust_remote_code=False)
         # Eager attention: the same arithmetic everywhere, and traceable by torch.export.
         transformer = AutoModel.from_pretrained(str(transformer_folder), local_files_only=True,
                                                 attn_implementation="eager",
-                                                dtype=torch.float32)
+                                                dtype=torch.float32, trust_remote_code=False,
+                                                use_safetensors=None if trust_pickle else True,
+                                                weights_only=True)
+    except pickle.UnpicklingError as exc:  # weights_only refused an object in the .bin
+        raise NnzipError(f"{transformer_folder}/pytorch_model.bin holds objects other than "
+                         f"tensors, which nnzip never unpickles ({str(exc).strip()[:200]}): "
+                         "convert the weights to model.safetensors") from None
     except (OSError, ValueError, KeyError) as exc:
         raise NnzipError(f"cannot load the Hugging Face model in {transformer_folder} "
                          f"({type(exc).__name__}: {str(exc).strip()[:300]}): check that its "

@@ -6,9 +6,11 @@ architecture with :func:`create_model` and checks the weights against the hash.
 
 A user's own architecture cannot be rebuilt from a spec, so :func:`save_model` refuses to write it
 as a folder nothing could load; such models travel as an ``.nnz`` file (their ``torch.export``
-program as JSON, tensors through the codec: :mod:`nnzip.models.nnz`), a ``torch.export``
-``.pt2`` or TorchScript, which :func:`load_model` reads without pickle. Plain ``torch.save``
-pickles run arbitrary code when loaded and are read only when the caller says the file is trusted.
+program as JSON, tensors through the codec: :mod:`nnzip.models.nnz`) or a ``torch.export``
+``.pt2``, which :func:`load_model` reads without pickle (:mod:`nnzip.models.pt2`). Plain
+``torch.save`` pickles and TorchScript run code from the file when loaded (TorchScript's
+``__setstate__`` can write files) and are read only when the caller says the file is trusted.
+Every loaded model's weights are checked for NaN/Inf (:mod:`nnzip.models.finite`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from nnzip.atomic import atomic_dir
 from nnzip.codec.nnz import is_nnz
 from nnzip.codec.program import dynamic_dims
 from nnzip.errors import NnzipError
+from nnzip.models.finite import check_finite
 from nnzip.models.nnz import Example, load_nnz, nnzip_version, save_nnz
 from nnzip.models.zoo import ZOO, create_model, model_spec
 
@@ -43,7 +46,8 @@ SPEC_FILE = "spec.json"
 _PICKLE_PROTOCOL_2 = b"\x80"
 _ZIP_LOCAL_HEADER = b"PK\x03\x04"
 _EXPORT_HINT = ("export it with torch.export.save(torch.export.export(model, (example,)), "
-                "'model.pt2') or torch.jit.save(torch.jit.script(model), 'model.ts')")
+                "'model.pt2'), which nnzip reads without pickle")
+_TRUST_HINT = "pass --trust-pickle (trust_pickle=True) if you trust its source"
 
 
 def _sha256(path: Path) -> str:
@@ -159,6 +163,7 @@ def _check_weights_fit(model: nn.Module, weights: Path, arch: str) -> None:
     try:
         with safe_open(weights, framework="pt") as file:
             found = {k: tuple(file.get_slice(k).get_shape()) for k in file.keys()}
+            stored_dtypes = {k: file.get_slice(k).get_dtype() for k in file.keys()}
     except Exception as exc:
         raise NnzipError(f"weights file is corrupt or truncated: {weights} ({exc}): "
                          "re-save or retrain the model") from exc
@@ -171,6 +176,21 @@ def _check_weights_fit(model: nn.Module, weights: Path, arch: str) -> None:
     if problem:
         raise NnzipError(f"weights in {weights} do not fit a {arch} model ({problem}): "
                          "re-save the model with this nnzip version")
+    _check_weight_dtypes(stored_dtypes, state, weights, arch)
+
+
+def _check_weight_dtypes(stored: dict[str, str], state: dict[str, torch.Tensor], weights: Path,
+                         arch: str) -> None:
+    """A header whose dtype was changed (the hash recomputed to match) would have its bytes read
+    as another type, a model of garbage: every dtype must be the one the model has."""
+    from safetensors.torch import _TYPES  # safetensors' own name -> torch dtype table
+
+    for name in sorted(stored.keys() & state.keys()):
+        expected = state[name].dtype
+        if _TYPES.get(stored[name]) != expected:
+            raise NnzipError(f"weights in {weights} store {name!r} as {stored[name]}, but a {arch} "
+                             f"model holds it as {str(expected).removeprefix('torch.')}: the "
+                             "file is corrupt or was altered; re-save or retrain the model")
 
 
 def _load_folder(path: Path) -> nn.Module:
@@ -201,7 +221,14 @@ def _zip_names(path: Path) -> list[str] | None:
         return None
 
 
-def _load_export(path: Path) -> nn.Module:
+def _load_export(path: Path, trust_pickle: bool) -> nn.Module:
+    """A ``.pt2`` without any unpickling (:mod:`nnzip.models.pt2`); with ``trust_pickle``, one
+    that needs pickle too, through ``torch.export.load`` (its CRCs checked first all the same)."""
+    from nnzip.models.pt2 import open_archive, read_pt2
+
+    if not trust_pickle:
+        return read_pt2(path)
+    open_archive(path)[0].close()
     try:
         return torch.export.load(path).module()
     except Exception as exc:
@@ -209,7 +236,12 @@ def _load_export(path: Path) -> nn.Module:
                          f"truncated ({type(exc).__name__}: {exc}): re-export the model") from exc
 
 
-def _load_torchscript(path: Path) -> nn.Module:
+def _load_torchscript(path: Path, trust_pickle: bool) -> nn.Module:
+    if not trust_pickle:
+        # torch.jit.load runs the TorchScript code of the file's classes (``__setstate__``) while
+        # loading, and TorchScript can write files (torch.save): tests/safety/test_trust.py.
+        raise NnzipError(f"{path} is TorchScript, whose code runs while it is loaded (it can "
+                         f"write files): {_TRUST_HINT}, or {_EXPORT_HINT}")
     try:
         return torch.jit.load(path, map_location="cpu").eval()
     except Exception as exc:
@@ -220,8 +252,7 @@ def _load_torchscript(path: Path) -> nn.Module:
 def _load_pickle(path: Path, trust_pickle: bool) -> nn.Module:
     if not trust_pickle:
         raise NnzipError(f"{path} is a pickled PyTorch file, and unpickling runs whatever code the "
-                         "file contains: pass --trust-pickle (trust_pickle=True) if you trust its "
-                         f"source, or {_EXPORT_HINT}")
+                         f"file contains: {_TRUST_HINT}, or {_EXPORT_HINT}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=False)
     except (ModuleNotFoundError, AttributeError) as exc:
@@ -237,7 +268,7 @@ def _load_pickle(path: Path, trust_pickle: bool) -> nn.Module:
     return obj.eval()
 
 
-def _load_hf_folder(path: Path) -> nn.Module:
+def _load_hf_folder(path: Path, trust_pickle: bool) -> nn.Module:
     """A Hugging Face folder (``config.json``, no ``spec.json``): a sentence encoder, as
     ``hf:FOLDER`` loads it. A folder save_hf wrote from another wrapper (a causal LM) is not
     one, and is refused rather than loaded as an encoder."""
@@ -249,12 +280,16 @@ def _load_hf_folder(path: Path) -> nn.Module:
         raise NnzipError(f"{path} holds a {wrapper} saved by nnzip's save_hf; load_model reads "
                          "sentence encoders only: load it with transformers' from_pretrained "
                          "(its config.json names the class)")
-    return load_hf(path)
+    return load_hf(path, trust_pickle=trust_pickle)
 
 
-def load_model(path: str | os.PathLike, *, trust_pickle: bool = False) -> nn.Module:
-    """Load a model folder (save_model), a torch.export ``.pt2``, an ``.onnx`` file (run by ONNX
-    Runtime), TorchScript, or a trusted pickle.
+def load_model(path: str | os.PathLike, *, trust_pickle: bool = False,
+               allow_nonfinite: bool = False) -> nn.Module:
+    """Load a model folder (save_model), an ``.nnz`` file, a torch.export ``.pt2``, an ``.onnx``
+    file (run by ONNX Runtime), or, with ``trust_pickle``, TorchScript or a pickle.
+
+    Nothing from the file is unpickled or run unless ``trust_pickle`` is set. A model whose
+    weights hold NaN or Inf is refused, naming the tensor, unless ``allow_nonfinite`` is set.
 
     The format is recognised from the content, not the suffix. Models come back on the CPU and,
     except for ``.pt2`` programs (which do not support it), in eval mode. ``hf:FOLDER`` (or
@@ -262,10 +297,17 @@ def load_model(path: str | os.PathLike, *, trust_pickle: bool = False) -> nn.Mod
     :class:`~nnzip.models.hf.SentenceEncoder`, and so does a folder with a ``config.json`` and no
     ``spec.json`` (what :func:`~nnzip.models.hf_save.save_hf` writes for an encoder).
     """
+    model = _load_any(path, trust_pickle, allow_nonfinite)
+    if not allow_nonfinite:
+        check_finite(model, str(path))
+    return model
+
+
+def _load_any(path: str | os.PathLike, trust_pickle: bool, allow_nonfinite: bool) -> nn.Module:
     if str(path).startswith("hf:"):
         from nnzip.models.hf import load_hf  # transformers is an optional extra
 
-        return load_hf(str(path)[3:])
+        return load_hf(str(path)[3:], trust_pickle=trust_pickle)
     path = Path(path).expanduser()
     if not path.exists():
         hint = (f"{str(path)!r} is a zoo architecture, not a file: use create_model"
@@ -276,20 +318,22 @@ def load_model(path: str | os.PathLike, *, trust_pickle: bool = False) -> nn.Mod
         path = path.parent  # the user pointed at a file inside a model folder
     if path.is_dir():
         if not (path / SPEC_FILE).is_file() and (path / "config.json").is_file():
-            return _load_hf_folder(path)
+            return _load_hf_folder(path, trust_pickle)
         return _load_folder(path)
     if is_nnz(path):
         return load_nnz(path)
     if path.suffix.lower() == ".onnx":
+        from nnzip.models.onnx_file import check_onnx_file
         from nnzip.runtime.session import OrtModule  # runs in ONNX Runtime, callable like torch
 
+        check_onnx_file(path, allow_nonfinite=allow_nonfinite)
         return OrtModule(path)
     names = _zip_names(path)
     if names is not None:
         if any(n.rsplit("/", 1)[-1] == "archive_format" for n in names):
-            return _load_export(path)
+            return _load_export(path, trust_pickle)
         if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
-            return _load_torchscript(path)
+            return _load_torchscript(path, trust_pickle)
         if any(n.endswith("/data.pkl") or n == "data.pkl" for n in names):
             return _load_pickle(path, trust_pickle)
         raise NnzipError(f"{path} is a zip archive but not a PyTorch model: pass a model folder, "

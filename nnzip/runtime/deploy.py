@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from nnzip.atomic import atomic_path, write_text
+from nnzip.core.modes import set_eval
 from nnzip.data.splits import DataSplits, probe_batch
 from nnzip.errors import NnzipError
 from nnzip.evaluate.accuracy import accuracy, agreement, predict_logits
@@ -172,7 +173,7 @@ def deploy(model: nn.Module, data: DataSplits, out_dir: str | Path, *,
     if max_accuracy_change < 0:
         raise NnzipError("max_accuracy_change is in accuracy points and must be ≥ 0")
     out_dir = Path(out_dir)
-    model = model.eval()
+    model = set_eval(model)  # a .pt2 program refuses .eval(): kept as exported
     example = probe_batch(data, 2)
     # Written into a temporary folder that replaces out_dir as a whole at the end: no runtime
     # file of an earlier deployment sits beside the new deploy.json.
@@ -182,7 +183,7 @@ def deploy(model: nn.Module, data: DataSplits, out_dir: str | Path, *,
             if original is not None:
                 runtimes.append(Runtime("original-pytorch-eager", "the original model, "
                                         "PyTorch eager (baseline, not a candidate)", None,
-                                        original.eval(), candidate=False))
+                                        set_eval(original), candidate=False))
             check_accuracy(runtimes, data, samples, max_accuracy_change)
         for runtime in runtimes:
             if runtime.path is not None:
