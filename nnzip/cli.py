@@ -24,6 +24,24 @@ error_console = Console(stderr=True)
 ZOO_HINT = "an architecture name, not a trained model"
 
 
+def _print_error(message: str) -> None:
+    """The one error line: never wrapped, and the message's own brackets are not read as
+    markup."""
+    import re
+
+    line = re.sub(r"\s*\n\s*", " ", message.strip())  # a library's message may have several
+    error_console.print(f"[bold red]error:[/] {escape(line)}", soft_wrap=True, highlight=False)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but its errors are one line (its usage block made three or more) with exit
+    status 2, as every other mistake is; ``--help`` still shows the usage."""
+
+    def error(self, message: str):
+        _print_error(f"{self.prog}: {message}; see '{self.prog} --help'")
+        sys.exit(2)
+
+
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default=None,
                         help="mnist (the default), digits, stsb-lm (STS-B text for a causal "
@@ -66,7 +84,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nnzip", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="nnzip", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"nnzip {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-v", "--verbose", action="store_true", help="log each epoch and stage")
@@ -145,6 +163,76 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", type=Path, default=None,
                         help="write report.{json,md,html} here (default: only print)")
     return parser
+
+
+# --- every numeric option's range, checked before any work -----------------------------------
+
+#: The most threads, timed repeats and batch size that are not a typo: past them a run would only
+#: oversubscribe the machine, time for days or allocate without bound.
+MAX_THREADS = 1024
+MAX_REPEATS = 100_000
+MAX_BATCH = 65_536
+MAX_EPOCHS = 100_000
+
+
+def _option_ranges():
+    """The numeric options of every command with their allowed ranges, as a pydantic model
+    (fields absent from a command keep their default and are not checked)."""
+    from typing import Annotated
+
+    from pydantic import BaseModel, ConfigDict, Field
+
+    finite = {"allow_inf_nan": False}
+    batch = Annotated[int, Field(ge=1, le=MAX_BATCH)]
+
+    class OptionRanges(BaseModel):
+        model_config = ConfigDict(extra="ignore")
+
+        threads: int = Field(1, ge=1, le=MAX_THREADS)
+        work_threads: int | None = Field(None, ge=1, le=MAX_THREADS)
+        repeats: int = Field(1, ge=1, le=MAX_REPEATS)
+        robustness_samples: int | None = Field(None, ge=1)
+        seed: int = Field(0, ge=0, lt=2 ** 32)  # numpy's seeds
+        pairs: int | None = Field(None, ge=2)  # a Spearman correlation needs two
+        train_sentences: int = Field(1, ge=2)  # a training and a validation sentence
+        calibration: int = Field(1, ge=1)
+        group_size: int | None = Field(None, ge=1)
+        epochs: int | None = Field(None, ge=0, le=MAX_EPOCHS)
+        finetune_epochs: int = Field(0, ge=0, le=MAX_EPOCHS)
+        lr: float | None = Field(None, gt=0, **finite)
+        batch_size: batch | None = None
+        batch_sizes: list[batch] = Field(default_factory=lambda: [1], min_length=1)
+        max_accuracy_change: float = Field(0.0, ge=0, le=100, **finite)
+
+    return OptionRanges
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Refuse a negative, zero, non-finite or absurd numeric option before anything runs, naming
+    the option and its range (``--robustness-samples -5`` once silently used 9 995 images)."""
+    from pydantic import ValidationError
+
+    try:
+        _option_ranges().model_validate(vars(args))
+    except ValidationError as error:
+        raise NnzipError(validation_line(error, options=True)) from None
+
+
+def validation_line(error, options: bool = False) -> str:
+    """A pydantic ``ValidationError`` as one line: each field (as its ``--option`` when
+    ``options``), what it must be and what it got."""
+    problems = []
+    for item in error.errors():
+        loc = [str(part) for part in item["loc"]]
+        field = "--" + loc[0].replace("_", "-") if options and loc else ".".join(loc)
+        if options and len(loc) > 1:
+            field += f" (value {int(loc[1]) + 1})" if loc[1].isdigit() else ""
+        must = item["msg"].replace("Input should be", "must be")
+        got = item.get("input")
+        shown = f", got {got!r}" if not isinstance(got, dict) else ""
+        problems.append(f"{field or error.title} {must}{shown}")
+    where = "" if options else f"invalid {error.title}: "
+    return where + "; ".join(problems)
 
 
 def _eval_config(args: argparse.Namespace):
@@ -566,14 +654,32 @@ COMMANDS = {"demo": cmd_demo, "train": cmd_train, "eval": cmd_eval, "compress": 
             "deploy": cmd_deploy, "sts": cmd_sts, "report": cmd_report}
 
 
+def unexpected_error_line(error: BaseException) -> str:
+    """The last resort for an exception nnzip did not foresee (a torch shape error from a model
+    and data that do not fit, a library's own failure): one line that names it and says how to
+    see the traceback, so it is neither a wall of text nor hidden."""
+    if isinstance(error, MemoryError):
+        return ("out of memory: use a smaller model, less data or smaller batches "
+                "(run with -v for the traceback)")
+    if isinstance(error, OSError) and error.strerror:
+        where = f": {error.filename}" if error.filename else ""
+        return f"{error.strerror}{where}: check the path, its permissions and the free space"
+    text = " ".join(str(error).split())
+    text = text if len(text) <= 300 else text[:297] + "..."
+    return (f"unexpected {type(error).__name__}: {text or '(no message)'}; if the model and "
+            "data fit each other this is a bug in nnzip: run again with -v for the traceback "
+            "and report it")
+
+
 def main(argv: list[str] | None = None) -> int:
+    from pydantic import ValidationError
+
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(message)s", handlers=[RichHandler(console=error_console)])
     try:
+        check_options(args)
         if args.work_threads is not None:
-            if args.work_threads < 1:
-                raise NnzipError(f"--work-threads must be at least 1, got {args.work_threads}")
             import torch  # late: `nnzip --help` stays fast
 
             torch.set_num_threads(args.work_threads)
@@ -583,9 +689,15 @@ def main(argv: list[str] | None = None) -> int:
                              f"'nnzip sts --model {args.model}'")
         COMMANDS[args.command](args)
     except NnzipError as error:
-        # One line, never wrapped, and the message's own brackets are not read as markup.
-        error_console.print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True,
-                            highlight=False)
+        _print_error(str(error))
+        return 2
+    except ValidationError as error:  # a config built from the options (e.g. TrainConfig)
+        _print_error(validation_line(error))
+        return 2
+    except Exception as error:  # noqa: BLE001 - the last resort: one line, the traceback on -v
+        if args.verbose:
+            error_console.print_exception()
+        _print_error(unexpected_error_line(error))
         return 2
     except KeyboardInterrupt:
         where = getattr(args, "out", None)
