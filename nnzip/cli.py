@@ -228,6 +228,10 @@ def validation_line(error, options: bool = False) -> str:
         if options and len(loc) > 1:
             field += f" (value {int(loc[1]) + 1})" if loc[1].isdigit() else ""
         must = item["msg"].replace("Input should be", "must be")
+        for said, plain in (("greater than or equal to", "at least"),
+                            ("less than or equal to", "at most"),
+                            ("greater than", "above"), ("less than", "below")):
+            must = must.replace(said, plain)
         got = item.get("input")
         shown = f", got {got!r}" if not isinstance(got, dict) else ""
         problems.append(f"{field or error.title} {must}{shown}")
@@ -387,6 +391,7 @@ def cmd_compress(args: argparse.Namespace) -> None:
     model = _load_model(args.model, args.trust_pickle)
     if _is_encoder(model):
         recipe.check_task(TASKS["embed"])  # before the encoder is run on the STS-B sentences
+    recipe.check_model(model)  # layer names and stage/model fit, before any data is loaded
     data = _model_data(args, model)
     name = Path(args.model.removeprefix("hf:")).stem
     result = compress(model, recipe, data, name=name, out_dir=args.out,
