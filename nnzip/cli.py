@@ -405,9 +405,14 @@ def cmd_deploy(args: argparse.Namespace) -> None:
 
     from nnzip.runtime import deploy
 
+    from nnzip.evaluate.metrics import check_model_accepts
+
     data = _load_data(args)
     model = _load_model(args.model, args.trust_pickle)
     reference = _load_model(args.reference, args.trust_pickle) if args.reference else None
+    for name, each in (("model", model), ("reference", reference)):
+        if each is not None:  # a model that does not fit the data: said before any timing
+            check_model_accepts(each, data, name)
     deployment = deploy(model, data, args.out, batch_sizes=tuple(args.batch_sizes),
                         threads=args.threads, repeats=args.repeats,
                         max_accuracy_change=args.max_accuracy_change, original=reference)
@@ -641,16 +646,70 @@ def cmd_sts(args: argparse.Namespace) -> None:
             console.print(line, soft_wrap=True, highlight=False, markup=False)
 
 
+#: The report keys that hold text; every other model key holds numbers (or nested numbers).
+REPORT_TEXT_KEYS = ("name", "stage", "task", "energy_note")
+
+
+def _numbers_only(value: object) -> bool:
+    if isinstance(value, dict):
+        return all(_numbers_only(item) for item in value.values())
+    if isinstance(value, list):
+        return all(_numbers_only(item) for item in value)
+    return value is None or (isinstance(value, int | float) and not isinstance(value, bool))
+
+
+def check_report_types(report: dict, path: Path) -> dict:
+    """Refuse a report.json whose values have the wrong type (a hand-edited or mistyped file),
+    naming the model and the key, before anything is rendered or written."""
+    from nnzip.evaluate import REPORT_MODEL_KEYS
+
+    redo = "regenerate it with `nnzip eval`, or fix the value"
+    if not isinstance(report["machine"], dict):
+        raise NnzipError(f"report {path}: 'machine' is not a JSON object: {redo}")
+    stages = report.get("stages") or []
+    if not isinstance(stages, list) or not all(isinstance(stage, dict) and
+                                               isinstance(stage.get("label"), str)
+                                               for stage in stages):
+        raise NnzipError(f"report {path}: 'stages' is not a list of stages with a label: {redo}")
+    for index, model in enumerate(report["models"]):
+        for key in REPORT_MODEL_KEYS:
+            value = model[key]
+            if key in REPORT_TEXT_KEYS:
+                fits = isinstance(value, str) or (value is None and key not in ("name", "stage"))
+            else:
+                fits = _numbers_only(value)
+            if not fits:
+                kind = "text" if key in REPORT_TEXT_KEYS else "a number (or null)"
+                raise NnzipError(f"report {path}: model {index} has {key} = {value!r:.60}, not "
+                                 f"{kind}: {redo}")
+    return report
+
+
+def _rendered_or_refused(report: dict, sources: list[Path]) -> None:
+    """Render the report once before anything is written, so a value the renderers cannot show
+    is one error line, never a report.json without its report.md and report.html."""
+    from nnzip.evaluate.report import render_html, render_markdown
+
+    try:
+        render_markdown(report)
+        render_html(report)
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError) as error:
+        raise NnzipError(f"report {', '.join(map(str, sources))} cannot be rendered "
+                         f"({type(error).__name__}: {error}): regenerate it with `nnzip eval`"
+                         ) from None
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     from nnzip.evaluate import build_report, load_report, write_report
 
-    reports = [load_report(path) for path in args.reports]
+    reports = [check_report_types(load_report(path), path) for path in args.reports]
     if len(reports) == 1:
         report = reports[0]
     else:
         models = [entry for report in reports for entry in report["models"]]
         report = build_report(models, reports[0]["machine"],
                               extra={"merged_from": [str(path) for path in args.reports]})
+    _rendered_or_refused(report, args.reports)
     paths = write_report(report, args.out) if args.out else {}
     _show(report, paths)
 

@@ -235,6 +235,9 @@ def parse_recipe(data: object, source: str = "<recipe>") -> Recipe:
 def load_recipe(path: str | Path) -> Recipe:
     """Read and validate a YAML recipe file."""
     path = Path(path)
+    if path.is_dir():
+        raise NnzipError(f"recipe {path} is a folder: pass a YAML recipe file (built-in recipes "
+                         "are in the repository's recipes/ folder)")
     if not path.is_file():
         raise NnzipError(f"recipe file {path} not found: check the path (built-in recipes are in "
                          "the repository's recipes/ folder)")
