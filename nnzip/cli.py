@@ -403,9 +403,8 @@ def cmd_compress(args: argparse.Namespace) -> None:
 def cmd_deploy(args: argparse.Namespace) -> None:
     from rich.table import Table
 
-    from nnzip.runtime import deploy
-
     from nnzip.evaluate.metrics import check_model_accepts
+    from nnzip.runtime import deploy
 
     data = _load_data(args)
     model = _load_model(args.model, args.trust_pickle)

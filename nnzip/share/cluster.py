@@ -17,7 +17,6 @@ with the ordinary loop then trains the centroids with the assignments fixed.
 from __future__ import annotations
 
 import difflib
-
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
