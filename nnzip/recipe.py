@@ -161,7 +161,9 @@ def _stage_error(source: str, index: int, kind: str, error: ValidationError) -> 
             problems.append(f"unknown option {option!r}{_suggest(name, valid)}; "
                             f"valid options: {', '.join(valid)}")
         else:
-            problems.append(f"option {option!r}: {item['msg']}")
+            got = "" if item["type"] == "value_error" or "input" not in item \
+                or isinstance(item["input"], dict) else f", got {item['input']!r:.60}"
+            problems.append(f"option {option!r}: {item['msg']}{got}")
     return NnzipError(f"recipe {source}, stage {index} ({kind}): " + "; ".join(problems))
 
 
