@@ -173,6 +173,8 @@ def test_complex_valued_data_is_refused(tmp_path, capsys, mlp_dir):
     (lambda p: p.mkdir(), "has no class sub-folders"),
     (lambda p: np.savez(p.with_suffix(".npz"), x=np.ones((40, 3, 5, 5), np.float32),
                         y=np.arange(40) % 10), "rejects the data"),
+    (lambda p: np.savez(p.with_suffix(".npz"), x=np.array(["a"] * 40), y=np.arange(40) % 10),
+     "'x' has dtype <U1"),
 ])
 def test_data_that_does_not_fit_is_named(make_data, said, tmp_path, capsys, mlp_dir):
     path = tmp_path / "data"
@@ -234,6 +236,8 @@ def test_a_bad_recipe_is_one_line_before_any_data_or_measurement(text, said, tmp
     ([{"finetune": {"epochs": 1}}, {"cluster": {"bits": 4, "layer_bits": {"fc4": 2}}}],
      "stage 2 (cluster): layer_bits: 'fc4'"),
     ([{"prune_heads": {"calibration": "data"}}], "is not a BERT- or ViT-style encoder"),
+    ([{"quantize": {"smoothquant_alpha": 0.5, "smoothquant_layers": ["fc1", "fc"]}}],
+     "smoothquant_layers: 'fc' matches no layer"),
 ])
 def test_the_library_refuses_a_recipe_that_does_not_fit_the_model_before_the_baseline(
         stages, said, digits, mlp, work_log):
