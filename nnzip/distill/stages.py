@@ -152,6 +152,16 @@ class Distill(FinetuneOptions):
             find_layer(model, teacher_layer, "teacher")
             if self.student is None:
                 find_layer(model, student_layer, "student")
+        if self.student is not None:
+            import difflib
+
+            from nnzip.models import ZOO
+
+            if self.student not in ZOO:
+                close = difflib.get_close_matches(self.student, list(ZOO), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise NnzipError(f"student {self.student!r} is not a zoo architecture{hint}: "
+                                 f"choose one of {', '.join(ZOO)}")
         if self.student is None:
             if self.student_options:
                 raise NnzipError("student_options configure a new student: set 'student' to a "
