@@ -177,7 +177,7 @@ MAX_EPOCHS = 100_000
 
 def _option_ranges():
     """The numeric options of every command with their allowed ranges, as a pydantic model
-    (fields absent from a command keep their default and are not checked)."""
+    (a command without an option leaves its field at the default, which is not checked)."""
     from typing import Annotated
 
     from pydantic import BaseModel, ConfigDict, Field
@@ -190,19 +190,19 @@ def _option_ranges():
 
         threads: int = Field(1, ge=1, le=MAX_THREADS)
         work_threads: int | None = Field(None, ge=1, le=MAX_THREADS)
-        repeats: int = Field(1, ge=1, le=MAX_REPEATS)
+        repeats: int = Field(50, ge=1, le=MAX_REPEATS)
         robustness_samples: int | None = Field(None, ge=1)
         seed: int = Field(0, ge=0, lt=2 ** 32)  # numpy's seeds
         pairs: int | None = Field(None, ge=2)  # a Spearman correlation needs two
-        train_sentences: int = Field(1, ge=2)  # a training and a validation sentence
-        calibration: int = Field(1, ge=1)
+        train_sentences: int = Field(2048, ge=2)  # a training and a validation sentence
+        calibration: int = Field(256, ge=1)
         group_size: int | None = Field(None, ge=1)
         epochs: int | None = Field(None, ge=0, le=MAX_EPOCHS)
-        finetune_epochs: int = Field(0, ge=0, le=MAX_EPOCHS)
+        finetune_epochs: int = Field(3, ge=0, le=MAX_EPOCHS)
         lr: float | None = Field(None, gt=0, **finite)
         batch_size: batch | None = None
-        batch_sizes: list[batch] = Field(default_factory=lambda: [1], min_length=1)
-        max_accuracy_change: float = Field(0.0, ge=0, le=100, **finite)
+        batch_sizes: list[batch] = Field(default_factory=lambda: [1, 64], min_length=1)
+        max_accuracy_change: float = Field(0.2, ge=0, le=100, **finite)
 
     return OptionRanges
 
