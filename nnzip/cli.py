@@ -24,6 +24,24 @@ error_console = Console(stderr=True)
 ZOO_HINT = "an architecture name, not a trained model"
 
 
+def _print_error(message: str) -> None:
+    """The one error line: never wrapped, and the message's own brackets are not read as
+    markup."""
+    import re
+
+    line = re.sub(r"\s*\n\s*", " ", message.strip())  # a library's message may have several
+    error_console.print(f"[bold red]error:[/] {escape(line)}", soft_wrap=True, highlight=False)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but its errors are one line (its usage block made three or more) with exit
+    status 2, as every other mistake is; ``--help`` still shows the usage."""
+
+    def error(self, message: str):
+        _print_error(f"{self.prog}: {message}; see '{self.prog} --help'")
+        sys.exit(2)
+
+
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default=None,
                         help="mnist (the default), digits, stsb-lm (STS-B text for a causal "
@@ -70,7 +88,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nnzip", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="nnzip", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"nnzip {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-v", "--verbose", action="store_true", help="log each epoch and stage")
@@ -149,6 +167,80 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", type=Path, default=None,
                         help="write report.{json,md,html} here (default: only print)")
     return parser
+
+
+# --- every numeric option's range, checked before any work -----------------------------------
+
+#: The most threads, timed repeats and batch size that are not a typo: past them a run would only
+#: oversubscribe the machine, time for days or allocate without bound.
+MAX_THREADS = 1024
+MAX_REPEATS = 100_000
+MAX_BATCH = 65_536
+MAX_EPOCHS = 100_000
+
+
+def _option_ranges():
+    """The numeric options of every command with their allowed ranges, as a pydantic model
+    (a command without an option leaves its field at the default, which is not checked)."""
+    from typing import Annotated
+
+    from pydantic import BaseModel, ConfigDict, Field
+
+    finite = {"allow_inf_nan": False}
+    batch = Annotated[int, Field(ge=1, le=MAX_BATCH)]
+
+    class OptionRanges(BaseModel):
+        model_config = ConfigDict(extra="ignore")
+
+        threads: int = Field(1, ge=1, le=MAX_THREADS)
+        work_threads: int | None = Field(None, ge=1, le=MAX_THREADS)
+        repeats: int = Field(50, ge=1, le=MAX_REPEATS)
+        robustness_samples: int | None = Field(None, ge=1)
+        seed: int = Field(0, ge=0, lt=2 ** 32)  # numpy's seeds
+        pairs: int | None = Field(None, ge=2)  # a Spearman correlation needs two
+        train_sentences: int = Field(2048, ge=2)  # a training and a validation sentence
+        calibration: int = Field(256, ge=1)
+        group_size: int | None = Field(None, ge=1)
+        epochs: int | None = Field(None, ge=0, le=MAX_EPOCHS)
+        finetune_epochs: int = Field(3, ge=0, le=MAX_EPOCHS)
+        lr: float | None = Field(None, gt=0, **finite)
+        batch_size: batch | None = None
+        batch_sizes: list[batch] = Field(default_factory=lambda: [1, 64], min_length=1)
+        max_accuracy_change: float = Field(0.2, ge=0, le=100, **finite)
+
+    return OptionRanges
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Refuse a negative, zero, non-finite or absurd numeric option before anything runs, naming
+    the option and its range (``--robustness-samples -5`` once silently used 9 995 images)."""
+    from pydantic import ValidationError
+
+    try:
+        _option_ranges().model_validate(vars(args))
+    except ValidationError as error:
+        raise NnzipError(validation_line(error, options=True)) from None
+
+
+def validation_line(error, options: bool = False) -> str:
+    """A pydantic ``ValidationError`` as one line: each field (as its ``--option`` when
+    ``options``), what it must be and what it got."""
+    problems = []
+    for item in error.errors():
+        loc = [str(part) for part in item["loc"]]
+        field = "--" + loc[0].replace("_", "-") if options and loc else ".".join(loc)
+        if options and len(loc) > 1:
+            field += f" (value {int(loc[1]) + 1})" if loc[1].isdigit() else ""
+        must = item["msg"].replace("Input should be", "must be")
+        for said, plain in (("greater than or equal to", "at least"),
+                            ("less than or equal to", "at most"),
+                            ("greater than", "above"), ("less than", "below")):
+            must = must.replace(said, plain)
+        got = item.get("input")
+        shown = f", got {got!r}" if not isinstance(got, dict) else ""
+        problems.append(f"{field or error.title} {must}{shown}")
+    where = "" if options else f"invalid {error.title}: "
+    return where + "; ".join(problems)
 
 
 def _eval_config(args: argparse.Namespace):
@@ -351,6 +443,7 @@ def cmd_compress(args: argparse.Namespace) -> None:
     model = _load_model(args.model, args)
     if _is_encoder(model):
         recipe.check_task(TASKS["embed"])  # before the encoder is run on the STS-B sentences
+    recipe.check_model(model)  # layer names and stage/model fit, before any data is loaded
     data = _model_data(args, model)
     name = Path(args.model.removeprefix("hf:")).stem
     result = compress(model, recipe, data, name=name, out_dir=args.out,
@@ -362,11 +455,15 @@ def cmd_compress(args: argparse.Namespace) -> None:
 def cmd_deploy(args: argparse.Namespace) -> None:
     from rich.table import Table
 
+    from nnzip.evaluate.metrics import check_model_accepts
     from nnzip.runtime import deploy
 
     data = _load_data(args)
     model = _load_model(args.model, args)
     reference = _load_model(args.reference, args) if args.reference else None
+    for name, each in (("model", model), ("reference", reference)):
+        if each is not None:  # a model that does not fit the data: said before any timing
+            check_model_accepts(each, data, name)
     deployment = deploy(model, data, args.out, batch_sizes=tuple(args.batch_sizes),
                         threads=args.threads, repeats=args.repeats,
                         max_accuracy_change=args.max_accuracy_change, original=reference)
@@ -600,17 +697,71 @@ def cmd_sts(args: argparse.Namespace) -> None:
             console.print(line, soft_wrap=True, highlight=False, markup=False)
 
 
+#: The report keys that hold text; every other model key holds numbers (or nested numbers).
+REPORT_TEXT_KEYS = ("name", "stage", "task", "energy_note")
+
+
+def _numbers_only(value: object) -> bool:
+    if isinstance(value, dict):
+        return all(_numbers_only(item) for item in value.values())
+    if isinstance(value, list):
+        return all(_numbers_only(item) for item in value)
+    return value is None or (isinstance(value, int | float) and not isinstance(value, bool))
+
+
+def check_report_types(report: dict, path: Path) -> dict:
+    """Refuse a report.json whose values have the wrong type (a hand-edited or mistyped file),
+    naming the model and the key, before anything is rendered or written."""
+    from nnzip.evaluate import REPORT_MODEL_KEYS
+
+    redo = "regenerate it with `nnzip eval`, or fix the value"
+    if not isinstance(report["machine"], dict):
+        raise NnzipError(f"report {path}: 'machine' is not a JSON object: {redo}")
+    stages = report.get("stages") or []
+    if not isinstance(stages, list) or not all(isinstance(stage, dict) and
+                                               isinstance(stage.get("label"), str)
+                                               for stage in stages):
+        raise NnzipError(f"report {path}: 'stages' is not a list of stages with a label: {redo}")
+    for index, model in enumerate(report["models"]):
+        for key in REPORT_MODEL_KEYS:
+            value = model[key]
+            if key in REPORT_TEXT_KEYS:
+                fits = isinstance(value, str) or (value is None and key not in ("name", "stage"))
+            else:
+                fits = _numbers_only(value)
+            if not fits:
+                kind = "text" if key in REPORT_TEXT_KEYS else "a number (or null)"
+                raise NnzipError(f"report {path}: model {index} has {key} = {value!r:.60}, not "
+                                 f"{kind}: {redo}")
+    return report
+
+
+def _rendered_or_refused(report: dict, sources: list[Path]) -> None:
+    """Render the report once before anything is written, so a value the renderers cannot show
+    is one error line, never a report.json without its report.md and report.html."""
+    from nnzip.evaluate.report import render_html, render_markdown
+
+    try:
+        render_markdown(report)
+        render_html(report)
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError) as error:
+        raise NnzipError(f"report {', '.join(map(str, sources))} cannot be rendered "
+                         f"({type(error).__name__}: {error}): regenerate it with `nnzip eval`"
+                         ) from None
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     from nnzip.evaluate import build_report, load_report, write_report
     from nnzip.outputs import final_paths, staged_folder
 
-    reports = [load_report(path) for path in args.reports]
+    reports = [check_report_types(load_report(path), path) for path in args.reports]
     if len(reports) == 1:
         report = reports[0]
     else:
         models = [entry for report in reports for entry in report["models"]]
         report = build_report(models, reports[0]["machine"],
                               extra={"merged_from": [str(path) for path in args.reports]})
+    _rendered_or_refused(report, args.reports)
     with staged_folder(args.out) as folder:  # replaces --out as a whole, once written
         paths = write_report(report, folder) if folder is not None else {}
     _show(report, final_paths(paths, folder, args.out))
@@ -620,14 +771,32 @@ COMMANDS = {"demo": cmd_demo, "train": cmd_train, "eval": cmd_eval, "compress": 
             "deploy": cmd_deploy, "sts": cmd_sts, "report": cmd_report}
 
 
+def unexpected_error_line(error: BaseException) -> str:
+    """The last resort for an exception nnzip did not foresee (a torch shape error from a model
+    and data that do not fit, a library's own failure): one line that names it and says how to
+    see the traceback, so it is neither a wall of text nor hidden."""
+    if isinstance(error, MemoryError):
+        return ("out of memory: use a smaller model, less data or smaller batches "
+                "(run with -v for the traceback)")
+    if isinstance(error, OSError) and error.strerror:
+        where = f": {error.filename}" if error.filename else ""
+        return f"{error.strerror}{where}: check the path, its permissions and the free space"
+    text = " ".join(str(error).split())
+    text = text if len(text) <= 300 else text[:297] + "..."
+    return (f"unexpected {type(error).__name__}: {text or '(no message)'}; if the model and "
+            "data fit each other this is a bug in nnzip: run again with -v for the traceback "
+            "and report it")
+
+
 def main(argv: list[str] | None = None) -> int:
+    from pydantic import ValidationError
+
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(message)s", handlers=[RichHandler(console=error_console)])
     try:
+        check_options(args)
         if args.work_threads is not None:
-            if args.work_threads < 1:
-                raise NnzipError(f"--work-threads must be at least 1, got {args.work_threads}")
             import torch  # late: `nnzip --help` stays fast
 
             torch.set_num_threads(args.work_threads)
@@ -638,9 +807,15 @@ def main(argv: list[str] | None = None) -> int:
         check_outputs(args)  # before any work: a bad --out costs a second, not a finished run
         COMMANDS[args.command](args)
     except NnzipError as error:
-        # One line, never wrapped, and the message's own brackets are not read as markup.
-        error_console.print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True,
-                            highlight=False)
+        _print_error(str(error))
+        return 2
+    except ValidationError as error:  # a config built from the options (e.g. TrainConfig)
+        _print_error(validation_line(error))
+        return 2
+    except Exception as error:  # noqa: BLE001 - the last resort: one line, the traceback on -v
+        if args.verbose:
+            error_console.print_exception()
+        _print_error(unexpected_error_line(error))
         return 2
     except KeyboardInterrupt as interrupt:
         error_console.print(_interrupted_message(args, interrupt), soft_wrap=True,

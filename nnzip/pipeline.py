@@ -160,6 +160,7 @@ def compress(model: nn.Module, recipe: Recipe | str | Path, data: DataSplits, *,
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
     recipe.check_task(task_of(data))  # a stage that does not fit the task: refused before work
+    recipe.check_model(model)  # layer names, stage/architecture fit: before the baseline
     eval_config = eval_config or EvalConfig()
     out_dir = Path(out_dir) if out_dir is not None else None
     torch.manual_seed(seed)

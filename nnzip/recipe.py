@@ -69,10 +69,68 @@ class Recipe:
                                  f"{task.name} task ({task.description}): {why}")
         return self
 
+    def check_model(self, model) -> Recipe:
+        """Refuse, before any work, a stage whose options cannot fit ``model`` (a layer name
+        that matches nothing, a stage the architecture does not support), naming the recipe
+        and the stage; returns the recipe. Stages after one that renames layers (a
+        factorization, a new student) are checked when they run."""
+        for index, step in enumerate(self.steps, start=1):
+            try:
+                step.stage.check(model)
+            except NnzipError as error:
+                raise NnzipError(f"recipe {self.source}, stage {index} "
+                                 f"({self._shown(step)}): {error}") from None
+            if not step.stage.keeps_layer_names():
+                break
+        return self
+
+    @staticmethod
+    def _shown(step: RecipeStep) -> str:
+        return step.stage.kind if step.label == step.stage.kind else \
+            f"{step.label}, {step.stage.kind}"
+
     def to_dict(self) -> dict:
         return {"name": self.name, "description": self.description, "source": self.source,
                 "stages": [{"label": s.label, "kind": s.stage.kind,
                             "options": s.stage.model_dump()} for s in self.steps]}
+
+
+#: Stage families whose order matters (each order refused below was measured to fail: a
+#: traceback or a refusal after the baseline and the earlier stages had run).
+QUANTIZING = frozenset({"quantize", "qat", "mixed_precision"})
+SHARING = frozenset({"cluster", "product_quantize"})
+RESHAPING = frozenset({"prune_channels", "svd", "tucker", "prune_heads"})
+
+
+def _quantizes_activations(stage: Stage) -> bool:
+    return stage.kind in QUANTIZING and getattr(stage, "activation_bits", None) is not None
+
+
+def _order_problem(earlier: list[Stage], stage: Stage) -> str | None:
+    """Why ``stage`` cannot follow the ``earlier`` stages of a recipe, else None."""
+    def first(kinds: frozenset) -> str | None:
+        found = [(index, s.kind) for index, s in enumerate(earlier, 1) if s.kind in kinds]
+        return f"stage {found[0][0]} ({found[0][1]})" if found else None
+
+    if stage.kind in QUANTIZING and (done := first(QUANTIZING)):
+        return (f"{done} already quantized the model: quantize once (one stage with all the "
+                "options; qat fine-tunes a float model)")
+    if stage.kind in QUANTIZING and (done := first(SHARING)):
+        return (f"{done} already shares the weights through codebooks: quantize instead of "
+                "sharing, or share alone (its codebook indices are the small integers)")
+    if stage.kind in SHARING and (done := first(QUANTIZING)):
+        return f"{done} already quantized the weights: share weights before quantizing, or instead"
+    if stage.kind in RESHAPING and (done := first(QUANTIZING | SHARING)):
+        return (f"it changes layer shapes, which {done} has already quantized or shared: put "
+                f"{stage.kind} before it")
+    stored = [s for s in earlier if s.kind in SHARING | {"encode"}]
+    quantized = [s for s in earlier if _quantizes_activations(s)]
+    if (stored and _quantizes_activations(stage)) or (quantized and stage.kind in
+                                                      SHARING | {"encode"}):
+        return ("the .nnz file that weight sharing and encode write stores integer weights, not "
+                "quantized activations: quantize with activation_bits: null (weights only), or "
+                "drop the sharing / encode stage and deploy the quantized model as ONNX")
+    return None
 
 
 def _suggest(word: str, choices: list[str]) -> str:
@@ -103,12 +161,20 @@ def _stage_error(source: str, index: int, kind: str, error: ValidationError) -> 
             problems.append(f"unknown option {option!r}{_suggest(name, valid)}; "
                             f"valid options: {', '.join(valid)}")
         else:
-            problems.append(f"option {option!r}: {item['msg']}")
+            got = "" if item["type"] == "value_error" or "input" not in item \
+                or isinstance(item["input"], dict) else f", got {item['input']!r:.60}"
+            problems.append(f"option {option!r}: {item['msg']}{got}")
     return NnzipError(f"recipe {source}, stage {index} ({kind}): " + "; ".join(problems))
 
 
 def parse_recipe(data: object, source: str = "<recipe>") -> Recipe:
     """Validate a recipe given as plain data (what YAML gives) and build its stages."""
+    if data is None:
+        raise NnzipError(f"recipe {source} is empty: write a 'stages' list, e.g. "
+                         "'stages: [{finetune: {epochs: 2}}]'")
+    if isinstance(data, list):
+        raise NnzipError(f"recipe {source} is a bare list but must be a mapping: put the "
+                         "stages under a 'stages' key, e.g. 'stages: [{finetune: {epochs: 2}}]'")
     if not isinstance(data, dict):
         raise NnzipError(f"recipe {source} must be a mapping with a 'stages' list, "
                          f"got {type(data).__name__}")
@@ -136,15 +202,29 @@ def parse_recipe(data: object, source: str = "<recipe>") -> Recipe:
             raise NnzipError(f"recipe {source}, stage {index}: unknown stage {kind!r}"
                              f"{_suggest(kind, list(STAGES))}; known stages: "
                              f"{', '.join(sorted(STAGES))}")
-        options = dict(options or {})
+        if options is None:
+            options = {}
+        if not isinstance(options, dict):
+            raise NnzipError(f"recipe {source}, stage {index} ({kind}): options must be a "
+                             f"mapping of names to values, got {type(options).__name__} "
+                             f"{options!r:.60}; write '- {kind}: {{option: value}}' (or "
+                             f"'- {kind}' for its defaults)")
+        options = dict(options)
         if not all(isinstance(key, str) for key in options):
             raise NnzipError(f"recipe {source}, stage {index} ({kind}): options must be a "
                              "mapping of names to values")
-        label = str(options.pop("label", kind))
+        label = options.pop("label", kind)
+        if not isinstance(label, str | int | float) or isinstance(label, bool) or not str(label):
+            raise NnzipError(f"recipe {source}, stage {index} ({kind}): 'label' names the "
+                             f"stage's row in the report: give a short text, got {label!r:.60}")
+        label = str(label)
         try:
             stage = STAGES[kind].model_validate(options)
         except ValidationError as error:
             raise _stage_error(source, index, kind, error) from None
+        why = _order_problem([step.stage for step in steps], stage)
+        if why is not None:
+            raise NnzipError(f"recipe {source}, stage {index} ({kind}) cannot come here: {why}")
         seen[label] = seen.get(label, 0) + 1
         if seen[label] > 1:
             label = f"{label}#{seen[label]}"
@@ -157,6 +237,9 @@ def parse_recipe(data: object, source: str = "<recipe>") -> Recipe:
 def load_recipe(path: str | Path) -> Recipe:
     """Read and validate a YAML recipe file."""
     path = Path(path)
+    if path.is_dir():
+        raise NnzipError(f"recipe {path} is a folder: pass a YAML recipe file (built-in recipes "
+                         "are in the repository's recipes/ folder)")
     if not path.is_file():
         raise NnzipError(f"recipe file {path} not found: check the path (built-in recipes are in "
                          "the repository's recipes/ folder)")

@@ -63,6 +63,11 @@ class Stage(BaseModel):
     #: coverage by comparing the parameters before and after.
     records_coverage: ClassVar[bool] = False
 
+    #: Options whose values (or, for a mapping, whose keys) name layers or parameters of the
+    #: model: :meth:`check` refuses one that matches nothing, before any work.
+    layer_options: ClassVar[tuple[str, ...]] = ("layers", "exclude", "layer_bits",
+                                                "smoothquant_layers")
+
     @model_validator(mode="before")
     @classmethod
     def _renamed_options(cls, values: object) -> object:
@@ -77,6 +82,24 @@ class Stage(BaseModel):
                                                    old, new)
                 values = {(new if key == old else key): value for key, value in values.items()}
         return values
+
+    def check(self, model: nn.Module) -> None:
+        """Refuse, before any work, options that cannot fit ``model`` (the model the recipe
+        starts from): a layer name that matches nothing, a stage the architecture does not
+        support. A stage with more to check extends this; it must stay cheap (no data, no
+        forward pass)."""
+        from nnzip.core.select import check_layer_names
+
+        for option in self.layer_options:
+            names = getattr(self, option, None)
+            if names:
+                check_layer_names(model, option, list(names))
+
+    def keeps_layer_names(self) -> bool:
+        """Whether the model after this stage has the same layer names (a factorization or a
+        new student does not): later stages are checked against the first model only up to
+        the first stage that changes them."""
+        return True
 
     def apply(self, model: nn.Module, context: Context) -> nn.Module:
         raise NotImplementedError

@@ -188,6 +188,28 @@ def _load_checkpoint(path: Path) -> dict | None:
     return state
 
 
+def _check_checkpoint_fits(path: Path, saved: dict, model: nn.Module) -> None:
+    """Refuse a checkpoint of another architecture (or of other sizes) before loading it, naming
+    a tensor that differs: torch's own error lists every key, over many lines."""
+    expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+    if not isinstance(saved, dict):
+        raise NnzipError(f"checkpoint {path} holds no model weights: delete it to start "
+                         "training afresh")
+    found = {name: tuple(getattr(tensor, "shape", ())) for name, tensor in saved.items()}
+    if found == expected:
+        return
+    missing = sorted(set(expected) - set(found))
+    extra = sorted(set(found) - set(expected))
+    resized = [name for name in expected if name in found and found[name] != expected[name]]
+    arch = type(model).__name__
+    what = (f"it lacks {len(missing)} of the {arch}'s tensors (e.g. {missing[0]})" if missing
+            else f"it has {len(extra)} tensors the {arch} has not (e.g. {extra[0]})" if extra
+            else f"it holds {resized[0]} as {list(found[resized[0]])}, the {arch} needs "
+                 f"{list(expected[resized[0]])}")
+    raise NnzipError(f"checkpoint {path} is of another model: {what}; pass another "
+                     "--checkpoint path, or delete it to start afresh")
+
+
 def _save_checkpoint(path: Path, state: dict) -> None:
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
@@ -225,6 +247,7 @@ def fit(model: nn.Module, data: DataSplits, config: TrainConfig | None = None, *
         if state["config"] != config.model_dump():
             raise NnzipError(f"checkpoint {checkpoint} was made with other training options: "
                              "delete it or pass the same options to resume")
+        _check_checkpoint_fits(checkpoint, state["model"], model)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

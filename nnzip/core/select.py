@@ -91,6 +91,26 @@ def select_weights(model: nn.Module, layers: Sequence[str] | None = None,
     return selected
 
 
+def check_layer_names(model: nn.Module, option: str, patterns: Sequence[str]) -> None:
+    """Refuse a name or pattern in ``option`` that matches no parameter (nor module holding one)
+    of ``model``, with a did-you-mean: the recipe-wide check made before any work. Each method
+    then selects among the weights it can change (:func:`select_weights`), with its own errors.
+    """
+    if isinstance(patterns, str):
+        raise NnzipError(f"{option} must be a list of names or patterns, got the string "
+                         f"{patterns!r}: write [{patterns!r}]")
+    names = [name for name, _ in model.named_parameters(remove_duplicate=False)]
+    for pattern in patterns:
+        if not any(matches(name, pattern) for name in names):
+            modules = sorted({name.rsplit(".", 1)[0] for name in names if "." in name})
+            close = difflib.get_close_matches(pattern, names + modules, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            shown = ", ".join(modules[:12]) + (f" and {len(modules) - 12} more"
+                                               if len(modules) > 12 else "")
+            raise NnzipError(f"{option}: {pattern!r} matches no layer or parameter of "
+                             f"{type(model).__name__}{hint}; its layers: {shown or '(none)'}")
+
+
 class LayerSelection(BaseModel):
     """The two selection fields every method config (and recipe stage) has."""
 

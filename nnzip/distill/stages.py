@@ -142,6 +142,34 @@ class Distill(FinetuneOptions):
     student_options: dict[str, Any] = Field(default_factory=dict)
     keep_zeros: bool = True
 
+    def check(self, model: nn.Module) -> None:
+        """The teacher layers ``hints`` names (and, for the current model as student, its
+        layers too) exist."""
+        super().check(model)
+        from nnzip.distill.hints import find_layer
+
+        for student_layer, teacher_layer in self.hints.items():
+            find_layer(model, teacher_layer, "teacher")
+            if self.student is None:
+                find_layer(model, student_layer, "student")
+        if self.student is not None:
+            import difflib
+
+            from nnzip.models import ZOO
+
+            if self.student not in ZOO:
+                close = difflib.get_close_matches(self.student, list(ZOO), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise NnzipError(f"student {self.student!r} is not a zoo architecture{hint}: "
+                                 f"choose one of {', '.join(ZOO)}")
+        if self.student is None:
+            if self.student_options:
+                raise NnzipError("student_options configure a new student: set 'student' to a "
+                                 "zoo architecture too, or drop student_options")
+
+    def keeps_layer_names(self) -> bool:
+        return self.student is None  # a new student has its own layers
+
     def options(self) -> DistillOptions:
         return DistillOptions(temperature=self.temperature, alpha=self.alpha,
                               targets=self.targets)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 
@@ -24,3 +25,20 @@ class EvalConfig:
     robustness_samples: int | None = None
     measure_latency: bool = True
     eval_batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        """Refuse a count below one (a negative ``robustness_samples`` once sliced the test set
+        from its end: -5 measured 9 995 images)."""
+        from nnzip.errors import NnzipError
+
+        counts = {"threads": self.threads, "repeats": self.repeats,
+                  "eval_batch_size": self.eval_batch_size,
+                  "robustness_samples": self.robustness_samples,
+                  **{f"batch_sizes[{i}]": size for i, size in enumerate(self.batch_sizes)}}
+        for name, value in counts.items():
+            if value is not None and (isinstance(value, bool)
+                                      or not isinstance(value, numbers.Integral) or value < 1):
+                raise NnzipError(f"EvalConfig {name} must be a whole number of at least 1, "
+                                 f"got {value!r}")
+        if self.warmup < 0:
+            raise NnzipError(f"EvalConfig warmup must be at least 0, got {self.warmup!r}")

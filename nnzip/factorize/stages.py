@@ -58,6 +58,9 @@ class _Factorize(FinetunedStage):
         """The old name of ``keep``."""
         return self.keep
 
+    def keeps_layer_names(self) -> bool:
+        return False  # a layer becomes an nn.Sequential: fc1.weight is then fc1.0.weight
+
     def _finetune(self, model: nn.Module, context: Context) -> None:
         config = self.finetune_config(context)
         context.record("finetune_epochs", config.epochs)

@@ -496,6 +496,15 @@ class PruneHeads(Stage):
     calibration_batches: int = Field(8, ge=1)
     calibration_sentences: int = Field(256, ge=1)
 
+    def check(self, model: nn.Module) -> None:
+        """An encoder (its layer layout found), and a tokenizer for ``calibration: sts``."""
+        super().check(model)
+        encoder_layers(model)
+        if self.calibration == "sts" and not hasattr(model, "tokenize"):
+            raise NnzipError(f"calibration 'sts' needs a sentence encoder that can tokenize "
+                             f"(nnzip.models.hf.load_hf), not a {type(model).__name__}: use "
+                             "calibration 'data'")
+
     def apply(self, model: nn.Module, context: Context) -> nn.Module:
         before = encoder_shape(model)  # fails early on a model that is not an encoder
         params_before = sum(p.numel() for p in model.parameters())
@@ -520,6 +529,18 @@ class DropLayers(Stage):
     kind = "drop_layers"
 
     keep: list[int] | None = None
+
+    def check(self, model: nn.Module) -> None:
+        """A stack of transformer blocks, and ``keep`` distinct indices into it."""
+        super().check(model)
+        count = len(transformer_blocks(model))
+        keep = self.keep if self.keep is not None else every_other_layer(count)
+        if not keep or len(set(keep)) != len(keep) or not all(0 <= i < count for i in keep):
+            raise NnzipError(f"keep must list distinct layer indices in 0..{count - 1} (the "
+                             f"{type(model).__name__} has {count} layers), got {keep}")
+
+    def keeps_layer_names(self) -> bool:
+        return False  # the kept layers are renumbered
 
     def apply(self, model: nn.Module, context: Context) -> nn.Module:
         count = len(transformer_blocks(model))

@@ -16,6 +16,7 @@ with the ordinary loop then trains the centroids with the assignments fixed.
 
 from __future__ import annotations
 
+import difflib
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -122,7 +123,24 @@ def layer_bits(model: nn.Module, weights: Sequence[Weight | str], bits: int | No
             raise NnzipError(f"no bit width for {weight.name}: set bits (or conv_bits / "
                              "linear_bits)")
         chosen[weight.name] = check_bits(value)
+    _check_layer_bits_used(per_layer or {}, weights)
     return chosen
+
+
+def _check_layer_bits_used(per_layer: Mapping[str, int], weights: Sequence[Weight]) -> None:
+    """A ``layer_bits`` key that names no clustered weight is an error (it was once silently
+    ignored), with a did-you-mean among the weights' and their modules' names."""
+    names = [name for weight in weights for name in (weight.name, *weight.aliases)]
+    accepted = set(names) | {name.removesuffix(".weight") for name in names
+                             if name.endswith(".weight")}
+    for key in per_layer:
+        if key not in accepted:
+            close = difflib.get_close_matches(key, sorted(accepted), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            shown = sorted(accepted)
+            listed = ", ".join(shown[:12]) + (", ..." if len(shown) > 12 else "")
+            raise NnzipError(f"layer_bits: {key!r} names no weight being clustered{hint}; name "
+                             f"a weight or its layer: {listed}")
 
 
 def _share_everywhere(model: nn.Module, weight: Weight, shared: SharedWeight) -> None:

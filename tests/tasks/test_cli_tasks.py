@@ -47,7 +47,8 @@ def test_compress_runs_a_recipe_on_minilm_and_reports_sts_metrics(minilm, tmp_pa
 def test_a_recipe_stage_that_does_not_fit_an_encoder_is_refused_before_any_encoding(
         minilm, tmp_path, capsys):
     recipe = tmp_path / "r.yaml"
-    recipe.write_text("stages:\n  - quantize: {}\n  - mixed_precision: {average_bits: 4}\n")
+    recipe.write_text("stages:\n  - finetune: {epochs: 1}\n"
+                      "  - mixed_precision: {average_bits: 4}\n")
     assert main(["compress", "--model", "hf:minilm", "--recipe", str(recipe), "--out",
                  str(tmp_path / "run")]) == 2
     error = capsys.readouterr().err

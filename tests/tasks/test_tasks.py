@@ -87,8 +87,8 @@ def test_training_a_language_model_lowers_its_perplexity():
 
 
 def test_a_stage_that_does_not_fit_the_task_is_refused_naming_stage_and_task():
-    recipe = parse_recipe({"stages": [{"quantize": {}}, {"prune_channels": {"sparsity": 0.5}}]},
-                          source="r.yaml")
+    recipe = parse_recipe({"stages": [{"prune": {"sparsity": 0.5}},
+                                      {"prune_channels": {"sparsity": 0.5}}]}, source="r.yaml")
     with pytest.raises(NnzipError, match=r"r.yaml, stage 2 \(prune_channels\) does not fit "
                                          r"the lm task"):
         recipe.check_task(TASKS["lm"])
