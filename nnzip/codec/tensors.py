@@ -275,12 +275,38 @@ def _encode_integer(name: str, value: Integer, huffman: bool) -> tuple[dict, lis
 
 
 # -- decode ----------------------------------------------------------------------------------
+#: Elements a file may decode to without any payload (all-zero sparse tensors), and per payload
+#: byte beyond that: an 8-bit relative index skips up to 256 zeros per entry and Huffman codes
+#: an entry in one bit, so a genuine file stays far below 1024 elements per byte, while a forged
+#: header claiming 5·10⁸ elements in 31 KB is refused before anything is allocated.
+FREE_ELEMENTS = 1 << 24
+ELEMENTS_PER_PAYLOAD_BYTE = 1024
+
+
+def record_numel(record: object) -> int:
+    """The element count a record's shape declares, checked to be a list of non-negative ints."""
+    shape = record.get("shape") if isinstance(record, dict) else None
+    if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        name = record.get("name") if isinstance(record, dict) else None
+        raise NnzipError(f"record {name!r} has an invalid shape: corrupt data")
+    return math.prod(shape)
+
+
+def check_decoded_sizes(records: list, payload_bytes: int) -> None:
+    """Refuse, before decoding anything, records whose shapes declare more elements than
+    ``payload_bytes`` of streams could describe (see :data:`ELEMENTS_PER_PAYLOAD_BYTE`)."""
+    total = sum(record_numel(record) for record in records)
+    allowed = FREE_ELEMENTS + ELEMENTS_PER_PAYLOAD_BYTE * payload_bytes
+    if total > allowed:
+        raise NnzipError(f"its records declare {total:,} elements, more than {payload_bytes:,} "
+                         f"bytes of data can hold (at most {allowed:,}): corrupt or forged data")
+
+
 def decode_tensor(record: dict, streams: list[tuple[dict, bytes]]) -> torch.Tensor | Integer:
     """Inverse of :func:`encode_tensor` (an ``integer`` record comes back as :class:`Integer`)."""
+    numel = record_numel(record)
     shape = tuple(record["shape"])
-    if not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise NnzipError(f"record {record.get('name')!r} has an invalid shape: corrupt data")
-    numel = math.prod(shape)
     encoding = record.get("encoding")
     dtype = dtype_of(record.get("dtype"))
     if encoding == "dense":
