@@ -137,7 +137,8 @@ ZOO: dict[str, ZooEntry] = {
                        _image_channels_and_size, LeNet5Options),
     "lenet5_small": ZooEntry(LeNet5, "LeNet-5 with 10/20 filters and 100 hidden units (38k "
                              "params on MNIST, 11× fewer): a distillation student",
-                             _image_channels_and_size, LeNet5Options, {"channels": [10, 20], "hidden": 100}),
+                             _image_channels_and_size, LeNet5Options,
+                             {"channels": [10, 20], "hidden": 100}),
     "resnet8": ZooEntry(CifarResNet, "CIFAR ResNet-8 (He et al. 2016), 78k params",
                         _image_channels, ResNetOptions, {"depth": 8}),
     "resnet20": ZooEntry(CifarResNet, "CIFAR ResNet-20 (He et al. 2016), 0.27M params",
