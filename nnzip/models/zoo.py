@@ -183,17 +183,17 @@ def check_options(arch: str, kwargs: Mapping[str, Any]) -> None:
                          "pass sizes within the stated bounds") from None
 
 
-def create_model(arch: str, *, input_shape: tuple[int, ...], num_classes: int,
-                 **kwargs: Any) -> nn.Module:
-    """A new ``arch`` model for inputs of ``input_shape`` (no batch axis) and ``num_classes``.
-
-    ``kwargs`` are the architecture's remaining options (``depth`` for "resnet", ``width``,
-    ``width_mult``); they must be JSON values, since they are saved with the model.
-    """
-    if arch not in ZOO:
+def check_spec(arch: Any, input_shape: Any, num_classes: Any, kwargs: Any) -> InputShape:
+    """Check a zoo spec (which may come from a file) before anything is built: a known
+    architecture, a bounded input shape and class count, options it takes, within their bounds
+    (:class:`_Options`); returns the input shape as a tuple."""
+    if not isinstance(arch, str) or arch not in ZOO:
         raise NnzipError(f"unknown architecture {arch!r}: choose one of {', '.join(ZOO)}")
     entry = ZOO[arch]
     shape = _check_shape(input_shape, num_classes)
+    if not isinstance(kwargs, Mapping) or not all(isinstance(key, str) for key in kwargs):
+        raise NnzipError(f"{arch} options must be a mapping of names to values, got "
+                         f"{kwargs!r}")
     allowed = entry.options(arch, shape)
     unknown = sorted(set(kwargs) - allowed)
     if unknown:
@@ -202,10 +202,22 @@ def create_model(arch: str, *, input_shape: tuple[int, ...], num_classes: int,
                          "input_shape)")
     check_options(arch, kwargs)
     try:
-        json.dumps(kwargs)
+        json.dumps(dict(kwargs))
     except (TypeError, ValueError) as exc:
         raise NnzipError(f"{arch} options must be plain JSON values (numbers, strings), got "
                          f"{kwargs!r}: pass numbers or strings") from exc
+    return shape
+
+
+def create_model(arch: str, *, input_shape: tuple[int, ...], num_classes: int,
+                 **kwargs: Any) -> nn.Module:
+    """A new ``arch`` model for inputs of ``input_shape`` (no batch axis) and ``num_classes``.
+
+    ``kwargs`` are the architecture's remaining options (``depth`` for "resnet", ``width``,
+    ``width_mult``); they must be JSON values, since they are saved with the model.
+    """
+    shape = check_spec(arch, input_shape, num_classes, kwargs)
+    entry = ZOO[arch]
     model = entry.model_class(**entry.derive(arch, shape), **entry.fixed, **kwargs,
                               num_classes=num_classes)
     model.nnzip_spec = {"arch": arch, "kwargs": dict(kwargs), "input_shape": list(shape),
