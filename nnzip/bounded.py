@@ -98,7 +98,7 @@ def loads_json(text: bytes | str, what: str, fix: str, *, max_depth: int = MAX_J
     try:
         return json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
-        raise NnzipError(f"{what} is not valid JSON ({error}): {fix}") from error
+        raise NnzipError(f"{what} is not readable JSON ({error}): {fix}") from error
 
 
 __all__ = ["MAX_JSON_CONTAINERS", "MAX_JSON_DEPTH", "inflate", "json_structure", "loads_json",
