@@ -63,8 +63,7 @@ def spec_digest(document: dict[str, Any]) -> str:
     """
     fields = {key: value for key, value in document.items() if key != "spec_sha256"}
     try:
-        text = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
-                          allow_nan=False)
+        text = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     except (TypeError, ValueError) as exc:
         raise NnzipError(f"spec fields are not plain JSON ({exc}): re-save the model") from exc
     return hashlib.sha256(text.encode("ascii")).hexdigest()

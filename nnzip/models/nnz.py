@@ -186,9 +186,15 @@ def _program_model(file: NnzFile, source: str) -> nn.Module:
         raise NnzipError(f"{source} has no valid program: save the model again")
     tensors = {name: value.dequantize() if isinstance(value, Integer) else value
                for name, value in file.tensors.items()}
+    program = program_from_parts(document, tensors, layout, source)
     # An exported program's module bakes in the mode it was exported in (eval): it refuses
     # .eval(), and nnzip's measurements skip the switch for it.
-    return program_from_parts(document, tensors, layout, source).module()
+    try:
+        return program.module()
+    except Exception as error:  # torch's unlifting asserts on a forged (CRC-valid) program
+        raise NnzipError(f"{source} holds a program this PyTorch cannot rebuild as a module "
+                         f"({type(error).__name__}: {str(error)[:200]}): save the model "
+                         "again") from None
 
 
 def model_from_nnz(file: NnzFile, source: str = "the .nnz file") -> nn.Module:
