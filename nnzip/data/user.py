@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -113,6 +114,12 @@ def _check_pair(x: np.ndarray, y: np.ndarray, x_key: str, y_key: str, path: Path
         raise NnzipError(f"{path}: {x_key!r} is empty: store at least one sample per class")
 
 
+#: What zipfile and numpy raise for a damaged archive: a flipped bit can mark a member encrypted
+#: (RuntimeError) or compressed by an unknown method (NotImplementedError), or corrupt a name.
+_ZIP_ERRORS = (OSError, zipfile.BadZipFile, EOFError, ValueError, SyntaxError, RuntimeError,
+               NotImplementedError, zlib.error)
+
+
 def _npy_header(member, info: zipfile.ZipInfo) -> tuple[tuple[int, ...], np.dtype, int]:
     """(shape, dtype, header bytes) of one .npy member, from its header alone."""
     version = np.lib.format.read_magic(member)
@@ -148,7 +155,7 @@ def check_npz_sizes(path: Path) -> None:
                     raise NnzipError(f"{path}: {info.filename} declares shape {shape} of "
                                      f"{dtype} ({declared:,} bytes) but holds "
                                      f"{info.file_size - offset:,}: corrupt file; {fix}")
-    except (OSError, zipfile.BadZipFile, EOFError, ValueError, SyntaxError) as exc:
+    except _ZIP_ERRORS as exc:
         raise NnzipError(f"{path}: not a readable .npz file ({exc}): {fix}") from exc
 
 
@@ -175,7 +182,7 @@ def load_npz(path: str | os.PathLike, val_fraction: float = 0.1, test_fraction: 
     except ValueError as exc:  # object arrays need pickle, which could run code
         raise NnzipError(f"{path}: holds object arrays ({exc}): save plain numeric arrays "
                          "with np.savez") from exc
-    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+    except _ZIP_ERRORS as exc:
         raise NnzipError(f"{path}: not a readable .npz file ({exc}): "
                          "save it with np.savez(path, x=..., y=...)") from exc
     missing = [key for key in ("x", "y") if key not in arrays]
