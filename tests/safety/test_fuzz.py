@@ -132,6 +132,17 @@ def valid(tmp_path_factory) -> dict[str, Path]:
     model_row = dict.fromkeys(REPORT_MODEL_KEYS, 1.0) | {"name": "m", "stage": "dense"}
     files["report"].write_text(json.dumps({"nnzip_version": "0", "machine": {"cpu": "x"},
                                            "models": [model_row]}))
+    # Every unmutated file loads (so the fuzzers start from valid files), and the first load
+    # of each kind, with its imports (ONNX Runtime, torch.export), happens outside a deadline.
+    x = torch.rand(2, 1, 4, 4)
+    for kind in ("folder", "zoo_nnz"):
+        assert torch.equal(load_model(files[kind])(x), zoo.eval()(x))
+    for kind in ("program_nnz", "pt2", "onnx"):
+        assert load_model(files[kind])(torch.rand(2, 4)).shape == (2, 3)
+    assert [step.label for step in load_recipe(files["recipe"]).steps] == ["prune", "polish"]
+    assert load_npz(files["npz"]).num_classes == 3
+    assert load_image_folder(files["images"]).num_classes == 2
+    assert load_report(files["report"])["models"][0]["name"] == "m"
     return files
 
 
