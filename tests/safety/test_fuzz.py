@@ -25,12 +25,15 @@ from hypothesis import strategies as st
 from PIL import Image
 from torch import nn
 
+from nnzip.codec.nnz import encode_tensors
+from nnzip.codec.tensors import Integer
 from nnzip.data.user import load_image_folder, load_npz
 from nnzip.errors import NnzipError
 from nnzip.evaluate.metrics import REPORT_MODEL_KEYS
 from nnzip.evaluate.report import load_report
 from nnzip.models import create_model, load_model, save_model
 from nnzip.models.io import spec_digest
+from nnzip.models.zoo import model_spec
 from nnzip.recipe import load_recipe
 
 FAST = settings(max_examples=30, deadline=2000, derandomize=True, database=None,
@@ -111,7 +114,9 @@ def valid(tmp_path_factory) -> dict[str, Path]:
         zoo.fc1.weight[:, ::2] = 0  # sparse records as well as dense ones
     files = {"folder": save_model(zoo, root / "zoo"),
              "zoo_nnz": save_model(zoo, root / "zoo.nnz"),
+             "int_nnz": root / "int8.nnz",
              "program_nnz": save_model(Tiny(), root / "program.nnz", example=torch.rand(2, 4))}
+    files["int_nnz"].write_bytes(_int8_zoo_nnz(zoo))
     files["pt2"] = root / "tiny.pt2"
     torch.export.save(torch.export.export(Tiny(), (torch.rand(2, 4),)), files["pt2"])
     files["onnx"] = root / "tiny.onnx"
@@ -137,6 +142,7 @@ def valid(tmp_path_factory) -> dict[str, Path]:
     x = torch.rand(2, 1, 4, 4)
     for kind in ("folder", "zoo_nnz"):
         assert torch.equal(load_model(files[kind])(x), zoo.eval()(x))
+    assert load_model(files["int_nnz"])(x).shape == (2, 3)
     for kind in ("program_nnz", "pt2", "onnx"):
         assert load_model(files[kind])(torch.rand(2, 4)).shape == (2, 3)
     assert [step.label for step in load_recipe(files["recipe"]).steps] == ["prune", "polish"]
@@ -144,6 +150,18 @@ def valid(tmp_path_factory) -> dict[str, Path]:
     assert load_image_folder(files["images"]).num_classes == 2
     assert load_report(files["report"])["models"][0]["name"] == "m"
     return files
+
+
+def _int8_zoo_nnz(zoo: nn.Module) -> bytes:
+    """The zoo model as a version-1 .nnz whose fc1 weight is an int8 integer record."""
+    state = dict(zoo.state_dict())
+    weight = state["fc1.weight"]
+    scale = weight.abs().amax(1, keepdim=True) / 127
+    values = torch.round(weight / scale).to(torch.int64).clamp(-128, 127)
+    state["fc1.weight"] = Integer(values, 8, -128, scale, torch.zeros(300, 1, dtype=torch.int32),
+                                  {"kind": "per_channel"}, (300, -1))
+    return encode_tensors(state, {"format_version": 1, "spec": model_spec(zoo), "extra": None},
+                          version=1)
 
 
 def _tiny_onnx() -> bytes:
@@ -178,7 +196,7 @@ def _nnz_header(data: bytes) -> dict:
 
 
 # -- .nnz ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("kind", ["zoo_nnz", "program_nnz"])
+@pytest.mark.parametrize("kind", ["zoo_nnz", "int_nnz", "program_nnz"])
 @FAST
 @given(mutations=byte_mutations)
 def test_nnz_bytes_fuzz(valid, kind, mutations):
@@ -187,7 +205,7 @@ def test_nnz_bytes_fuzz(valid, kind, mutations):
         refuses_cleanly_or_loads(load_model, _write("m.nnz", data, folder))
 
 
-@pytest.mark.parametrize("kind", ["zoo_nnz", "program_nnz"])
+@pytest.mark.parametrize("kind", ["zoo_nnz", "int_nnz", "program_nnz"])
 @FAST
 @given(swaps=json_swaps)
 @example(swaps=[([0.5, 0.0], None)])  # found by fuzzing: a program's layout without names
@@ -197,6 +215,20 @@ def test_nnz_forged_header_fuzz(valid, kind, swaps):
     forged = _nnz_with_header(data, swap_json_values(_nnz_header(data), swaps))
     with tempfile.TemporaryDirectory() as folder:
         refuses_cleanly_or_loads(load_model, _write("m.nnz", forged, folder))
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("view", [7, 7]), ("view", "ab"), ("view", [-1, -1]), ("scale_shape", [3, 100]),
+    ("zero_point_shape", [1, 300]), ("bits", 99), ("low", "x"), ("scheme", 5)])
+def test_forged_integer_record_is_refused(valid, tmp_path, field, value):
+    """Found by fuzzing: an integer record whose view, scale or zero point does not fit its
+    values failed later, in dequantize, with a RuntimeError or TypeError."""
+    data = valid["int_nnz"].read_bytes()
+    header = _nnz_header(data)
+    (record,) = [r for r in header["records"] if r["encoding"] == "integer"]
+    record[field] = value
+    with pytest.raises(NnzipError, match="corrupt"):
+        load_model(_write("forged.nnz", _nnz_with_header(data, header), str(tmp_path)))
 
 
 # -- model folders (spec.json + model.safetensors) -------------------------------------------
