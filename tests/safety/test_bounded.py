@@ -19,6 +19,7 @@ than swapping the machine.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -33,15 +34,16 @@ import numpy as np
 import pytest
 import torch
 
+from nnzip.bounded import json_structure
 from nnzip.codec.nnz import encode_tensors
-from nnzip.models import create_model, save_model
+from nnzip.errors import NnzipError
+from nnzip.models import create_model, load_model, save_model
 from nnzip.models.io import spec_digest
+from nnzip.recipe import load_recipe
 
 MAX_SECONDS = 1.0
 MAX_GROWTH_MB = 500
 
-pytestmark = pytest.mark.skipif(not Path("/proc/self/status").exists(),
-                                reason="memory is measured through /proc (Linux)")
 
 CHILD = r"""
 import json, os, resource, signal, sys, time
@@ -279,6 +281,8 @@ def refusals(hostile_files) -> dict[str, dict]:
     return json.loads(lines[-1][len("RESULTS "):])
 
 
+@pytest.mark.skipif(not Path("/proc/self/status").exists(),
+                    reason="memory is measured through /proc (Linux)")
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_hostile_file_is_refused_quickly_in_bounded_memory(refusals, name):
     result = refusals[name]
@@ -304,3 +308,59 @@ def test_the_hostile_files_are_small(hostile_files):
 def test_zlib_bomb_is_a_valid_stream():
     """The bomb is real: it inflates (to 64 MB here) and its checksum holds."""
     assert zlib.decompress(zlib_bomb(64)) == b" " * (64 << 20)
+
+
+# -- the checks behind the refusals, in process ----------------------------------------------
+@pytest.fixture
+def lenet300_folder(tmp_path) -> Path:
+    torch.manual_seed(0)
+    return save_model(create_model("lenet300", input_shape=(1, 4, 4), num_classes=3),
+                      tmp_path / "net")
+
+
+def test_spec_changed_after_saving_is_corrupt(lenet300_folder):
+    spec = json.loads((lenet300_folder / "spec.json").read_text())
+    (lenet300_folder / "spec.json").write_text(json.dumps({**spec, "num_classes": 4}))
+    with pytest.raises(NnzipError, match="does not match its spec_sha256"):
+        load_model(lenet300_folder)
+
+
+def test_folder_saved_before_spec_hashing_still_loads(lenet300_folder):
+    spec = json.loads((lenet300_folder / "spec.json").read_text())
+    del spec["spec_sha256"]
+    (lenet300_folder / "spec.json").write_text(json.dumps(spec))
+    assert load_model(lenet300_folder)(torch.rand(2, 1, 4, 4)).shape == (2, 3)
+
+
+def test_weights_of_another_byte_size_are_refused_before_the_model_is_built(lenet300_folder):
+    """Same names and shapes, float16 instead of float32: the meta-device model needs twice the
+    bytes the file holds (with the weights' hash recomputed, as a forger would)."""
+    from safetensors.torch import load_file, save_file
+
+    weights = lenet300_folder / "model.safetensors"
+    save_file({k: v.half() for k, v in load_file(weights).items()}, weights)
+    spec = json.loads((lenet300_folder / "spec.json").read_text())
+    spec["weights_sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
+    spec["spec_sha256"] = spec_digest(spec)
+    (lenet300_folder / "spec.json").write_text(json.dumps(spec))
+    with pytest.raises(NnzipError, match="bytes of tensors, a lenet300 model of this spec needs"):
+        load_model(lenet300_folder)
+
+
+def test_json_depth_ignores_brackets_inside_strings():
+    assert json_structure(b'{"a": "[[[[{{{", "b": ["]]]", {"c": "\\"[["}]}') == (3, 3)
+    assert json_structure(deep_json(1000)) == (1000, 1000)
+
+
+def test_any_yaml_anchor_is_refused(tmp_path):
+    recipe = tmp_path / "anchored.yaml"
+    recipe.write_text("stages:\n  - finetune: &options {epochs: 1}\n")
+    with pytest.raises(NnzipError, match="line 2.*anchors and aliases"):
+        load_recipe(recipe)
+
+
+def test_a_recipe_over_one_megabyte_is_refused(tmp_path):
+    recipe = tmp_path / "big.yaml"
+    recipe.write_text("stages:\n  - finetune: {epochs: 1}\n" + "#" * (1 << 20) + "\n")
+    with pytest.raises(NnzipError, match="more than the 1,048,576 allowed"):
+        load_recipe(recipe)
