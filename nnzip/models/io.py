@@ -136,7 +136,7 @@ def read_spec(path: str | os.PathLike) -> dict[str, Any]:
         raise NnzipError(f"{spec_path} is not an nnzip model spec: pass a folder written by "
                          "save_model")
     if spec.get("format_version") != FORMAT_VERSION:
-        raise NnzipError(f"{spec_path} has format version {spec.get('format_version')}, this "
+        raise NnzipError(f"{spec_path} has format version {spec.get('format_version')!r}, this "
                          f"nnzip reads version {FORMAT_VERSION}: upgrade nnzip or re-save")
     missing = [k for k in ("arch", "kwargs", "input_shape", "num_classes", "weights_sha256")
                if k not in spec]

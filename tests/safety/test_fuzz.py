@@ -242,6 +242,7 @@ def _folder_copy(valid_folder: Path, folder: str) -> Path:
 
 @FAST
 @given(swaps=json_swaps, rehash=st.booleans())
+@example(swaps=[([0.5], "\n")], rehash=False)  # found: a message broken over two lines
 def test_spec_json_fuzz(valid, swaps, rehash):
     spec = json.loads((valid["folder"] / "spec.json").read_text())
     forged = swap_json_values(spec, swaps)
