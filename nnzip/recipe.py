@@ -42,6 +42,22 @@ STAGES: dict[str, type[Stage]] = {cls.kind: cls for cls in (
     Distill, SVD, Tucker, Cluster, ProductQuantize, Encode, PruneHeads, DropLayers)}
 
 _TOP_LEVEL_KEYS = ("name", "description", "stages")
+#: Largest recipe file read: built-in recipes are under 2 KB.
+MAX_RECIPE_BYTES = 1 << 20
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """PyYAML's safe loader without anchors and aliases: a 447-byte recipe whose aliases nest
+    nine levels deep expands to a billion strings (the "billion laughs"), and PyYAML has no
+    expansion limit. A recipe never needs them (write each stage out)."""
+
+    def compose_node(self, parent, index):  # noqa: ANN001 - PyYAML's signature
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise yaml.composer.ComposerError(
+                None, None, "YAML anchors and aliases (&name, *name) are not allowed in a "
+                "recipe: write each value out", event.start_mark)
+        return super().compose_node(parent, index)
 
 
 @dataclass(frozen=True)
@@ -243,8 +259,12 @@ def load_recipe(path: str | Path) -> Recipe:
     if not path.is_file():
         raise NnzipError(f"recipe file {path} not found: check the path (built-in recipes are in "
                          "the repository's recipes/ folder)")
+    size = path.stat().st_size
+    if size > MAX_RECIPE_BYTES:
+        raise NnzipError(f"recipe {path} is {size:,} bytes, more than the {MAX_RECIPE_BYTES:,} "
+                         "allowed: a recipe is a short list of stages; pass the right file")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_bytes().decode("utf-8"), Loader=_NoAliasLoader)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

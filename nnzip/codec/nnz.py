@@ -27,7 +27,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from nnzip.codec.tensors import Coded, Integer, decode_tensor, encode_tensor
+from nnzip.bounded import inflate, loads_json
+from nnzip.codec.tensors import Coded, Integer, check_decoded_sizes, decode_tensor, encode_tensor
 from nnzip.errors import NnzipError
 
 MAGIC = b"\x89NNZ"
@@ -35,6 +36,8 @@ FORMAT = "nnzip-nnz"
 #: The newest format this nnzip writes and reads; it reads every version from 1.
 FORMAT_VERSION = 2
 SUFFIX = ".nnz"
+#: Largest inflated header read (a torch.export program of a ViT is about 0.2 MB of JSON).
+MAX_HEADER_BYTES = 16 << 20
 _PREFIX = struct.Struct("<4sHIQ")
 _CRC = struct.Struct("<I")
 
@@ -90,11 +93,9 @@ def _check_frame(data: bytes, source: str) -> tuple[dict, bytes]:
         raise NnzipError(f"{source} is corrupt: its CRC-32 checksum does not match: save the "
                          "model again")
     start = _PREFIX.size
-    try:
-        header = json.loads(zlib.decompress(data[start:start + header_length]))
-    except (zlib.error, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise NnzipError(f"{source} has an unreadable header ({error}): save the model "
-                         "again") from error
+    fix = "save the model again"
+    text = inflate(data[start:start + header_length], MAX_HEADER_BYTES, f"{source}'s header", fix)
+    header = loads_json(text, f"{source}'s header", fix)
     if not isinstance(header, dict) or header.get("format") != FORMAT \
             or not isinstance(header.get("records"), list):
         raise NnzipError(f"{source} has no valid .nnz header: save the model again")
@@ -121,6 +122,7 @@ def decode_tensors(data: bytes, source: str = "the .nnz data") -> NnzFile:
     header, payload = _check_frame(data, source)
     result = NnzFile(header=header)
     try:
+        check_decoded_sizes(header["records"], len(payload))
         for record, streams in _record_streams(header["records"], payload):
             result.tensors[str(record["name"])] = decode_tensor(record, streams)
     except NnzipError as error:

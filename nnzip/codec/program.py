@@ -247,6 +247,17 @@ def check_program(document: dict, source: str) -> None:
                              "nnzip; save the model again")
 
 
+def _check_layout(layout: dict, source: str) -> None:
+    """The layout's name lists and alias map hold strings only (a forged header may not)."""
+    names = [layout.get("parameters", []), layout.get("constants", [])]
+    aliases = layout.get("aliases", {})
+    if not all(isinstance(group, list) and all(isinstance(n, str) for n in group)
+               for group in names) or not isinstance(aliases, dict) \
+            or not all(isinstance(v, str) for v in aliases.values()):
+        raise NnzipError(f"{source} has an invalid tensor layout: corrupt data; save the model "
+                         "again")
+
+
 def program_from_parts(document: dict, tensors: dict[str, torch.Tensor], layout: dict,
                        source: str = "the .nnz file") -> torch.export.ExportedProgram:
     """The exported program again, its state dict and constants filled from ``tensors``.
@@ -256,6 +267,7 @@ def program_from_parts(document: dict, tensors: dict[str, torch.Tensor], layout:
     from torch._export.serde.serialize import SerializedArtifact, deserialize
 
     check_program(document, source)
+    _check_layout(layout, source)
     document = {**document, "guards_code": []}  # guard code from a file is never compiled
     parameters = set(layout.get("parameters", []))
     constants = set(layout.get("constants", []))

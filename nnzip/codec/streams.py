@@ -99,6 +99,9 @@ def read_ints(meta: dict, data: bytes) -> np.ndarray:
             raise NnzipError("packed stream has the wrong length: corrupt data")
         return unpack_bits(packed, bits, count, low).numpy()
     if meta.get("coding") == "huffman":
+        if count > 8 * len(data):  # every Huffman code is at least one bit long
+            raise NnzipError(f"Huffman stream of {len(data)} bytes cannot hold {count} values: "
+                             "corrupt data")
         return huffman_decode(data, count)
     raise NnzipError(f"unknown integer stream coding {meta.get('coding')!r}: corrupt data")
 

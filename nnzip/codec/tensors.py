@@ -275,12 +275,38 @@ def _encode_integer(name: str, value: Integer, huffman: bool) -> tuple[dict, lis
 
 
 # -- decode ----------------------------------------------------------------------------------
+#: Elements a file may decode to without any payload (all-zero sparse tensors), and per payload
+#: byte beyond that: an 8-bit relative index skips up to 256 zeros per entry and Huffman codes
+#: an entry in one bit, so a genuine file stays far below 1024 elements per byte, while a forged
+#: header claiming 5·10⁸ elements in 31 KB is refused before anything is allocated.
+FREE_ELEMENTS = 1 << 24
+ELEMENTS_PER_PAYLOAD_BYTE = 1024
+
+
+def record_numel(record: object) -> int:
+    """The element count a record's shape declares, checked to be a list of non-negative ints."""
+    shape = record.get("shape") if isinstance(record, dict) else None
+    if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        name = record.get("name") if isinstance(record, dict) else None
+        raise NnzipError(f"record {name!r} has an invalid shape: corrupt data")
+    return math.prod(shape)
+
+
+def check_decoded_sizes(records: list, payload_bytes: int) -> None:
+    """Refuse, before decoding anything, records whose shapes declare more elements than
+    ``payload_bytes`` of streams could describe (see :data:`ELEMENTS_PER_PAYLOAD_BYTE`)."""
+    total = sum(record_numel(record) for record in records)
+    allowed = FREE_ELEMENTS + ELEMENTS_PER_PAYLOAD_BYTE * payload_bytes
+    if total > allowed:
+        raise NnzipError(f"its records declare {total:,} elements, more than {payload_bytes:,} "
+                         f"bytes of data can hold (at most {allowed:,}): corrupt or forged data")
+
+
 def decode_tensor(record: dict, streams: list[tuple[dict, bytes]]) -> torch.Tensor | Integer:
     """Inverse of :func:`encode_tensor` (an ``integer`` record comes back as :class:`Integer`)."""
+    numel = record_numel(record)
     shape = tuple(record["shape"])
-    if not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise NnzipError(f"record {record.get('name')!r} has an invalid shape: corrupt data")
-    numel = math.prod(shape)
     encoding = record.get("encoding")
     dtype = dtype_of(record.get("dtype"))
     if encoding == "dense":
@@ -302,11 +328,44 @@ def decode_tensor(record: dict, streams: list[tuple[dict, bytes]]) -> torch.Tens
             .reshape(record["zero_point_shape"])
         if ints.size != numel:
             raise NnzipError("integer weights have the wrong count: corrupt data")
-        view = record.get("view")
-        return Integer(torch.from_numpy(ints).reshape(shape), int(record["bits"]),
-                       int(record["low"]), scale, zero_point, dict(record["scheme"]),
-                       None if view is None else tuple(view))
+        view = _integer_view(record, shape, scale.shape, zero_point.shape)
+        bits = record.get("bits")
+        if not isinstance(bits, int) or not 1 <= bits <= 16:
+            raise NnzipError(f"integer record with {bits!r} bits: corrupt data")
+        return Integer(torch.from_numpy(ints).reshape(shape), bits, int(record["low"]), scale,
+                       zero_point, dict(record["scheme"]), view)
     raise NnzipError(f"unknown tensor encoding {encoding!r}: corrupt data or a newer format")
+
+
+def _integer_view(record: dict, shape: tuple[int, ...], scale_shape: torch.Size,
+                  zero_point_shape: torch.Size) -> tuple[int, ...] | None:
+    """The record's ``view``, checked now so that :meth:`Integer.dequantize` cannot fail later:
+    it holds the tensor's elements, and the scale and zero point broadcast against it."""
+    view = record.get("view")
+    numel = math.prod(shape)
+    target = tuple(shape)
+    if view is not None:  # a reshape target, with at most one -1 (as torch.reshape takes it)
+        known = [d for d in view if d != -1] if isinstance(view, list) else [None]
+        valid = all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in known) \
+            and len(view) - len(known) <= 1
+        if valid and len(known) < len(view):
+            rest = math.prod(known)
+            valid = rest > 0 and numel % rest == 0
+            target = tuple(numel // rest if d == -1 else d for d in view) if valid else target
+        elif valid:
+            valid, target = math.prod(view) == numel, tuple(view)
+        if not valid:
+            raise NnzipError(f"integer record {record.get('name')!r} has an invalid view: "
+                             "corrupt data")
+    try:
+        fits = torch.broadcast_shapes(target, scale_shape, zero_point_shape) == target
+    except RuntimeError:
+        fits = False
+    if not fits:
+        raise NnzipError(f"integer record {record.get('name')!r}: its scale "
+                         f"{tuple(scale_shape)} or zero point {tuple(zero_point_shape)} does not "
+                         f"broadcast over {target}: corrupt data")
+    return None if view is None else tuple(view)
 
 
 def _read_dense(stream: tuple[dict, bytes], dtype: torch.dtype) -> torch.Tensor:

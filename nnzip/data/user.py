@@ -7,8 +7,10 @@ so a wrong key, shape or label type fails here with a message instead of deep in
 from __future__ import annotations
 
 import logging
+import math
 import os
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,14 @@ from nnzip.errors import NnzipError
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+#: Largest image decoded (8192 × 8192), checked from the file's header before decoding: below
+#: PIL's own decompression-bomb limit (89 M pixels warns, 179 M raises).
+MAX_IMAGE_PIXELS = 1 << 26
+#: An .npz member may inflate to at most this ratio of its compressed size once past
+#: :data:`NPZ_FREE_BYTES` (np.savez_compressed gives about 1.2–10 on real data; a zip bomb of
+#: zeros gives about 1000).
+NPZ_MAX_RATIO = 100
+NPZ_FREE_BYTES = 64 << 20
 _GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 
 
@@ -104,6 +114,51 @@ def _check_pair(x: np.ndarray, y: np.ndarray, x_key: str, y_key: str, path: Path
         raise NnzipError(f"{path}: {x_key!r} is empty: store at least one sample per class")
 
 
+#: What zipfile and numpy raise for a damaged archive: a flipped bit can mark a member encrypted
+#: (RuntimeError) or compressed by an unknown method (NotImplementedError), or corrupt a name.
+_ZIP_ERRORS = (OSError, zipfile.BadZipFile, EOFError, ValueError, SyntaxError, RuntimeError,
+               NotImplementedError, zlib.error)
+
+
+def _npy_header(member, info: zipfile.ZipInfo) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, header bytes) of one .npy member, from its header alone."""
+    version = np.lib.format.read_magic(member)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+    elif version == (2, 0):
+        shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+    else:
+        raise ValueError(f"unsupported .npy format version {version}")
+    return shape, dtype, member.tell()
+
+
+def check_npz_sizes(path: Path) -> None:
+    """Refuse, from the zip directory and the .npy headers alone, an .npz whose arrays declare
+    more bytes than they hold (``np.load`` allocates the declared shape first) or that inflates
+    like a zip bomb (:data:`NPZ_MAX_RATIO`)."""
+    fix = "save it with np.savez(path, x=..., y=...)"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                if not info.filename.endswith(".npy"):
+                    continue
+                if info.file_size > max(NPZ_FREE_BYTES, NPZ_MAX_RATIO * info.compress_size):
+                    raise NnzipError(f"{path}: {info.filename} inflates from "
+                                     f"{info.compress_size:,} to {info.file_size:,} bytes, more "
+                                     f"than {NPZ_MAX_RATIO}× (a zip bomb?): {fix} (uncompressed)")
+                with archive.open(info) as member:
+                    shape, dtype, offset = _npy_header(member, info)
+                if dtype.hasobject:
+                    continue  # refused by np.load(allow_pickle=False), with its own message
+                declared = math.prod(shape) * dtype.itemsize
+                if offset + declared != info.file_size:
+                    raise NnzipError(f"{path}: {info.filename} declares shape {shape} of "
+                                     f"{dtype} ({declared:,} bytes) but holds "
+                                     f"{info.file_size - offset:,}: corrupt file; {fix}")
+    except _ZIP_ERRORS as exc:
+        raise NnzipError(f"{path}: not a readable .npz file ({exc}): {fix}") from exc
+
+
 def load_npz(path: str | os.PathLike, val_fraction: float = 0.1, test_fraction: float = 0.2,
              seed: int = 0) -> DataSplits:
     """Load arrays ``x`` (inputs) and ``y`` (class indices), optionally ``x_test``/``y_test``.
@@ -120,13 +175,14 @@ def load_npz(path: str | os.PathLike, val_fraction: float = 0.1, test_fraction: 
     path = Path(path)
     if not path.is_file():
         raise NnzipError(f"data file not found: {path}: check the path")
+    check_npz_sizes(path)
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}
     except ValueError as exc:  # object arrays need pickle, which could run code
         raise NnzipError(f"{path}: holds object arrays ({exc}): save plain numeric arrays "
                          "with np.savez") from exc
-    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+    except _ZIP_ERRORS as exc:
         raise NnzipError(f"{path}: not a readable .npz file ({exc}): "
                          "save it with np.savez(path, x=..., y=...)") from exc
     missing = [key for key in ("x", "y") if key not in arrays]
@@ -183,9 +239,17 @@ def _class_images(root: Path) -> list[tuple[str, list[Path]]]:
 
 def _open_image(path: Path) -> Image.Image:
     try:
-        with Image.open(path) as image:
+        with Image.open(path) as image:  # reads the header only
+            width, height = image.size
+            if width * height > MAX_IMAGE_PIXELS:
+                raise NnzipError(f"image {path} is {width}×{height} pixels, more than the "
+                                 f"{MAX_IMAGE_PIXELS:,} allowed: resize it (the model sees "
+                                 "every image at one small size anyway)")
             image.load()  # decode now, so a truncated file fails here and names itself
             return image.copy()
+    except Image.DecompressionBombError as exc:
+        raise NnzipError(f"image {path} is too large to decode safely ({exc}): resize it") \
+            from exc
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
         raise NnzipError(f"cannot read image {path} ({exc}): fix or remove the file") from exc
 

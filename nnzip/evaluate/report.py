@@ -16,6 +16,7 @@ from pathlib import Path
 from rich.table import Table
 
 from nnzip.atomic import write_text
+from nnzip.bounded import loads_json, read_capped
 from nnzip.errors import NnzipError
 from nnzip.evaluate.details import (
     bit_allocation_chart,
@@ -35,6 +36,8 @@ from nnzip.evaluate.tables import (
 )
 
 REPORT_KEYS = ("nnzip_version", "machine", "models")
+#: Largest report.json read (a report of a few models is tens of KB; figures are not in it).
+MAX_REPORT_BYTES = 64 << 20
 #: Context keys drawn as sections of their own rather than dumped as JSON.
 _RENDERED_KEYS = ("stages", "interrupted")
 
@@ -265,14 +268,15 @@ def load_report(path: str | os.PathLike) -> dict:
     path = Path(path)
     if path.is_dir():
         path = path / "report.json"
+    fix = "regenerate it with `nnzip eval`"
     try:
-        report = json.loads(path.read_text(encoding="utf-8"))
+        text = read_capped(path, MAX_REPORT_BYTES, "report", fix)
     except FileNotFoundError:
         raise NnzipError(f"report {path} does not exist: pass the report.json that "
                          "`nnzip eval` wrote") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise NnzipError(f"report {path} is not readable JSON ({error}): "
-                         "regenerate it with `nnzip eval`") from None
+    except OSError as error:
+        raise NnzipError(f"report {path} is not readable ({error}): {fix}") from None
+    report = loads_json(text, f"report {path}", fix)
     if not isinstance(report, dict):
         raise NnzipError(f"report {path} is not a JSON object: regenerate it with `nnzip eval`")
     missing = [key for key in REPORT_KEYS if key not in report]

@@ -30,12 +30,13 @@ from safetensors.torch import save_model as save_safetensors_model
 from torch import nn
 
 from nnzip.atomic import atomic_dir
+from nnzip.bounded import loads_json, read_capped
 from nnzip.codec.nnz import is_nnz
 from nnzip.codec.program import dynamic_dims
 from nnzip.errors import NnzipError
 from nnzip.models.finite import check_finite
 from nnzip.models.nnz import Example, load_nnz, nnzip_version, save_nnz
-from nnzip.models.zoo import ZOO, create_model, model_spec
+from nnzip.models.zoo import ZOO, check_spec, create_model, model_spec
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,8 @@ FORMAT = "nnzip-model"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 SPEC_FILE = "spec.json"
+#: Largest spec.json read: the spec is a few hundred bytes; ``extra`` holds small metadata.
+MAX_SPEC_BYTES = 16 << 20
 _PICKLE_PROTOCOL_2 = b"\x80"
 _ZIP_LOCAL_HEADER = b"PK\x03\x04"
 _EXPORT_HINT = ("export it with torch.export.save(torch.export.export(model, (example,)), "
@@ -53,6 +56,21 @@ _TRUST_HINT = "pass --trust-pickle (trust_pickle=True) if you trust its source"
 def _sha256(path: Path) -> str:
     with path.open("rb") as file:
         return hashlib.file_digest(file, "sha256").hexdigest()
+
+
+def spec_digest(document: dict[str, Any]) -> str:
+    """sha256 of the canonical JSON of every spec.json field but ``spec_sha256`` itself.
+
+    With it a changed spec (``hidden: 10**9``) is a corrupt file, like changed weights; it is an
+    integrity check, not a signature: the bounds of :func:`~nnzip.models.zoo.check_spec` and the
+    size check against the weights file are what keep a forged spec from allocating.
+    """
+    fields = {key: value for key, value in document.items() if key != "spec_sha256"}
+    try:
+        text = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    except (TypeError, ValueError) as exc:
+        raise NnzipError(f"spec fields are not plain JSON ({exc}): re-save the model") from exc
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
 
 
 def _check_destination(path: Path) -> None:
@@ -102,6 +120,7 @@ def save_model(model: nn.Module, path: str | os.PathLike,
         document = {**spec, "format": FORMAT, "format_version": FORMAT_VERSION,
                     "nnzip_version": nnzip_version(), "weights_sha256": _sha256(weights),
                     "extra": extra}
+        document["spec_sha256"] = spec_digest(document)
         (tmp / SPEC_FILE).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
     logger.debug("saved %s model to %s", spec["arch"], path)
     return path
@@ -111,21 +130,28 @@ def read_spec(path: str | os.PathLike) -> dict[str, Any]:
     """The parsed and checked ``spec.json`` of a model folder (including ``extra``)."""
     spec_path = Path(path) / SPEC_FILE
     try:
-        spec = json.loads(spec_path.read_text(encoding="utf-8"))
+        text = read_capped(spec_path, MAX_SPEC_BYTES, "model spec", "re-save the model")
     except FileNotFoundError as exc:
         raise NnzipError(f"{path} has no {SPEC_FILE}: pass a folder written by save_model") from exc
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except OSError as exc:
         raise NnzipError(f"{spec_path} is corrupt ({exc}): re-save the model") from exc
+    spec = loads_json(text, f"{spec_path}", "re-save the model")
     if not isinstance(spec, dict) or spec.get("format") != FORMAT:
         raise NnzipError(f"{spec_path} is not an nnzip model spec: pass a folder written by "
                          "save_model")
     if spec.get("format_version") != FORMAT_VERSION:
-        raise NnzipError(f"{spec_path} has format version {spec.get('format_version')}, this "
+        raise NnzipError(f"{spec_path} has format version {spec.get('format_version')!r}, this "
                          f"nnzip reads version {FORMAT_VERSION}: upgrade nnzip or re-save")
     missing = [k for k in ("arch", "kwargs", "input_shape", "num_classes", "weights_sha256")
                if k not in spec]
     if missing:
         raise NnzipError(f"{spec_path} lacks {', '.join(missing)}: re-save the model")
+    # Folders written before spec.json was hashed have no spec_sha256; they are still read, as
+    # the bounds and size checks below protect them just the same.
+    if "spec_sha256" in spec and spec["spec_sha256"] != spec_digest(spec):
+        raise NnzipError(f"{spec_path} is corrupt: it does not match its spec_sha256 (it was "
+                         "changed after saving): re-save the model")
+    check_spec(spec["arch"], spec["input_shape"], spec["num_classes"], spec["kwargs"])
     return spec
 
 
@@ -158,8 +184,17 @@ def _check_still_fits_spec(model: nn.Module, spec: dict[str, Any]) -> None:
                          f"be loaded again: {_EXPORT_HINT}")
 
 
+def _tensor_groups(model: nn.Module) -> dict[str, int]:
+    """Every state-dict name of ``model`` → the id of the tensor it names (tied names share one;
+    works on the meta device, where every tensor's data_ptr is 0)."""
+    named = [*model.named_parameters(remove_duplicate=False),
+             *model.named_buffers(remove_duplicate=False)]
+    return {name: id(tensor) for name, tensor in named}
+
+
 def _check_weights_fit(model: nn.Module, weights: Path, arch: str) -> None:
-    """Compare names and shapes in the file with the model before copying anything."""
+    """Compare names, shapes and byte size in the file with the model (built on the meta
+    device) before anything is allocated or copied."""
     try:
         with safe_open(weights, framework="pt") as file:
             found = {k: tuple(file.get_slice(k).get_shape()) for k in file.keys()}
@@ -169,14 +204,22 @@ def _check_weights_fit(model: nn.Module, weights: Path, arch: str) -> None:
                          "re-save or retrain the model") from exc
     state = model.state_dict()
     # safetensors stores one name per shared tensor; the model's other names for it are aliases.
-    stored = {state[k].data_ptr() for k in found.keys() & state.keys()}
+    groups = _tensor_groups(model)
+    stored = {groups.get(k) for k in found.keys() & state.keys()}
     aliases = frozenset(k for k in state.keys() - found.keys()
-                        if state[k].numel() and state[k].data_ptr() in stored)
+                        if state[k].numel() and groups.get(k) in stored)
     problem = _mismatch(found, _shapes(model), aliases)
     if problem:
         raise NnzipError(f"weights in {weights} do not fit a {arch} model ({problem}): "
                          "re-save the model with this nnzip version")
     _check_weight_dtypes(stored_dtypes, state, weights, arch)
+    expected = sum(state[k].numel() * state[k].element_size() for k in found)
+    with weights.open("rb") as file:
+        header_bytes = int.from_bytes(file.read(8), "little")
+    data_bytes = weights.stat().st_size - 8 - header_bytes
+    if data_bytes != expected:
+        raise NnzipError(f"weights in {weights} hold {data_bytes:,} bytes of tensors, a {arch} "
+                         f"model of this spec needs {expected:,}: re-save the model")
 
 
 def _check_weight_dtypes(stored: dict[str, str], state: dict[str, torch.Tensor], weights: Path,
@@ -201,9 +244,13 @@ def _load_folder(path: Path) -> nn.Module:
     if _sha256(weights) != spec["weights_sha256"]:
         raise NnzipError(f"weights file is corrupt or truncated: {weights} does not match the "
                          f"sha256 in {SPEC_FILE}: re-save or retrain the model")
-    model = create_model(spec["arch"], input_shape=tuple(spec["input_shape"]),
-                         num_classes=spec["num_classes"], **spec["kwargs"])
-    _check_weights_fit(model, weights, spec["arch"])
+    def build() -> nn.Module:
+        return create_model(spec["arch"], input_shape=tuple(spec["input_shape"]),
+                            num_classes=spec["num_classes"], **spec["kwargs"])
+
+    with torch.device("meta"):  # shapes and sizes only: nothing allocated yet
+        _check_weights_fit(build(), weights, spec["arch"])
+    model = build()
     try:
         load_safetensors_model(model, weights, strict=True)
     except Exception as exc:  # malformed header or data despite a matching hash

@@ -51,7 +51,7 @@ from nnzip.models.compact import (
     compact_tensors,
     plain_model,
 )
-from nnzip.models.zoo import create_model, model_spec
+from nnzip.models.zoo import check_spec, create_model, model_spec
 
 log = logging.getLogger(__name__)
 
@@ -160,18 +160,22 @@ def save_nnz(model: nn.Module, path: str | os.PathLike, *, example: Example | No
 
 def _zoo_model(file: NnzFile, source: str) -> nn.Module:
     spec = file.header.get("spec")
+    if not isinstance(spec, dict) or not {"arch", "input_shape", "num_classes",
+                                           "kwargs"} <= spec.keys():
+        raise NnzipError(f"{source} has an invalid model spec: save it again")
     try:
-        model = _fresh_zoo_model(spec, meta=False)
-    except (TypeError, KeyError) as error:
-        raise NnzipError(f"{source} has an invalid model spec ({error}): save it again") from error
+        check_spec(spec["arch"], spec["input_shape"], spec["num_classes"], spec["kwargs"])
+    except NnzipError as error:
+        raise NnzipError(f"{source} has an invalid model spec ({error})") from None
     state = {name: value.dequantize() if isinstance(value, Integer) else value
              for name, value in file.tensors.items()}
-    expected = model.state_dict()
+    expected = _fresh_zoo_model(spec, meta=True).state_dict()  # shapes first, nothing allocated
     problems = sorted(set(expected) ^ set(state)) + sorted(
         n for n in set(expected) & set(state) if expected[n].shape != state[n].shape)
     if problems:
         raise NnzipError(f"{source} does not fit a {spec['arch']} model (names or shapes differ: "
                          f"{', '.join(problems)}): save it again with this nnzip")
+    model = _fresh_zoo_model(spec, meta=False)
     model.load_state_dict(state, strict=True)
     return model.eval()
 
@@ -182,9 +186,15 @@ def _program_model(file: NnzFile, source: str) -> nn.Module:
         raise NnzipError(f"{source} has no valid program: save the model again")
     tensors = {name: value.dequantize() if isinstance(value, Integer) else value
                for name, value in file.tensors.items()}
+    program = program_from_parts(document, tensors, layout, source)
     # An exported program's module bakes in the mode it was exported in (eval): it refuses
     # .eval(), and nnzip's measurements skip the switch for it.
-    return program_from_parts(document, tensors, layout, source).module()
+    try:
+        return program.module()
+    except Exception as error:  # torch's unlifting asserts on a forged (CRC-valid) program
+        raise NnzipError(f"{source} holds a program this PyTorch cannot rebuild as a module "
+                         f"({type(error).__name__}: {str(error)[:200]}): save the model "
+                         "again") from None
 
 
 def model_from_nnz(file: NnzFile, source: str = "the .nnz file") -> nn.Module:

@@ -6,6 +6,7 @@ from torch import nn
 
 from nnzip.errors import NnzipError
 from nnzip.models import create_model, export_model, load_model, read_spec, save_model
+from nnzip.models.io import spec_digest
 
 SHAPE = (1, 28, 28)
 
@@ -94,7 +95,8 @@ def test_weights_that_do_not_fit_the_spec_list_the_keys(tmp_path):
     folder = save_model(create_model("lenet300", input_shape=SHAPE, num_classes=10),
                         tmp_path / "net")
     spec = read_spec(folder)
-    (folder / "spec.json").write_text(json.dumps({**spec, "arch": "lenet5"}))
+    forged = {**spec, "arch": "lenet5"}
+    (folder / "spec.json").write_text(json.dumps({**forged, "spec_sha256": spec_digest(forged)}))
     with pytest.raises(NnzipError, match="missing: .*conv1.weight.*unexpected: fc3.bias") as info:
         load_model(folder)
     assert "fc1.weight (file (300, 784), model (500, 800))" in str(info.value)
