@@ -212,7 +212,6 @@ def _check_weights_fit(model: nn.Module, weights: Path, arch: str) -> None:
     if problem:
         raise NnzipError(f"weights in {weights} do not fit a {arch} model ({problem}): "
                          "re-save the model with this nnzip version")
-    _check_weight_dtypes(stored_dtypes, state, weights, arch)
     expected = sum(state[k].numel() * state[k].element_size() for k in found)
     with weights.open("rb") as file:
         header_bytes = int.from_bytes(file.read(8), "little")
@@ -220,6 +219,7 @@ def _check_weights_fit(model: nn.Module, weights: Path, arch: str) -> None:
     if data_bytes != expected:
         raise NnzipError(f"weights in {weights} hold {data_bytes:,} bytes of tensors, a {arch} "
                          f"model of this spec needs {expected:,}: re-save the model")
+    _check_weight_dtypes(stored_dtypes, state, weights, arch)  # same bytes, another type
 
 
 def _check_weight_dtypes(stored: dict[str, str], state: dict[str, torch.Tensor], weights: Path,
@@ -264,7 +264,8 @@ def _zip_names(path: Path) -> list[str] | None:
     try:
         with zipfile.ZipFile(path) as archive:
             return archive.namelist()
-    except (zipfile.BadZipFile, OSError, EOFError):
+    # A damaged central directory can also fail as an undecodable name or an unknown version.
+    except (zipfile.BadZipFile, OSError, EOFError, UnicodeDecodeError, NotImplementedError):
         return None
 
 

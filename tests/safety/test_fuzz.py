@@ -349,27 +349,17 @@ def test_mutations_change_the_files(valid):
                           str(valid["zoo_nnz"].parent)))
 
 
-# -- crashes fuzzing found in other pieces' areas (issue 15), kept until those pieces fix them --
-@pytest.mark.xfail(raises=UnicodeDecodeError, strict=False,
-                   reason="load_model's zip detection (_zip_names in nnzip/models/io.py, the "
-                          "'trust' piece's .pt2 routing) lets zipfile's UnicodeDecodeError out "
-                          "for a flipped bit in an entry name")
+# -- crashes fuzzing found in the .pt2 routing and recipe parsing, kept as regression tests --
 def test_pt2_with_a_flipped_bit_in_an_entry_name(valid, tmp_path):
     data = mutate_bytes(valid["pt2"].read_bytes(), [("flip", 0.9026901104396811, 0)])
     refuses_cleanly_or_loads(load_model, _write("m.pt2", data, str(tmp_path)))
 
 
-@pytest.mark.xfail(raises=NotImplementedError, strict=False,
-                   reason="the same zip detection lets zipfile's NotImplementedError out for a "
-                          "flipped bit in an entry's 'version needed to extract'")
 def test_pt2_with_a_flipped_bit_in_an_extract_version(valid, tmp_path):
     data = mutate_bytes(valid["pt2"].read_bytes(), [("flip", 0.9566912019524293, 6)])
     refuses_cleanly_or_loads(load_model, _write("m.pt2", data, str(tmp_path)))
 
 
-@pytest.mark.xfail(raises=ValueError, strict=False,
-                   reason="parse_recipe (recipe content, another piece) calls dict() on stage "
-                          "options that are a string after a flipped bit")
 def test_recipe_with_options_that_are_not_a_mapping(valid, tmp_path):
     data = mutate_bytes(valid["recipe"].read_bytes(), [("truncate", 0.3203125),
                                                       ("flip", 0.96875, 0)])

@@ -22,7 +22,7 @@ import nnzip
 from nnzip.cli import main
 from nnzip.errors import NnzipError
 from nnzip.models import create_model, export_model, load_model, save_model
-from nnzip.models.io import SPEC_FILE, WEIGHTS_FILE, _sha256
+from nnzip.models.io import SPEC_FILE, WEIGHTS_FILE, _sha256, spec_digest
 
 INPUT_SHAPE = (1, 8, 8)  # scikit-learn's digits: the fastest real data the CLI reads
 FAST = ["--repeats", "1", "--robustness-samples", "20", "--no-progress"]
@@ -423,7 +423,9 @@ def test_a_forged_safetensors_dtype_is_refused(tmp_path):
     with safe_open(weights, framework="pt") as file:  # a well-formed file, only the type lies
         assert file.get_slice("fc1.weight").get_dtype() == "I32"
     spec = json.loads((folder / SPEC_FILE).read_text())
-    (folder / SPEC_FILE).write_text(json.dumps({**spec, "weights_sha256": _sha256(weights)}))
+    forged_spec = {**spec, "weights_sha256": _sha256(weights)}  # both hashes recomputed
+    forged_spec["spec_sha256"] = spec_digest(forged_spec)
+    (folder / SPEC_FILE).write_text(json.dumps(forged_spec))
     with pytest.raises(NnzipError, match="'fc1.weight' as I32.*float32"):
         load_model(folder)
 
