@@ -48,17 +48,22 @@ def atomic_dir(destination: str | os.PathLike) -> Iterator[Path]:
     tmp.chmod(0o777 & ~_umask())
     try:
         yield tmp
-        if destination.exists():
-            # Two renames keep the window without a folder as short as the file system allows.
-            old = destination.with_name(f".{destination.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(destination, old)
-            os.replace(tmp, destination)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, destination)
+        replace_folder(tmp, destination)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def replace_folder(source: Path, destination: Path) -> None:
+    """Move the folder ``source`` to ``destination``, replacing a folder already there whole."""
+    if destination.exists():
+        # Two renames keep the window without a folder as short as the file system allows.
+        old = destination.with_name(f".{destination.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(destination, old)
+        os.replace(source, destination)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(source, destination)
 
 
 def write_text(destination: str | os.PathLike, text: str) -> Path:

@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
-from nnzip.atomic import atomic_dir
+from nnzip.atomic import atomic_dir, replace_folder
 from nnzip.errors import NnzipError
 
 #: Files that mark a folder as one a run of nnzip wrote its results to (replaceable by a rerun).
@@ -169,14 +168,7 @@ def keep_interrupted(staged: Path, out: Path) -> Path:
     to :func:`interrupted_folder` (replacing an earlier interrupted run's folder as a whole);
     ``out`` itself is left as it was."""
     destination = interrupted_folder(out)
-    if destination.exists():
-        old = destination.with_name(f".{destination.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(destination, old)
-        os.replace(staged, destination)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staged, destination)
+    replace_folder(staged, destination)
     return destination
 
 
