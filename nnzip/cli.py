@@ -487,7 +487,7 @@ def cmd_deploy(args: argparse.Namespace) -> None:
                       *(f"{runtime.latency_ms[batch]['p50']:.3f}" if batch in runtime.latency_ms
                         else "—" for batch in args.batch_sizes))
     console.print(table)
-    baseline = "the reference" if reference is not None else "PyTorch eager"
+    baseline = "the reference" if reference is not None else deployment.baseline().name
     winners = Table(title="fastest correct runtime per batch size")
     for column in ("batch", "winner", "p50 ms", f"vs {baseline}", "runner-up", "vs runner-up"):
         winners.add_column(column)

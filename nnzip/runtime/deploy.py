@@ -104,8 +104,9 @@ class Deployment:
     skipped: list[dict[str, str]] = field(default_factory=list)
 
     def baseline(self) -> Runtime:
-        """The original model (when given) or the model as given, PyTorch eager."""
-        return next((r for r in self.runtimes if not r.candidate), self.runtimes[0])
+        """The original model (when given) or the model as given."""
+        return next((r for r in self.runtimes if r.name == "original-pytorch-eager"),
+                    self.runtimes[0])
 
     def speedup(self, batch_size: int, versus: Runtime | None = None) -> float | None:
         """p50 latency of ``versus`` (the baseline by default) over that of the fastest correct
@@ -134,7 +135,7 @@ class Deployment:
 
         return {"runtime": winner.name, "p50_ms": winner.latency_ms[batch_size]["p50"],
                 "baseline": self.baseline().name, "speedup": ratio(self.baseline()),
-                "speedup_vs_pytorch_eager": ratio(eager),
+                f"speedup_vs_{eager.name.replace('-', '_')}": ratio(eager),
                 "runner_up": runner_up.name if runner_up else None,
                 "speedup_vs_runner_up": ratio(runner_up)}
 
@@ -160,8 +161,33 @@ def _float_for_export(model: nn.Module) -> nn.Module:
 
 def build_runtimes(model: nn.Module, example: torch.Tensor, folder: Path,
                    threads: int = 1) -> list[Runtime]:
-    """Every runtime of ``model``: PyTorch eager; ONNX Runtime forms saved in ``folder``."""
+    """Every runtime of ``model``: PyTorch eager; ONNX Runtime forms saved in ``folder``.
+
+    A model loaded from a runtime's file (an ``.onnx`` as :class:`OrtModule`, an OpenVINO IR as
+    :class:`~nnzip.runtime.openvino.OvModule`) is the reference, timed but not a candidate; its
+    file is copied into ``folder`` as the source of the candidates (a file with
+    ``DequantizeLinear`` / ``FakeQuantize`` nodes as the quantized one).
+    """
     folder.mkdir(parents=True, exist_ok=True)
+    from nnzip.runtime.openvino import OvModule, save_ir
+
+    if isinstance(model, OrtModule | OvModule):
+        runtimes = [Runtime("model-as-given", f"the model as loaded, run by "
+                            f"{type(model).__name__} (the reference, not a candidate: its file "
+                            "is the candidates' source)", model.path, model, candidate=False)]
+        if isinstance(model, OvModule):  # ONNX Runtime cannot read IR: OpenVINO candidates only
+            quantized = any(op.get_type_name() == "FakeQuantize"
+                            for op in model.ov_model.get_ordered_ops())
+            save_ir(model, folder / ("qdq.xml" if quantized else "fp32.xml"))
+            return runtimes
+        quantized = "DequantizeLinear" in op_counts(model.path)
+        path = folder / ("qdq.onnx" if quantized else "fp32.onnx")
+        with atomic_path(path) as tmp:
+            shutil.copyfile(model.path, tmp)
+        if quantized:
+            return runtimes + _ort_int8_runtimes(path, folder, threads)
+        return runtimes + [Runtime("onnxruntime-fp32", "ONNX Runtime, float32, all graph "
+                                   "optimizations", path, OrtModule(path, threads))]
     runtimes = [Runtime("pytorch-eager", "the model as given, PyTorch eager", None, model)]
     if not is_quantized(model):
         path = export_onnx(_float_for_export(model), folder / "fp32.onnx", example)
@@ -170,8 +196,16 @@ def build_runtimes(model: nn.Module, example: torch.Tensor, folder: Path,
         return runtimes
     weights_only = export_onnx(_float_for_export(float_view(model)), folder / "fp32.onnx", example)
     qdq = export_onnx(model, folder / "qdq.onnx", example)
+    return runtimes + _ort_int8_runtimes(qdq, folder, threads) + [
+        Runtime("onnxruntime-fp32", "ONNX Runtime float32 with the dequantized weights, "
+                "activations in float (int8-rounded weights, fp32 file)", weights_only,
+                OrtModule(weights_only, threads))]
+
+
+def _ort_int8_runtimes(qdq: Path, folder: Path, threads: int) -> list[Runtime]:
+    """ONNX Runtime's forms of a QDQ file: fused integer kernels, QOperator, float kernels."""
     qoperator = to_qoperator(qdq, folder / "qoperator.onnx")
-    runtimes += [
+    return [
         Runtime("onnxruntime-int8-qdq", "QDQ model, ONNX Runtime fuses DQ→op→Q into integer "
                 "kernels", qdq, OrtModule(qdq, threads, "all")),
         Runtime("onnxruntime-int8-qoperator", "the integer-operator form ORT saved from the QDQ "
@@ -179,11 +213,7 @@ def build_runtimes(model: nn.Module, example: torch.Tensor, folder: Path,
         Runtime("onnxruntime-dequantized", "QDQ model with fusions off: float kernels on the "
                 "dequantized integer weights (nnzip's simulation)", qdq,
                 OrtModule(qdq, threads, "basic")),
-        Runtime("onnxruntime-fp32", "ONNX Runtime float32 with the dequantized weights, "
-                "activations in float (int8-rounded weights, fp32 file)", weights_only,
-                OrtModule(weights_only, threads)),
     ]
-    return runtimes
 
 
 def openvino_runtimes(folder: Path, threads: int = 1
@@ -198,7 +228,9 @@ def openvino_runtimes(folder: Path, threads: int = 1
     if missing is not None:
         return [], [{"runtime": "openvino-*", "reason": missing}]
     capabilities = openvino.cpu_capabilities()
-    fp32, qdq = folder / "fp32.onnx", folder / "qdq.onnx"
+    # The ONNX files build_runtimes wrote, or the IR of a model given as OpenVINO IR.
+    fp32, qdq = (next((path for path in (folder / f"{stem}.onnx", folder / f"{stem}.xml")
+                       if path.is_file()), folder / f"{stem}.onnx") for stem in ("fp32", "qdq"))
     plans = [("openvino-fp32", fp32, "f32", "OpenVINO, float32 (precision hint pinned to f32)"),
              ("openvino-bf16", fp32, "bf16", "OpenVINO, bfloat16 float layers (AMX / AVX-512 "
               "BF16)"),
@@ -211,8 +243,9 @@ def openvino_runtimes(folder: Path, threads: int = 1
                             f"capabilities: {', '.join(capabilities)})"})
             continue
         if not path.is_file():
-            skipped.append({"runtime": name, "reason": "the model is not quantized by nnzip: "
-                            "no QDQ graph to run as int8"})
+            reason = ("the model is not quantized: no QDQ graph to run as int8" if path == qdq
+                      else "the model is quantized: its float form is not available here")
+            skipped.append({"runtime": name, "reason": reason})
             continue
         for static in (False, True):
             variant = name + ("-static" if static else "")
@@ -284,6 +317,10 @@ def deploy(model: nn.Module, data: DataSplits, out_dir: str | Path, *,
                 runtimes += extra
             else:
                 skipped = [{"runtime": "openvino-*", "reason": "not asked for (openvino=False)"}]
+            if runtimes[0].name == "model-as-given" and runtimes[0].path.suffix == ".xml":
+                skipped.insert(0, {"runtime": "onnxruntime-*", "reason": "the model is an "
+                                   "OpenVINO IR, which ONNX Runtime cannot read: deploy its "
+                                   ".onnx or PyTorch form to compare"})
             if original is not None:
                 runtimes.append(Runtime("original-pytorch-eager", "the original model, "
                                         "PyTorch eager (baseline, not a candidate)", None,
@@ -312,7 +349,7 @@ def deploy(model: nn.Module, data: DataSplits, out_dir: str | Path, *,
         chosen = chosen_by_batch[target_batch]
         path = _save_chosen(chosen, model, example, folder)
         for runtime in runtimes:  # named as they will be once the folder is in place
-            if runtime.path is not None:
+            if runtime.path is not None and Path(runtime.path).is_relative_to(folder):
                 runtime.path = out_dir / Path(runtime.path).relative_to(folder)
         path = out_dir / path.relative_to(folder)
         deployment = Deployment(chosen, runtimes, path, _machine(threads), chosen_by_batch,

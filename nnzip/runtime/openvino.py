@@ -133,7 +133,7 @@ def _check_constants_finite(model, source: str) -> None:
     for op in model.get_ordered_ops():
         if op.get_type_name() == "Constant" and op.get_element_type() in floating:
             tensors[op.get_friendly_name()] = torch.from_numpy(
-                np.asarray(op.get_data(), dtype=np.float32))
+                np.array(op.get_data(), dtype=np.float32))  # a copy: writable
     check_finite(tensors, source)
 
 

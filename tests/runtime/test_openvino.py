@@ -177,3 +177,19 @@ def test_cli_deploy_prints_the_winner_per_batch_size(trained_mlp, tmp_path, caps
     assert main(["deploy", "--model", str(model_dir), "--data", "digits", "--out",
                  str(tmp_path / "bad"), "--batch-sizes", "1", "--target-batch", "8"]) == 2
     assert "not among the timed batch sizes" in capsys.readouterr().err
+
+
+def test_deploy_of_a_runtime_file_takes_the_file_as_the_candidates_source(trained_mlp, digits,
+                                                                         tmp_path):
+    int8 = quantize_static(trained_mlp, calibration_batches(digits, 2))
+    qdq = export_onnx(int8, tmp_path / "qdq.onnx", digits.test.tensors[0][:2])
+    save_ir(OvModule(qdq), tmp_path / "ir.xml")
+    for given, expected in ((qdq, {"onnxruntime-int8-qdq", "openvino-int8"}),
+                            (tmp_path / "ir.xml", {"openvino-int8", "openvino-int8-static"})):
+        deployment = deploy(load_model(given), digits, tmp_path / given.stem, batch_sizes=(1,),
+                            repeats=1, samples=143)
+        first = deployment.runtimes[0]
+        assert (first.name, first.candidate, first.path) == ("model-as-given", False, given)
+        assert expected <= {r.name for r in deployment.runtimes if r.correct}
+        assert deployment.chosen.candidate and deployment.path.is_file()
+    assert deployment.skipped[0]["runtime"] == "onnxruntime-*"  # IR: ORT cannot read it
