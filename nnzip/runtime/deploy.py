@@ -251,14 +251,15 @@ def openvino_runtimes(folder: Path, threads: int = 1
             variant = name + ("-static" if static else "")
             try:
                 module = openvino.OvModule(path, threads, precision, static_shapes=static)
+                # What the CPU plugin really executes, per layer (compiles a static variant).
+                layer_precisions = openvino.runtime_precisions(module)
             except NnzipError as error:
                 skipped.append({"runtime": variant, "reason": str(error)})
                 continue
             shape = "one static shape per batch size" if static else "dynamic batch size"
-            runtimes.append(Runtime(variant, f"{description}; {shape}", path, module))
-    for runtime in runtimes:  # what the CPU plugin really executes, per layer
-        runtime.layer_precisions = openvino.runtime_precisions(runtime.module)
-        runtime.integer_ops = openvino.integer_layer_count(runtime.layer_precisions)
+            runtimes.append(Runtime(variant, f"{description}; {shape}", path, module,
+                                    layer_precisions=layer_precisions,
+                                    integer_ops=openvino.integer_layer_count(layer_precisions)))
     return runtimes, skipped
 
 
