@@ -462,6 +462,9 @@ def cmd_deploy(args: argparse.Namespace) -> None:
     from nnzip.evaluate.metrics import check_model_accepts
     from nnzip.runtime import deploy
 
+    if args.target_batch is not None and args.target_batch not in args.batch_sizes:
+        raise NnzipError(f"--target-batch {args.target_batch} is not among the timed batch sizes "
+                         f"{args.batch_sizes}: add it to --batch-sizes")  # before anything loads
     data = _load_data(args)
     model = _load_model(args.model, args)
     reference = _load_model(args.reference, args) if args.reference else None

@@ -174,7 +174,7 @@ def test_cli_deploy_prints_the_winner_per_batch_size(trained_mlp, tmp_path, caps
     summary = json.loads((tmp_path / "out" / "deploy.json").read_text())
     assert f"the winner at batch 4: {summary['path']}" in " ".join(output.split())
     assert set(summary["chosen"]) == {"1", "4"}
-    assert main(["deploy", "--model", str(model_dir), "--data", "digits", "--out",
+    assert main(["deploy", "--model", str(tmp_path / "absent"), "--data", "digits", "--out",
                  str(tmp_path / "bad"), "--batch-sizes", "1", "--target-batch", "8"]) == 2
     assert "not among the timed batch sizes" in capsys.readouterr().err
 
