@@ -42,6 +42,8 @@ PRECISIONS = ("f32", "bf16")
 #: Where nnzip keeps, inside a saved IR, how the model is meant to be compiled.
 RT_INFO_PRECISION = ["nnzip", "inference_precision"]
 RT_INFO_STATIC = ["nnzip", "static_shapes"]
+#: Compiled static-shape models an :class:`OvModule` keeps (each holds its own kernels).
+MAX_STATIC_SHAPES = 8
 #: Largest IR ``.xml`` read: the graph text of a ResNet-50 is ~1 MB; the weights are in the .bin.
 MAX_XML_BYTES = 64 << 20
 _INSTALL_HINT = "pip install 'nnzip[openvino]' (or pip install openvino)"
@@ -226,6 +228,8 @@ class OvModule(nn.Module):
         if not self.static_shapes:
             return self._compiled[None]
         if shape not in self._compiled:
+            if len(self._compiled) >= MAX_STATIC_SHAPES:  # token ids of many lengths, say
+                del self._compiled[next(iter(self._compiled))]  # the oldest compiled shape
             model = self.ov_model.clone()
             model.reshape({0: list(shape)})
             self._compiled[shape] = self._compile(model)

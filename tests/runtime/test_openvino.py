@@ -17,6 +17,7 @@ from nnzip.models import create_model, load_model, save_model
 from nnzip.quant import quantize_static
 from nnzip.runtime import OrtModule, OvModule, deploy, export_onnx
 from nnzip.runtime.openvino import (
+    MAX_STATIC_SHAPES,
     cpu_capabilities,
     integer_layer_count,
     runtime_precisions,
@@ -40,6 +41,10 @@ def test_ov_module_matches_onnxruntime_fp32_and_its_ir_reloads_as_run(fp32_onnx,
     assert ov_module.precision == "f32"  # pinned, not the CPU plugin's bf16 default on AMX
     assert torch.allclose(ov_module(x), ort, atol=1e-4, rtol=0)
     assert torch.allclose(ov_module(x[:1]), ort[:1], atol=1e-4, rtol=0)  # a second shape
+    if static_shapes:  # one compiled model per batch size, the oldest dropped past the cap
+        for batch in range(2, 3 + MAX_STATIC_SHAPES):
+            assert torch.allclose(ov_module(x[:batch]), ort[:batch], atol=1e-4, rtol=0)
+        assert len(ov_module._compiled) == MAX_STATIC_SHAPES
     saved = save_ir(ov_module, tmp_path / "model.xml")
     assert (tmp_path / "model.bin").is_file()
     reloaded = load_model(saved)
