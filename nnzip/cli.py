@@ -145,13 +145,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_options(compress)
 
     deploy = commands.add_parser("deploy", help="run a model on every runtime (PyTorch, ONNX "
-                                 "Runtime fp32/int8) and keep the fastest correct one")
+                                 "Runtime fp32/int8, OpenVINO fp32/bf16/int8) and keep the "
+                                 "fastest correct one per batch size")
     _add_model_options(deploy)
     deploy.add_argument("--reference", default=None,
                         help="the original model, timed beside the runtimes as the baseline")
     deploy.add_argument("--out", type=Path, default=Path("runs/deploy"))
     deploy.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64],
-                        help="batch sizes to time; the first decides the choice")
+                        help="batch sizes to time; the winner at the first (or "
+                             "--target-batch) is saved")
+    deploy.add_argument("--target-batch", type=int, default=None,
+                        help="the batch size whose winner is saved (one of --batch-sizes)")
     deploy.add_argument("--threads", type=int, default=1, help="threads of every runtime")
     deploy.add_argument("--repeats", type=int, default=50, help="timed runs per batch size")
     deploy.add_argument("--max-accuracy-change", type=float, default=0.2,
@@ -458,6 +462,9 @@ def cmd_deploy(args: argparse.Namespace) -> None:
     from nnzip.evaluate.metrics import check_model_accepts
     from nnzip.runtime import deploy
 
+    if args.target_batch is not None and args.target_batch not in args.batch_sizes:
+        raise NnzipError(f"--target-batch {args.target_batch} is not among the timed batch sizes "
+                         f"{args.batch_sizes}: add it to --batch-sizes")  # before anything loads
     data = _load_data(args)
     model = _load_model(args.model, args)
     reference = _load_model(args.reference, args) if args.reference else None
@@ -466,9 +473,12 @@ def cmd_deploy(args: argparse.Namespace) -> None:
             check_model_accepts(each, data, name)
     deployment = deploy(model, data, args.out, batch_sizes=tuple(args.batch_sizes),
                         threads=args.threads, repeats=args.repeats,
-                        max_accuracy_change=args.max_accuracy_change, original=reference)
-    table = Table(title=f"runtimes on {deployment.machine['cpu_model']} "
-                        f"({', '.join(deployment.machine['cpu_flags'])})")
+                        max_accuracy_change=args.max_accuracy_change, original=reference,
+                        target_batch=args.target_batch)
+    machine = deployment.machine
+    table = Table(title=f"runtimes on {machine['cpu_model']} ({', '.join(machine['cpu_flags'])}); "
+                        f"onnxruntime {machine['onnxruntime_version']}, "
+                        f"openvino {machine['openvino_version'] or 'not installed'}")
     for column in ("runtime", "correct", "accuracy Δ (points)", "integer ops",
                    *(f"p50 ms @{batch}" for batch in args.batch_sizes)):
         table.add_column(column)
@@ -477,13 +487,25 @@ def cmd_deploy(args: argparse.Namespace) -> None:
         table.add_row(("→ " if runtime is deployment.chosen else "") + runtime.name, status,
                       f"{runtime.accuracy_change_points:+.2f}",
                       "" if runtime.integer_ops is None else str(runtime.integer_ops),
-                      *(f"{runtime.latency_ms[batch]['p50']:.3f}" for batch in args.batch_sizes))
+                      *(f"{runtime.latency_ms[batch]['p50']:.3f}" if batch in runtime.latency_ms
+                        else "—" for batch in args.batch_sizes))
     console.print(table)
-    speedups = ", ".join(f"{deployment.speedup(batch):.2f}× at batch {batch}"
-                         for batch in args.batch_sizes)
-    console.print(f"chosen: {deployment.chosen.name} ({speedups} vs "
-                  f"{'the reference' if reference is not None else 'PyTorch eager'})")
-    console.print(f"model: {deployment.path}\n deploy.json: {args.out / 'deploy.json'}")
+    baseline = "the reference" if reference is not None else deployment.baseline().name
+    winners = Table(title="fastest correct runtime per batch size")
+    for column in ("batch", "winner", "p50 ms", f"vs {baseline}", "runner-up", "vs runner-up"):
+        winners.add_column(column)
+    for batch in deployment.chosen_by_batch:
+        choice = deployment.choice(batch)
+        winners.add_row(str(batch), choice["runtime"], f"{choice['p50_ms']:.3f}",
+                        f"{choice['speedup']:.2f}×", choice["runner_up"] or "—",
+                        "" if choice["speedup_vs_runner_up"] is None
+                        else f"{choice['speedup_vs_runner_up']:.2f}×")
+    console.print(winners)
+    for skip in deployment.skipped:
+        console.print(f"skipped {skip['runtime']}: {skip['reason']}", markup=False)
+    console.print(f"saved: {deployment.chosen.name}, the winner at batch "
+                  f"{deployment.target_batch}: {deployment.path}\n deploy.json: "
+                  f"{args.out / 'deploy.json'}")
 
 
 # --- nnzip sts: judge a sentence encoder on the STS Benchmark, fp32 and quantized -------------

@@ -14,8 +14,8 @@ import torch
 CPUINFO = Path("/proc/cpuinfo")
 
 # Vector / matrix extensions that decide how fast int8 and float kernels can run.
-CPU_FLAGS_OF_INTEREST = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile", "amx_int8",
-                         "fma", "sse4_2", "asimddp")
+CPU_FLAGS_OF_INTEREST = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16",
+                         "amx_tile", "amx_int8", "amx_bf16", "fma", "sse4_2", "asimddp")
 
 
 def _cpuinfo_field(field: str) -> str | None:

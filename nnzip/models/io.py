@@ -334,7 +334,8 @@ def _load_hf_folder(path: Path, trust_pickle: bool) -> nn.Module:
 def load_model(path: str | os.PathLike, *, trust_pickle: bool = False,
                allow_nonfinite: bool = False) -> nn.Module:
     """Load a model folder (save_model), an ``.nnz`` file, a torch.export ``.pt2``, an ``.onnx``
-    file (run by ONNX Runtime), or, with ``trust_pickle``, TorchScript or a pickle.
+    file (run by ONNX Runtime), an OpenVINO IR ``.xml`` with its ``.bin`` beside it (run by
+    OpenVINO, an optional extra), or, with ``trust_pickle``, TorchScript or a pickle.
 
     Nothing from the file is unpickled or run unless ``trust_pickle`` is set. A model whose
     weights hold NaN or Inf is refused, naming the tensor, unless ``allow_nonfinite`` is set.
@@ -376,6 +377,12 @@ def _load_any(path: str | os.PathLike, trust_pickle: bool, allow_nonfinite: bool
 
         check_onnx_file(path, allow_nonfinite=allow_nonfinite)
         return OrtModule(path)
+    if path.suffix.lower() == ".xml":
+        from nnzip.runtime.openvino import OvModule  # OpenVINO IR: the .bin sits beside it
+
+        # Bounded and safe: the .xml is read capped, refused with XML entities, its .bin checked
+        # against the size it declares, its float constants for NaN/Inf (nnzip.runtime.openvino).
+        return OvModule(path, allow_nonfinite=allow_nonfinite)
     names = _zip_names(path)
     if names is not None:
         if any(n.rsplit("/", 1)[-1] == "archive_format" for n in names):

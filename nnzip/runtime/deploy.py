@@ -15,11 +15,20 @@ So :func:`deploy` measures instead of assuming:
 2. it checks each one's accuracy on validation data against the model as given (a runtime that
    changes accuracy by more than ``max_accuracy_change`` points is not correct, whatever its
    speed: had the weights been stored as int8, the saturation above would be caught here);
-3. it times them interleaved at each batch size (:func:`nnzip.evaluate.compare_latency`) and picks
-   the fastest correct runtime at the first batch size.
+   Beside them, where OpenVINO is installed (:mod:`nnzip.runtime.openvino`): OpenVINO fp32 with
+   its precision hint pinned to f32, bf16 where the CPU has it (AMX / AVX-512 BF16), and int8
+   from nnzip's own QDQ file (its execution graph shows which layers run on u8/i8), each with a
+   dynamic batch dimension and with one static shape per batch size;
+3. it times the correct ones interleaved at each batch size (:func:`nnzip.evaluate.compare_latency`)
+   and records the fastest correct runtime *per batch size*: which one wins changes with the
+   batch size and the CPU (on an AMX Xeon, ORT fp32 can win at batch 1 and OpenVINO int8 at 64).
 
-The chosen artifact is copied to ``out_dir/model.onnx`` (or ``model.pt2`` when PyTorch wins), and
-``deploy.json`` records every runtime's accuracy, latency and integer-operator count.
+The winner at ``target_batch`` (the first batch size unless given) is saved in its runtime's own
+format: ``out_dir/model.onnx`` (ONNX Runtime), ``model.xml`` + ``model.bin`` (OpenVINO IR, which
+records the precision and shape mode it runs with) or ``model.pt2`` (PyTorch), all read by
+:func:`nnzip.load_model`. ``deploy.json`` records every runtime's accuracy, latency and integer
+layers, the choice per batch size with its speed-up over PyTorch eager and over the runner-up,
+which candidates were skipped and why, and the machine (CPU flags, runtime versions).
 """
 
 from __future__ import annotations
@@ -66,6 +75,8 @@ class Runtime:
     correct: bool | None = None
     #: False for the original model, which is timed beside the candidates but never chosen.
     candidate: bool = True
+    #: OpenVINO only: per executed layer type, how many nodes run at each precision.
+    layer_precisions: dict[str, dict[str, int]] | None = None
 
     def summary(self) -> dict:
         data = {item.name: getattr(self, item.name) for item in fields(self)
@@ -77,24 +88,63 @@ class Runtime:
 
 @dataclass
 class Deployment:
+    """What :func:`deploy` measured and chose.
+
+    ``chosen`` is the runtime saved at ``path`` (the winner at ``target_batch``);
+    ``chosen_by_batch`` the fastest correct runtime at each timed batch size; ``skipped`` the
+    candidates not built or not correct, each with the reason.
+    """
+
     chosen: Runtime
     runtimes: list[Runtime]
     path: Path | None
     machine: dict
+    chosen_by_batch: dict[int, Runtime] = field(default_factory=dict)
+    target_batch: int | None = None
+    skipped: list[dict[str, str]] = field(default_factory=list)
 
-    def speedup(self, batch_size: int) -> float | None:
-        """p50 latency of the original model (or PyTorch eager) over the chosen runtime's."""
-        baseline = next((r for r in self.runtimes if not r.candidate), self.runtimes[0])
-        if batch_size not in self.chosen.latency_ms:
+    def baseline(self) -> Runtime:
+        """The original model (when given) or the model as given."""
+        return next((r for r in self.runtimes if r.name == "original-pytorch-eager"),
+                    self.runtimes[0])
+
+    def speedup(self, batch_size: int, versus: Runtime | None = None) -> float | None:
+        """p50 latency of ``versus`` (the baseline by default) over that of the fastest correct
+        runtime at ``batch_size``."""
+        winner = self.chosen_by_batch.get(batch_size, self.chosen)
+        versus = versus or self.baseline()
+        if batch_size not in winner.latency_ms or batch_size not in versus.latency_ms:
             return None
-        return (baseline.latency_ms[batch_size]["p50"]
-                / self.chosen.latency_ms[batch_size]["p50"])
+        return versus.latency_ms[batch_size]["p50"] / winner.latency_ms[batch_size]["p50"]
+
+    def runner_up(self, batch_size: int) -> Runtime | None:
+        """The second fastest correct candidate at ``batch_size``."""
+        timed = sorted((r for r in self.runtimes if r.correct and batch_size in r.latency_ms),
+                       key=lambda r: r.latency_ms[batch_size]["p50"])
+        return timed[1] if len(timed) > 1 else None
+
+    def choice(self, batch_size: int) -> dict:
+        """The winner at ``batch_size`` and by how much it beats eager and the runner-up."""
+        winner = self.chosen_by_batch[batch_size]
+        runner_up = self.runner_up(batch_size)
+        eager = self.runtimes[0]
+
+        def ratio(versus: Runtime | None) -> float | None:
+            value = self.speedup(batch_size, versus) if versus is not None else None
+            return None if value is None else round(value, 3)
+
+        return {"runtime": winner.name, "p50_ms": winner.latency_ms[batch_size]["p50"],
+                "baseline": self.baseline().name, "speedup": ratio(self.baseline()),
+                f"speedup_vs_{eager.name.replace('-', '_')}": ratio(eager),
+                "runner_up": runner_up.name if runner_up else None,
+                "speedup_vs_runner_up": ratio(runner_up)}
 
     def summary(self) -> dict:
-        return {"chosen": self.chosen.name,
-                "speedup": {str(batch): round(self.speedup(batch), 3)
-                            for batch in self.chosen.latency_ms},
+        return {"chosen": {str(batch): self.choice(batch) for batch in self.chosen_by_batch},
+                "saved": {"runtime": self.chosen.name, "batch_size": self.target_batch,
+                          "path": str(self.path) if self.path else None},
                 "path": str(self.path) if self.path else None,
+                "skipped": self.skipped,
                 "runtimes": [runtime.summary() for runtime in self.runtimes],
                 "machine": self.machine}
 
@@ -111,8 +161,33 @@ def _float_for_export(model: nn.Module) -> nn.Module:
 
 def build_runtimes(model: nn.Module, example: torch.Tensor, folder: Path,
                    threads: int = 1) -> list[Runtime]:
-    """Every runtime of ``model``: PyTorch eager; ONNX Runtime forms saved in ``folder``."""
+    """Every runtime of ``model``: PyTorch eager; ONNX Runtime forms saved in ``folder``.
+
+    A model loaded from a runtime's file (an ``.onnx`` as :class:`OrtModule`, an OpenVINO IR as
+    :class:`~nnzip.runtime.openvino.OvModule`) is the reference, timed but not a candidate; its
+    file is copied into ``folder`` as the source of the candidates (a file with
+    ``DequantizeLinear`` / ``FakeQuantize`` nodes as the quantized one).
+    """
     folder.mkdir(parents=True, exist_ok=True)
+    from nnzip.runtime.openvino import OvModule, save_ir
+
+    if isinstance(model, OrtModule | OvModule):
+        runtimes = [Runtime("model-as-given", f"the model as loaded, run by "
+                            f"{type(model).__name__} (the reference, not a candidate: its file "
+                            "is the candidates' source)", model.path, model, candidate=False)]
+        if isinstance(model, OvModule):  # ONNX Runtime cannot read IR: OpenVINO candidates only
+            quantized = any(op.get_type_name() == "FakeQuantize"
+                            for op in model.ov_model.get_ordered_ops())
+            save_ir(model, folder / ("qdq.xml" if quantized else "fp32.xml"))
+            return runtimes
+        quantized = "DequantizeLinear" in op_counts(model.path)
+        path = folder / ("qdq.onnx" if quantized else "fp32.onnx")
+        with atomic_path(path) as tmp:
+            shutil.copyfile(model.path, tmp)
+        if quantized:
+            return runtimes + _ort_int8_runtimes(path, folder, threads)
+        return runtimes + [Runtime("onnxruntime-fp32", "ONNX Runtime, float32, all graph "
+                                   "optimizations", path, OrtModule(path, threads))]
     runtimes = [Runtime("pytorch-eager", "the model as given, PyTorch eager", None, model)]
     if not is_quantized(model):
         path = export_onnx(_float_for_export(model), folder / "fp32.onnx", example)
@@ -121,8 +196,16 @@ def build_runtimes(model: nn.Module, example: torch.Tensor, folder: Path,
         return runtimes
     weights_only = export_onnx(_float_for_export(float_view(model)), folder / "fp32.onnx", example)
     qdq = export_onnx(model, folder / "qdq.onnx", example)
+    return runtimes + _ort_int8_runtimes(qdq, folder, threads) + [
+        Runtime("onnxruntime-fp32", "ONNX Runtime float32 with the dequantized weights, "
+                "activations in float (int8-rounded weights, fp32 file)", weights_only,
+                OrtModule(weights_only, threads))]
+
+
+def _ort_int8_runtimes(qdq: Path, folder: Path, threads: int) -> list[Runtime]:
+    """ONNX Runtime's forms of a QDQ file: fused integer kernels, QOperator, float kernels."""
     qoperator = to_qoperator(qdq, folder / "qoperator.onnx")
-    runtimes += [
+    return [
         Runtime("onnxruntime-int8-qdq", "QDQ model, ONNX Runtime fuses DQ→op→Q into integer "
                 "kernels", qdq, OrtModule(qdq, threads, "all")),
         Runtime("onnxruntime-int8-qoperator", "the integer-operator form ORT saved from the QDQ "
@@ -130,11 +213,54 @@ def build_runtimes(model: nn.Module, example: torch.Tensor, folder: Path,
         Runtime("onnxruntime-dequantized", "QDQ model with fusions off: float kernels on the "
                 "dequantized integer weights (nnzip's simulation)", qdq,
                 OrtModule(qdq, threads, "basic")),
-        Runtime("onnxruntime-fp32", "ONNX Runtime float32 with the dequantized weights, "
-                "activations in float (int8-rounded weights, fp32 file)", weights_only,
-                OrtModule(weights_only, threads)),
     ]
-    return runtimes
+
+
+def openvino_runtimes(folder: Path, threads: int = 1
+                      ) -> tuple[list[Runtime], list[dict[str, str]]]:
+    """OpenVINO candidates of the ONNX files :func:`build_runtimes` wrote in ``folder``, and the
+    ones skipped, with why: OpenVINO not installed, no BF16 on this CPU, no quantized graph, or
+    a model OpenVINO cannot compile. Never raises for a missing or failing OpenVINO: ONNX Runtime
+    and PyTorch remain."""
+    from nnzip.runtime import openvino
+
+    missing = openvino.openvino_missing()
+    if missing is not None:
+        return [], [{"runtime": "openvino-*", "reason": missing}]
+    capabilities = openvino.cpu_capabilities()
+    # The ONNX files build_runtimes wrote, or the IR of a model given as OpenVINO IR.
+    fp32, qdq = (next((path for path in (folder / f"{stem}.onnx", folder / f"{stem}.xml")
+                       if path.is_file()), folder / f"{stem}.onnx") for stem in ("fp32", "qdq"))
+    plans = [("openvino-fp32", fp32, "f32", "OpenVINO, float32 (precision hint pinned to f32)"),
+             ("openvino-bf16", fp32, "bf16", "OpenVINO, bfloat16 float layers (AMX / AVX-512 "
+              "BF16)"),
+             ("openvino-int8", qdq, "f32", "OpenVINO reading nnzip's QDQ model: u8/i8 kernels "
+              "where it fuses, f32 elsewhere")]
+    runtimes, skipped = [], []
+    for name, path, precision, description in plans:
+        if precision == "bf16" and "BF16" not in capabilities:
+            skipped.append({"runtime": name, "reason": "this CPU has no BF16 (OpenVINO CPU "
+                            f"capabilities: {', '.join(capabilities)})"})
+            continue
+        if not path.is_file():
+            reason = ("the model is not quantized: no QDQ graph to run as int8" if path == qdq
+                      else "the model is quantized: its float form is not available here")
+            skipped.append({"runtime": name, "reason": reason})
+            continue
+        for static in (False, True):
+            variant = name + ("-static" if static else "")
+            try:
+                module = openvino.OvModule(path, threads, precision, static_shapes=static)
+                # What the CPU plugin really executes, per layer (compiles a static variant).
+                layer_precisions = openvino.runtime_precisions(module)
+            except NnzipError as error:
+                skipped.append({"runtime": variant, "reason": str(error)})
+                continue
+            shape = "one static shape per batch size" if static else "dynamic batch size"
+            runtimes.append(Runtime(variant, f"{description}; {shape}", path, module,
+                                    layer_precisions=layer_precisions,
+                                    integer_ops=openvino.integer_layer_count(layer_precisions)))
+    return runtimes, skipped
 
 
 def check_accuracy(runtimes: list[Runtime], data: DataSplits, samples: int,
@@ -159,19 +285,26 @@ def check_accuracy(runtimes: list[Runtime], data: DataSplits, samples: int,
 def deploy(model: nn.Module, data: DataSplits, out_dir: str | Path, *,
            batch_sizes: tuple[int, ...] = (1, 64), threads: int = 1, samples: int = 2000,
            max_accuracy_change: float = 0.2, repeats: int = 50,
-           original: nn.Module | None = None) -> Deployment:
-    """Measure every runtime of ``model`` and keep the fastest correct one at ``batch_sizes[0]``.
+           original: nn.Module | None = None, target_batch: int | None = None,
+           openvino: bool = True) -> Deployment:
+    """Measure every runtime of ``model``, keep the fastest correct one per batch size, and save
+    the winner at ``target_batch`` (default: ``batch_sizes[0]``).
 
     ``original`` (e.g. the float model before compression) is timed beside the candidates in
     PyTorch eager, as the baseline of the reported speedup; it is never chosen.
 
     ``max_accuracy_change`` (points, on up to ``samples`` validation inputs) is how far a runtime
-    may move accuracy away from the model as given and still count as correct.
+    may move accuracy away from the model as given and still count as correct. ``openvino=False``
+    leaves the OpenVINO candidates out (recorded as skipped).
     """
     if not batch_sizes or min(batch_sizes) < 1:
         raise NnzipError(f"batch_sizes must be positive integers, got {batch_sizes!r}")
     if max_accuracy_change < 0:
         raise NnzipError("max_accuracy_change is in accuracy points and must be ≥ 0")
+    target_batch = batch_sizes[0] if target_batch is None else target_batch
+    if target_batch not in batch_sizes:
+        raise NnzipError(f"target batch size {target_batch} is not among the timed batch sizes "
+                         f"{list(batch_sizes)}: add it to batch_sizes")
     out_dir = Path(out_dir)
     model = set_eval(model)  # a .pt2 program refuses .eval(): kept as exported
     example = probe_batch(data, 2)
@@ -180,42 +313,78 @@ def deploy(model: nn.Module, data: DataSplits, out_dir: str | Path, *,
     with staged_folder(out_dir) as folder:
         with fixed_threads(threads):
             runtimes = build_runtimes(model, example, folder / "runtimes", threads)
+            if openvino:
+                extra, skipped = openvino_runtimes(folder / "runtimes", threads)
+                runtimes += extra
+            else:
+                skipped = [{"runtime": "openvino-*", "reason": "not asked for (openvino=False)"}]
+            if runtimes[0].name == "model-as-given" and runtimes[0].path.suffix == ".xml":
+                skipped.insert(0, {"runtime": "onnxruntime-*", "reason": "the model is an "
+                                   "OpenVINO IR, which ONNX Runtime cannot read: deploy its "
+                                   ".onnx or PyTorch form to compare"})
             if original is not None:
                 runtimes.append(Runtime("original-pytorch-eager", "the original model, "
                                         "PyTorch eager (baseline, not a candidate)", None,
                                         set_eval(original), candidate=False))
             check_accuracy(runtimes, data, samples, max_accuracy_change)
+        skipped += [{"runtime": r.name, "reason": f"accuracy changed by "
+                     f"{r.accuracy_change_points:+.2f} points (more than "
+                     f"{max_accuracy_change:g} allowed)"}
+                    for r in runtimes if r.candidate and not r.correct]
         for runtime in runtimes:
+            if runtime.path is not None and runtime.path.suffix == ".onnx" \
+                    and runtime.integer_ops is None:
+                runtime.integer_ops = integer_op_count(op_counts(runtime.path))
             if runtime.path is not None:
                 runtime.file_bytes = file_bytes(runtime.path)
-                runtime.integer_ops = integer_op_count(op_counts(runtime.path))
+        # Only what may be chosen, and the baseline, is timed: a wrong runtime's speed is moot.
+        timed = [runtime for runtime in runtimes if runtime.correct or not runtime.candidate]
+        chosen_by_batch = {}
         for batch in batch_sizes:
-            timings = compare_latency([runtime.module for runtime in runtimes], threads=threads,
+            timings = compare_latency([runtime.module for runtime in timed], threads=threads,
                                       repeats=repeats, batch=probe_batch(data, batch))
-            for runtime, timing in zip(runtimes, timings, strict=True):
+            for runtime, timing in zip(timed, timings, strict=True):
                 runtime.latency_ms[batch] = {key: round(value, 4) for key, value in timing.items()}
-        correct = [runtime for runtime in runtimes if runtime.correct]
-        chosen = min(correct, key=lambda runtime: runtime.latency_ms[batch_sizes[0]]["p50"])
+            chosen_by_batch[batch] = min((r for r in timed if r.correct),
+                                         key=lambda runtime: runtime.latency_ms[batch]["p50"])
+        chosen = chosen_by_batch[target_batch]
         path = _save_chosen(chosen, model, example, folder)
         for runtime in runtimes:  # named as they will be once the folder is in place
-            if runtime.path is not None:
+            if runtime.path is not None and Path(runtime.path).is_relative_to(folder):
                 runtime.path = out_dir / Path(runtime.path).relative_to(folder)
         path = out_dir / path.relative_to(folder)
-        machine = machine_info(threads) | {"onnxruntime_version": _ort_version()}
-        deployment = Deployment(chosen, runtimes, path, machine)
+        deployment = Deployment(chosen, runtimes, path, _machine(threads), chosen_by_batch,
+                                target_batch, skipped)
         write_text(folder / "deploy.json", json.dumps(deployment.summary(), indent=2) + "\n")
     return deployment
 
 
 def _save_chosen(chosen: Runtime, model: nn.Module, example: torch.Tensor,
                  out_dir: Path) -> Path:
+    """The winner in its runtime's own format: .pt2, .onnx, or OpenVINO IR (.xml + .bin)."""
     from nnzip.models.io import export_model
+    from nnzip.runtime.openvino import OvModule, save_ir
 
     if chosen.path is None:
         return export_model(model, out_dir / "model.pt2", example)
+    if isinstance(chosen.module, OvModule):
+        # Inside the staged folder: the .xml and .bin appear together when it is swapped in.
+        return save_ir(chosen.module, out_dir / "model.xml")
     with atomic_path(out_dir / "model.onnx") as tmp:
         shutil.copyfile(chosen.path, tmp)
     return out_dir / "model.onnx"
+
+
+def _machine(threads: int) -> dict:
+    """machine_info plus the runtimes' versions and what OpenVINO's CPU plugin can run fast."""
+    from nnzip.runtime import openvino
+
+    machine = machine_info(threads) | {"onnxruntime_version": _ort_version(),
+                                       "openvino_version": None}
+    if openvino.openvino_missing() is None:
+        machine["openvino_version"] = openvino.openvino_version()
+        machine["openvino_cpu_capabilities"] = openvino.cpu_capabilities()
+    return machine
 
 
 def _ort_version() -> str:
