@@ -16,6 +16,7 @@ from rich.logging import RichHandler
 from rich.markup import escape
 
 from nnzip import __version__
+from nnzip.core.interrupt import interruptible
 from nnzip.errors import NnzipError
 
 console = Console()
@@ -827,7 +828,8 @@ def main(argv: list[str] | None = None) -> int:
                              f"Hugging Face encoder with 'nnzip eval --model {args.model}' or "
                              f"'nnzip sts --model {args.model}'")
         check_outputs(args)  # before any work: a bad --out costs a second, not a finished run
-        COMMANDS[args.command](args)
+        with interruptible():  # a Ctrl-C that lands in a callback is raised again, not lost
+            COMMANDS[args.command](args)
     except NnzipError as error:
         _print_error(str(error))
         return 2

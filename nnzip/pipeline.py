@@ -22,6 +22,7 @@ from torch import nn
 
 from nnzip.codec.nnz import codec_options
 from nnzip.core.coverage import Coverage, MethodResult, changed_coverage
+from nnzip.core.interrupt import check_interrupt
 from nnzip.core.modes import set_eval
 from nnzip.core.weights import unique_parameters
 from nnzip.data.splits import DataSplits, probe_batch
@@ -184,6 +185,7 @@ def compress(model: nn.Module, recipe: Recipe | str | Path, data: DataSplits, *,
         rows.append(baseline)
         report, paths = _write(rows, eval_config, folder, extra)
         for step in recipe.steps:
+            check_interrupt()
             log.info("stage %s (%s)", step.label, step.stage.kind)
             started = time.perf_counter()
             result = _run_stage(step.stage, model, context, step.label)

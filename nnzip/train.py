@@ -27,6 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from nnzip.atomic import atomic_path
+from nnzip.core.interrupt import check_interrupt
 from nnzip.core.outputs import prediction_rows
 from nnzip.data.splits import DataSplits, eval_batch_size
 from nnzip.distill.losses import DistillOptions, distillation_loss
@@ -311,6 +312,7 @@ def _train_one_epoch(model: nn.Module, data: DataSplits, config: TrainConfig, ep
     total, count = 0.0, 0
     steps_per_epoch = len(loader)
     for step, (inputs, targets) in enumerate(loader):
+        check_interrupt()
         if config.augment and data.augment is not None:
             inputs = data.augment(inputs, generator)
         inputs, targets = inputs.to(device), targets.to(device)
@@ -361,6 +363,7 @@ def fit_batches(model: nn.Module, batches: list, batch_loss: BatchLoss,
             order = torch.randperm(len(batches), generator=generator).tolist()
             total = 0.0
             for step, index in enumerate(order):
+                check_interrupt()
                 optimizer.zero_grad(set_to_none=True)
                 loss = batch_loss(model, batches[index])
                 if not torch.isfinite(loss):

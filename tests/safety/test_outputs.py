@@ -415,3 +415,25 @@ def test_deploy_replaces_an_earlier_deployment_whole(tmp_path, saved_models, cap
                for r in summary["runtimes"] if r["path"])
     assert b"an earlier choice" not in [p.read_bytes() for p in out.iterdir() if p.is_file()]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["deployed", "model.nnz"]
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_ctrl_c_swallowed_by_a_callback_is_raised_again_at_the_next_step():
+    """Python drops a KeyboardInterrupt raised inside a weakref callback or ``__del__`` ("Exception
+    ignored"): the recorded request is raised again between training steps, never lost."""
+    import signal
+    import weakref
+
+    from nnzip.core.interrupt import check_interrupt, interruptible
+
+    class Dropped:
+        pass
+
+    with interruptible():
+        check_interrupt()  # nothing requested yet
+        thing = Dropped()
+        weakref.finalize(thing, lambda: signal.raise_signal(signal.SIGINT))
+        del thing  # the handler's KeyboardInterrupt is raised in the callback and swallowed
+        with pytest.raises(KeyboardInterrupt):
+            check_interrupt()
+    check_interrupt()  # the request ends with the block
