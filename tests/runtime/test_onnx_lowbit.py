@@ -198,3 +198,24 @@ def test_deploy_offers_the_dynamic_int8_onnx_as_a_candidate(digits, trained_mlp,
     assert candidate.correct and candidate.agreement >= 0.995
     assert candidate.integer_ops == 3  # three MatMulInteger
     assert "onnxruntime-int8-qdq" not in runtimes
+
+
+def test_openvino_reads_the_int4_file_as_u4_weights_and_computes_the_same(encoder, tmp_path):
+    openvino = pytest.importorskip("openvino")
+    calibration = [token_ids(4, 6, seed) for seed in range(2)]
+    quantized = quantize_scheme(encoder, "weight-int4-rtn", calibration, group_size=64).model
+    path = export_onnx(quantized, tmp_path / "int4.onnx", calibration[0], sequence_dim=1)
+    # The CPU plugin rounds activations to int8 by default for compressed weights: off, to
+    # compute what nnzip measured.
+    compiled = openvino.Core().compile_model(
+        str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": "1",
+                           "DYNAMIC_QUANTIZATION_GROUP_SIZE": "0"})
+    kernels = [(op.get_rt_info()["layerType"].astype(str),
+                op.get_rt_info()["runtimePrecision"].astype(str))
+               for op in compiled.get_runtime_model().get_ops()]
+    assert kernels.count(("FullyConnected", "u4")) == 2
+    ids = token_ids(3, 9, seed=7)
+    with torch.no_grad():
+        expected = quantized(ids)
+    got = torch.from_numpy(compiled({0: ids.numpy()})[0])
+    assert (got - expected).abs().max() < 1e-5
