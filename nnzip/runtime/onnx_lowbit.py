@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from nnzip.errors import NnzipError
 from nnzip.models.surgery import set_module
@@ -112,9 +113,11 @@ def nbits_refusal(layer: QuantizedLayer) -> str | None:
     params = layer.weight_qparams
     scheme = layer.weight_scheme
     if not isinstance(layer.layer, nn.Linear):
-        return f"a {type(layer.layer).__name__} is not a MatMul"
+        return (f"group-wise weights export for Linear layers only (MatMulNBits), and this is a "
+                f"{type(layer.layer).__name__}: quantize it per channel, or exclude it")
     if not isinstance(params, QParams) or scheme.granularity != "group" or scheme.bits != NBITS:
-        return "not group-wise int4"
+        return (f"{scheme.bits}-bit group-wise weights: ONNX holds group-wise weights at 4 bits "
+                "only (MatMulNBits); use weight_bits 4, or granularity 'channel'")
     if layer.input_scheme is not None or layer.smoothing is not None:
         return "its input is quantized or smoothed (MatMulNBits is weight-only)"
     size = scheme.group_size
@@ -191,10 +194,15 @@ class DynamicInt8Linear(nn.Module):
         params = quantized.weight_qparams
         layer = quantized.layer
         if not isinstance(layer, nn.Linear) or not isinstance(params, QParams) \
-                or scheme.bits > 8 or scheme.granularity == "group":
+                or scheme.granularity == "group":
             raise NnzipError(f"{name!r} is dynamically quantized with {scheme}, which has no "
                              "MatMulInteger form: dynamic ONNX export takes Linear layers with "
                              "per-channel or per-tensor int8 weights")
+        inputs = quantized.input_scheme
+        if inputs is None or (inputs.bits, inputs.symmetric, inputs.signed) != (8, False, False):
+            raise NnzipError(f"{name!r} rounds its activations to {inputs}, and ONNX's "
+                             "DynamicQuantizeLinear rounds to asymmetric uint8 only: use "
+                             "activation_bits 8 (asymmetric) for dynamic export")
         if weight_dtype not in ("int8", "uint8"):
             raise NnzipError(f"weight_dtype must be 'int8' or 'uint8', got {weight_dtype!r}")
         shift = 128 if weight_dtype == "uint8" else 0
@@ -251,14 +259,11 @@ def lowbit_view(model: nn.Module, weight_dtype: str = "int8") -> LowBitExport | 
     :class:`DynamicInt8Linear` and other quantized layers QDQ; None when no layer needs it (the
     QDQ export then applies as it is). Raises NnzipError for a layer with no form."""
     from nnzip.quant.parametrized import quantized_weights
-    from nnzip.runtime.onnx_export import QDQLayer
+    from nnzip.runtime.onnx_export import QDQLayer, QDQTensor
 
     layers = quantized_layers(model)
     if not any(is_lowbit_layer(layer) for layer in layers.values()):
         return None
-    if quantized_weights(model):
-        raise NnzipError("weight-only quantized tensors (parametrized weights) beside int4 or "
-                         "dynamic layers have no ONNX form yet: quantize Linear layers only")
     view = copy.deepcopy(model).eval()
     counts = {"nbits": 0, "dynamic": 0}
     for name, layer in quantized_layers(view).items():
@@ -271,6 +276,14 @@ def lowbit_view(model: nn.Module, weight_dtype: str = "int8") -> LowBitExport | 
         else:
             replacement = QDQLayer(layer, weight_dtype, name)
         set_module(view, name, replacement)
+    # Weight-only tensors (tied, functional, RNN weights) take their QDQ form, one per tensor.
+    exported = {id(quantizer): QDQTensor(quantizer, weight_dtype, name)
+                for name, (quantizer, _) in quantized_weights(view).items()}
+    for module in view.modules():
+        if parametrize.is_parametrized(module):
+            for plist in module.parametrizations.values():
+                if id(plist[0]) in exported:
+                    plist[0] = exported[id(plist[0])]
     return LowBitExport(view, TRANSLATIONS, counts["nbits"], counts["dynamic"])
 
 
