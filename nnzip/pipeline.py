@@ -227,6 +227,24 @@ def _write_interrupted(rows: list[dict], planned: list[str], eval_config: EvalCo
     return True
 
 
+def _save_lowbit_onnx(model: nn.Module, out_dir: Path, example: torch.Tensor) -> Path | None:
+    """A group-wise int4 or dynamic int8 model as its MatMulNBits / MatMulInteger ``.onnx``;
+    None (said at INFO) when the model has no such layer or the export fails."""
+    from nnzip.quant.modules import quantized_layers
+    from nnzip.runtime.onnx_export import export_onnx
+    from nnzip.runtime.onnx_lowbit import is_lowbit_layer
+
+    if not any(is_lowbit_layer(layer) for layer in quantized_layers(model).values()):
+        return None
+    tokens = example.dim() == 2 and not example.is_floating_point()
+    try:
+        return export_onnx(model, out_dir / "model.onnx", example,
+                           **({"sequence_dim": 1} if tokens else {}))
+    except NnzipError as error:
+        log.info("not saved as an int4/dynamic int8 ONNX file: %s", error)
+        return None
+
+
 def save_final_model(model: nn.Module, out_dir: Path, data: DataSplits) -> Path:
     """Save as a zoo folder (safetensors + spec) when the zoo can rebuild it, else as a .pt2.
 
@@ -240,7 +258,9 @@ def save_final_model(model: nn.Module, out_dir: Path, data: DataSplits) -> Path:
 
     A model quantized by nnzip is saved as a QDQ ``.onnx`` file: int8 weights with their scales,
     runnable on ONNX Runtime's integer kernels (a .pt2 would hold fp32 copies of the weights);
-    where ONNX has no form for it (group-wise int4) as its ``.nnz``.
+    where ONNX has no form for it as its ``.nnz``. Group-wise int4 and dynamic int8 models (a
+    sentence encoder's included) are saved as the int-sized ``.onnx`` ORT runs (MatMulNBits,
+    MatMulInteger: :mod:`nnzip.runtime.onnx_lowbit`), the ``.nnz`` when that export fails.
     """
     from nnzip.models import export_model, model_spec, save_model
     from nnzip.models.hf import SentenceEncoder
@@ -252,6 +272,9 @@ def save_final_model(model: nn.Module, out_dir: Path, data: DataSplits) -> Path:
     if options is not None:
         return save_nnz(model, out_dir / "model.nnz", example=example,
                         huffman=options["huffman"])
+    onnx_path = _save_lowbit_onnx(model, out_dir, example)
+    if onnx_path is not None:
+        return onnx_path
     if isinstance(model, SentenceEncoder):
         reason = hf_save_refusal(model)
         if reason is None:

@@ -53,6 +53,7 @@ from nnzip.evaluate.size import file_bytes
 from nnzip.models.fold import fold_batchnorm, foldable_pairs
 from nnzip.outputs import staged_folder
 from nnzip.runtime.onnx_export import export_onnx, float_view, is_quantized
+from nnzip.runtime.onnx_lowbit import lowbit_kind
 from nnzip.runtime.session import OrtModule, integer_op_count, op_counts, to_qoperator
 
 log = logging.getLogger(__name__)
@@ -195,6 +196,13 @@ def build_runtimes(model: nn.Module, example: torch.Tensor, folder: Path,
                                 "optimizations", path, OrtModule(path, threads)))
         return runtimes
     weights_only = export_onnx(_float_for_export(float_view(model)), folder / "fp32.onnx", example)
+    lowbit = lowbit_kind(model)
+    if lowbit is not None:  # int4 as MatMulNBits, dynamic int8 as MatMulInteger: not QDQ
+        path = export_onnx(model, folder / f"{lowbit}.onnx", example)
+        return [*runtimes, Runtime(f"onnxruntime-{lowbit}", "ONNX Runtime's int4 / dynamic int8 "
+                                   "kernels on nnzip's integers", path, OrtModule(path, threads)),
+                Runtime("onnxruntime-fp32", "ONNX Runtime float32 with the dequantized weights",
+                        weights_only, OrtModule(weights_only, threads))]
     qdq = export_onnx(model, folder / "qdq.onnx", example)
     return runtimes + _ort_int8_runtimes(qdq, folder, threads) + [
         Runtime("onnxruntime-fp32", "ONNX Runtime float32 with the dequantized weights, "

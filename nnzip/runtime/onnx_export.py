@@ -267,7 +267,12 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, example: torch.Tensor
     path = Path(path)
     if weight_dtype == "auto":
         weight_dtype = "uint8" if int8_weights_saturate() else "int8"
-    view = export_view(model, weight_dtype) if is_quantized(model) else copy.deepcopy(model).eval()
+    from nnzip.runtime.onnx_lowbit import lowbit_view  # int4 MatMulNBits, dynamic int8
+
+    lowbit = lowbit_view(model, weight_dtype)
+    translations = lowbit.translations if lowbit is not None else None
+    view = (lowbit.view if lowbit is not None else export_view(model, weight_dtype)
+            if is_quantized(model) else copy.deepcopy(model).eval())
     dims = {0: torch.export.Dim("batch", min=1)} if dynamic_batch else {}
     if sequence_dim is not None:
         dims[sequence_dim] = torch.export.Dim("sequence", min=2)
@@ -281,7 +286,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, example: torch.Tensor
             with torch.no_grad():
                 torch.onnx.export(view, (example,), str(tmp), dynamo=True, opset_version=opset,
                                   dynamic_shapes=shapes, verbose=False, optimize=True,
-                                  external_data=False)
+                                  external_data=False, custom_translation_table=translations)
         except Exception as exc:  # the exporter raises many types; all mean "cannot export"
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise NnzipError(f"cannot export {type(model).__name__} to ONNX "

@@ -23,7 +23,7 @@ from nnzip.models.nnz import load_nnz, save_nnz
 from nnzip.pipeline import apply
 from nnzip.prune.transformer import encoder_shape, prune_heads, prune_neurons
 from nnzip.quant import QuantConfig, quantize_dynamic, quantize_static
-from nnzip.runtime import OrtModule, export_onnx
+from nnzip.runtime import OrtModule, export_onnx, op_counts
 
 pytest.importorskip("transformers", reason="needs the transformers extra")
 
@@ -290,13 +290,16 @@ def test_a_structurally_pruned_encoder_exports_to_onnx(tiny_encoder, token_ids, 
         assert (runtime(other) - pruned(other)).abs().max() < 1e-6
 
 
-def test_dynamic_quantization_has_neither_nnz_nor_qdq_onnx(tiny_encoder, token_ids, tmp_path):
+def test_dynamic_quantization_has_no_nnz_but_exports_as_matmulinteger(tiny_encoder, token_ids,
+                                                                      tmp_path):
     dynamic = quantize_dynamic(tiny_encoder)
     with pytest.raises(NnzipError, match="not quantized activations"):
         save_nnz(dynamic, tmp_path / "dynamic.nnz", example=token_ids[0])
-    with pytest.raises(NnzipError, match="dynamically quantized"):
-        export_onnx(dynamic, tmp_path / "dynamic.onnx", token_ids[0], sequence_dim=1)
     assert not list(tmp_path.iterdir())
+    # Issue 16: DynamicQuantizeLinear + MatMulInteger with nnzip's int8 weights
+    # (tests/runtime/test_onnx_lowbit.py checks the integers and the outputs).
+    path = export_onnx(dynamic, tmp_path / "dynamic.onnx", token_ids[0], sequence_dim=1)
+    assert op_counts(path).get("MatMulInteger", 0) >= 6
 
 
 def test_a_factorized_encoder_is_refused_by_its_swapped_layers(tiny_encoder):

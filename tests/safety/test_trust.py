@@ -456,9 +456,11 @@ def test_a_quantized_model_saved_as_float_is_a_warning(tmp_path, caplog, digits)
     """Issue 15, Why 4: the float .pt2 fallback of a quantized model was said at INFO level."""
     from nnzip.pipeline import save_final_model
 
+    # Dynamic int8 per channel now exports (MatMulInteger); group-wise dynamic weights have
+    # neither an ONNX nor a .nnz form.
     model = nnzip.apply(create_model("lenet300", input_shape=digits.input_shape,
                                      num_classes=digits.num_classes), "quantize",
-                        mode="dynamic").model
+                        mode="dynamic", granularity="group", group_size=4).model
     with caplog.at_level("WARNING"):
         path = save_final_model(model, tmp_path, digits)
     assert path.suffix == ".pt2"
