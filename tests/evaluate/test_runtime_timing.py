@@ -1,0 +1,70 @@
+"""A quantized stage's row is timed on the runtime `deploy` would choose, and says which."""
+
+import json
+
+import pytest
+import torch
+
+from nnzip.evaluate import REPORT_MODEL_KEYS, EvalConfig, render_markdown
+from nnzip.models import create_model
+from nnzip.pipeline import compress
+from nnzip.recipe import parse_recipe
+from nnzip.train import TrainConfig, fit
+
+FAST = EvalConfig(warmup=1, repeats=3, batch_sizes=(1, 8), robustness_samples=20,
+                  noise_sigmas=(0.1,), fgsm_epsilons=(0.1,))
+W8A8 = parse_recipe({"name": "w8a8", "stages": [{"quantize": {}}]})
+
+
+@pytest.fixture(scope="module")
+def trained_mlp(digits):
+    """LeNet-300-100 on the 8×8 digits: a tiny classifier that quantizes cleanly."""
+    torch.manual_seed(0)
+    model = create_model("lenet300", input_shape=digits.input_shape,
+                         num_classes=digits.num_classes)
+    fit(model, digits, TrainConfig(epochs=3, lr=1e-3), progress=False)
+    return model.eval()
+
+
+def test_quantized_row_is_timed_on_an_onnx_runtime_candidate(trained_mlp, digits, tmp_path):
+    result = compress(trained_mlp, W8A8, digits, name="mlp", out_dir=tmp_path,
+                      eval_config=FAST, progress=False)
+    baseline, quantized = result.report["models"]
+    assert all(tuple(row) == REPORT_MODEL_KEYS for row in (baseline, quantized))
+    # The float baseline runs as it is; the quantized row on what deploy would run.
+    assert baseline["runtime"] == {"batch1": "pytorch-eager", "batch8": "pytorch-eager"}
+    assert set(quantized["runtime"]) == {"batch1", "batch8"}
+    assert all(name.startswith("onnxruntime-") or name == "pytorch-eager"
+               for name in quantized["runtime"].values())
+    assert any(name.startswith("onnxruntime-") for name in quantized["runtime"].values())
+    assert "fastest correct of deploy's runtimes" in quantized["runtime_note"]
+    # The simulation is timed in the same rounds and kept beside it; the row's latency is the
+    # fastest correct runtime's, so never slower than the simulation's.
+    for key in ("batch1", "batch8"):
+        assert quantized["latency_ms"][key]["p50"] <= quantized["pytorch_latency_ms"][key]["p50"]
+        assert quantized["speedup"][key] >= quantized["pytorch_speedup"][key]
+    assert baseline["pytorch_latency_ms"] is None and baseline["runtime_note"] is None
+    markdown = (tmp_path / "report.md").read_text()
+    assert "| Runtime |" in markdown and "| PyTorch sim. speedup b1 |" in markdown
+    assert quantized["runtime"]["batch1"] in markdown
+    assert json.loads((tmp_path / "report.json").read_text())["models"][1]["runtime"] == \
+        quantized["runtime"]
+
+
+def test_with_runtime_timing_off_the_quantized_row_is_timed_in_pytorch(trained_mlp, digits):
+    config = EvalConfig(**{**FAST.__dict__, "runtime_timing": False})
+    result = compress(trained_mlp, W8A8, digits, name="mlp", eval_config=config,
+                      progress=False)
+    quantized = result.report["models"][1]
+    assert quantized["runtime"] == {"batch1": "pytorch-eager", "batch8": "pytorch-eager"}
+    assert "runtime timing is off" in quantized["runtime_note"]
+    assert quantized["pytorch_latency_ms"] is None
+    # Every row in PyTorch: the tables read as they did before runtimes were timed.
+    assert "Runtime" not in render_markdown(result.report)
+
+
+def test_without_latency_no_runtime_is_named(trained_mlp, digits):
+    config = EvalConfig(**{**FAST.__dict__, "measure_latency": False})
+    result = compress(trained_mlp, W8A8, digits, name="mlp", eval_config=config,
+                      progress=False)
+    assert [row["runtime"] for row in result.report["models"]] == [None, None]
