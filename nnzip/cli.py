@@ -59,6 +59,9 @@ def _add_eval_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=50, help="timed runs per batch size")
     parser.add_argument("--robustness-samples", type=int, default=None,
                         help="test images used for the noise/FGSM accuracy (default: all)")
+    parser.add_argument("--simulation-timing", action="store_true",
+                        help="time a quantized model as its PyTorch simulation instead of on "
+                             "the runtime `nnzip deploy` would choose")
 
 
 def _add_sentence_options(parser: argparse.ArgumentParser) -> None:
@@ -249,7 +252,8 @@ def _eval_config(args: argparse.Namespace):
     if args.threads < 1 or args.repeats < 1:
         raise NnzipError("--threads and --repeats must be at least 1")
     return EvalConfig(threads=args.threads, repeats=args.repeats,
-                      robustness_samples=args.robustness_samples)
+                      robustness_samples=args.robustness_samples,
+                      runtime_timing=not getattr(args, "simulation_timing", False))
 
 
 def _load_data(args: argparse.Namespace):

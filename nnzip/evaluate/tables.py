@@ -119,6 +119,13 @@ def fmt_runtime(runtime: dict | None) -> str:
     return " · ".join(f"b{key.removeprefix('batch')} {name}" for key, name in runtime.items())
 
 
+def runtime_notes(models: list[dict]) -> list[str]:
+    """'name (stage): timed on …' for every model whose timing says which runtimes it weighed or
+    why it is the PyTorch simulation."""
+    return [f"{model['name']} ({model['stage']}): timed on {fmt_runtime(model.get('runtime'))}: "
+            f"{model['runtime_note']}" for model in models if model.get("runtime_note")]
+
+
 def summary_columns(models: list[dict]) -> list[str]:
     latency = [f"p50 b{key.removeprefix('batch')} (ms)" for key in batch_keys(models)]
     speedup = [f"Speedup b{key.removeprefix('batch')}" for key in batch_keys(models)]

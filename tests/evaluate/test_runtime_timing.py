@@ -47,6 +47,8 @@ def test_quantized_row_is_timed_on_an_onnx_runtime_candidate(trained_mlp, digits
     markdown = (tmp_path / "report.md").read_text()
     assert "| Runtime |" in markdown and "| PyTorch sim. speedup b1 |" in markdown
     assert quantized["runtime"]["batch1"] in markdown
+    assert "fastest correct of deploy's runtimes" in markdown  # the note, under the table
+    assert "fastest correct of deploy" in (tmp_path / "report.html").read_text()
     assert json.loads((tmp_path / "report.json").read_text())["models"][1]["runtime"] == \
         quantized["runtime"]
 
@@ -68,3 +70,30 @@ def test_without_latency_no_runtime_is_named(trained_mlp, digits):
     result = compress(trained_mlp, W8A8, digits, name="mlp", eval_config=config,
                       progress=False)
     assert [row["runtime"] for row in result.report["models"]] == [None, None]
+
+
+def test_a_quantized_model_without_a_runtime_is_timed_in_pytorch_and_says_why(
+        trained_mlp, digits, monkeypatch):
+    import nnzip.runtime.timing as timing
+    from nnzip.errors import NnzipError
+
+    def refuse(*args, **kwargs):
+        raise NnzipError("no ONNX form for this quantization")
+
+    monkeypatch.setattr(timing, "build_runtimes", refuse)
+    result = compress(trained_mlp, W8A8, digits, name="mlp", eval_config=FAST, progress=False)
+    quantized = result.report["models"][1]
+    assert quantized["runtime"] == {"batch1": "pytorch-eager", "batch8": "pytorch-eager"}
+    assert quantized["runtime_note"] == ("the PyTorch simulation of the quantized model: no "
+                                         "deploy runtime could be built (no ONNX form for this "
+                                         "quantization)")
+    assert quantized["latency_ms"]["batch1"]["p50"] > 0
+
+
+def test_cli_simulation_timing_turns_runtime_timing_off():
+    from nnzip.cli import _eval_config, build_parser
+
+    args = build_parser().parse_args(["eval", "--model", "m", "--simulation-timing"])
+    assert _eval_config(args).runtime_timing is False
+    args = build_parser().parse_args(["eval", "--model", "m"])
+    assert _eval_config(args).runtime_timing is True
