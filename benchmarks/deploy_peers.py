@@ -16,6 +16,12 @@ alike) and reported as speed-up over PyTorch eager fp32 on the same model:
 - **torchao PT2E**: ``X86InductorQuantizer`` int8 (``prepare_pt2e`` / ``convert_pt2e``) compiled by
   ``torch.compile`` (Inductor, frozen weights).
 
+And all-MiniLM-L6-v2 (``--models minilm``) on the STS-B dev pairs: nnzip's best int8 export
+(the first of :data:`MINILM_SCHEMES` that exports; the row names it), ONNX Runtime's
+``quantize_dynamic`` (per-channel int8), NNCF ``compress_weights`` (int8 weights) and
+``nncf.quantize`` (transformer preset) → OpenVINO, OpenVINO fp32 / default precision: STS
+Spearman, cosine to PyTorch fp32, bytes, speed-ups at batch 1 and 32 (torchao is not run on it).
+
 OpenVINO models are compiled once per input shape (static shapes, its fastest form) with one
 inference thread and one stream. Accuracy is on the 10 000 MNIST test images; bytes are the
 file each stack deploys (ONNX; OpenVINO .xml + .bin; for torchao the tensors its converted graph
@@ -79,6 +85,7 @@ class OpenVinoModule(nn.Module):
 
         self.model, self.config, self.core = model, config, ov.Core()
         self.compiled: dict[tuple[int, ...], object] = {}
+        self.precision: str | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Token ids stay integers (a transformer's input_ids); pixels are float32.
@@ -90,6 +97,8 @@ class OpenVinoModule(nn.Module):
             model.reshape({model.inputs[0].any_name: list(array.shape)})
             compiled = self.compiled[array.shape] = self.core.compile_model(model, "CPU",
                                                                             self.config)
+            # What the CPU plugin resolved the hint to (bf16 on AMX unless pinned): recorded.
+            self.precision = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
         return torch.from_numpy(compiled(array)[0].copy())
 
 
@@ -261,7 +270,8 @@ def measure_model(arch: str, data, cache_dir: Path, console: Console, folder: Pa
     for name, module, size, only_batch in runtimes:
         started = time.perf_counter()
         rows.append({"runtime": name, "accuracy": test_accuracy(module, data), "bytes": size,
-                     "batch": only_batch, "latency_ms": {}, "speedup": {}})
+                     "batch": only_batch, "latency_ms": {}, "speedup": {},
+                     "openvino_precision": getattr(module, "precision", None)})
         console.print(f"  {arch} {name}: {100 * rows[-1]['accuracy']:.2f}% "
                       f"({time.perf_counter() - started:.1f} s)")
     for batch in BATCHES:
@@ -377,7 +387,8 @@ def measure_minilm(console: Console, folder: Path, pairs_limit: int | None) -> d
         if reference is None:
             reference, row["cosine"] = embeddings, 1.0
         rows.append({"runtime": name, "spearman": row["spearman"], "cosine": row["cosine"],
-                     "bytes": size, "batch": None, "latency_ms": {}, "speedup": {}})
+                     "bytes": size, "batch": None, "latency_ms": {}, "speedup": {},
+                     "openvino_precision": getattr(module, "precision", None)})
         console.print(f"  minilm {name}: Spearman {row['spearman']:.4f}, cos "
                       f"{row['cosine']:.4f} ({time.perf_counter() - started:.0f} s)")
     for batch_size, batch in batches.items():
@@ -394,16 +405,35 @@ def measure_minilm(console: Console, folder: Path, pairs_limit: int | None) -> d
 # --- report ----------------------------------------------------------------------------------
 
 COLUMNS = ["runtime", "accuracy", "Δ vs fp32", "bytes", "b1 speed-up", "b64 speed-up"]
+MINILM_COLUMNS = ["runtime", "STS Spearman", "cosine to fp32", "bytes", "b1 speed-up",
+                  "b32 speed-up"]
+
+
+def _speedup(row: dict, batch: str) -> str:
+    value = row["speedup"].get(batch)
+    return "–" if value is None else f"{value:.2f}×"
+
+
+def _bytes(row: dict) -> str:
+    return "–" if row["bytes"] is None else f"{row['bytes']:,}"
+
+
+def _name(row: dict) -> str:
+    """The runtime, with the precision OpenVINO's CPU plugin resolved its hint to."""
+    precision = row.get("openvino_precision")
+    return row["runtime"] + (f" [runs {precision}]" if precision else "")
+
+
+def columns_of(result: dict) -> list[str]:
+    return MINILM_COLUMNS if result["arch"] == "minilm" else COLUMNS
 
 
 def table_rows(result: dict) -> list[list[str]]:
-    def speedup(row: dict, batch: str) -> str:
-        value = row["speedup"].get(batch)
-        return "–" if value is None else f"{value:.2f}×"
-
-    return [[row["runtime"], f"{100 * row['accuracy']:.2f}%", f"{row['change_points']:+.2f}",
-             "–" if row["bytes"] is None else f"{row['bytes']:,}", speedup(row, "1"),
-             speedup(row, "64")] for row in result["rows"]]
+    if result["arch"] == "minilm":
+        return [[_name(row), f"{row['spearman']:.4f}", f"{row['cosine']:.4f}", _bytes(row),
+                 _speedup(row, "1"), _speedup(row, "32")] for row in result["rows"]]
+    return [[_name(row), f"{100 * row['accuracy']:.2f}%", f"{row['change_points']:+.2f}",
+             _bytes(row), _speedup(row, "1"), _speedup(row, "64")] for row in result["rows"]]
 
 
 def render_markdown(report: dict) -> str:
@@ -420,10 +450,21 @@ def render_markdown(report: dict) -> str:
              "OpenVINO .xml + .bin; for torchao the tensors its converted graph reads); '–' for "
              "PyTorch eager.", ""]
     for result in report["models"]:
-        lines += [f"## {result['arch']}", "", *markdown_table(COLUMNS, table_rows(result)), ""]
+        lines += [f"## {result['arch']}", ""]
+        if result["arch"] == "minilm":
+            latency = result["rows"][0]["latency_ms"]
+            lines += [f"all-MiniLM-L6-v2 on {result['pairs']} STS-B dev pairs: Spearman of "
+                      "cos(s1, s2) against gold, mean cosine of each sentence's embedding to "
+                      "PyTorch fp32's. Batch 1: a dev sentence of median length "
+                      f"({latency['1']['tokens']} tokens); batch 32: the first 32 dev sentences "
+                      f"padded to {latency['32']['tokens']} tokens. nnzip's row is its best int8 "
+                      "export that exists (tried in order: "
+                      f"{', '.join(MINILM_SCHEMES)}), run by ONNX Runtime.", ""]
+        lines += [*markdown_table(columns_of(result), table_rows(result)), ""]
         for failure in result["failures"]:
             lines += [f"- **{failure['peer']}** not measured: {failure['error']}"]
-        if result["failures"]:
+        lines += [f"- {note}" for note in result.get("notes", [])]
+        if result["failures"] or result.get("notes"):
             lines += [""]
     return "\n".join(lines) + "\n"
 
@@ -459,7 +500,8 @@ def main() -> None:
         report["models"].append(run_model(arch, data, args, console))
         write_results(NAME, report, render_markdown, default=float)
         result = report["models"][-1]
-        print_table(console, result["arch"], COLUMNS, table_rows(result), left=["runtime"])
+        print_table(console, result["arch"], columns_of(result), table_rows(result),
+                    left=["runtime"])
 
 
 if __name__ == "__main__":
