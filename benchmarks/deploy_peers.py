@@ -27,7 +27,7 @@ inference thread and one stream. Accuracy is on the 10 000 MNIST test images; by
 file each stack deploys (ONNX; OpenVINO .xml + .bin; for torchao the tensors its converted graph
 reads). A peer that cannot be installed or fails is reported as such, with its error, never
 silently left out. Rows are saved as they finish (``results/deploy_peers.json``); a rerun
-skips the models already there unless ``--fresh``.
+skips the models already there unless ``--fresh`` (which measures the ``--models`` again).
 
     nice python benchmarks/deploy_peers.py [--models lenet5 resnet8] [--fresh]
 """
@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -288,7 +289,7 @@ def measure_model(arch: str, data, cache_dir: Path, console: Console, folder: Pa
         console.print(f"  {arch} timed at batch {batch}")
     for row in rows:
         row["change_points"] = round(100 * (row["accuracy"] - rows[0]["accuracy"]), 4)
-    return {"arch": arch, "rows": rows, "failures": failures}
+    return {"arch": arch, "rows": rows, "failures": failures, "load_average": load_average()}
 
 
 # --- MiniLM ----------------------------------------------------------------------------------
@@ -399,7 +400,14 @@ def measure_minilm(console: Console, folder: Path, pairs_limit: int | None) -> d
             row["speedup"][str(batch_size)] = timings[0]["p50"] / timing["p50"]
         console.print(f"  minilm timed at batch {batch_size}")
     return {"arch": "minilm", "rows": rows, "failures": failures, "notes": notes,
-            "pairs": len(pairs), "batches": [str(b) for b in batches]}
+            "pairs": len(pairs), "batches": [str(b) for b in batches],
+            "load_average": load_average()}
+
+
+def load_average() -> list[float]:
+    """The machine's 1/5/15-minute load as timing ended: other jobs on a shared machine preempt
+    the timed calls (ratios measured interleaved survive it, tail latencies do not)."""
+    return [round(value, 2) for value in os.getloadavg()]
 
 
 # --- report ----------------------------------------------------------------------------------
@@ -451,6 +459,10 @@ def render_markdown(report: dict) -> str:
              "PyTorch eager.", ""]
     for result in report["models"]:
         lines += [f"## {result['arch']}", ""]
+        if result.get("load_average"):
+            lines += [f"Load average (1, 5, 15 min) as its timing ended: "
+                      f"{', '.join(map(str, result['load_average']))} on {machine['cores']} "
+                      "cores.", ""]
         if result["arch"] == "minilm":
             latency = result["rows"][0]["latency_ms"]
             lines += [f"all-MiniLM-L6-v2 on {result['pairs']} STS-B dev pairs: Spearman of "
@@ -483,13 +495,15 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=None,
                         help="MiniLM: only the first N STS-B dev pairs (a quick look)")
     parser.add_argument("--fresh", action="store_true",
-                        help="measure every model again instead of keeping finished rows")
+                        help="measure the --models again instead of keeping their rows")
     args = parser.parse_args()
     console = Console(width=160)
     data = load_mnist()
     path = RESULTS / f"{NAME}.json"
-    report = ({"benchmark": NAME, "models": []} if args.fresh or not path.exists()
-              else json.loads(path.read_text(encoding="utf-8")))
+    report = (json.loads(path.read_text(encoding="utf-8")) if path.exists()
+              else {"benchmark": NAME, "models": []})
+    if args.fresh:  # the named models are measured again; the others' rows are kept
+        report["models"] = [r for r in report["models"] if r["arch"] not in args.models]
     report |= {"machine": machine_info(1), "versions": versions()}
     done = {result["arch"] for result in report["models"]}
     for arch in args.models:
@@ -498,11 +512,11 @@ def main() -> None:
             continue
         console.print(f"{arch}: measuring")
         report["models"].append(run_model(arch, data, args, console))
+        report["models"].sort(key=lambda result: MODELS.index(result["arch"]))
         write_results(NAME, report, render_markdown, default=float)
-        result = report["models"][-1]
+        result = next(r for r in report["models"] if r["arch"] == arch)
         print_table(console, result["arch"], columns_of(result), table_rows(result),
                     left=["runtime"])
-
 
 if __name__ == "__main__":
     quiet_single_thread()

@@ -108,7 +108,7 @@ def _latency(model: nn.Module, reference: nn.Module | None, data: DataSplits,
     """Latency per batch size, the speedup over ``reference`` timed interleaved with it, and the
     runtime that ran it: a model quantized by nnzip on the runtime ``deploy`` would choose
     (:func:`nnzip.runtime.timing.runtime_latency`), any other model in PyTorch eager."""
-    from nnzip.runtime.timing import PYTORCH, deployable, runtime_latency
+    from nnzip.runtime.timing import deployable, runtime_latency, runtime_name
 
     keys = [f"batch{b}" for b in config.batch_sizes]
     timed = {"runtime_note": None, "pytorch_latency_ms": None, "pytorch_speedup": None}
@@ -133,8 +133,8 @@ def _latency(model: nn.Module, reference: nn.Module | None, data: DataSplits,
                                   repeats=config.repeats, batch=probe_batch(data, batch_size))
         latency[key] = timings[0]
         speedup[key] = timings[-1]["p50"] / timings[0]["p50"] if timings[0]["p50"] else None
-    return {"latency_ms": latency, "speedup": speedup, "runtime": dict.fromkeys(keys, PYTORCH),
-            **timed}
+    return {"latency_ms": latency, "speedup": speedup,
+            "runtime": dict.fromkeys(keys, runtime_name(model)), **timed}
 
 
 def _energy(model: nn.Module, data: DataSplits, config: EvalConfig,

@@ -104,8 +104,8 @@ PYTORCH = "pytorch-eager"
 
 
 def on_runtimes(models: list[dict]) -> bool:
-    """Whether some model was timed on a deploy runtime rather than in PyTorch eager: then the
-    tables name each row's runtime and keep the PyTorch simulation's speedup beside it."""
+    """Whether some model was timed on another runtime than PyTorch eager: then the tables name
+    each row's runtime and keep the PyTorch simulation's speedup beside it."""
     return any(name != PYTORCH for m in models for name in (m.get("runtime") or {}).values())
 
 

@@ -41,6 +41,14 @@ def deployable(model: nn.Module) -> bool:
     return is_quantized(model)
 
 
+def runtime_name(model: nn.Module) -> str:
+    """What a model timed as given runs on: ONNX Runtime for an ``OrtModule`` (an .onnx file
+    loaded by ``nnzip eval``), else PyTorch eager."""
+    from nnzip.runtime.session import OrtModule
+
+    return "onnxruntime" if isinstance(model, OrtModule) else PYTORCH
+
+
 def runtime_latency(model: nn.Module, reference: nn.Module | None, data: DataSplits,
                     config: EvalConfig) -> dict:
     """Latency per batch size on the fastest correct deploy runtime, the runtime's name, and the

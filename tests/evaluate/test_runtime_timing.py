@@ -97,3 +97,13 @@ def test_cli_simulation_timing_turns_runtime_timing_off():
     assert _eval_config(args).runtime_timing is False
     args = build_parser().parse_args(["eval", "--model", "m"])
     assert _eval_config(args).runtime_timing is True
+
+
+def test_an_onnx_file_evaluated_as_given_is_named_onnxruntime(trained_mlp, digits, tmp_path):
+    from nnzip.evaluate import evaluate
+    from nnzip.runtime import OrtModule, export_onnx
+
+    path = export_onnx(trained_mlp, tmp_path / "mlp.onnx", digits.test.tensors[0][:2])
+    entry = evaluate(OrtModule(path), digits, config=FAST)
+    assert entry["runtime"] == {"batch1": "onnxruntime", "batch8": "onnxruntime"}
+    assert entry["runtime_note"] is None and entry["pytorch_speedup"] is None
