@@ -702,7 +702,9 @@ def cmd_sts(args: argparse.Namespace) -> None:
 
 
 #: The report keys that hold text; every other model key holds numbers (or nested numbers).
-REPORT_TEXT_KEYS = ("name", "stage", "task", "energy_note")
+REPORT_TEXT_KEYS = ("name", "stage", "task", "energy_note", "runtime_note")
+#: The report keys that hold text per batch size ({"batch1": "onnxruntime-int8-qdq"}), or null.
+REPORT_TEXT_PER_BATCH_KEYS = ("runtime",)
 
 
 def _numbers_only(value: object) -> bool:
@@ -731,10 +733,14 @@ def check_report_types(report: dict, path: Path) -> dict:
             value = model[key]
             if key in REPORT_TEXT_KEYS:
                 fits = isinstance(value, str) or (value is None and key not in ("name", "stage"))
+            elif key in REPORT_TEXT_PER_BATCH_KEYS:
+                fits = value is None or (isinstance(value, dict) and all(
+                    isinstance(item, str) for item in value.values()))
             else:
                 fits = _numbers_only(value)
             if not fits:
-                kind = "text" if key in REPORT_TEXT_KEYS else "a number (or null)"
+                kind = ("text" if key in REPORT_TEXT_KEYS else "text per batch size (or null)"
+                        if key in REPORT_TEXT_PER_BATCH_KEYS else "a number (or null)")
                 raise NnzipError(f"report {path}: model {index} has {key} = {value!r:.60}, not "
                                  f"{kind}: {redo}")
     return report

@@ -32,6 +32,8 @@ REPORT_MODEL_KEYS = (
     "accuracy", "top5", "agreement", "perplexity", "loss", "kl_to_reference", "spearman",
     "fidelity", "neighbour_overlap", "robustness", "energy_j", "energy_note",
 )
+#: Keys added after reports were first written: a report.json from before them reads as null.
+LATER_REPORT_MODEL_KEYS = ("runtime", "runtime_note", "pytorch_latency_ms", "pytorch_speedup")
 #: The task metrics (:mod:`nnzip.tasks`); each task fills its own, the others are None.
 TASK_METRIC_KEYS = ("accuracy", "top5", "agreement", "perplexity", "loss", "kl_to_reference",
                     "spearman", "fidelity", "neighbour_overlap")

@@ -25,7 +25,7 @@ from nnzip.evaluate.details import (
     value_rows,
 )
 from nnzip.evaluate.figures import model_colors, report_figures
-from nnzip.evaluate.metrics import REPORT_MODEL_KEYS
+from nnzip.evaluate.metrics import LATER_REPORT_MODEL_KEYS, REPORT_MODEL_KEYS
 from nnzip.evaluate.tables import (
     machine_line,
     robustness_columns,
@@ -291,6 +291,8 @@ def load_report(path: str | os.PathLike) -> dict:
         if not isinstance(model, dict):
             raise NnzipError(f"report {path}: model {index} is not a JSON object: "
                              "regenerate it with `nnzip eval`")
+        for key in LATER_REPORT_MODEL_KEYS:  # an older report: not measured then
+            model.setdefault(key, None)
         absent = [key for key in REPORT_MODEL_KEYS if key not in model]
         if absent:
             raise NnzipError(f"report {path}: model {index} lacks keys {absent}: "

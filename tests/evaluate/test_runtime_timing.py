@@ -107,3 +107,33 @@ def test_an_onnx_file_evaluated_as_given_is_named_onnxruntime(trained_mlp, digit
     entry = evaluate(OrtModule(path), digits, config=FAST)
     assert entry["runtime"] == {"batch1": "onnxruntime", "batch8": "onnxruntime"}
     assert entry["runtime_note"] is None and entry["pytorch_speedup"] is None
+
+
+def _older_report(path, **row_changes):
+    """A report.json as nnzip wrote it before rows named their runtime, changed by row_changes."""
+    from nnzip.evaluate.metrics import LATER_REPORT_MODEL_KEYS
+
+    row = {key: None for key in REPORT_MODEL_KEYS if key not in LATER_REPORT_MODEL_KEYS}
+    row |= {"name": "m", "stage": "baseline", "size_bytes": 10, "params": 1,
+            "nonzero_params": 1, **row_changes}
+    path.write_text(json.dumps({"nnzip_version": "0", "machine": {}, "models": [row]}))
+    return path
+
+
+def test_a_report_from_before_runtimes_still_merges(tmp_path):
+    from nnzip.cli import main
+
+    source = _older_report(tmp_path / "old.json")
+    assert main(["report", str(source), "--out", str(tmp_path / "merged")]) == 0
+    merged = json.loads((tmp_path / "merged/report.json").read_text())["models"][0]
+    assert merged["runtime"] is None and merged["pytorch_speedup"] is None
+
+
+def test_a_report_whose_runtime_is_not_text_is_refused_in_one_line(tmp_path, capsys):
+    from nnzip.cli import main
+
+    source = _older_report(tmp_path / "bad.json", runtime={"batch1": 3})
+    assert main(["report", str(source), "--out", str(tmp_path / "merged")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "runtime" in error
+    assert "text per batch size" in error and not (tmp_path / "merged").exists()
