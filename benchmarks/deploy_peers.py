@@ -38,6 +38,7 @@ import contextlib
 import copy
 import json
 import os
+import re
 import tempfile
 import time
 from collections.abc import Callable
@@ -99,8 +100,16 @@ class OpenVinoModule(nn.Module):
             compiled = self.compiled[array.shape] = self.core.compile_model(model, "CPU",
                                                                             self.config)
             # What the CPU plugin resolved the hint to (bf16 on AMX unless pinned): recorded.
-            self.precision = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+            self.precision = precision_name(compiled.get_property("INFERENCE_PRECISION_HINT"))
         return torch.from_numpy(compiled(array)[0].copy())
+
+
+def precision_name(element_type: object) -> str:
+    """'bf16' for OpenVINO's ``<Type: 'bfloat16'>`` (older rows stored that repr as is)."""
+    text = str(element_type)
+    match = re.fullmatch(r"<Type: '(\w+)'>", text)
+    return {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}.get(
+        match.group(1) if match else text, match.group(1) if match else text)
 
 
 def openvino_config(precision: str | None) -> dict:
@@ -429,7 +438,7 @@ def _bytes(row: dict) -> str:
 def _name(row: dict) -> str:
     """The runtime, with the precision OpenVINO's CPU plugin resolved its hint to."""
     precision = row.get("openvino_precision")
-    return row["runtime"] + (f" [runs {precision}]" if precision else "")
+    return row["runtime"] + (f" [runs {precision_name(precision)}]" if precision else "")
 
 
 def columns_of(result: dict) -> list[str]:

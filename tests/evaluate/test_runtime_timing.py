@@ -137,3 +137,19 @@ def test_a_report_whose_runtime_is_not_text_is_refused_in_one_line(tmp_path, cap
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "runtime" in error
     assert "text per batch size" in error and not (tmp_path / "merged").exists()
+
+
+def test_a_model_of_another_task_is_refused_before_any_export(digits, monkeypatch):
+    import copy
+
+    import nnzip.runtime.timing as timing
+    from nnzip.errors import NnzipError
+
+    def must_not_export(*args, **kwargs):
+        raise AssertionError("exported a model deploy cannot judge")
+
+    monkeypatch.setattr(timing, "build_runtimes", must_not_export)
+    language = copy.copy(digits)
+    language.task = "lm"
+    with pytest.raises(NnzipError, match="by classification accuracy, and this is a lm model"):
+        timing.runtime_latency(torch.nn.Linear(2, 2), None, language, FAST)
