@@ -461,11 +461,12 @@ def render_markdown(report: dict) -> str:
              f"thread; {versions}.", "",
              "Accuracy on the 10 000 MNIST test images (Δ in points against PyTorch eager fp32). "
              "Speed-up: PyTorch eager fp32 p50 over the runtime's p50, every runtime timed "
-             "interleaved in one run (p50 of 60 calls at batch 1, 20 at batch 64). nnzip's row "
+             "interleaved in one run (p50 of 60 calls at batch 1, 20 at batch 64; each model's "
+             "runtimes in one run, different models possibly in different runs). nnzip's row "
              "is, per batch size, the runtime `nnzip.runtime.deploy` found fastest and correct "
-             "(so it has a speed-up at that batch size only). Bytes: the deployed file (ONNX; "
-             "OpenVINO .xml + .bin; for torchao the tensors its converted graph reads); '–' for "
-             "PyTorch eager.", ""]
+             "(two rows, each timed at its own batch size, when it picks two). Bytes: the "
+             "deployed file (ONNX; OpenVINO .xml + .bin; for torchao the tensors its converted "
+             "graph reads); '–' for PyTorch eager.", ""]
     for result in report["models"]:
         lines += [f"## {result['arch']}", ""]
         if result.get("load_average"):
