@@ -60,6 +60,9 @@ def _add_eval_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=50, help="timed runs per batch size")
     parser.add_argument("--robustness-samples", type=int, default=None,
                         help="test images used for the noise/FGSM accuracy (default: all)")
+    parser.add_argument("--simulation-timing", action="store_true",
+                        help="time a quantized model as its PyTorch simulation instead of on "
+                             "the runtime `nnzip deploy` would choose")
 
 
 def _add_sentence_options(parser: argparse.ArgumentParser) -> None:
@@ -254,7 +257,8 @@ def _eval_config(args: argparse.Namespace):
     if args.threads < 1 or args.repeats < 1:
         raise NnzipError("--threads and --repeats must be at least 1")
     return EvalConfig(threads=args.threads, repeats=args.repeats,
-                      robustness_samples=args.robustness_samples)
+                      robustness_samples=args.robustness_samples,
+                      runtime_timing=not getattr(args, "simulation_timing", False))
 
 
 def _load_data(args: argparse.Namespace):
@@ -721,7 +725,9 @@ def cmd_sts(args: argparse.Namespace) -> None:
 
 
 #: The report keys that hold text; every other model key holds numbers (or nested numbers).
-REPORT_TEXT_KEYS = ("name", "stage", "task", "energy_note")
+REPORT_TEXT_KEYS = ("name", "stage", "task", "energy_note", "runtime_note")
+#: The report keys that hold text per batch size ({"batch1": "onnxruntime-int8-qdq"}), or null.
+REPORT_TEXT_PER_BATCH_KEYS = ("runtime",)
 
 
 def _numbers_only(value: object) -> bool:
@@ -750,10 +756,14 @@ def check_report_types(report: dict, path: Path) -> dict:
             value = model[key]
             if key in REPORT_TEXT_KEYS:
                 fits = isinstance(value, str) or (value is None and key not in ("name", "stage"))
+            elif key in REPORT_TEXT_PER_BATCH_KEYS:
+                fits = value is None or (isinstance(value, dict) and all(
+                    isinstance(item, str) for item in value.values()))
             else:
                 fits = _numbers_only(value)
             if not fits:
-                kind = "text" if key in REPORT_TEXT_KEYS else "a number (or null)"
+                kind = ("text" if key in REPORT_TEXT_KEYS else "text per batch size (or null)"
+                        if key in REPORT_TEXT_PER_BATCH_KEYS else "a number (or null)")
                 raise NnzipError(f"report {path}: model {index} has {key} = {value!r:.60}, not "
                                  f"{kind}: {redo}")
     return report

@@ -14,6 +14,10 @@ class EvalConfig:
     runs and machines; the previous thread count is restored afterwards. ``robustness_samples``
     limits the (slow) robustness checks to the first N test samples; ``None`` uses the whole test
     set.
+
+    ``runtime_timing`` times a model quantized by nnzip on the runtime ``nnzip deploy`` would
+    choose (the fastest correct one per batch size; the row's ``runtime`` names it), not on its
+    PyTorch simulation; off, such a model is timed in PyTorch eager, as a float model is.
     """
 
     threads: int = 1
@@ -24,6 +28,7 @@ class EvalConfig:
     fgsm_epsilons: tuple[float, ...] = (0.05, 0.1, 0.2)
     robustness_samples: int | None = None
     measure_latency: bool = True
+    runtime_timing: bool = True
     eval_batch_size: int = 256
 
     def __post_init__(self) -> None:

@@ -27,10 +27,13 @@ log = logging.getLogger(__name__)
 
 REPORT_MODEL_KEYS = (
     "name", "stage", "task", "params", "nonzero_params", "size_bytes", "compression_ratio",
-    "flops", "macs", "latency_ms", "speedup", "throughput_per_s", "peak_memory_bytes",
+    "flops", "macs", "latency_ms", "speedup", "runtime", "runtime_note", "pytorch_latency_ms",
+    "pytorch_speedup", "throughput_per_s", "peak_memory_bytes",
     "accuracy", "top5", "agreement", "perplexity", "loss", "kl_to_reference", "spearman",
     "fidelity", "neighbour_overlap", "robustness", "energy_j", "energy_note",
 )
+#: Keys added after reports were first written: a report.json from before them reads as null.
+LATER_REPORT_MODEL_KEYS = ("runtime", "runtime_note", "pytorch_latency_ms", "pytorch_speedup")
 #: The task metrics (:mod:`nnzip.tasks`); each task fills its own, the others are None.
 TASK_METRIC_KEYS = ("accuracy", "top5", "agreement", "perplexity", "loss", "kl_to_reference",
                     "spearman", "fidelity", "neighbour_overlap")
@@ -103,11 +106,28 @@ def check_model_accepts(model: nn.Module, data: DataSplits, name: str) -> None:
 
 
 def _latency(model: nn.Module, reference: nn.Module | None, data: DataSplits,
-             config: EvalConfig) -> tuple[dict[str, dict], dict[str, float | None]]:
-    """Latency per batch size, and the speedup over ``reference`` timed interleaved with it."""
+             config: EvalConfig) -> dict:
+    """Latency per batch size, the speedup over ``reference`` timed interleaved with it, and the
+    runtime that ran it: a model quantized by nnzip on the runtime ``deploy`` would choose
+    (:func:`nnzip.runtime.timing.runtime_latency`), any other model in PyTorch eager."""
+    from nnzip.runtime.timing import deployable, runtime_latency, runtime_name
+
     keys = [f"batch{b}" for b in config.batch_sizes]
+    timed = {"runtime_note": None, "pytorch_latency_ms": None, "pytorch_speedup": None}
     if not config.measure_latency:
-        return {k: {"p50": None, "p95": None} for k in keys}, {k: None for k in keys}
+        return {"latency_ms": {k: {"p50": None, "p95": None} for k in keys},
+                "speedup": {k: None for k in keys}, "runtime": None, **timed}
+    if deployable(model):
+        if not config.runtime_timing:
+            timed["runtime_note"] = ("the PyTorch simulation of the quantized model: runtime "
+                                     "timing is off (EvalConfig.runtime_timing)")
+        else:
+            try:
+                return runtime_latency(model, reference, data, config)
+            except NnzipError as error:  # e.g. no ONNX form: the simulation is all there is
+                log.info("timing the quantized model in PyTorch: %s", error)
+                timed["runtime_note"] = (f"the PyTorch simulation of the quantized model: no "
+                                         f"deploy runtime could be built ({_first_line(error)})")
     latency, speedup = {}, {}
     for key, batch_size in zip(keys, config.batch_sizes, strict=True):
         models = [model] if reference is None else [model, reference]
@@ -115,7 +135,8 @@ def _latency(model: nn.Module, reference: nn.Module | None, data: DataSplits,
                                   repeats=config.repeats, batch=probe_batch(data, batch_size))
         latency[key] = timings[0]
         speedup[key] = timings[-1]["p50"] / timings[0]["p50"] if timings[0]["p50"] else None
-    return latency, speedup
+    return {"latency_ms": latency, "speedup": speedup,
+            "runtime": dict.fromkeys(keys, runtime_name(model)), **timed}
 
 
 def _energy(model: nn.Module, data: DataSplits, config: EvalConfig,
@@ -143,6 +164,9 @@ def evaluate(model: nn.Module, data: DataSplits, *, name: str = "model",
     compression ratio divides its size (``reference_size_bytes``, or measured) by this model's,
     ``agreement`` compares their test predictions, and ``speedup`` (reference p50 / model p50,
     per batch size) comes from timing the two interleaved, so machine drift cannot fake it.
+    A model quantized by nnzip is timed on the runtime ``nnzip deploy`` would choose at each
+    batch size (``runtime`` names it; ``pytorch_latency_ms`` / ``pytorch_speedup`` keep its
+    PyTorch simulation, timed in the same rounds) unless ``config.runtime_timing`` is off.
     Without a reference the model is its own (ratio, agreement and speedup 1.0). The size is
     that of ``artifact_path`` when given, else of the state dict serialized as safetensors. The
     model's training/eval mode is left as it was.
@@ -160,8 +184,8 @@ def evaluate(model: nn.Module, data: DataSplits, *, name: str = "model",
     flops, macs = count_flops(model, sample=probe_batch(data, 1))
 
     largest_batch = max(config.batch_sizes)
-    latency_ms, speedup = _latency(model, reference, data, config)
-    p50_largest = latency_ms[f"batch{largest_batch}"]["p50"]
+    timing = _latency(model, reference, data, config)
+    p50_largest = timing["latency_ms"][f"batch{largest_batch}"]["p50"]
     throughput = largest_batch / (p50_largest / 1000.0) if p50_largest else None
     energy_j, energy_note = _energy(model, data, config, largest_batch)
 
@@ -180,8 +204,7 @@ def evaluate(model: nn.Module, data: DataSplits, *, name: str = "model",
         "compression_ratio": reference_size_bytes / size_bytes,
         "flops": flops,
         "macs": macs,
-        "latency_ms": latency_ms,
-        "speedup": speedup,
+        **timing,
         "throughput_per_s": throughput,
         "peak_memory_bytes": peak_memory_bytes(model, batch=probe_batch(data, largest_batch)),
         **metrics,

@@ -25,12 +25,13 @@ from nnzip.evaluate.details import (
     value_rows,
 )
 from nnzip.evaluate.figures import model_colors, report_figures
-from nnzip.evaluate.metrics import REPORT_MODEL_KEYS
+from nnzip.evaluate.metrics import LATER_REPORT_MODEL_KEYS, REPORT_MODEL_KEYS
 from nnzip.evaluate.tables import (
     machine_line,
     robustness_columns,
     robustness_notes,
     robustness_rows,
+    runtime_notes,
     summary_columns,
     summary_rows,
 )
@@ -75,6 +76,7 @@ def render_markdown(report: dict) -> str:
         f"Machine: {machine_line(report['machine'])}  ",
         f"nnzip {report['nnzip_version']}", "",
         "## Models", "", _markdown_table(summary_columns(models), summary_rows(models)), "",
+        *[f"- {note}" for note in runtime_notes(models)], *([""] if runtime_notes(models) else []),
         "## Robustness (test accuracy)", "",
         _markdown_table(robustness_columns(models), robustness_rows(models)), "",
     ]
@@ -198,6 +200,7 @@ def render_html(report: dict) -> str:
 nnzip {html.escape(str(report["nnzip_version"]))}</p>
 <h2>Models</h2>
 <div class="scroll">{_html_table(summary_columns(models), summary_rows(models), swatches)}</div>
+{_html_list(runtime_notes(models))}
 <h2>Robustness (test accuracy)</h2>
 <div class="scroll">{_html_table(robustness_columns(models), robustness_rows(models),
                                  swatches)}</div>
@@ -288,6 +291,8 @@ def load_report(path: str | os.PathLike) -> dict:
         if not isinstance(model, dict):
             raise NnzipError(f"report {path}: model {index} is not a JSON object: "
                              "regenerate it with `nnzip eval`")
+        for key in LATER_REPORT_MODEL_KEYS:  # an older report: not measured then
+            model.setdefault(key, None)
         absent = [key for key in REPORT_MODEL_KEYS if key not in model]
         if absent:
             raise NnzipError(f"report {path}: model {index} lacks keys {absent}: "

@@ -100,12 +100,40 @@ def model_labels(models: list[dict]) -> list[str]:
             for name, m in zip(names, models, strict=True)]
 
 
+PYTORCH = "pytorch-eager"
+
+
+def on_runtimes(models: list[dict]) -> bool:
+    """Whether some model was timed on another runtime than PyTorch eager: then the tables name
+    each row's runtime and keep the PyTorch simulation's speedup beside it."""
+    return any(name != PYTORCH for m in models for name in (m.get("runtime") or {}).values())
+
+
+def fmt_runtime(runtime: dict | None) -> str:
+    """One name when every batch size ran on it, else 'b1 name · b64 name'."""
+    if not runtime:
+        return NA
+    names = list(runtime.values())
+    if len(set(names)) == 1:
+        return names[0]
+    return " · ".join(f"b{key.removeprefix('batch')} {name}" for key, name in runtime.items())
+
+
+def runtime_notes(models: list[dict]) -> list[str]:
+    """'name (stage): timed on …' for every model whose timing says which runtimes it weighed or
+    why it is the PyTorch simulation."""
+    return [f"{model['name']} ({model['stage']}): timed on {fmt_runtime(model.get('runtime'))}: "
+            f"{model['runtime_note']}" for model in models if model.get("runtime_note")]
+
+
 def summary_columns(models: list[dict]) -> list[str]:
     latency = [f"p50 b{key.removeprefix('batch')} (ms)" for key in batch_keys(models)]
     speedup = [f"Speedup b{key.removeprefix('batch')}" for key in batch_keys(models)]
+    runtime = (["Runtime", *[f"PyTorch sim. speedup b{key.removeprefix('batch')}"
+                             for key in batch_keys(models)]] if on_runtimes(models) else [])
     return ["Model", "Stage", "Params", "Non-zero", "Size", "Ratio", "MFLOPs", *latency, *speedup,
-            "Throughput (/s)", "Peak mem", *[header for _, header, _ in metric_columns(models)],
-            "Energy"]
+            *runtime, "Throughput (/s)", "Peak mem",
+            *[header for _, header, _ in metric_columns(models)], "Energy"]
 
 
 def summary_rows(models: list[dict]) -> list[list[str]]:
@@ -116,12 +144,17 @@ def summary_rows(models: list[dict]) -> list[list[str]]:
     for model in models:
         latency = model.get("latency_ms") or {}
         speedup = model.get("speedup") or {}
+        # A row timed in PyTorch is its own simulation: its speedup is the PyTorch one.
+        simulated = model.get("pytorch_speedup") or speedup
+        runtime = ([fmt_runtime(model.get("runtime")),
+                    *[fmt_ratio(simulated.get(key)) for key in keys]]
+                   if on_runtimes(models) else [])
         rows.append([
             str(model["name"]), str(model["stage"]), fmt_count(model["params"]),
             fmt_count(model["nonzero_params"]), fmt_bytes(model["size_bytes"]),
             fmt_ratio(model["compression_ratio"]), fmt_mflops(model["flops"]),
             *[fmt_ms((latency.get(key) or {}).get("p50")) for key in keys],
-            *[fmt_ratio(speedup.get(key)) for key in keys],
+            *[fmt_ratio(speedup.get(key)) for key in keys], *runtime,
             fmt_count(model["throughput_per_s"]), fmt_bytes(model["peak_memory_bytes"]),
             *[fmt(model.get(key)) for key, _, fmt in metrics], fmt_energy(model["energy_j"]),
         ])

@@ -27,6 +27,8 @@ def _entry(name: str, stage: str, size_bytes: int, acc: float, **overrides) -> d
         "flops": 470_400, "macs": 235_200,
         "latency_ms": {"batch1": {"p50": 0.05, "p95": 0.07}, "batch64": {"p50": 0.8, "p95": 1.1}},
         "speedup": {"batch1": 1.5, "batch64": 2.0},
+        "runtime": {"batch1": "pytorch-eager", "batch64": "pytorch-eager"},
+        "runtime_note": None, "pytorch_latency_ms": None, "pytorch_speedup": None,
         "throughput_per_s": 80_000.0, "peak_memory_bytes": 1_200_000, "accuracy": acc,
         "top5": 0.999, "agreement": 0.98, "perplexity": None, "loss": None,
         "kl_to_reference": None, "spearman": None,
