@@ -23,7 +23,7 @@ from nnzip.data.splits import DataSplits, probe_batch
 from nnzip.errors import NnzipError
 from nnzip.evaluate.config import EvalConfig
 from nnzip.evaluate.latency import compare_latency, fixed_threads
-from nnzip.runtime.deploy import build_runtimes, check_accuracy
+from nnzip.runtime.deploy import build_runtimes, check_accuracy, openvino_runtimes
 from nnzip.runtime.onnx_export import is_quantized
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,7 @@ def runtime_latency(model: nn.Module, reference: nn.Module | None, data: DataSpl
         # One export per stage: the runtimes are built once and timed at every batch size.
         runtimes = build_runtimes(set_eval(model), probe_batch(data, 2), Path(folder),
                                   config.threads)
+        runtimes += openvino_runtimes(Path(folder), config.threads)[0]  # as deploy does
         check_accuracy(runtimes, data, CORRECTNESS_SAMPLES, MAX_ACCURACY_CHANGE_POINTS)
         correct = [runtime for runtime in runtimes if runtime.correct]
         pytorch = next(runtime for runtime in runtimes if runtime.name == PYTORCH)

@@ -34,9 +34,10 @@ def test_quantized_row_is_timed_on_an_onnx_runtime_candidate(trained_mlp, digits
     # The float baseline runs as it is; the quantized row on what deploy would run.
     assert baseline["runtime"] == {"batch1": "pytorch-eager", "batch8": "pytorch-eager"}
     assert set(quantized["runtime"]) == {"batch1", "batch8"}
-    assert all(name.startswith("onnxruntime-") or name == "pytorch-eager"
-               for name in quantized["runtime"].values())
-    assert any(name.startswith("onnxruntime-") for name in quantized["runtime"].values())
+    runtimes = quantized["runtime"].values()  # deploy's candidates: ONNX Runtime, OpenVINO
+    assert all(name.startswith(("onnxruntime-", "openvino-")) or name == "pytorch-eager"
+               for name in runtimes)
+    assert any(name.startswith(("onnxruntime-", "openvino-")) for name in runtimes)
     assert "fastest correct of deploy's runtimes" in quantized["runtime_note"]
     # The simulation is timed in the same rounds and kept beside it; the row's latency is the
     # fastest correct runtime's, so never slower than the simulation's.
