@@ -35,7 +35,7 @@ from torch import nn
 
 from nnzip.atomic import atomic_path, write_text
 from nnzip.core.modes import set_eval
-from nnzip.data.splits import DataSplits, probe_batch
+from nnzip.data.splits import DataSplits, calibration_batches, probe_batch
 from nnzip.errors import NnzipError
 from nnzip.evaluate.accuracy import accuracy, agreement, predict_logits
 from nnzip.evaluate.latency import compare_latency, fixed_threads
@@ -43,7 +43,8 @@ from nnzip.evaluate.machine import machine_info
 from nnzip.evaluate.size import file_bytes
 from nnzip.models.fold import fold_batchnorm, foldable_pairs
 from nnzip.outputs import staged_folder
-from nnzip.runtime.onnx_export import export_onnx, float_view, is_quantized
+from nnzip.runtime.onnx_export import chain_quantized, export_onnx, float_view, is_quantized
+from nnzip.runtime.qdq_graph import integer_report, integer_summary
 from nnzip.runtime.session import OrtModule, integer_op_count, op_counts, to_qoperator
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,9 @@ class Runtime:
     latency_ms: dict[int, dict[str, float]] = field(default_factory=dict)
     file_bytes: int | None = None
     integer_ops: int | None = None
+    #: What ORT runs integer and float, and why float (:func:`nnzip.runtime.qdq_graph.
+    #: integer_summary`): for ONNX runtimes.
+    integer_nodes: dict | None = None
     correct: bool | None = None
     #: False for the original model, which is timed beside the candidates but never chosen.
     candidate: bool = True
@@ -110,8 +114,11 @@ def _float_for_export(model: nn.Module) -> nn.Module:
 
 
 def build_runtimes(model: nn.Module, example: torch.Tensor, folder: Path,
-                   threads: int = 1) -> list[Runtime]:
-    """Every runtime of ``model``: PyTorch eager; ONNX Runtime forms saved in ``folder``."""
+                   threads: int = 1, *, calibration: list | None = None) -> list[Runtime]:
+    """Every runtime of ``model``: PyTorch eager; ONNX Runtime forms saved in ``folder``.
+
+    ``calibration`` batches make the QDQ file a fully integer chain (adds, pooling, outputs
+    quantized too: :func:`nnzip.runtime.export_onnx`)."""
     folder.mkdir(parents=True, exist_ok=True)
     runtimes = [Runtime("pytorch-eager", "the model as given, PyTorch eager", None, model)]
     if not is_quantized(model):
@@ -120,7 +127,11 @@ def build_runtimes(model: nn.Module, example: torch.Tensor, folder: Path,
                                 "optimizations", path, OrtModule(path, threads)))
         return runtimes
     weights_only = export_onnx(_float_for_export(float_view(model)), folder / "fp32.onnx", example)
-    qdq = export_onnx(model, folder / "qdq.onnx", example)
+    simulation = export_onnx(model, folder / "qdq-simulation.onnx", example)
+    # The integer chain (adds, pooling, outputs quantized too) for the integer runtimes; the
+    # file as nnzip quantized it stays the "dequantized" runtime: nnzip's own simulation.
+    qdq = (chain_quantized(model, simulation, calibration, folder / "qdq.onnx")
+           if calibration is not None else simulation)
     qoperator = to_qoperator(qdq, folder / "qoperator.onnx")
     runtimes += [
         Runtime("onnxruntime-int8-qdq", "QDQ model, ONNX Runtime fuses DQ→op→Q into integer "
@@ -128,8 +139,8 @@ def build_runtimes(model: nn.Module, example: torch.Tensor, folder: Path,
         Runtime("onnxruntime-int8-qoperator", "the integer-operator form ORT saved from the QDQ "
                 "model (QLinearConv, ...)", qoperator, OrtModule(qoperator, threads, "all")),
         Runtime("onnxruntime-dequantized", "QDQ model with fusions off: float kernels on the "
-                "dequantized integer weights (nnzip's simulation)", qdq,
-                OrtModule(qdq, threads, "basic")),
+                "dequantized integer weights (nnzip's simulation)", simulation,
+                OrtModule(simulation, threads, "basic")),
         Runtime("onnxruntime-fp32", "ONNX Runtime float32 with the dequantized weights, "
                 "activations in float (int8-rounded weights, fp32 file)", weights_only,
                 OrtModule(weights_only, threads)),
@@ -179,7 +190,9 @@ def deploy(model: nn.Module, data: DataSplits, out_dir: str | Path, *,
     # file of an earlier deployment sits beside the new deploy.json.
     with staged_folder(out_dir) as folder:
         with fixed_threads(threads):
-            runtimes = build_runtimes(model, example, folder / "runtimes", threads)
+            calibration = calibration_batches(data, 8) if is_quantized(model) else None
+            runtimes = build_runtimes(model, example, folder / "runtimes", threads,
+                                      calibration=calibration)
             if original is not None:
                 runtimes.append(Runtime("original-pytorch-eager", "the original model, "
                                         "PyTorch eager (baseline, not a candidate)", None,
@@ -189,6 +202,10 @@ def deploy(model: nn.Module, data: DataSplits, out_dir: str | Path, *,
             if runtime.path is not None:
                 runtime.file_bytes = file_bytes(runtime.path)
                 runtime.integer_ops = integer_op_count(op_counts(runtime.path))
+                if runtime.path.suffix == ".onnx":
+                    level = getattr(runtime.module, "optimization", "all")
+                    runtime.integer_nodes = integer_summary(integer_report(runtime.path,
+                                                                           optimization=level))
         for batch in batch_sizes:
             timings = compare_latency([runtime.module for runtime in runtimes], threads=threads,
                                       repeats=repeats, batch=probe_batch(data, batch))

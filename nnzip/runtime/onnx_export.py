@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import shutil
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -262,6 +263,23 @@ def _activation_quantization(model: nn.Module):
     return None
 
 
+def chain_quantized(model: nn.Module, path: str | os.PathLike, calibration: Iterable,
+                    out: str | os.PathLike | None = None) -> Path:
+    """Make ``model``'s exported QDQ file at ``path`` a fully integer chain (in place, or
+    written to ``out``), with the activation scheme and observer nnzip calibrated ``model``
+    with (:func:`nnzip.runtime.qdq_graph.integer_chain`). A model without quantized
+    activations (weight-only, dynamic) is left as it is."""
+    out = Path(out) if out is not None else Path(path)
+    if Path(path) != out:
+        with atomic_path(out) as tmp:
+            shutil.copyfile(path, tmp)
+    quantization = _activation_quantization(model)
+    if quantization is not None:
+        added = integer_chain(out, calibration, *quantization)
+        log.info("integer chain: %d Q/DQ pairs added", len(added))
+    return out
+
+
 def export_onnx(model: nn.Module, path: str | os.PathLike, example: torch.Tensor, *,
                 dynamic_batch: bool = True, opset: int = OPSET,
                 weight_dtype: str = "auto", sequence_dim: int | None = None,
@@ -310,9 +328,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, example: torch.Tensor
         finally:
             registration.setLevel(level)
         _strip_debug_metadata(tmp)
-        quantization = _activation_quantization(model) if calibration is not None else None
-        if quantization is not None:
-            added = integer_chain(tmp, calibration, *quantization)
-            log.info("integer chain: %d Q/DQ pairs added", len(added))
+        if calibration is not None:
+            chain_quantized(model, tmp, calibration)
     log.info("exported %s to %s", type(model).__name__, path)
     return path

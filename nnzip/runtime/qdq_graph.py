@@ -497,12 +497,17 @@ def integer_report(path: str | os.PathLike, excluded: Iterable[str] = (),
     return rows
 
 
-def integer_summary(report: list[dict]) -> dict:
+def integer_summary(report: list[dict], names_shown: int = 3) -> dict:
     """A compact form of :func:`integer_report` for deploy.json and the report: counts, the
-    integer ops, and every float node with its reason."""
+    integer ops, and the float nodes grouped by op and reason (count, first few names)."""
     integer = collections.Counter(row["op"] for row in report if row["runs"] == "integer")
+    groups: dict[tuple[str, str], list[str]] = collections.defaultdict(list)
+    for row in report:
+        if row["runs"] == "float":
+            groups[(row["op"], row["reason"])].append(row["node"])
     return {"integer_nodes": sum(integer.values()),
             "float_nodes": sum(1 for row in report if row["runs"] == "float"),
             "integer_ops": dict(sorted(integer.items())),
-            "float": [{"node": row["node"], "op": row["op"], "reason": row["reason"]}
-                      for row in report if row["runs"] == "float"]}
+            "float": [{"op": op, "reason": reason, "count": len(nodes),
+                       "nodes": nodes[:names_shown]}
+                      for (op, reason), nodes in groups.items()]}

@@ -3,6 +3,7 @@ with nnzip's numbers, so ONNX Runtime runs the whole chain in integer kernels; a
 report of what runs integer and why not."""
 
 import collections
+import json
 
 import onnx
 import pytest
@@ -166,3 +167,18 @@ def test_zoo_resnet8_exports_fully_integer(digits, tmp_path):
     assert summary["float_nodes"] == 0, summary["float"]
     assert summary["integer_ops"]["QLinearConv"] == 9
     assert summary["integer_ops"]["QLinearAdd"] == 3
+
+
+def test_deploy_runs_the_integer_chain_and_records_it(int8, digits, tmp_path):
+    from nnzip.runtime import deploy
+
+    deployment = deploy(int8, digits, tmp_path / "out", batch_sizes=(1,), repeats=2,
+                        samples=200)
+    by_name = {runtime.name: runtime for runtime in deployment.runtimes}
+    assert by_name["onnxruntime-int8-qdq"].integer_nodes["float_nodes"] == 0
+    # The "dequantized" runtime stays nnzip's simulation: the file as nnzip quantized it.
+    assert by_name["onnxruntime-dequantized"].path.name == "qdq-simulation.onnx"
+    assert by_name["onnxruntime-dequantized"].accuracy == by_name["pytorch-eager"].accuracy
+    summary = json.loads((tmp_path / "out" / "deploy.json").read_text())
+    runtimes = {runtime["name"]: runtime for runtime in summary["runtimes"]}
+    assert runtimes["onnxruntime-int8-qdq"]["integer_nodes"]["integer_ops"]["QLinearAdd"] == 2
