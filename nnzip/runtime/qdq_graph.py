@@ -216,11 +216,36 @@ def _float_weight(graph: _Graph, node) -> str | None:
     return weight if weight in graph.initializers else None
 
 
+def _is_dequantized_constant(graph: _Graph, name: str) -> bool:
+    node = graph.producer.get(name)
+    return node is not None and node.op_type == "DequantizeLinear" \
+        and graph.constant(node.input[0]) is not None
+
+
+def _chained(graph: _Graph, node) -> bool:
+    """Whether the chain quantizes around ``node``. Not around a layer nnzip left float or
+    weight-only (its weight, or its input, has no Q/DQ: what the user asked for stays), nor an
+    elementwise op with a constant operand (a bias add, a scaling Mul: the float parts of
+    LayerNorm and GELU in a transformer); Mul only between two quantized tensors, attention's
+    activation-by-activation MatMul not at all (ORT's quantizer would: accuracy first)."""
+    op = node.op_type
+    if op not in INTEGER_KERNELS or _float_weight(graph, node):
+        return False
+    if op in ("Conv", "Gemm"):
+        return graph.is_dequantized(node.input[0])
+    if op == "MatMul":
+        weights = [_is_dequantized_constant(graph, name) for name in node.input]
+        return any(weights) and all(graph.is_dequantized(name) for name in node.input)
+    if op == "Mul":
+        return all(graph.is_dequantized(name) for name in node.input)
+    return all(graph.is_activation(name) for name in node.input)
+
+
 def _tensors_to_quantize(graph: _Graph) -> list[str]:
     """Float tensors around integer-kernel ops that have no Q/DQ pair yet, in graph order."""
     wanted: dict[str, None] = {}
     for node in graph.proto.graph.node:
-        if node.op_type not in INTEGER_KERNELS or _float_weight(graph, node):
+        if not _chained(graph, node):
             continue
         positions = INTEGER_KERNELS[node.op_type][1]
         for position, name in enumerate(node.input):
@@ -428,6 +453,9 @@ def _float_reason(original: _Graph, node, excluded: frozenset[str]) -> str:
     op = _base_op(node)
     if op not in INTEGER_KERNELS:
         return f"no quantized kernel for {op}"
+    if not any(n.op_type in ("QuantizeLinear", "DequantizeLinear")
+               for n in original.proto.graph.node):
+        return "float model: nothing in it is quantized"
     written = next((n for n in original.proto.graph.node if n.name == node.name), None)
     if written is None:
         return "ONNX Runtime did not fuse it (a node it made: see the optimized graph)"

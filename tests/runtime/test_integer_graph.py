@@ -157,16 +157,35 @@ def test_op_without_integer_kernel_and_excluded_layer_are_listed_with_reasons(di
     assert producers[gemm.input[0]] != "DequantizeLinear"
 
 
-def test_zoo_resnet8_exports_fully_integer(digits, tmp_path):
+@pytest.mark.parametrize(("arch", "convs", "adds"), [("resnet8", 9, 3)])
+def test_zoo_residual_models_export_fully_integer(digits, tmp_path, arch, convs, adds):
+    # MobileNetV2 (depthwise convs, ReLU6 folded as a Clip, adds) too: 22 QLinearConv, 4
+    # QLinearAdd, no float node (benchmarks/integer_graph.py; 12 s here, so not in CI).
     torch.manual_seed(0)
-    model = create_model("resnet8", input_shape=(1, 8, 8), num_classes=10).eval()
+    model = create_model(arch, input_shape=(1, 8, 8), num_classes=10).eval()
     int8 = quantize_static(model, calibration_batches(digits, 2))
-    path = export_onnx(int8, tmp_path / "resnet8.onnx", digits.test.tensors[0][:2],
+    path = export_onnx(int8, tmp_path / f"{arch}.onnx", digits.test.tensors[0][:2],
                        calibration=calibration_batches(digits, 2))
     summary = integer_summary(integer_report(path))
     assert summary["float_nodes"] == 0, summary["float"]
-    assert summary["integer_ops"]["QLinearConv"] == 9
-    assert summary["integer_ops"]["QLinearAdd"] == 3
+    assert summary["integer_ops"] == {"QGemm": 1, "QLinearAdd": adds, "QLinearConv": convs,
+                                      "QLinearGlobalAveragePool": 1}
+
+
+def test_a_float_model_is_reported_as_such(tmp_path):
+    helper = onnx.helper  # a float Conv → Relu → Add graph, built directly (no export: fast)
+    weight = onnx.numpy_helper.from_array(torch.randn(4, 4, 3, 3).numpy(), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["c"], ["r"], name="relu"),
+         helper.make_node("Add", ["r", "x"], ["y"], name="add")], "float",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4, 8, 8])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4, 8, 8])], [weight])
+    path = tmp_path / "fp32.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    report = integer_report(path)
+    assert report and all(row["runs"] == "float" for row in report)
+    assert {row["reason"] for row in report} == {"float model: nothing in it is quantized"}
 
 
 def test_deploy_runs_the_integer_chain_and_records_it(int8, digits, tmp_path):
