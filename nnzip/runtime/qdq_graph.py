@@ -182,12 +182,22 @@ def _rewrite_global_mean(graph: _Graph) -> None:
     graph.refresh()
 
 
-def _ranks(proto) -> dict[str, int]:
+def _inferred(proto) -> list:
     onnx = _onnx()
     inferred = onnx.shape_inference.infer_shapes(proto)
-    infos = [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
-    return {info.name: len(info.type.tensor_type.shape.dim) for info in infos
+    return [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
+
+
+def _ranks(proto) -> dict[str, int]:
+    return {info.name: len(info.type.tensor_type.shape.dim) for info in _inferred(proto)
             if info.type.tensor_type.HasField("shape")}
+
+
+def _float_tensors(proto) -> frozenset[str]:
+    """The float32 tensors of the graph (shape inference): only those are quantized, never the
+    int64 shape arithmetic a Concat may also join."""
+    return frozenset(info.name for info in _inferred(proto)
+                     if info.type.tensor_type.elem_type == _onnx().TensorProto.FLOAT)
 
 
 def _output_to_quantize(graph: _Graph, name: str) -> str | None:
@@ -222,14 +232,15 @@ def _is_dequantized_constant(graph: _Graph, name: str) -> bool:
         and graph.constant(node.input[0]) is not None
 
 
-def _chained(graph: _Graph, node) -> bool:
+def _chained(graph: _Graph, node, floats: frozenset[str]) -> bool:
     """Whether the chain quantizes around ``node``. Not around a layer nnzip left float or
     weight-only (its weight, or its input, has no Q/DQ: what the user asked for stays), nor an
     elementwise op with a constant operand (a bias add, a scaling Mul: the float parts of
     LayerNorm and GELU in a transformer); Mul only between two quantized tensors, attention's
     activation-by-activation MatMul not at all (ORT's quantizer would: accuracy first)."""
     op = node.op_type
-    if op not in INTEGER_KERNELS or _float_weight(graph, node):
+    if op not in INTEGER_KERNELS or _float_weight(graph, node) \
+            or not all(name in floats for name in [*node.input[:1], *node.output]):
         return False
     if op in ("Conv", "Gemm"):
         return graph.is_dequantized(node.input[0])
@@ -244,8 +255,9 @@ def _chained(graph: _Graph, node) -> bool:
 def _tensors_to_quantize(graph: _Graph) -> list[str]:
     """Float tensors around integer-kernel ops that have no Q/DQ pair yet, in graph order."""
     wanted: dict[str, None] = {}
+    floats = _float_tensors(graph.proto)
     for node in graph.proto.graph.node:
-        if not _chained(graph, node):
+        if not _chained(graph, node, floats):
             continue
         positions = INTEGER_KERNELS[node.op_type][1]
         for position, name in enumerate(node.input):

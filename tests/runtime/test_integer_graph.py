@@ -201,3 +201,28 @@ def test_deploy_runs_the_integer_chain_and_records_it(int8, digits, tmp_path):
     summary = json.loads((tmp_path / "out" / "deploy.json").read_text())
     runtimes = {runtime["name"]: runtime for runtime in summary["runtimes"]}
     assert runtimes["onnxruntime-int8-qdq"]["integer_nodes"]["integer_ops"]["QLinearAdd"] == 2
+
+
+class Branches(nn.Module):
+    """Two conv branches concatenated, then a conv and a classifier on a flattened view whose
+    batch size is read from the shape (int64 shape arithmetic the chain must leave alone)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.left, self.right = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(1, 4, 3, padding=1)
+        self.merge = nn.Conv2d(8, 4, 3)
+        self.fc = nn.Linear(4 * 6 * 6, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.merge(torch.cat([torch.relu(self.left(x)), self.right(x)], dim=1))
+        return self.fc(x.reshape(x.shape[0], -1))
+
+
+def test_concatenation_runs_integer(digits, tmp_path):
+    torch.manual_seed(0)
+    int8 = quantize_static(Branches().eval(), calibration_batches(digits, 2))
+    path = export_onnx(int8, tmp_path / "cat.onnx", digits.test.tensors[0][:2],
+                       calibration=calibration_batches(digits, 2))
+    summary = integer_summary(integer_report(path))
+    assert summary["integer_ops"] == {"QGemm": 1, "QLinearConcat": 1, "QLinearConv": 3}
+    assert summary["float_nodes"] == 0, summary["float"]
