@@ -299,15 +299,14 @@ def _borrowed_qparams(graph: _Graph, name: str) -> tuple | None:
         source = graph.producer.get(producer.input[0])
         if source is not None and source.op_type == "DequantizeLinear":
             return tuple(source.input[1:3])
-    users = graph.consumers[name]
-    if len(users) == 1 and users[0].op_type in SAME_SCALE:
+    following = name
+    while True:  # down a run of value-preserving ops (a max pool, then a flatten) to nnzip's Q
+        users = graph.consumers[following]
+        if len(users) != 1 or users[0].op_type not in SAME_SCALE:
+            return None
         following = users[0].output[0]
         if following in pairs:
             return tuple(pairs[following][0][0].input[1:3])
-        target = [n for n in graph.consumers[following] if n.op_type == "QuantizeLinear"]
-        if target:
-            return tuple(target[0].input[1:3])
-    return None
 
 
 def _observe(proto, tensors: list[str], batches: Iterable, scheme: QScheme,
@@ -517,17 +516,22 @@ def integer_report(path: str | os.PathLike, excluded: Iterable[str] = (),
     (``optimization`` level, as :class:`~nnzip.runtime.OrtModule` runs it): its name, op, whether
     it runs ``integer`` or ``float``, and why float ("no quantized kernel for X", "input ... not
     quantized", "excluded by the user (module)", ...). Data movement (Q/DQ, Reshape, layout
-    reorders) is left out. ``excluded``: the layers the user kept float (``QuantConfig.exclude``).
+    reorders) and nodes computing no float tensor (shapes, masks) are left out. ``excluded``:
+    the layers the user kept float (``QuantConfig.exclude``).
     """
     from nnzip.runtime.session import INTEGER_OPS
 
     graph = _Graph(_optimized_graph(Path(path), optimization))
     original = _Graph(_onnx().load(str(path)))
     excluded = frozenset(excluded)
+    floats = _float_tensors(original.proto)
+    written = {node.name: node for node in original.proto.graph.node}
     rows = []
     for node in graph.proto.graph.node:
         if node.op_type in DATA_MOVEMENT:
             continue
+        if node.name in written and not any(out in floats for out in written[node.name].output):
+            continue  # shape arithmetic and masks (int64, bool): not the model's compute
         integer = _is_integer(graph, node, INTEGER_OPS)
         row = {"node": node.name, "op": node.op_type,
                "runs": "integer" if integer else "float"}
