@@ -530,9 +530,10 @@ def integer_report(path: str | os.PathLike, excluded: Iterable[str] = (),
     for node in graph.proto.graph.node:
         if node.op_type in DATA_MOVEMENT:
             continue
-        if node.name in written and not any(out in floats for out in written[node.name].output):
-            continue  # shape arithmetic and masks (int64, bool): not the model's compute
         integer = _is_integer(graph, node, INTEGER_OPS)
+        if not integer and node.name in written \
+                and not any(out in floats for out in written[node.name].output):
+            continue  # shape arithmetic and masks (int64, bool): not the model's compute
         row = {"node": node.name, "op": node.op_type,
                "runs": "integer" if integer else "float"}
         if not integer:

@@ -226,3 +226,8 @@ def test_concatenation_runs_integer(digits, tmp_path):
     summary = integer_summary(integer_report(path))
     assert summary["integer_ops"] == {"QGemm": 1, "QLinearConcat": 1, "QLinearConv": 3}
     assert summary["float_nodes"] == 0, summary["float"]
+
+
+def test_the_saved_integer_operator_form_reports_the_same_integer_nodes(chained):
+    qoperator = to_qoperator(chained, chained.with_name("qoperator-report.onnx"))
+    assert integer_summary(integer_report(qoperator)) == integer_summary(integer_report(chained))
