@@ -44,7 +44,7 @@ from torch import nn
 
 from nnzip.atomic import atomic_path, write_text
 from nnzip.core.modes import set_eval
-from nnzip.data.splits import DataSplits, probe_batch
+from nnzip.data.splits import DataSplits, calibration_batches, probe_batch
 from nnzip.errors import NnzipError
 from nnzip.evaluate.accuracy import accuracy, agreement, predict_logits
 from nnzip.evaluate.latency import compare_latency, fixed_threads
@@ -52,8 +52,9 @@ from nnzip.evaluate.machine import machine_info
 from nnzip.evaluate.size import file_bytes
 from nnzip.models.fold import fold_batchnorm, foldable_pairs
 from nnzip.outputs import staged_folder
-from nnzip.runtime.onnx_export import export_onnx, float_view, is_quantized
+from nnzip.runtime.onnx_export import chain_quantized, export_onnx, float_view, is_quantized
 from nnzip.runtime.onnx_lowbit import lowbit_kind
+from nnzip.runtime.qdq_graph import integer_report, integer_summary
 from nnzip.runtime.session import OrtModule, integer_op_count, op_counts, to_qoperator
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,9 @@ class Runtime:
     latency_ms: dict[int, dict[str, float]] = field(default_factory=dict)
     file_bytes: int | None = None
     integer_ops: int | None = None
+    #: What ORT runs integer and float, and why float (:func:`nnzip.runtime.qdq_graph.
+    #: integer_summary`): for ONNX runtimes.
+    integer_nodes: dict | None = None
     correct: bool | None = None
     #: False for the original model, which is timed beside the candidates but never chosen.
     candidate: bool = True
@@ -161,8 +165,12 @@ def _float_for_export(model: nn.Module) -> nn.Module:
 
 
 def build_runtimes(model: nn.Module, example: torch.Tensor, folder: Path,
-                   threads: int = 1) -> list[Runtime]:
+                   threads: int = 1, *, calibration: list | None = None) -> list[Runtime]:
     """Every runtime of ``model``: PyTorch eager; ONNX Runtime forms saved in ``folder``.
+
+    ``calibration`` batches make the QDQ file a fully integer chain (adds, pooling, outputs
+    quantized too: :func:`nnzip.runtime.export_onnx`); the file as nnzip quantized it stays the
+    "dequantized" runtime, nnzip's own simulation.
 
     A model loaded from a runtime's file (an ``.onnx`` as :class:`OrtModule`, an OpenVINO IR as
     :class:`~nnzip.runtime.openvino.OvModule`) is the reference, timed but not a candidate; its
@@ -203,15 +211,22 @@ def build_runtimes(model: nn.Module, example: torch.Tensor, folder: Path,
                                    "kernels on nnzip's integers", path, OrtModule(path, threads)),
                 Runtime("onnxruntime-fp32", "ONNX Runtime float32 with the dequantized weights",
                         weights_only, OrtModule(weights_only, threads))]
-    qdq = export_onnx(model, folder / "qdq.onnx", example)
-    return runtimes + _ort_int8_runtimes(qdq, folder, threads) + [
+    if calibration is None:
+        qdq = simulation = export_onnx(model, folder / "qdq.onnx", example)
+    else:  # the integer chain for the integer runtimes, nnzip's own file for the simulation
+        simulation = export_onnx(model, folder / "qdq-simulation.onnx", example)
+        qdq = chain_quantized(model, simulation, calibration, folder / "qdq.onnx")
+    return runtimes + _ort_int8_runtimes(qdq, folder, threads, simulation) + [
         Runtime("onnxruntime-fp32", "ONNX Runtime float32 with the dequantized weights, "
                 "activations in float (int8-rounded weights, fp32 file)", weights_only,
                 OrtModule(weights_only, threads))]
 
 
-def _ort_int8_runtimes(qdq: Path, folder: Path, threads: int) -> list[Runtime]:
-    """ONNX Runtime's forms of a QDQ file: fused integer kernels, QOperator, float kernels."""
+def _ort_int8_runtimes(qdq: Path, folder: Path, threads: int,
+                       simulation: Path | None = None) -> list[Runtime]:
+    """ONNX Runtime's forms of a QDQ file: fused integer kernels, QOperator, and float kernels
+    on ``simulation`` (the file as nnzip quantized it; ``qdq`` itself by default)."""
+    simulation = simulation or qdq
     qoperator = to_qoperator(qdq, folder / "qoperator.onnx")
     return [
         Runtime("onnxruntime-int8-qdq", "QDQ model, ONNX Runtime fuses DQ→op→Q into integer "
@@ -219,8 +234,8 @@ def _ort_int8_runtimes(qdq: Path, folder: Path, threads: int) -> list[Runtime]:
         Runtime("onnxruntime-int8-qoperator", "the integer-operator form ORT saved from the QDQ "
                 "model (QLinearConv, ...)", qoperator, OrtModule(qoperator, threads, "all")),
         Runtime("onnxruntime-dequantized", "QDQ model with fusions off: float kernels on the "
-                "dequantized integer weights (nnzip's simulation)", qdq,
-                OrtModule(qdq, threads, "basic")),
+                "dequantized integer weights (nnzip's simulation)", simulation,
+                OrtModule(simulation, threads, "basic")),
     ]
 
 
@@ -320,7 +335,9 @@ def deploy(model: nn.Module, data: DataSplits, out_dir: str | Path, *,
     # file of an earlier deployment sits beside the new deploy.json.
     with staged_folder(out_dir) as folder:
         with fixed_threads(threads):
-            runtimes = build_runtimes(model, example, folder / "runtimes", threads)
+            calibration = calibration_batches(data, 8) if is_quantized(model) else None
+            runtimes = build_runtimes(model, example, folder / "runtimes", threads,
+                                      calibration=calibration)
             if openvino:
                 extra, skipped = openvino_runtimes(folder / "runtimes", threads)
                 runtimes += extra
@@ -345,6 +362,10 @@ def deploy(model: nn.Module, data: DataSplits, out_dir: str | Path, *,
                 runtime.integer_ops = integer_op_count(op_counts(runtime.path))
             if runtime.path is not None:
                 runtime.file_bytes = file_bytes(runtime.path)
+                if runtime.path.suffix == ".onnx":
+                    level = getattr(runtime.module, "optimization", "all")
+                    runtime.integer_nodes = integer_summary(integer_report(runtime.path,
+                                                                           optimization=level))
         # Only what may be chosen, and the baseline, is timed: a wrong runtime's speed is moot.
         timed = [runtime for runtime in runtimes if runtime.correct or not runtime.candidate]
         chosen_by_batch = {}

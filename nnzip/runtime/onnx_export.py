@@ -20,7 +20,9 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import shutil
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -41,6 +43,7 @@ from nnzip.quant.attention import fuse_attention
 from nnzip.quant.lowbit import LowBitParams
 from nnzip.quant.modules import QuantizedLayer, quantized_layers
 from nnzip.quant.parametrized import WeightQuantizer, quantized_weights, remove_quantizers
+from nnzip.runtime.qdq_graph import integer_chain, observer_kind
 
 log = logging.getLogger(__name__)
 
@@ -251,9 +254,36 @@ def _strip_debug_metadata(path: str | os.PathLike) -> None:
     onnx.save(proto, str(path))
 
 
+def _activation_quantization(model: nn.Module):
+    """The scheme and observer nnzip calibrated the layer inputs with (the first layer's), or
+    None for a model without quantized activations (weight-only)."""
+    for layer in quantized_layers(model).values():
+        if layer.input_qparams is not None and layer.mode == "quantize":
+            return layer.input_scheme, observer_kind(layer.observer)
+    return None
+
+
+def chain_quantized(model: nn.Module, path: str | os.PathLike, calibration: Iterable,
+                    out: str | os.PathLike | None = None) -> Path:
+    """Make ``model``'s exported QDQ file at ``path`` a fully integer chain (in place, or
+    written to ``out``), with the activation scheme and observer nnzip calibrated ``model``
+    with (:func:`nnzip.runtime.qdq_graph.integer_chain`). A model without quantized
+    activations (weight-only, dynamic) is left as it is."""
+    out = Path(out) if out is not None else Path(path)
+    if Path(path) != out:
+        with atomic_path(out) as tmp:
+            shutil.copyfile(path, tmp)
+    quantization = _activation_quantization(model)
+    if quantization is not None:
+        added = integer_chain(out, calibration, *quantization)
+        log.info("integer chain: %d Q/DQ pairs added", len(added))
+    return out
+
+
 def export_onnx(model: nn.Module, path: str | os.PathLike, example: torch.Tensor, *,
                 dynamic_batch: bool = True, opset: int = OPSET,
-                weight_dtype: str = "auto", sequence_dim: int | None = None) -> Path:
+                weight_dtype: str = "auto", sequence_dim: int | None = None,
+                calibration: Iterable | None = None) -> Path:
     """Write ``model`` as an ONNX file (QDQ form if it is quantized by nnzip), atomically.
 
     ``example`` is one input batch; the batch dimension stays dynamic unless ``dynamic_batch`` is
@@ -262,7 +292,15 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, example: torch.Tensor
     ``int8`` or as ``uint8`` (the same integers shifted by 128); ``auto`` picks uint8 on this
     machine if it is an AVX2 CPU without VNNI, where ONNX Runtime's int8-weight kernels
     saturate and change the results
-    (:func:`nnzip.evaluate.machine.int8_weights_saturate`). Returns the path written.
+    (:func:`nnzip.evaluate.machine.int8_weights_saturate`).
+
+    ``calibration`` (batches of training inputs, e.g. ``nnzip.data.calibration_batches(data,
+    8)``) makes a statically quantized model's graph fully integer: the residual adds, pooling,
+    layer outputs and the classifier get Q/DQ pairs too, with nnzip's scales where it has them and
+    ranges observed by nnzip on these batches otherwise (:func:`nnzip.runtime.qdq_graph.
+    integer_chain_proto`), so ONNX Runtime fuses the whole chain into integer kernels. Without
+    it, only what nnzip quantized (each layer's input and weight) is in the file. Returns the
+    path written.
     """
     path = Path(path)
     if weight_dtype == "auto":
@@ -295,5 +333,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, example: torch.Tensor
         finally:
             registration.setLevel(level)
         _strip_debug_metadata(tmp)
+        if calibration is not None:
+            chain_quantized(model, tmp, calibration)
     log.info("exported %s to %s", type(model).__name__, path)
     return path

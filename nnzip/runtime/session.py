@@ -83,6 +83,7 @@ class OrtModule(nn.Module):
         super().__init__()
         self.path = Path(path)
         self.threads = threads
+        self.optimization = optimization
         self.session = _open(self.path, session_options(threads, optimization))
         inputs = self.session.get_inputs()
         if len(inputs) != 1:

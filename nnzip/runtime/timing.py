@@ -19,7 +19,7 @@ from pathlib import Path
 from torch import nn
 
 from nnzip.core.modes import set_eval
-from nnzip.data.splits import DataSplits, probe_batch
+from nnzip.data.splits import DataSplits, calibration_batches, probe_batch
 from nnzip.errors import NnzipError
 from nnzip.evaluate.config import EvalConfig
 from nnzip.evaluate.latency import compare_latency, fixed_threads
@@ -70,7 +70,7 @@ def runtime_latency(model: nn.Module, reference: nn.Module | None, data: DataSpl
             fixed_threads(config.threads):
         # One export per stage: the runtimes are built once and timed at every batch size.
         runtimes = build_runtimes(set_eval(model), probe_batch(data, 2), Path(folder),
-                                  config.threads)
+                                  config.threads, calibration=calibration_batches(data, 8))
         runtimes += openvino_runtimes(Path(folder), config.threads)[0]  # as deploy does
         check_accuracy(runtimes, data, CORRECTNESS_SAMPLES, MAX_ACCURACY_CHANGE_POINTS)
         correct = [runtime for runtime in runtimes if runtime.correct]
