@@ -25,7 +25,7 @@ from nnzip.core.coverage import Coverage, MethodResult, changed_coverage
 from nnzip.core.interrupt import check_interrupt
 from nnzip.core.modes import set_eval
 from nnzip.core.weights import unique_parameters
-from nnzip.data.splits import DataSplits, probe_batch
+from nnzip.data.splits import DataSplits, calibration_batches, probe_batch
 from nnzip.errors import NnzipError
 from nnzip.evaluate import EvalConfig, build_report, evaluate, machine_info, write_report
 from nnzip.models.nnz import nnz_artifact, save_nnz
@@ -257,9 +257,10 @@ def save_final_model(model: nn.Module, out_dir: Path, data: DataSplits) -> Path:
     pruned, quantized, factorized) as its ``.nnz``, which reloads bit for bit.
 
     A model quantized by nnzip is saved as a QDQ ``.onnx`` file: int8 weights with their scales,
-    runnable on ONNX Runtime's integer kernels (a .pt2 would hold fp32 copies of the weights);
-    where ONNX has no form for it as its ``.nnz``. Group-wise int4 and dynamic int8 models (a
-    sentence encoder's included) are saved as the int-sized ``.onnx`` ORT runs (MatMulNBits,
+    and (for image and feature models) the fully integer chain ``deploy`` runs, calibrated on
+    training batches, runnable on ONNX Runtime's integer kernels (a .pt2 would hold fp32
+    copies of the weights); where ONNX has no form for it as its ``.nnz``. Group-wise int4 and
+    dynamic int8 models (a sentence encoder's included) are saved as the int-sized ``.onnx`` ORT runs (MatMulNBits,
     MatMulInteger: :mod:`nnzip.runtime.onnx_lowbit`), the ``.nnz`` when that export fails.
     """
     from nnzip.models import export_model, model_spec, save_model
@@ -285,10 +286,13 @@ def save_final_model(model: nn.Module, out_dir: Path, data: DataSplits) -> Path:
         except NnzipError as error:  # e.g. activation quantization: the ONNX file holds it
             log.info("not saved as .nnz: %s", error)
     if is_quantized(model):
+        tokens = example.dim() == 2 and not example.is_floating_point()
+        # Images and features ship the integer chain the report timed (adds, pooling, outputs
+        # quantized too, calibrated on training batches); token models nnzip's QDQ file.
+        extra = ({"sequence_dim": 1} if tokens
+                 else {"calibration": calibration_batches(data, 8)})
         try:
-            return export_onnx(model, out_dir / "model.onnx", example,
-                               **({"sequence_dim": 1} if example.dim() == 2
-                                  and not example.is_floating_point() else {}))
+            return export_onnx(model, out_dir / "model.onnx", example, **extra)
         except NnzipError as error:  # e.g. group-wise int4 (no QDQ form), dynamic int8
             onnx_refusal = error
             log.info("not saved as ONNX: %s", error)
