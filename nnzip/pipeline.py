@@ -256,12 +256,13 @@ def save_final_model(model: nn.Module, out_dir: Path, data: DataSplits) -> Path:
     layers are still transformers' own (pruned, distilled, layers dropped); otherwise (heads
     pruned, quantized, factorized) as its ``.nnz``, which reloads bit for bit.
 
-    A model quantized by nnzip is saved as a QDQ ``.onnx`` file: int8 weights with their scales,
-    and (for image and feature models) the fully integer chain ``deploy`` runs, calibrated on
-    training batches, runnable on ONNX Runtime's integer kernels (a .pt2 would hold fp32
-    copies of the weights); where ONNX has no form for it as its ``.nnz``. Group-wise int4 and
-    dynamic int8 models (a sentence encoder's included) are saved as the int-sized ``.onnx`` ORT runs (MatMulNBits,
-    MatMulInteger: :mod:`nnzip.runtime.onnx_lowbit`), the ``.nnz`` when that export fails.
+    A model quantized by nnzip is saved as a QDQ ``.onnx`` file: int8 weights with their
+    scales and (for image and feature models) the fully integer chain ``deploy`` runs,
+    calibrated on training batches, for ONNX Runtime's integer kernels (a .pt2 would hold fp32
+    copies of the weights); where ONNX has no form for it, as its ``.nnz``. Group-wise int4 and
+    dynamic int8 models (a sentence encoder's included) are saved as the int-sized ``.onnx`` ORT
+    runs (MatMulNBits, MatMulInteger: :mod:`nnzip.runtime.onnx_lowbit`), the ``.nnz`` when that
+    export fails.
     """
     from nnzip.models import export_model, model_spec, save_model
     from nnzip.models.hf import SentenceEncoder
