@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
+BENCH_STAMP := $(VENV)/.bench-stamp
 
 .PHONY: install demo test bench lint clean
 
@@ -11,6 +12,10 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
+
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
 
 install: $(STAMP)
 
@@ -20,7 +25,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-bench: $(STAMP)
+bench: $(BENCH_STAMP)
 	$(PY) benchmarks/zoo_mnist.py
 	$(PY) benchmarks/latency_stability.py
 	$(PY) benchmarks/prune_unstructured.py
@@ -39,6 +44,10 @@ bench: $(STAMP)
 	$(PY) benchmarks/minilm_recipe.py
 	$(PY) benchmarks/lm_stsb.py
 	$(PY) benchmarks/vit_mnist.py
+	$(PY) benchmarks/integer_graph.py
+	$(PY) benchmarks/deploy_openvino.py
+	$(PY) benchmarks/minilm_deploy.py
+	$(PY) benchmarks/deploy_peers.py
 	$(PY) benchmarks/coverage.py
 
 lint: $(STAMP)
