@@ -71,7 +71,8 @@ def check_onnx_file(path: Path, *, allow_nonfinite: bool = False) -> None:
         except Exception as exc:
             raise NnzipError(f"{source}: cannot read tensor {name!r} ({type(exc).__name__}: "
                              f"{str(exc)[:200]}): the file is corrupt; export it again") from None
-        check_finite({name: torch.from_numpy(array.astype("float32", copy=False))}, source)
+        # A copy, one tensor at a time: onnx hands out read-only arrays torch would warn about.
+        check_finite({name: torch.tensor(array, dtype=torch.float32)}, source)
 
 
 __all__ = ["check_onnx_file"]
