@@ -86,6 +86,29 @@ def run_each(name: str, report: dict, items: Iterable, run: Callable[[Any], dict
     return report
 
 
+def sts_benchmark_main(name: str, doc: str, run: Callable[[argparse.Namespace, Console], dict],
+                       render: Render) -> None:
+    """The command line of the STS-B benchmarks: ``--pairs N`` looks at the first N dev pairs
+    (printed, nothing written); ``--render`` rewrites ``results/<name>.md`` from the committed
+    json; otherwise ``run(args, console)`` measures and both files are written."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--pairs", type=int, default=None,
+                        help="only the first N dev pairs (a quick look; results not written)")
+    parser.add_argument("--render", action="store_true",
+                        help=f"only rewrite {name}.md from the committed {name}.json")
+    args = parser.parse_args()
+    console = Console(width=160)
+    if args.render:
+        path = rewrite_markdown(name, render)
+    else:
+        report = run(args, console)
+        if args.pairs:
+            console.print(render(report))
+            return
+        path = write_results(name, report, render, default=float)
+    console.print(path.read_text(encoding="utf-8"))
+
+
 def ort_quantize_static(fp32_path: Path, path: Path, batches: list,
                         weight_type: str = "int8") -> Path:
     """ONNX Runtime's own static quantization of the same fp32 file, same calibration images.

@@ -27,22 +27,17 @@ own int4 and dynamic int8 files read as they are.
 
 from __future__ import annotations
 
-import argparse
-import json
-import logging
 import os
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
-import numpy as np
 import onnx
 import torch
 from rich.console import Console
 from torch import nn
 
-from nnzip.atomic import write_text
+from common import quiet_single_thread, sts_benchmark_main
 from nnzip.data.sts import calibration_sentences, load_sts
 from nnzip.evaluate import machine_info
 from nnzip.evaluate.embedding import encode, fidelity, sts_spearman, token_batches
@@ -51,7 +46,6 @@ from nnzip.models.hf import load_hf
 from nnzip.quant.schemes import quantize_scheme
 from nnzip.runtime import OrtModule, export_onnx, op_counts
 
-RESULTS = Path(__file__).parent / "results"
 CALIBRATION_SENTENCES = 256
 CALIBRATION_BATCH = 32
 ENCODE_BATCH = 64
@@ -335,31 +329,6 @@ def render_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pairs", type=int, default=None,
-                        help="only the first N dev pairs (a quick look; results not written)")
-    parser.add_argument("--render", action="store_true",
-                        help="only rewrite minilm_deploy.md from the committed json")
-    args = parser.parse_args()
-    console = Console(width=160)
-    if args.render:
-        report = json.loads((RESULTS / "minilm_deploy.json").read_text())
-    else:
-        report = run(args, console)
-        if args.pairs:
-            console.print(render_markdown(report))
-            return
-        write_text(RESULTS / "minilm_deploy.json", json.dumps(report, indent=2, default=float))
-    markdown = render_markdown(report)
-    write_text(RESULTS / "minilm_deploy.md", markdown)
-    console.print(markdown)
-
-
 if __name__ == "__main__":
-    warnings.filterwarnings("ignore")
-    logging.getLogger().setLevel(logging.ERROR)
-    np.seterr(all="ignore")
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    main()
+    quiet_single_thread()
+    sts_benchmark_main("minilm_deploy", __doc__, run, render_markdown)
