@@ -77,9 +77,11 @@ def test_deploy_offers_openvino_and_records_the_winner_per_batch_size(trained_ml
     assert {"openvino-fp32", "openvino-fp32-static", "openvino-int8",
             "openvino-int8-static"} <= names
     if "BF16" in cpu_capabilities():
-        assert {"openvino-bf16", "openvino-bf16-static"} <= names
+        assert {"openvino-bf16", "openvino-bf16-static", "openvino-int8-bf16",
+                "openvino-int8-bf16-static"} <= names
     else:
         assert "has no BF16" in skipped["openvino-bf16"]
+        assert "has no BF16" in skipped["openvino-int8-bf16"]
     summary = json.loads((tmp_path / "deploy.json").read_text())
     for batch in (1, 16):
         correct = [r for r in deployment.runtimes if r.correct]
