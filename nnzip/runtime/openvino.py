@@ -238,8 +238,9 @@ class OvModule(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         array = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=self.input_dtype)
         request = self._request(array.shape)
-        request.infer({0: array})
-        # A copy: the request reuses its output buffer on the next call.
+        # Zero-copy in and out (the defaults copy both ways, ~15 % of a small model's batch-1
+        # latency); the one copy below is needed: the request reuses its output buffer.
+        request.infer({0: array}, share_inputs=True, share_outputs=True)
         return torch.from_numpy(np.array(request.get_output_tensor(0).data))
 
     def runtime_model(self):
