@@ -16,7 +16,7 @@ from rich.logging import RichHandler
 from rich.markup import escape
 
 from nnzip import __version__
-from nnzip.core.interrupt import interruptible
+from nnzip.core.interrupt import exit_status, interruptible
 from nnzip.errors import NnzipError
 
 console = Console()
@@ -854,7 +854,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as interrupt:
         error_console.print(_interrupted_message(args, interrupt), soft_wrap=True,
                             highlight=False, markup=False)
-        return 130
+        return exit_status()  # 130 after Ctrl-C, 143 after a SIGTERM
     return 0
 
 
