@@ -275,8 +275,10 @@ def chain_quantized(model: nn.Module, path: str | os.PathLike, calibration: Iter
             shutil.copyfile(path, tmp)
     quantization = _activation_quantization(model)
     if quantization is not None:
-        added = integer_chain(out, calibration, *quantization)
-        log.info("integer chain: %d Q/DQ pairs added", len(added))
+        changes = integer_chain(out, calibration, *quantization)
+        dropped = sum(change["source"].startswith("dropped") for change in changes)
+        log.info("integer chain: %d Q/DQ pairs added, %d requantizations dropped",
+                 len(changes) - dropped, dropped)
     return out
 
 
