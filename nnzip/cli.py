@@ -444,12 +444,13 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_compress(args: argparse.Namespace) -> None:
-    from nnzip.pipeline import compress
+    from nnzip.pipeline import check_compressible, compress
     from nnzip.recipe import load_recipe
     from nnzip.tasks import TASKS
 
     recipe = load_recipe(args.recipe)  # validated before anything slow happens
     model = _load_model(args.model, args)
+    check_compressible(model)  # an .onnx / .xml: before the recipe is checked against it
     if _is_encoder(model):
         recipe.check_task(TASKS["embed"])  # before the encoder is run on the STS-B sentences
     recipe.check_model(model)  # layer names and stage/model fit, before any data is loaded

@@ -145,6 +145,21 @@ def evaluate_models(models: list[tuple[str, str, nn.Module]], data: DataSplits, 
     return report, final_paths(paths, folder, out_dir)
 
 
+def check_compressible(model: nn.Module) -> None:
+    """Refuse a model run by ONNX Runtime or OpenVINO (a loaded ``.onnx`` or IR ``.xml``): its
+    weights live in the runtime's graph, not in tensors a stage can prune or quantize, so a
+    recipe would change nothing while the report claimed a compression."""
+    from nnzip.runtime.openvino import OvModule
+    from nnzip.runtime.session import OrtModule
+
+    runtimes = {OrtModule: "ONNX Runtime", OvModule: "OpenVINO"}
+    runtime = next((name for kind, name in runtimes.items() if isinstance(model, kind)), None)
+    if runtime is not None:
+        raise NnzipError(f"{model.path.name} runs in {runtime}: an ONNX/OpenVINO file can be "
+                         "evaluated (nnzip eval) and deployed (nnzip deploy), not compressed: "
+                         "pass the PyTorch model it was exported from")
+
+
 def compress(model: nn.Module, recipe: Recipe | str | Path, data: DataSplits, *,
              name: str = "model", out_dir: str | Path | None = None,
              eval_config: EvalConfig | None = None, finetune_epochs: int = 3, seed: int = 0,
@@ -158,6 +173,7 @@ def compress(model: nn.Module, recipe: Recipe | str | Path, data: DataSplits, *,
     """
     from nnzip.tasks import task_of
 
+    check_compressible(model)
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
     recipe.check_task(task_of(data))  # a stage that does not fit the task: refused before work
