@@ -43,9 +43,8 @@ from nnzip.data import calibration_batches, load_mnist
 from nnzip.evaluate import machine_info
 from nnzip.evaluate.accuracy import accuracy, agreement, predict_logits
 from nnzip.evaluate.latency import compare_latency
-from nnzip.models.fold import fold_batchnorm
 from nnzip.quant import quantize_static
-from nnzip.runtime import OrtModule, export_onnx
+from nnzip.runtime import OrtModule, export_onnx, float_for_export
 from nnzip.runtime.qdq_graph import integer_report, integer_summary
 from nnzip.train import train_zoo_model
 
@@ -62,8 +61,7 @@ def run_model(arch: str, data, cache_dir: Path, console: Console) -> dict:
     batches = calibration_batches(data, 8)
     example = data.test.tensors[0][:2]
     folder = Path(tempfile.mkdtemp(prefix=f"nnzip-integer-{arch}-"))
-    folded = fold_batchnorm(dense) if any(isinstance(m, nn.BatchNorm2d)
-                                          for m in dense.modules()) else dense
+    folded = float_for_export(dense)
     int8 = quantize_static(dense, batches)
     fp32_path = export_onnx(folded, folder / "fp32.onnx", example)
     plain = export_onnx(int8, folder / "nnzip-qdq.onnx", example)

@@ -43,9 +43,16 @@ from nnzip.data import calibration_batches, load_mnist
 from nnzip.evaluate import machine_info
 from nnzip.evaluate.accuracy import accuracy, predict_logits
 from nnzip.evaluate.latency import compare_latency
-from nnzip.models.fold import fold_batchnorm
 from nnzip.quant import quantize_static
-from nnzip.runtime import OrtModule, deploy, export_onnx, integer_op_count, op_counts, to_qoperator
+from nnzip.runtime import (
+    OrtModule,
+    deploy,
+    export_onnx,
+    float_for_export,
+    integer_op_count,
+    op_counts,
+    to_qoperator,
+)
 from nnzip.runtime.onnx_export import float_view
 from nnzip.train import train_zoo_model
 
@@ -88,8 +95,7 @@ def run_model(arch: str, data, cache_dir: Path, console: Console) -> dict:
     batches = calibration_batches(data, 8)
     example = data.test.tensors[0][:2]
     folder = Path(tempfile.mkdtemp(prefix=f"nnzip-runtime-{arch}-"))
-    folded = fold_batchnorm(dense) if any(isinstance(m, nn.BatchNorm2d)
-                                          for m in dense.modules()) else dense
+    folded = float_for_export(dense)
     started = time.perf_counter()
     int8 = quantize_static(dense, batches)
     ptq_seconds = time.perf_counter() - started

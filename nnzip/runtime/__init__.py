@@ -9,12 +9,18 @@ deployment = deploy(model, data, "runs/deploy")    # fastest correct runtime on 
 ```
 """
 
-from nnzip.runtime.deploy import Deployment, Runtime, build_runtimes, deploy
+from nnzip.runtime.deploy import (
+    Deployment,
+    Runtime,
+    build_runtimes,
+    deploy,
+    float_for_export,
+)
 from nnzip.runtime.onnx_export import QDQLayer, export_onnx, export_view
 from nnzip.runtime.openvino import OvModule
 from nnzip.runtime.qdq_graph import integer_report, integer_summary
 from nnzip.runtime.session import OrtModule, integer_op_count, op_counts, to_qoperator
 
 __all__ = ["Deployment", "OrtModule", "OvModule", "QDQLayer", "Runtime", "build_runtimes", "deploy",
-           "export_onnx", "export_view", "integer_op_count", "integer_report", "integer_summary",
-           "op_counts", "to_qoperator"]
+           "export_onnx", "export_view", "float_for_export", "integer_op_count", "integer_report",
+           "integer_summary", "op_counts", "to_qoperator"]

@@ -154,7 +154,7 @@ class Deployment:
                 "machine": self.machine}
 
 
-def _float_for_export(model: nn.Module) -> nn.Module:
+def float_for_export(model: nn.Module) -> nn.Module:
     """The float model with BatchNorm folded where it can be (what a deployment runs)."""
     try:
         if foldable_pairs(model):
@@ -199,11 +199,11 @@ def build_runtimes(model: nn.Module, example: torch.Tensor, folder: Path,
                                    "optimizations", path, OrtModule(path, threads))]
     runtimes = [Runtime("pytorch-eager", "the model as given, PyTorch eager", None, model)]
     if not is_quantized(model):
-        path = export_onnx(_float_for_export(model), folder / "fp32.onnx", example)
+        path = export_onnx(float_for_export(model), folder / "fp32.onnx", example)
         runtimes.append(Runtime("onnxruntime-fp32", "ONNX Runtime, float32, all graph "
                                 "optimizations", path, OrtModule(path, threads)))
         return runtimes
-    weights_only = export_onnx(_float_for_export(float_view(model)), folder / "fp32.onnx", example)
+    weights_only = export_onnx(float_for_export(float_view(model)), folder / "fp32.onnx", example)
     lowbit = lowbit_kind(model)
     if lowbit is not None:  # int4 as MatMulNBits, dynamic int8 as MatMulInteger: not QDQ
         path = export_onnx(model, folder / f"{lowbit}.onnx", example)

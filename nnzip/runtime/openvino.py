@@ -183,20 +183,36 @@ class OvModule(nn.Module):
     or ``"bf16"``; ``static_shapes``: compile one model per batch size seen (the first call at a
     new batch size compiles). For an IR saved by :func:`save_ir`, ``None`` takes what the file
     records. One input, first output, as :class:`~nnzip.runtime.session.OrtModule`.
+    :meth:`from_model` wraps an ``openvino.Model`` already in memory (one NNCF quantized).
     """
 
     def __init__(self, path: str | os.PathLike, threads: int = 1, precision: str | None = None,
                  static_shapes: bool | None = None, *, allow_nonfinite: bool = False) -> None:
         super().__init__()
-        self.path = Path(path)
-        self.threads = threads
-        self.ov_model = read_ov_model(self.path, allow_nonfinite=allow_nonfinite)
-        precision = precision or _rt_info(self.ov_model, RT_INFO_PRECISION, "f32")
-        if precision not in PRECISIONS:
+        ov_model = read_ov_model(Path(path), allow_nonfinite=allow_nonfinite)
+        self._setup(Path(path), ov_model, threads,
+                    precision or _rt_info(ov_model, RT_INFO_PRECISION, "f32"),
+                    static_shapes if static_shapes is not None
+                    else _rt_info(ov_model, RT_INFO_STATIC, "false") == "true")
+
+    @classmethod
+    def from_model(cls, model, threads: int = 1, precision: str | None = "f32",
+                   static_shapes: bool = True, name: str = "in-memory model") -> OvModule:
+        """An OvModule running the ``openvino.Model`` ``model`` (converted or quantized in this
+        process: ``nncf.quantize``'s result). ``precision=None`` leaves the CPU plugin its own
+        default hint (bf16 on a CPU with AMX), as a user of OpenVINO gets it; ``precision`` then
+        records what the plugin resolved it to, after the first compile."""
+        module = cls.__new__(cls)
+        nn.Module.__init__(module)
+        module._setup(Path(name), model, threads, precision, static_shapes)
+        return module
+
+    def _setup(self, path: Path, ov_model, threads: int, precision: str | None,
+               static_shapes: bool) -> None:
+        if precision is not None and precision not in PRECISIONS:
             raise NnzipError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-        self.precision = precision
-        self.static_shapes = (static_shapes if static_shapes is not None
-                              else _rt_info(self.ov_model, RT_INFO_STATIC, "false") == "true")
+        self.path, self.ov_model, self.threads = path, ov_model, threads
+        self.precision, self.static_shapes = precision, static_shapes
         if len(self.ov_model.inputs) != 1:
             raise NnzipError(f"{self.path} has {len(self.ov_model.inputs)} inputs; OvModule runs "
                              "one-input models")
@@ -211,9 +227,11 @@ class OvModule(nn.Module):
     def config(self) -> dict[str, object]:
         """The CPU plugin settings: precision pinned, fixed threads, one stream, no pinning
         (timings must not depend on the pool, and other processes share the cores)."""
-        return {"INFERENCE_PRECISION_HINT": self.precision,
-                "INFERENCE_NUM_THREADS": self.threads, "NUM_STREAMS": 1,
-                "PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": False}
+        config: dict[str, object] = {"INFERENCE_NUM_THREADS": self.threads, "NUM_STREAMS": 1,
+                                     "PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": False}
+        if self.precision is not None:  # None: the plugin's default (from_model only)
+            config["INFERENCE_PRECISION_HINT"] = self.precision
+        return config
 
     def _compile(self, model):
         try:
@@ -222,6 +240,8 @@ class OvModule(nn.Module):
             raise NnzipError(f"OpenVINO cannot compile {self.path} ({type(exc).__name__}: "
                              f"{str(exc).strip()[:300]}): run it with ONNX Runtime instead"
                              ) from None
+        if self.precision is None:  # what the plugin's default hint resolved to, pinned from now
+            self.precision = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
         return compiled.create_infer_request()
 
     def _request(self, shape: tuple[int, ...]):
