@@ -6,6 +6,7 @@ layer integer."""
 import onnx
 import pytest
 import torch
+from test_integer_graph import trained  # the same short training on the 8×8 digits
 from torch import nn
 
 from nnzip.data import calibration_batches
@@ -49,18 +50,6 @@ class ForkNet(nn.Module):
         return self.fc(torch.flatten(self.conv2(a) + self.conv3(self.pool(a)), 1))
 
 
-def _trained(model: nn.Module, digits, steps: int = 80) -> nn.Module:
-    torch.manual_seed(0)
-    inputs, labels = digits.train.tensors
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for step in range(steps):
-        index = torch.randint(0, len(inputs), (64,), generator=torch.Generator().manual_seed(step))
-        optimizer.zero_grad()
-        nn.functional.cross_entropy(model(inputs[index]), labels[index]).backward()
-        optimizer.step()
-    return model.eval()
-
-
 def _requantizations(path) -> list[tuple[str, str]]:
     """(QuantizeLinear, DequantizeLinear) pairs where the Q reads, through pass-through ops only,
     the output of an activation DequantizeLinear."""
@@ -83,7 +72,7 @@ def _requantizations(path) -> list[tuple[str, str]]:
 @pytest.fixture(scope="module")
 def pool_net(digits):
     torch.manual_seed(0)
-    return quantize_static(_trained(PoolNet(), digits), calibration_batches(digits, 4))
+    return quantize_static(trained(PoolNet(), digits, steps=80), calibration_batches(digits, 4))
 
 
 def _export(int8, digits, path):
