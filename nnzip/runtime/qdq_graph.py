@@ -20,7 +20,7 @@ too):
    observer run on the calibration batches through nnzip's QDQ graph (ONNX Runtime with the
    tensors as extra outputs, optimizations off: the simulation nnzip measured);
 4. a Q/DQ pair on values that come unchanged out of another DequantizeLinear (past a max pool,
-   a flatten, a transpose, a Relu of non-negative values) is dropped: they are integers on that
+   a reshape, a transpose, a Relu of non-negative values) is dropped: they are integers on that
    grid already, and a second quantization is a requantize step OpenVINO runs as is.
 
 ``AdaptiveAvgPool2d(1)`` exports as ``ReduceMean`` over H and W, which has no integer kernel; it is
@@ -66,6 +66,10 @@ INTEGER_KERNELS: dict[str, tuple[str, tuple[int, ...] | None]] = {
 #: Ops whose output has the values of their input, rearranged or a subset of them: the output
 #: takes the input's scale (ONNX Runtime then runs them on the integers, dropping the Q/DQ).
 SAME_SCALE = frozenset({"MaxPool", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose"})
+#: The :data:`SAME_SCALE` ops ONNX Runtime's QDQ propagation carries a DequantizeLinear past, so
+#: the layer after them still fuses with no Q/DQ pair of its own. Not Flatten (measured: a Gemm
+#: after ``DQ → Flatten`` stays float; after ``DQ → Reshape`` it is a QGemm).
+PROPAGATED = SAME_SCALE - {"Flatten"}
 #: Activations ONNX Runtime folds into the QuantizeLinear after them (zero point = range bottom).
 FOLDED_ACTIVATIONS = frozenset({"Relu", "Clip"})
 #: Ops that only move data: not counted as compute nodes by :func:`integer_report`.
@@ -396,11 +400,11 @@ def _bottom_zero_point(graph: _Graph, dequantize) -> bool:
 
 def _pass_through_source(graph: _Graph, name: str):
     """The activation DequantizeLinear whose values reach ``name`` unchanged, through a run of
-    :data:`SAME_SCALE` ops and Relus it makes no difference to (its zero point at the bottom of
+    :data:`PROPAGATED` ops and Relus it makes no difference to (its zero point at the bottom of
     the range); or None."""
     node = graph.producer.get(name)
     relu = False
-    while node is not None and (node.op_type in SAME_SCALE or node.op_type == "Relu"):
+    while node is not None and (node.op_type in PROPAGATED or node.op_type == "Relu"):
         relu |= node.op_type == "Relu"
         node = graph.producer.get(node.input[0])
     if node is None or node.op_type != "DequantizeLinear" or not graph.is_activation(
@@ -414,11 +418,11 @@ def _drop_requantization(graph: _Graph) -> list[dict]:
     DequantizeLinear (through max pools, reshapes, transposes, Relus of non-negative values),
     and each such Relu: those values are already integers on the upstream grid, so
     re-quantizing them either changes nothing (the same scale: the chain borrows it) or
-    only rounds them again onto a coarser grid. ONNX Runtime needs no pair there: its QDQ
+    only rounds them again onto another grid. ONNX Runtime needs no pair there: its QDQ
     propagation carries the upstream DQ past the max pool or reshape and still fuses the next
     layer, and runs the max pool on the integers. OpenVINO keeps every pair as a u8→u8
-    requantize Subgraph (3 on LeNet-5, 1.25 ms vs NNCF's 0.81 ms at batch 64; NNCF puts no
-    quantizer after a max pool). Returns one record per pair dropped."""
+    requantize Subgraph (3 on LeNet-5, whose NNCF int8 graph has none: NNCF puts no quantizer
+    after a max pool). Returns one record per pair dropped."""
     dropped = []
     for relu in [node for node in graph.proto.graph.node if node.op_type == "Relu"]:
         source = _pass_through_source(graph, relu.input[0])
@@ -442,8 +446,8 @@ def _drop_requantization(graph: _Graph) -> list[dict]:
         same = key == _qparams_key(graph, source)
         dropped.append({"tensor": quantize.input[0], "scale": key[0],
                         "zero_point": key[1][0] if key[1] else 0,
-                        "source": f"dropped: already quantized by {source.name} "
-                                  f"({'same' if same else 'another'} scale)"})
+                        "source": f"dropped: already on the grid of {source.output[0]!r} "
+                                  f"({'the same' if same else 'another'} scale)"})
     return dropped
 
 

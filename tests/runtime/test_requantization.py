@@ -3,17 +3,20 @@ pool, a flatten or a Relu of non-negative values, fed by another DequantizeLinea
 (OpenVINO ran each such pair as a u8→u8 requantize step), and ONNX Runtime still runs every
 layer integer."""
 
+import numpy as np
 import onnx
 import pytest
 import torch
+from onnx import helper, numpy_helper
 from test_integer_graph import trained  # the same short training on the 8×8 digits
 from torch import nn
 
 from nnzip.data import calibration_batches
 from nnzip.evaluate.accuracy import agreement, predict_logits
 from nnzip.quant import QuantConfig, quantize_static
+from nnzip.quant.affine import QScheme
 from nnzip.runtime import OrtModule, export_onnx, qdq_graph
-from nnzip.runtime.qdq_graph import integer_report, integer_summary
+from nnzip.runtime.qdq_graph import integer_chain_proto, integer_report, integer_summary
 
 PASS_THROUGH = {"MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Relu"}
 
@@ -137,3 +140,43 @@ def test_a_layer_input_quantized_with_another_scale_reuses_the_upstream_one(digi
     assert (before_summary["integer_nodes"], before_summary["float_nodes"]) == (5, 1)
     assert (after_summary["integer_nodes"], after_summary["float_nodes"]) == (6, 0)
     assert after_summary["integer_ops"]["NhwcMaxPool"] == 1
+
+
+def _hand_graph(between: str, path):
+    """x → Q → DQ → ``between`` → Q → DQ → Gemm (int8 weight) → Q → DQ, written to ``path``."""
+    rng = np.random.default_rng(0)
+    initializers = [numpy_helper.from_array(array, name) for name, array in {
+        "scale": np.array(0.02, np.float32), "zero": np.array(0, np.uint8),
+        "w": rng.integers(-100, 100, (10, 16)).astype(np.int8),
+        "w_scale": np.full(10, 0.01, np.float32), "w_zero": np.zeros(10, np.int8),
+        "out_scale": np.array(0.05, np.float32), "out_zero": np.array(128, np.uint8),
+        "shape": np.array([2, 16], np.int64)}.items()]
+    middle = (helper.make_node("Flatten", ["xd"], ["f"], axis=1) if between == "Flatten"
+              else helper.make_node("Reshape", ["xd", "shape"], ["f"]))
+    nodes = [helper.make_node("QuantizeLinear", ["x", "scale", "zero"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "scale", "zero"], ["xd"]), middle,
+             helper.make_node("QuantizeLinear", ["f", "scale", "zero"], ["fq"]),
+             helper.make_node("DequantizeLinear", ["fq", "scale", "zero"], ["fd"]),
+             helper.make_node("DequantizeLinear", ["w", "w_scale", "w_zero"], ["wd"], axis=0),
+             helper.make_node("Gemm", ["fd", "wd"], ["y0"], transB=1),
+             helper.make_node("QuantizeLinear", ["y0", "out_scale", "out_zero"], ["yq"]),
+             helper.make_node("DequantizeLinear", ["yq", "out_scale", "out_zero"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "hand", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 1, 4, 4])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 10])], initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    chained, changes = integer_chain_proto(model, [], QScheme())
+    onnx.save(chained, str(path))
+    return changes
+
+
+@pytest.mark.parametrize(("between", "dropped"), [("Reshape", 1), ("Flatten", 0)])
+def test_a_pair_after_a_flatten_stays_because_onnx_runtime_does_not_propagate_past_it(
+        tmp_path, between, dropped):
+    path = tmp_path / f"{between}.onnx"
+    changes = _hand_graph(between, path)
+    assert [change["source"] for change in changes] == [
+        "dropped: already on the grid of 'xd' (the same scale)"] * dropped
+    assert len(_requantizations(path)) == 1 - dropped
+    assert [(row["op"], row["runs"]) for row in integer_report(path)] == [("QGemm", "integer")]
