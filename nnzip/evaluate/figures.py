@@ -224,10 +224,11 @@ def trade_off_chart(models: list[dict]) -> bytes | None:
         batch = latency_key.removeprefix("batch")
         _trade_off_panel(fig.add_subplot(1, panels, 2), timed, base,
                          f"p50 latency, batch {batch} (ms)", ylabel, lower_is_better)
-    if key == "accuracy":
-        lowest = min(y for _, (_, _, y) in sized)
+    if key == "accuracy":  # zoomed on the points (a drop of 0.2 points must be visible)
+        accuracies = [y for _, (_, _, y) in sized]
+        pad = max(0.3, 0.15 * (max(accuracies) - min(accuracies)))
         for ax in fig.axes:
-            ax.set_ylim(max(0.0, math.floor(lowest) - 1), 100.5)
+            ax.set_ylim(max(0.0, min(accuracies) - pad), min(100.5, max(accuracies) + pad))
     shown = sorted({i for i, _ in sized} | {i for i, _ in timed})
     labels = short_labels(models)
     handles = [Line2D([], [], marker="*" if i == base else "o", linestyle="", color=colors[i],

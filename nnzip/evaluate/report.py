@@ -162,6 +162,8 @@ pre { background: #f6f8fa; padding: .6rem; overflow-x: auto; font-size: .8rem; }
 figure.trade-off { border: none; padding: 0; margin: .8rem 0 0; max-width: 900px; }
 details.all { margin-top: 1.2rem; } details.all > summary { font-size: 1.1rem; }
 #gains td:nth-child(6) { font-weight: 600; }
+#gains th, #gains td:nth-child(-n+2) { white-space: normal; }
+#gains td:nth-child(-n+2) { max-width: 15rem; overflow-wrap: anywhere; }
 """
 
 

@@ -17,13 +17,16 @@ from nnzip.evaluate import load_report
 from nnzip.models import create_model, save_model
 
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
-INSTALL = ("install them with `sudo scripts/system-deps-chromium` (Debian packages chromium and "
-           "chromium-driver), or run `make test` as root, and `pip install -e '.[dev]'`")
+INSTALL = ("install the Debian packages chromium and chromium-driver with "
+           "`sudo scripts/system-deps-chromium` (or run `make test` as root), and selenium with "
+           "`pip install -e '.[dev]'`")
 WIDTH = 1280
 FAST = ["--repeats", "3", "--robustness-samples", "100", "--no-progress"]
 
 
-def _browser():
+@pytest.fixture
+def driver():
+    """Headless Chromium at 1280 px, logging the console; skips (before any work) without it."""
     webdriver = pytest.importorskip("selenium.webdriver", reason=f"selenium missing: {INSTALL}")
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None or not CHROMEDRIVER.exists():
@@ -36,7 +39,10 @@ def _browser():
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     from selenium.webdriver.chrome.service import Service
 
-    return webdriver.Chrome(options=options, service=Service(executable_path=str(CHROMEDRIVER)))
+    browser = webdriver.Chrome(options=options,
+                               service=Service(executable_path=str(CHROMEDRIVER)))
+    yield browser
+    browser.quit()
 
 
 @pytest.fixture(scope="module")
@@ -65,38 +71,54 @@ def test_compress_names_rows_by_architecture_and_data_not_folder(compressed_repo
     assert names == {"LeNet-300-100 (8×8 digits)"}
 
 
-def test_report_renders_in_headless_chromium(compressed_report, tmp_path):
+def test_report_renders_in_headless_chromium(driver, compressed_report, tmp_path):
     from selenium.webdriver.common.by import By
 
     models = load_report(compressed_report)["models"]
-    driver = _browser()
-    try:
-        driver.get((compressed_report / "report.html").as_uri())
-        gains = driver.find_element(By.CSS_SELECTOR, "#gains table")
-        assert len(gains.find_elements(By.CSS_SELECTOR, "tbody tr")) == len(models) == 3
-        # The first table fits a 1280-px window: no horizontal scrolling.
-        width, client = driver.execute_script(
-            "const e = document.getElementById('gains'); return [e.scrollWidth, e.clientWidth];")
-        assert 0 < width <= client, (width, client)
-        page_width = driver.execute_script("return document.documentElement.scrollWidth")
-        assert page_width <= WIDTH
-        # Every measurement is still there, folded below.
-        full = driver.find_element(By.CSS_SELECTOR, "#all-measurements table")
-        assert len(full.find_elements(By.CSS_SELECTOR, "tbody tr")) == 3
-        images = driver.find_elements(By.TAG_NAME, "img")
-        assert len(images) >= 3  # trade-off, metrics, robustness
-        sizes = [driver.execute_script("return [arguments[0].naturalWidth, "
-                                       "arguments[0].naturalHeight, arguments[0].complete]", img)
-                 for img in images]
-        assert all(w > 0 and h > 0 and done for w, h, done in sizes), sizes
-        alts = [img.get_attribute("alt") for img in images]
-        assert alts[:2] == ["Trade-off", "Metrics"]
-        # The trade-off plot is on the first screen, just under the table.
-        top = driver.execute_script("return arguments[0].getBoundingClientRect().top", images[0])
-        assert top < 900
-        errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
-        assert errors == []
-        assert driver.save_screenshot(str(tmp_path / "first-screen.png"))
-        assert (tmp_path / "first-screen.png").stat().st_size > 10_000
-    finally:
-        driver.quit()
+    driver.get((compressed_report / "report.html").as_uri())
+    gains = driver.find_element(By.CSS_SELECTOR, "#gains table")
+    assert len(gains.find_elements(By.CSS_SELECTOR, "tbody tr")) == len(models) == 3
+    # The first table fits a 1280-px window: no horizontal scrolling.
+    width, client = driver.execute_script(
+        "const e = document.getElementById('gains'); return [e.scrollWidth, e.clientWidth];")
+    assert 0 < width <= client, (width, client)
+    page_width = driver.execute_script("return document.documentElement.scrollWidth")
+    assert page_width <= WIDTH
+    # Every measurement is still there, folded below.
+    full = driver.find_element(By.CSS_SELECTOR, "#all-measurements table")
+    assert len(full.find_elements(By.CSS_SELECTOR, "tbody tr")) == 3
+    images = driver.find_elements(By.TAG_NAME, "img")
+    assert len(images) >= 3  # trade-off, metrics, robustness
+    sizes = [driver.execute_script("return [arguments[0].naturalWidth, "
+                                   "arguments[0].naturalHeight, arguments[0].complete]", img)
+             for img in images]
+    assert all(w > 0 and h > 0 and done for w, h, done in sizes), sizes
+    alts = [img.get_attribute("alt") for img in images]
+    assert alts[:2] == ["Trade-off", "Metrics"]
+    # The trade-off plot is on the first screen, just under the table.
+    top = driver.execute_script("return arguments[0].getBoundingClientRect().top", images[0])
+    assert top < 900
+    errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+    assert errors == []
+    assert driver.save_screenshot(str(tmp_path / "first-screen.png"))
+    assert (tmp_path / "first-screen.png").stat().st_size > 10_000
+
+
+def test_long_model_and_stage_names_still_fit_the_first_table(driver, compressed_report,
+                                                              tmp_path):
+    from selenium.webdriver.common.by import By
+
+    from nnzip.evaluate import build_report, write_report
+
+    report = load_report(compressed_report)
+    names = ["lenet5-deep-compression-huffman-encoded-with-a-very-long-file-name.nnz",
+             "ResNet-20 (MNIST) channel pruned by half then quantized to int8 static"]
+    models = [{**model, "name": name, "stage": f"{model['stage']}-unstructured-92pct-kmeans-5bit"}
+              for model in report["models"] for name in names]
+    write_report(build_report(models, report["machine"]), tmp_path)
+    driver.get((tmp_path / "report.html").as_uri())
+    rows = driver.find_elements(By.CSS_SELECTOR, "#gains table tbody tr")
+    assert len(rows) == 6
+    width, client = driver.execute_script(
+        "const e = document.getElementById('gains'); return [e.scrollWidth, e.clientWidth];")
+    assert 0 < width <= client, (width, client)
