@@ -188,6 +188,7 @@ def _trade_off_panel(ax, points: list[tuple], base: int, xlabel: str, ylabel: st
     xs = [x for _, (_, x, _) in points]
     if max(xs) / min(xs) > 20:  # compressed models can be orders of magnitude smaller
         ax.set_xscale("log")
+    ax.margins(0.12)  # room for the star and its label at the edges
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     better = "down" if lower_is_better_y else "up"

@@ -204,7 +204,7 @@ def _gains_html(report: dict, swatches: list[str], figures: dict[str, bytes]) ->
     return (f'<h2>What was gained and lost</h2><p class="lead">Against the baseline, '
             f"<strong>{html.escape(base)}</strong>: times smaller, artifact bytes, the task "
             "metric and its change, times faster on the runtime each model was timed on "
-            "(p50), agreement with the baseline's predictions.</p>"
+            "(p50), and agreement with the baseline where measured.</p>"
             f'<div class="scroll" id="gains">'
             f"{_html_table(gains_columns(models), gains_rows(models), swatches)}</div>{plot}")
 
