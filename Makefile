@@ -23,6 +23,7 @@ demo: $(STAMP)
 	$(VENV)/bin/nnzip demo
 
 test: $(STAMP)
+	scripts/system-deps-chromium
 	$(PY) -m pytest -q
 
 bench: $(BENCH_STAMP)

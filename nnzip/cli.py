@@ -444,6 +444,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_compress(args: argparse.Namespace) -> None:
+    from nnzip.models.naming import model_title
     from nnzip.pipeline import check_compressible, compress
     from nnzip.recipe import load_recipe
     from nnzip.tasks import TASKS
@@ -455,7 +456,8 @@ def cmd_compress(args: argparse.Namespace) -> None:
         recipe.check_task(TASKS["embed"])  # before the encoder is run on the STS-B sentences
     recipe.check_model(model)  # layer names and stage/model fit, before any data is loaded
     data = _model_data(args, model)
-    name = Path(args.model.removeprefix("hf:")).stem
+    # Named by what it is ("LeNet-5 (MNIST)"), not by its folder ("lenet5-mnist-d785a6554558").
+    name = model_title(model, data.name, fallback=Path(args.model.removeprefix("hf:")).stem)
     result = compress(model, recipe, data, name=name, out_dir=args.out,
                       eval_config=_eval_config(args), finetune_epochs=args.finetune_epochs,
                       seed=args.seed, progress=not args.no_progress)

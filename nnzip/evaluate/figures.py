@@ -9,13 +9,24 @@ from __future__ import annotations
 
 import io
 import math
+import textwrap
 from collections.abc import Callable
 
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
-from nnzip.evaluate.tables import NA, batch_keys, fmt_count, model_labels
+from nnzip.evaluate.tables import (
+    NA,
+    TASK_METRIC,
+    baseline_index,
+    batch_keys,
+    fmt_count,
+    p50,
+    report_task,
+    short_labels,
+)
 
 Getter = Callable[[dict], float | None]
 
@@ -73,35 +84,54 @@ def metric_specs(models: list[dict]) -> list[tuple[str, str, Getter, str]]:
     return specs
 
 
-def bar_chart(title: str, ylabel: str, labels: list[str], values: list[float | None],
-              kind: str = "plain") -> bytes | None:
-    """One bar per model; a missing value is drawn as an empty slot marked n/a. None if all miss."""
-    present = [v for v in values if v is not None]
-    if not present:
+def _wrapped(label: str, width: int = 24) -> str:
+    """A long model name over two or three lines rather than across its neighbours."""
+    return "\n".join(textwrap.wrap(label, width, break_on_hyphens=True)) or label
+
+
+def _bar_text(value: float, height: float, kind: str) -> str:
+    return fmt_count(value) if kind == "count" else f"{height:.4g}"
+
+
+def metrics_chart(models: list[dict]) -> bytes | None:
+    """Every measured metric as one small multiple: a panel of horizontal bars per metric, one
+    bar per model in the same colour and order as the tables, names only on the left column.
+
+    Horizontal bars give each name its own line (vertical bars' rotated names overlapped once
+    names were longer than a word), and one figure of small multiples replaces a page of
+    scrolling through one chart per metric (Tufte's small multiples)."""
+    labels = short_labels(models)
+    panels = []
+    for title, unit, getter, kind in metric_specs(models):
+        values = [getter(m) for m in models]
+        if any(v is not None for v in values):
+            panels.append((title, unit, values, kind))
+    if not panels:
         return None
-    scale = 1.0
-    if kind == "bytes":
-        scale, ylabel = _byte_unit(present)
-    heights = [0.0 if v is None else v / scale for v in values]
-    fig = Figure(figsize=(max(4.0, 1.0 + 0.9 * len(labels)), 3.2))
-    ax = fig.add_subplot()
-    bars = ax.bar(range(len(labels)), heights, color=model_colors(len(labels)))
-    for bar, value, height in zip(bars, values, heights, strict=True):
-        if value is None:
-            text = NA
-        else:
-            text = fmt_count(value) if kind == "count" else f"{height:.4g}"
-        ax.annotate(text, (bar.get_x() + bar.get_width() / 2, height), ha="center",
-                    va="bottom", fontsize=8, xytext=(0, 2), textcoords="offset points")
-    ax.set_xticks(range(len(labels)), labels, rotation=20 if len(labels) > 3 else 0, ha="right"
-                  if len(labels) > 3 else "center")
-    ax.set_title(title)
-    ax.set_ylabel(ylabel)
-    if kind == "percent":
-        ax.set_ylim(0, 105)
-    else:
-        ax.set_ylim(0, max(heights) * 1.15 or 1.0)
-    ax.spines[["top", "right"]].set_visible(False)
+    columns = min(4, len(panels))
+    rows = math.ceil(len(panels) / columns)
+    bar_height = 0.32 * len(models) + 0.6  # inches per panel: room for every model's bar
+    fig = Figure(figsize=(3.1 * columns + 1.6, rows * (bar_height + 0.55)), layout="constrained")
+    colors = model_colors(len(models))
+    positions = list(range(len(models)))[::-1]  # the first model at the top, as in the tables
+    for index, (title, unit, values, kind) in enumerate(panels):
+        ax = fig.add_subplot(rows, columns, index + 1)
+        scale = 1.0
+        if kind == "bytes":
+            scale, unit = _byte_unit([v for v in values if v is not None])
+        widths = [0.0 if v is None else v / scale for v in values]
+        ax.barh(positions, widths, color=colors, height=0.7)
+        largest = max(widths) or 1.0
+        for position, value, width in zip(positions, values, widths, strict=True):
+            text = NA if value is None else _bar_text(value, width, kind)
+            ax.annotate(text, (width, position), xytext=(2, 0), textcoords="offset points",
+                        va="center", fontsize=7)
+        ax.set_xlim(0, 105 if kind == "percent" else largest * 1.35)
+        ax.set_yticks(positions, [_wrapped(label) for label in labels] if index % columns == 0
+                      else [""] * len(labels), fontsize=8)
+        ax.set_title(f"{title} ({unit})", fontsize=9, loc="left")
+        ax.set_xticks([])  # each bar carries its value; an axis would repeat it
+        ax.spines[["top", "right", "bottom"]].set_visible(False)
     return to_png(fig)
 
 
@@ -123,7 +153,7 @@ def robustness_chart(models: list[dict]) -> bytes | None:
     if not attacks:
         return None
     fig = Figure(figsize=(5.2 * len(attacks), 3.6))
-    labels, colors = model_labels(models), model_colors(len(models))
+    labels, colors = short_labels(models), model_colors(len(models))
     for index, (attack, title, xlabel) in enumerate(attacks, start=1):
         ax = fig.add_subplot(1, len(attacks), index)
         for label, color, curve in zip(labels, colors, curves[attack], strict=True):
@@ -144,59 +174,73 @@ def robustness_chart(models: list[dict]) -> bytes | None:
     return to_png(fig)
 
 
-#: The metric each task is judged by on the trade-off chart: (key, axis label, scale).
-TRADE_OFF_METRICS = {"classify": ("accuracy", "test accuracy (%)", 100.0),
-                     "lm": ("perplexity", "test perplexity (lower is better)", 1.0),
-                     "embed": ("spearman", "STS Spearman", 1.0)}
-
-
-def accuracy_size_chart(models: list[dict]) -> bytes | None:
-    """The task's metric (accuracy, perplexity, STS Spearman) against artifact size, each point
-    labelled with its model; the task is the first model's."""
-    task = next((m.get("task") for m in models if m.get("task")), "classify")
-    key, ylabel, scale_by = TRADE_OFF_METRICS.get(task, TRADE_OFF_METRICS["classify"])
-    points = [(label, color, m["size_bytes"], scale_by * m[key])
-              for label, color, m in zip(model_labels(models), model_colors(len(models)), models,
-                                         strict=True)
-              if m.get("size_bytes") and m.get(key) is not None]
-    if not points:
-        return None
-    scale, unit = _byte_unit([p[2] for p in points])
-    fig = Figure(figsize=(5.5, 3.6))
-    ax = fig.add_subplot()
-    # Models at the same point (e.g. a model and its export) share one joined label.
-    labels_at: dict[tuple[float, float], list[str]] = {}
-    for label, color, size, acc in points:
-        ax.scatter(size / scale, acc, color=color, s=50, zorder=3)
-        labels_at.setdefault((size / scale, acc), []).append(label)
-    for (x, y), labels in labels_at.items():
-        ax.annotate(", ".join(labels), (x, y), xytext=(5, 4), textcoords="offset points",
-                    fontsize=8)
-    sizes = [p[2] for p in points]
-    if max(sizes) / min(sizes) > 20:  # compressed models can be orders of magnitude smaller
+def _trade_off_panel(ax, points: list[tuple], base: int, xlabel: str, ylabel: str,
+                     lower_is_better_y: bool) -> None:
+    """One scatter: the baseline a large hollow star, the others dots in their model colour."""
+    for index, (color, x, y) in points:
+        if index == base:
+            ax.scatter(x, y, marker="*", s=260, facecolor="white", edgecolor=color,
+                       linewidth=1.8, zorder=4)
+            ax.annotate("baseline", (x, y), xytext=(7, -12), textcoords="offset points",
+                        fontsize=8, color="#57606a")
+        else:
+            ax.scatter(x, y, color=color, s=55, zorder=3, edgecolor="white", linewidth=0.6)
+    xs = [x for _, (_, x, _) in points]
+    if max(xs) / min(xs) > 20:  # compressed models can be orders of magnitude smaller
         ax.set_xscale("log")
-    if key == "accuracy":
-        lowest = min(p[3] for p in points)
-        ax.set_ylim(max(0.0, math.floor(lowest / 5) * 5 - 5), 101)
-    ax.set_title(f"{ylabel.split(' (')[0].capitalize()} vs size")
-    ax.set_xlabel(f"artifact size ({unit})")
+    ax.margins(0.12)  # room for the star and its label at the edges
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
+    better = "down" if lower_is_better_y else "up"
+    ax.set_title(f"better: left and {better}", fontsize=8, loc="right", color="#57606a")
     ax.grid(alpha=0.3)
     ax.spines[["top", "right"]].set_visible(False)
+
+
+def trade_off_chart(models: list[dict]) -> bytes | None:
+    """The task's metric (accuracy, perplexity, STS Spearman) against artifact bytes and, where
+    timed, against p50 latency at the smallest batch: the trade-off a compression report is
+    read for. The baseline (:func:`~nnzip.evaluate.tables.baseline_index`) is a star; each model
+    keeps its table colour and is named in the legend, not beside its dot (names overlapped when
+    models sat close)."""
+    key, header, _, scale_by, _ = TASK_METRIC[report_task(models)]
+    colors, base = model_colors(len(models)), baseline_index(models)
+    with_metric = [(i, m) for i, m in enumerate(models) if m.get(key) is not None]
+    sized = [(i, (colors[i], m["size_bytes"], scale_by * m[key])) for i, m in with_metric
+             if m.get("size_bytes")]
+    if not sized:
+        return None
+    latency_key = next(iter(batch_keys(models)), None)
+    timed = [(i, (colors[i], p50(m, latency_key), scale_by * m[key])) for i, m in with_metric
+             if latency_key and p50(m, latency_key)]
+    panels = 2 if timed else 1
+    fig = Figure(figsize=(4.6 * panels + 0.4, 3.9), layout="constrained")
+    ylabel = f"{header} (%)" if key == "accuracy" else header
+    byte_scale, unit = _byte_unit([p[1] for _, p in sized])
+    lower_is_better = key == "perplexity"
+    _trade_off_panel(fig.add_subplot(1, panels, 1),
+                     [(i, (c, x / byte_scale, y)) for i, (c, x, y) in sized], base,
+                     f"artifact size ({unit})", ylabel, lower_is_better)
+    if timed:
+        batch = latency_key.removeprefix("batch")
+        _trade_off_panel(fig.add_subplot(1, panels, 2), timed, base,
+                         f"p50 latency, batch {batch} (ms)", ylabel, lower_is_better)
+    if key == "accuracy":  # zoomed on the points (a drop of 0.2 points must be visible)
+        accuracies = [y for _, (_, _, y) in sized]
+        pad = max(0.3, 0.15 * (max(accuracies) - min(accuracies)))
+        for ax in fig.axes:
+            ax.set_ylim(max(0.0, min(accuracies) - pad), min(100.5, max(accuracies) + pad))
+    shown = sorted({i for i, _ in sized} | {i for i, _ in timed})
+    labels = short_labels(models)
+    handles = [Line2D([], [], marker="*" if i == base else "o", linestyle="", color=colors[i],
+                      markersize=10 if i == base else 7) for i in shown]
+    fig.legend(handles, [_wrapped(labels[i], 40) for i in shown], loc="outside lower center",
+               ncol=min(len(shown), 3), fontsize=8, frameon=False)
     return to_png(fig)
 
 
 def report_figures(models: list[dict]) -> list[tuple[str, bytes]]:
-    """(title, PNG) for every chart that has data: the metric bars, robustness, accuracy vs size."""
-    labels = model_labels(models)
-    # The trade-off first: it is the chart a reader of a compression report looks for.
-    figures = [(title, png) for title, png in (("Accuracy vs size", accuracy_size_chart(models)),)
-               if png is not None]
-    for title, ylabel, getter, kind in metric_specs(models):
-        png = bar_chart(title, ylabel, labels, [getter(m) for m in models], kind)
-        if png is not None:
-            figures.append((title, png))
-    robustness = robustness_chart(models)
-    if robustness is not None:
-        figures.append(("Robustness", robustness))
-    return figures
+    """(title, PNG) for every chart that has data: the trade-off, the metrics, robustness."""
+    charts = (("Trade-off", trade_off_chart(models)), ("Metrics", metrics_chart(models)),
+              ("Robustness", robustness_chart(models)))
+    return [(title, png) for title, png in charts if png is not None]

@@ -27,6 +27,9 @@ from nnzip.evaluate.details import (
 from nnzip.evaluate.figures import model_colors, report_figures
 from nnzip.evaluate.metrics import LATER_REPORT_MODEL_KEYS, REPORT_MODEL_KEYS
 from nnzip.evaluate.tables import (
+    baseline_index,
+    gains_columns,
+    gains_rows,
     machine_line,
     robustness_columns,
     robustness_notes,
@@ -101,9 +104,13 @@ def _stage_title(stage: dict) -> str:
     return f"{stage.get('label', '?')} ({stage.get('kind', '?')}){took}"
 
 
+def _png_img(title: str, png: bytes) -> str:
+    return (f'<img alt="{html.escape(title)}" '
+            f'src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">')
+
+
 def _png_figure(title: str, png: bytes, wide: bool = False) -> str:
-    return (f'<figure{WIDE if wide else ""}><img alt="{html.escape(title)}" '
-            f'src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}"></figure>')
+    return f'<figure{WIDE if wide else ""}>{_png_img(title, png)}</figure>'
 
 
 def _stage_sections(report: dict) -> str:
@@ -151,6 +158,12 @@ figure img { max-width: 100%; height: auto; }
 h3 { margin: 1.4rem 0 .4rem; }
 summary { cursor: pointer; font-weight: 600; margin: .4rem 0; }
 pre { background: #f6f8fa; padding: .6rem; overflow-x: auto; font-size: .8rem; }
+.lead { margin: .3rem 0 .6rem; color: #3d444d; max-width: 60rem; }
+figure.trade-off { border: none; padding: 0; margin: .8rem 0 0; max-width: 900px; }
+details.all { margin-top: 1.2rem; } details.all > summary { font-size: 1.1rem; }
+#gains td:nth-child(6) { font-weight: 600; }
+#gains th, #gains td:nth-child(-n+2) { white-space: normal; }
+#gains td:nth-child(-n+2) { max-width: 15rem; overflow-wrap: anywhere; }
 """
 
 
@@ -178,41 +191,83 @@ def _hex(color: tuple[float, ...]) -> str:
     return "#" + "".join(f"{round(channel * 255):02x}" for channel in color[:3])
 
 
+def _gains_html(report: dict, swatches: list[str], figures: dict[str, bytes]) -> str:
+    """The first screen: what was gained and lost against the baseline, as a compact table and
+    the trade-off plot."""
+    models = report["models"]
+    if not models:
+        return "<p>No models were measured.</p>"
+    base = models[baseline_index(models)]
+    base = f"{base['name']} ({base['stage']})"
+    plot = (f'<figure class="trade-off">{_png_img("Trade-off", figures["Trade-off"])}</figure>'
+            if "Trade-off" in figures else "")
+    return (f'<h2>What was gained and lost</h2><p class="lead">Against the baseline, '
+            f"<strong>{html.escape(base)}</strong>: times smaller, artifact bytes, the task "
+            "metric and its change, times faster on the runtime each model was timed on "
+            "(p50), and agreement with the baseline where measured.</p>"
+            f'<div class="scroll" id="gains">'
+            f"{_html_table(gains_columns(models), gains_rows(models), swatches)}</div>{plot}")
+
+
 def render_html(report: dict) -> str:
-    """One self-contained HTML page: header, tables and every chart embedded as base64 PNG."""
+    """One self-contained HTML page: header, tables and every chart embedded as base64 PNG.
+
+    The first screen answers "what did I gain and lose": a compact table relative to the
+    baseline and the trade-off plot; every measurement follows in a collapsible table."""
     models = report["models"]
     swatches = [_hex(c) for c in model_colors(len(models))]  # the charts' palette
-    figures = "".join(_png_figure(title, png, wide=title == "Robustness")
-                      for title, png in report_figures(models))
+    figures = dict(report_figures(models))
+    metrics = (f'<figure class="wide">{_png_img("Metrics", figures["Metrics"])}</figure>'
+               if "Metrics" in figures else "<p>No measurements to chart.</p>")
+    robustness = (f'<figure class="wide">{_png_img("Robustness", figures["Robustness"])}'
+                  "</figure>" if "Robustness" in figures else "")
     notes = "".join(f"<li>{html.escape(str(m['name']))} ({html.escape(str(m['stage']))}): "
                     f"{html.escape(str(m['energy_note']))}</li>" for m in models)
     extras = "".join(
         f"<details><summary>{html.escape(key)}</summary>"
         f"<pre>{html.escape(json.dumps(value, indent=2, default=str))}</pre></details>"
         for key, value in report.items() if key not in (*REPORT_KEYS, *_RENDERED_KEYS))
+    columns = summary_columns(models)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>nnzip report</title><style>{_CSS}</style></head>
 <body>
 <h1>nnzip report</h1>
-{_interrupted_html(report)}<p class="machine">{html.escape(machine_line(report["machine"]))}<br>
-nnzip {html.escape(str(report["nnzip_version"]))}</p>
-<h2>Models</h2>
-<div class="scroll">{_html_table(summary_columns(models), summary_rows(models), swatches)}</div>
+{_interrupted_html(report)}<p class="machine">{html.escape(_subtitle(report))}</p>
+{_gains_html(report, swatches, figures)}
+<details class="all" id="all-measurements"><summary>All measurements ({len(columns)} columns)
+</summary>
+<div class="scroll">{_html_table(columns, summary_rows(models), swatches)}</div>
 {_html_list(runtime_notes(models))}
+</details>
+<h2>Metrics</h2>
+{metrics}
 <h2>Robustness (test accuracy)</h2>
 <div class="scroll">{_html_table(robustness_columns(models), robustness_rows(models),
                                  swatches)}</div>
 {_html_list(robustness_notes(models))}
-<h2>Charts</h2>
-<div class="figures">{figures or "<p>No measurements to chart.</p>"}</div>
+{robustness}
 <h2>Energy</h2>
 <ul>{notes}</ul>
 {_stage_sections(report)}
 {extras}
+<p class="machine">Measured on {html.escape(machine_line(report["machine"]))}<br>
+nnzip {html.escape(str(report["nnzip_version"]))}</p>
 </body></html>
 """
+
+
+def _subtitle(report: dict) -> str:
+    """One short line under the title: the data, the task and the CPU the numbers come from."""
+    data = report.get("data") if isinstance(report.get("data"), dict) else {}
+    machine = report["machine"]
+    parts = [f"data: {data['name']}" if data.get("name") else None,
+             f"{data['test']:,} test samples" if isinstance(data.get("test"), int) else None,
+             f"task: {report['task']}" if isinstance(report.get("task"), str) else None,
+             f"{machine.get('cpu_model', 'unknown CPU')}, {machine.get('threads', '?')} "
+             "thread(s) for timing"]
+    return " · ".join(part for part in parts if part)
 
 
 def _interrupted_html(report: dict) -> str:

@@ -100,6 +100,14 @@ def model_labels(models: list[dict]) -> list[str]:
             for name, m in zip(names, models, strict=True)]
 
 
+def short_labels(models: list[dict]) -> list[str]:
+    """Labels for a chart beside a table that names the models: the stage alone when every row
+    is the same model (a compress report), else :func:`model_labels`."""
+    if len({str(m["name"]) for m in models}) == 1:
+        return [str(m["stage"]) for m in models]
+    return model_labels(models)
+
+
 PYTORCH = "pytorch-eager"
 
 
@@ -158,6 +166,80 @@ def summary_rows(models: list[dict]) -> list[list[str]]:
             fmt_count(model["throughput_per_s"]), fmt_bytes(model["peak_memory_bytes"]),
             *[fmt(model.get(key)) for key, _, fmt in metrics], fmt_energy(model["energy_j"]),
         ])
+    return rows
+
+
+#: The metric each task is judged by, for the first screen and the trade-off plot:
+#: (report key, header, format, scale to display units, unit of a difference).
+TASK_METRIC = {
+    "classify": ("accuracy", "Accuracy", fmt_percent, 100.0, "points"),
+    "lm": ("perplexity", "Perplexity", fmt_plain, 1.0, ""),
+    "embed": ("spearman", "STS Spearman", fmt_plain, 1.0, ""),
+}
+
+
+def report_task(models: list[dict]) -> str:
+    """The task of the report (the first model's that names one; classify for older reports)."""
+    task = next((m.get("task") for m in models if m.get("task")), "classify")
+    return task if task in TASK_METRIC else "classify"
+
+
+def baseline_index(models: list[dict]) -> int:
+    """The row the others are compared with: the first "baseline" stage, else the first row."""
+    return next((index for index, m in enumerate(models) if m.get("stage") == "baseline"), 0)
+
+
+def p50(model: dict, key: str) -> float | None:
+    return ((model.get("latency_ms") or {}).get(key) or {}).get("p50")
+
+
+def _ratio(numerator: float | None, denominator: float | None) -> float | None:
+    return None if not numerator or not denominator else numerator / denominator
+
+
+def _difference(value: float | None, base: float | None, scale: float, unit: str) -> str:
+    if value is None or base is None:
+        return NA
+    digits = 2 if unit == "points" or abs(base) >= 10 else 4
+    return f"{scale * (value - base):+.{digits}f}"
+
+
+def gains_columns(models: list[dict]) -> list[str]:
+    """Headers of the first-screen table: what was gained and lost against the baseline."""
+    _, header, _, _, unit = TASK_METRIC[report_task(models)]
+    agreement = ["Agreement"] if any(m.get("agreement") is not None for m in models) else []
+    fidelity = (["Fidelity (cos)"] if not agreement
+                and any(m.get("fidelity") is not None for m in models) else [])
+    speedups = [f"Speed-up b{key.removeprefix('batch')}" for key in batch_keys(models)]
+    return ["Model", "Stage", "× smaller", "Bytes", header, f"Δ {unit}".rstrip(), *speedups,
+            *agreement, *fidelity]
+
+
+def gains_rows(models: list[dict]) -> list[list[str]]:
+    """One row per model, aligned with :func:`gains_columns`, every ratio and difference taken
+    against the baseline row (:func:`baseline_index`), whatever reference the report used.
+
+    "× smaller" is baseline bytes / bytes; the speed-up is the baseline's p50 / the row's p50, on
+    the runtime each row was timed on (its deployed runtime); Δ is the task metric's change
+    (accuracy in percentage points)."""
+    if not models:
+        return []
+    base = models[baseline_index(models)]
+    key, _, fmt, scale, unit = TASK_METRIC[report_task(models)]
+    columns = gains_columns(models)
+    rows = []
+    for model in models:
+        row = [str(model["name"]), str(model["stage"]),
+               fmt_ratio(_ratio(base.get("size_bytes"), model.get("size_bytes"))),
+               fmt_bytes(model.get("size_bytes")), fmt(model.get(key)),
+               _difference(model.get(key), base.get(key), scale, unit),
+               *[fmt_ratio(_ratio(p50(base, batch), p50(model, batch)))
+                 for batch in batch_keys(models)]]
+        if "Agreement" in columns:
+            row.append(fmt_percent(model.get("agreement")))
+        if "Fidelity (cos)" in columns:
+            row.append(fmt_plain(model.get("fidelity")))
+        rows.append(row)
     return rows
 
 

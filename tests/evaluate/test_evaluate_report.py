@@ -80,9 +80,10 @@ def test_write_report_writes_three_files_and_no_temporaries(report, tmp_path):
 
 def test_html_is_self_contained_with_embedded_charts(report):
     page = render_html(report)
-    # 10 metric bars (flops and latencies still have data from other models) + robustness
-    # + accuracy-vs-size.
-    assert page.count("data:image/png;base64,") == 12
+    # The trade-off plot, one small-multiples figure of every metric, the robustness curves.
+    assert page.count("data:image/png;base64,") == 3
+    alts = re.findall(r'<img alt="([^"]+)"', page)
+    assert alts == ["Trade-off", "Metrics", "Robustness"]
     assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:|//)""", page, re.IGNORECASE)
     assert "<script" not in page.lower()
     assert "Test CPU" in page and "n/a" in page
@@ -90,10 +91,10 @@ def test_html_is_self_contained_with_embedded_charts(report):
 
 def test_html_skips_charts_without_any_data(report):
     for model in report["models"]:
-        model["energy_j"] = None
-        model["flops"] = None
+        model["robustness"] = None
     page = render_html(report)
-    assert page.count("data:image/png;base64,") == 11  # the compute chart is gone
+    assert page.count("data:image/png;base64,") == 2
+    assert 'alt="Robustness"' not in page and 'alt="Trade-off"' in page
 
 
 def test_markdown_has_both_tables_human_units_and_the_machine(report):
