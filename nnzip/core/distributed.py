@@ -96,12 +96,14 @@ def data_parallel(model: nn.Module) -> nn.Module:
 
     Wrap it once its structure is final (after pruning's surgery, after fake-quant is in place):
     DDP broadcasts rank 0's parameters and buffers and hooks the parameters that exist now.
-    ``find_unused_parameters``: a stage may leave trainable parameters out of the forward pass
-    (e.g. a quantizer that is off); DDP would wait for their gradients forever otherwise.
+    ``static_graph``: the fit loop runs the same graph every step, and a stage may leave
+    trainable parameters out of it (e.g. a quantizer that is off), on which DDP would otherwise
+    wait forever; unlike ``find_unused_parameters`` it does not search the graph every step
+    (nor warn on every rank that it found nothing).
     """
     if not is_distributed():
         return model
-    return nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+    return nn.parallel.DistributedDataParallel(model, static_graph=True)
 
 
 def mean_over_ranks(total: float, count: int) -> float:
