@@ -106,7 +106,13 @@ def _relaunch_on_processes(args: argparse.Namespace, argv: list[str]) -> int | N
     nproc = getattr(args, "nproc", None)
     if nproc is None or nproc == 1 or distributed.launched_by_torchrun():
         return None
-    return subprocess.call(distributed.relaunch_command(nproc, _without_nproc(argv)))
+    import os
+
+    # torchrun's default, set here so that it does not print a banner saying it set it.
+    env = {"OMP_NUM_THREADS": "1", **os.environ}
+    status = subprocess.call(distributed.relaunch_command(nproc, _without_nproc(argv)), env=env)
+    # The ranks printed their error line; torchrun itself exits 1 on any failed rank.
+    return 0 if status == 0 else 2
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -148,31 +147,45 @@ def test_nproc_relaunches_through_torchrun_on_one_machine():
                            "-m", "nnzip.cli", "compress", "--model", "m"]
     with pytest.raises(NnzipError, match="--nproc 1: pass 2 or more"):
         distributed.relaunch_command(1, [])
+    from nnzip.cli import _without_nproc
+
+    assert _without_nproc(["train", "--nproc", "2", "--out", "x"]) == ["train", "--out", "x"]
+    assert _without_nproc(["train", "--nproc=2", "--seed", "1"]) == ["train", "--seed", "1"]
 
 
-def test_compress_with_nproc_2_runs_on_two_processes_and_only_rank_0_measures_and_writes(
-        tmp_path, trained_mlp):
+def test_train_with_nproc_2_runs_on_two_processes_and_only_rank_0_saves_and_prints(tmp_path):
     """The CLI end to end: ``--nproc 2`` re-launches itself through torchrun."""
-    from nnzip.models import save_model
-
-    save_model(trained_mlp, tmp_path / "mlp")
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text("stages:\n  - prune: {sparsity: 0.5, finetune_epochs: 1, augment: false}\n")
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
-           "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "nnzip.cli", "compress", "--model",
-                           str(tmp_path / "mlp"), "--recipe", str(recipe), "--data", "digits",
-                           "--repeats", "3", "--robustness-samples", "50", "--no-progress",
-                           "--simulation-timing", "--out", str(tmp_path / "two"), "--nproc",
-                           "2"], env=env, capture_output=True, text=True, timeout=300)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, "-m", "nnzip.cli", "train", "--arch", "lenet300",
+                           "--data", "digits", "--epochs", "1", "--out", str(tmp_path / "m"),
+                           "--no-progress", "--nproc", "2"], env=env, capture_output=True,
+                          text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.count("prune: changed") == 1, "one report printed, by rank 0"
-    models = json.loads((tmp_path / "two" / "report.json").read_text())["models"]
-    assert [m["stage"] for m in models] == ["baseline", "prune"]
-    assert models[1]["nonzero_params"] <= 0.51 * models[0]["params"], "the mask held"
-    assert models[1]["accuracy"] >= models[0]["accuracy"] - 0.05
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlp", "r.yaml", "two"], \
-        "no other rank wrote a folder"
+    assert done.stdout.count("test accuracy") == 1, "one result printed, by rank 0"
+    assert "OMP_NUM_THREADS" not in done.stderr, "no torchrun banner"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["model.safetensors",
+                                                                  "spec.json"]
+
+
+def test_compress_on_a_rank_other_than_0_applies_the_stages_but_measures_and_writes_nothing(
+        tmp_path, trained_mlp, digits, monkeypatch):
+    import nnzip.pipeline
+    from nnzip.pipeline import compress
+    from nnzip.recipe import parse_recipe
+
+    def no_measuring(*args, **kwargs):
+        raise AssertionError("a rank other than 0 measured the model")
+
+    monkeypatch.setattr(distributed, "is_main_process", lambda: False)
+    monkeypatch.setattr(nnzip.pipeline, "evaluate", no_measuring)
+    recipe = parse_recipe({"stages": [{"prune": {"sparsity": 0.5, "finetune_epochs": 0}}]})
+    result = compress(trained_mlp, recipe, digits, out_dir=tmp_path / "out", progress=False)
+    weights = [p for name, p in result.model.named_parameters() if name.endswith("weight")]
+    zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+    assert zeros == pytest.approx(0.5, abs=0.01), "the stage ran"
+    assert result.report == {} and result.paths == {}
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_nproc_is_refused_where_it_makes_no_sense(capsys):
