@@ -12,11 +12,21 @@ Why not ``Study.optimize(n_trials=...)``: its ``n_trials`` counts per process (t
 overshoot by up to one trial each; ``Study.ask`` creates a fresh trial whenever the queue is
 empty. The claim below is the one ``Study.ask`` makes first (``Study._pop_waiting_trial_id``),
 written with the storage's public API and without the fall-back of creating a trial.
+
+A worker that dies mid-trial (a killed process, a lost machine) would leave its trial RUNNING
+for ever. With ``open_storage(url, heartbeat_seconds=…)`` every worker records a heartbeat while
+its trial runs (Optuna's heartbeat); a trial whose heartbeat stops is failed by the next worker
+that looks (``optuna.storages.fail_stale_trials``: exactly one worker wins that change) and
+queued again with the same parameters (``RetryHeartbeatStaleTrialCallback``), and workers wait
+for the others' running trials before they exit, so the study still ends with its whole budget.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
+import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -41,6 +51,16 @@ def _optuna():
     return optuna
 
 
+@contextlib.contextmanager
+def _quiet_experimental():
+    """Optuna marks its heartbeat API experimental (since 2.8) and warns on every use; we pin
+    ``optuna>=4.9`` for its current names and test the behaviour we rely on here."""
+    optuna = _optuna()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield
+
+
 def storage_url(url: str) -> str:
     """``url`` as SQLAlchemy wants it: ``postgresql://`` (and ``postgres://``, as Heroku-style
     tools write it) become ``postgresql+psycopg2://``; ``sqlite:///…`` and URLs naming their
@@ -57,11 +77,14 @@ def storage_url(url: str) -> str:
     return url
 
 
-def open_storage(url: str) -> optuna.storages.RDBStorage:
+def open_storage(url: str, heartbeat_seconds: int | None = None,
+                 max_retry: int = 2) -> optuna.storages.RDBStorage:
     """Optuna's RDB storage at ``url`` (see :func:`storage_url`), its tables created if new.
 
     Connections are checked before use (``pool_pre_ping``): a worker that waited on a long trial
-    finds the server's idle connection closed otherwise.
+    finds the server's idle connection closed otherwise. With ``heartbeat_seconds``, a trial
+    whose worker fell silent for twice that long is failed and retried (at most ``max_retry``
+    times: a trial that kills every worker that runs it is not retried for ever).
     """
     optuna = _optuna()
     url = storage_url(url)
@@ -72,7 +95,13 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
             raise NnzipError("a postgresql:// storage needs the psycopg2 driver: pip install "
                              "psycopg2-binary (or nnzip's dev extra)") from None
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+        with _quiet_experimental():
+            heartbeat = {} if heartbeat_seconds is None else {
+                "heartbeat_interval": heartbeat_seconds, "grace_period": 2 * heartbeat_seconds,
+                "heartbeat_stale_trial_callback":
+                    optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)}
+            return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True},
+                                              **heartbeat)
     except Exception as exc:  # sqlalchemy's OperationalError names the server and the cause
         cause = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         raise NnzipError(f"cannot open the search storage {url!r} ({cause}): check that the "
@@ -130,7 +159,8 @@ def work(study: optuna.Study, storage: optuna.storages.BaseStorage,
     """
     optuna = _optuna()
     done = []
-    while (trial := claim_trial(study, storage)) is not None:
+    while (trial := _next_trial(study, storage)) is not None:
+        stop_heartbeat = _start_heartbeat(storage, trial._trial_id)
         try:
             check_interrupt()
             values = objective(trial)
@@ -144,5 +174,56 @@ def work(study: optuna.Study, storage: optuna.storages.BaseStorage,
             raise
         else:
             study.tell(trial, values)
+        finally:
+            stop_heartbeat()
         done.append(trial.number)
     return done
+
+
+def _heartbeat_seconds(storage: optuna.storages.BaseStorage) -> int | None:
+    # Optuna's storages with heartbeats (RDB, gRPC proxy) say so by this method.
+    get_interval = getattr(storage, "get_heartbeat_interval", None)
+    return get_interval() if get_interval is not None else None
+
+
+def _next_trial(study: optuna.Study, storage: optuna.storages.BaseStorage) -> optuna.Trial | None:
+    """The next waiting trial; with heartbeats, also wait while other workers' trials run (one
+    of them may go stale and come back as a waiting retry). Without heartbeats a RUNNING trial
+    may belong to a dead worker, so the worker stops as soon as nothing is waiting."""
+    optuna = _optuna()
+    interval = _heartbeat_seconds(storage)
+    while True:
+        if interval is not None:
+            with _quiet_experimental():
+                optuna.storages.fail_stale_trials(study)
+        trial = claim_trial(study, storage)
+        if trial is not None or interval is None:
+            return trial
+        running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        if not running:
+            return None
+        check_interrupt()
+        threading.Event().wait(min(interval, 1.0))
+
+
+def _start_heartbeat(storage: optuna.storages.BaseStorage, trial_id: int) -> Callable[[], None]:
+    """Record ``trial_id``'s heartbeat now and then every interval until the returned function
+    is called (a daemon thread: a dying worker's heartbeat dies with it)."""
+    interval = _heartbeat_seconds(storage)
+    if interval is None:
+        return lambda: None
+    storage.record_heartbeat(trial_id)
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(interval):
+            storage.record_heartbeat(trial_id)
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
+    thread.start()
+
+    def stop_beating() -> None:
+        stop.set()
+        thread.join()
+
+    return stop_beating

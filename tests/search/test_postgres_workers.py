@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from nnzip.core.studies import enqueue_budget, open_storage, storage_url, work
+from nnzip.core.studies import claim_trial, enqueue_budget, open_storage, storage_url, work
 from nnzip.errors import NnzipError
 
 optuna = pytest.importorskip("optuna", reason="the search tests need optuna: pip install "
@@ -136,3 +136,23 @@ def test_an_unreachable_postgres_server_is_a_clear_error(tmp_path):
     pytest.importorskip("psycopg2")
     with pytest.raises(NnzipError, match="cannot open the search storage.*server runs"):
         open_storage(f"postgresql://nobody@/nodb?host={tmp_path}&port=1")
+
+
+def test_a_dead_workers_trial_is_failed_by_its_heartbeat_and_run_again(tmp_path):
+    storage = open_storage(f"sqlite:///{tmp_path / 'study.db'}", heartbeat_seconds=1)
+    study = optuna.create_study(study_name="dead-worker", storage=storage)
+    enqueue_budget(study, 3)
+    orphan = claim_trial(study, storage)  # a worker claims trial 0, then is killed: no tell
+    orphan.suggest_float("x", 0, 1)
+    storage.record_heartbeat(orphan._trial_id)
+
+    def objective(trial):
+        return trial.suggest_float("x", 0, 1)
+
+    # Runs 1 and 2, waits for trial 0's heartbeat to go stale (2 s), runs its retry: trial 3.
+    assert work(study, storage, objective) == [1, 2, 3]
+    trials = study.get_trials()
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE", "COMPLETE", "COMPLETE"]
+    assert trials[3].system_attrs["failed_trial"] == 0
+    assert trials[3].params == trials[0].params, "the retry runs the dead trial's parameters"
+    assert enqueue_budget(study, 3) == 0, "the retry kept the budget whole"
