@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 BENCH_STAMP := $(VENV)/.bench-stamp
 
-.PHONY: install demo test bench lint clean
+.PHONY: install system demo test bench lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,8 +22,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/nnzip demo
 
-test: $(STAMP)
-	scripts/system-deps-chromium
+# Debian packages some tests need (PostgreSQL for the distributed search, Chromium for the
+# report's browser test): installed when missing and running as root, otherwise those tests
+# skip and say how to install them.
+system:
+	.ci/setup-system
+
+test: $(STAMP) system
 	$(PY) -m pytest -q
 
 bench: $(BENCH_STAMP)

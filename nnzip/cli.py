@@ -76,6 +76,45 @@ def _add_sentence_options(parser: argparse.ArgumentParser) -> None:
                             "(default: 2048)")
 
 
+def _add_nproc_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--nproc", type=int, default=None, metavar="N",
+                        help="train on N processes (data-parallel, torch.distributed DDP with "
+                             "gloo): the command re-launches itself through torchrun; each "
+                             "process trains on 1/N of every batch, rank 0 writes the outputs")
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    """``argv`` less its ``--nproc N`` (or ``--nproc=N``): what each torchrun process runs."""
+    rest, skip = [], False
+    for index, arg in enumerate(argv):
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = index + 1 < len(argv)
+        elif not arg.startswith("--nproc="):
+            rest.append(arg)
+    return rest
+
+
+def _relaunch_on_processes(args: argparse.Namespace, argv: list[str]) -> int | None:
+    """With ``--nproc N`` (N > 1) outside torchrun: run this command on N processes through
+    torchrun and return its exit status; None when this process should do the work itself."""
+    import subprocess
+
+    from nnzip.core import distributed
+
+    nproc = getattr(args, "nproc", None)
+    if nproc is None or nproc == 1 or distributed.launched_by_torchrun():
+        return None
+    import os
+
+    # torchrun's default, set here so that it does not print a banner saying it set it.
+    env = {"OMP_NUM_THREADS": "1", **os.environ}
+    status = subprocess.call(distributed.relaunch_command(nproc, _without_nproc(argv)), env=env)
+    # The ranks printed their error line; torchrun itself exits 1 on any failed rank.
+    return 0 if status == 0 else 2
+
+
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True,
                         help="a saved nnzip model folder, a torch.export .pt2, an .onnx file, a "
@@ -128,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--checkpoint", type=Path, default=None,
                        help="checkpoint file: written every epoch, resumed if present")
     _add_data_options(train)
+    _add_nproc_option(train)
 
     evaluate = commands.add_parser("eval", help="measure a model and write a report")
     _add_model_options(evaluate)
@@ -147,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(compress)
     _add_sentence_options(compress)
     _add_eval_options(compress)
+    _add_nproc_option(compress)
 
     deploy = commands.add_parser("deploy", help="run a model on every runtime (PyTorch, ONNX "
                                  "Runtime fp32/int8, OpenVINO fp32/bf16/int8) and keep the "
@@ -202,6 +243,7 @@ def _option_ranges():
 
         threads: int = Field(1, ge=1, le=MAX_THREADS)
         work_threads: int | None = Field(None, ge=1, le=MAX_THREADS)
+        nproc: int | None = Field(None, ge=1, le=MAX_THREADS)
         repeats: int = Field(50, ge=1, le=MAX_REPEATS)
         robustness_samples: int | None = Field(None, ge=1)
         seed: int = Field(0, ge=0, lt=2 ** 32)  # numpy's seeds
@@ -404,6 +446,10 @@ def cmd_train(args: argparse.Namespace) -> None:
     TrainConfig.model_validate(config.model_dump())  # re-check the overrides' ranges
     result = fit(model, data, config, checkpoint=args.checkpoint,
                  progress=not args.no_progress, description=f"train {args.arch}")
+    from nnzip.core.distributed import is_main_process
+
+    if not is_main_process():  # the other ranks trained the same weights; rank 0 saves them
+        return
     if data.task == "lm":  # a split's logits would not fit in memory: scored batch by batch
         from nnzip.evaluate.language import next_token_scores
 
@@ -461,7 +507,10 @@ def cmd_compress(args: argparse.Namespace) -> None:
     result = compress(model, recipe, data, name=name, out_dir=args.out,
                       eval_config=_eval_config(args), finetune_epochs=args.finetune_epochs,
                       seed=args.seed, progress=not args.no_progress)
-    _show(result.report, result.paths)
+    from nnzip.core.distributed import is_main_process
+
+    if is_main_process():  # the other ranks only trained: rank 0 measured and wrote the report
+        _show(result.report, result.paths)
 
 
 def cmd_deploy(args: argparse.Namespace) -> None:
@@ -827,6 +876,7 @@ def unexpected_error_line(error: BaseException) -> str:
 def main(argv: list[str] | None = None) -> int:
     from pydantic import ValidationError
 
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(message)s", handlers=[RichHandler(console=error_console)])
@@ -841,8 +891,16 @@ def main(argv: list[str] | None = None) -> int:
                              f"Hugging Face encoder with 'nnzip eval --model {args.model}' or "
                              f"'nnzip sts --model {args.model}'")
         check_outputs(args)  # before any work: a bad --out costs a second, not a finished run
+        relaunched = _relaunch_on_processes(args, argv)
+        if relaunched is not None:
+            return relaunched
+        from nnzip.core import distributed
+
+        if distributed.init_from_environment() and not distributed.is_main_process():
+            console.quiet = True  # one report on the screen: rank 0's (errors still show)
         with interruptible():  # a Ctrl-C that lands in a callback is raised again, not lost
             COMMANDS[args.command](args)
+        distributed.shutdown()
     except NnzipError as error:
         _print_error(str(error))
         return 2

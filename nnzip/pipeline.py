@@ -170,7 +170,12 @@ def compress(model: nn.Module, recipe: Recipe | str | Path, data: DataSplits, *,
     copy in place) and is the reference of the report: ``result.model`` is the compressed one,
     in eval mode. With ``out_dir`` the report files (and the final model, when it can be saved)
     are written there.
+
+    In a process group (torchrun, :mod:`nnzip.core.distributed`) every rank applies the stages,
+    whose fine-tuning is then data-parallel, but only rank 0 measures and writes: the others
+    return the same compressed model with an empty report and no paths.
     """
+    from nnzip.core.distributed import is_main_process
     from nnzip.tasks import task_of
 
     check_compressible(model)
@@ -179,13 +184,17 @@ def compress(model: nn.Module, recipe: Recipe | str | Path, data: DataSplits, *,
     recipe.check_task(task_of(data))  # a stage that does not fit the task: refused before work
     recipe.check_model(model)  # layer names, stage/architecture fit: before the baseline
     eval_config = eval_config or EvalConfig()
-    out_dir = Path(out_dir) if out_dir is not None else None
+    # Measuring on every rank would also time latency while other ranks load the same cores.
+    measures = is_main_process()
+    out_dir = Path(out_dir) if out_dir is not None and measures else None
     torch.manual_seed(seed)
     reference = set_eval(copy.deepcopy(model))
     model = copy.deepcopy(reference)
     extra = {"data": data.summary(), "task": task_of(data).name, "recipe": recipe.to_dict(),
              "stages": []}
     rows: list[dict] = []
+    report: dict = {}
+    paths: dict[str, Path] = {}
 
     def save_finished(folder: Path) -> bool:
         # A stage applied but not yet measured has no row: its section is left out too.
@@ -197,9 +206,10 @@ def compress(model: nn.Module, recipe: Recipe | str | Path, data: DataSplits, *,
     with staged_folder(out_dir, save_finished) as folder:
         context = Context(data=data, reference=reference, finetune_epochs=finetune_epochs,
                           seed=seed, workdir=folder, progress=progress)
-        baseline = evaluate(model, data, name=name, stage="baseline", config=eval_config)
-        rows.append(baseline)
-        report, paths = _write(rows, eval_config, folder, extra)
+        if measures:
+            baseline = evaluate(model, data, name=name, stage="baseline", config=eval_config)
+            rows.append(baseline)
+            report, paths = _write(rows, eval_config, folder, extra)
         for step in recipe.steps:
             check_interrupt()
             log.info("stage %s (%s)", step.label, step.stage.kind)
@@ -210,6 +220,8 @@ def compress(model: nn.Module, recipe: Recipe | str | Path, data: DataSplits, *,
                                     "seconds": round(time.perf_counter() - started, 3),
                                     "details": {**result.details,
                                                 "coverage": result.coverage.to_dict()}})
+            if not measures:
+                continue
             with tempfile.TemporaryDirectory(prefix="nnzip-artifact-") as artifact_folder:
                 # After weight sharing (or an encode stage) the size is that of the .nnz file.
                 rows.append(evaluate(model, data, name=name, stage=step.label,

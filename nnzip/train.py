@@ -24,9 +24,10 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from nnzip.atomic import atomic_path
+from nnzip.core import distributed
 from nnzip.core.interrupt import check_interrupt
 from nnzip.core.outputs import prediction_rows
 from nnzip.data.splits import DataSplits, eval_batch_size
@@ -229,6 +230,12 @@ def fit(model: nn.Module, data: DataSplits, config: TrainConfig | None = None, *
     The loop is deliberately plain (one optimizer, one scheduler, epochs of mini-batches) so that
     the hooks are the only place methods change it. With ``checkpoint`` set, state is saved after
     every epoch and an existing checkpoint is resumed (or, if it finished, simply loaded).
+
+    Inside a process group (torchrun, :mod:`nnzip.core.distributed`) the loop is data-parallel:
+    each rank trains on its shard of every global batch of ``config.batch_size`` (DDP averages
+    the gradients), so the steps are those of one process; every rank validates on the whole
+    validation split and takes the same early-stopping decisions; only rank 0 writes the
+    checkpoint and shows progress. ``model`` itself is never wrapped: hooks and the caller see it.
     """
     from nnzip.tasks import task_of
 
@@ -262,11 +269,16 @@ def fit(model: nn.Module, data: DataSplits, config: TrainConfig | None = None, *
     epoch = start_epoch
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[status]}"), TimeElapsedColumn())
-    with Progress(*columns, disable=not progress or finished, transient=False) as bar:
+    # Wrapped here, after the stage built its structure (masks, fake-quant), and only for the
+    # forward pass: the state dicts, the hooks and the caller keep using the plain model.
+    forward_model = distributed.data_parallel(model)
+    main = distributed.is_main_process()
+    with Progress(*columns, disable=not progress or finished or not main,
+                  transient=False) as bar:
         task = bar.add_task(description, total=config.epochs, completed=start_epoch, status="")
         while not finished and epoch < config.epochs:
             train_loss = _train_one_epoch(model, data, config, epoch, optimizer, loss_fn,
-                                          step_hook, device)
+                                          step_hook, device, forward_model)
             scheduler.step()
             val_loss, val_acc = validate(model, val_loader, data_task)
             epoch += 1
@@ -284,7 +296,7 @@ def fit(model: nn.Module, data: DataSplits, config: TrainConfig | None = None, *
                               f"{100 * val_acc:.2f}%")
             log.info("%s epoch %d: train loss %.4f, val loss %.4f, val acc %.4f", description,
                      epoch, train_loss, val_loss, val_acc)
-            if checkpoint:
+            if checkpoint and main:
                 _save_checkpoint(checkpoint, {
                     "version": CHECKPOINT_VERSION, "config": config.model_dump(),
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -301,13 +313,43 @@ def fit(model: nn.Module, data: DataSplits, config: TrainConfig | None = None, *
                        history=history)
 
 
+def _train_loader(data: DataSplits, config: TrainConfig, epoch: int) -> DataLoader:
+    """The epoch's mini-batches; in a process group, this rank's share of each global batch.
+
+    The shuffle is seeded per epoch, so a resumed run repeats exactly. In a process group the
+    ranks first draw the order one process would visit the examples in (the same DataLoader
+    shuffle, on indices), then a ``DistributedSampler`` without shuffle gives rank r entries
+    r, r + W, … of it; cut into batches of ``batch_size / W``, the W ranks' step-k batches
+    together are exactly step k's batch of one process, and the gradient DDP averages is the
+    one-process gradient (a mean over the same examples) up to rounding.
+    """
+    generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+    drop_last = len(data.train) > config.batch_size
+    if not distributed.is_distributed():
+        return DataLoader(data.train, batch_size=config.batch_size, shuffle=True,
+                          generator=generator, drop_last=drop_last)
+    one_process_order = torch.cat(list(DataLoader(
+        range(len(data.train)), batch_size=config.batch_size, shuffle=True, generator=generator,
+        drop_last=drop_last))).tolist()
+    sampler = DistributedSampler(Subset(data.train, one_process_order),
+                                 num_replicas=distributed.world_size(), rank=distributed.rank(),
+                                 shuffle=False, drop_last=True)
+    return DataLoader(Subset(data.train, one_process_order),
+                      batch_size=distributed.per_rank_batch_size(config.batch_size),
+                      sampler=sampler, drop_last=drop_last)
+
+
 def _train_one_epoch(model: nn.Module, data: DataSplits, config: TrainConfig, epoch: int,
                      optimizer: torch.optim.Optimizer, loss_fn: LossHook,
-                     step_hook: StepHook | None, device: torch.device) -> float:
-    # The shuffle and the augmentation are seeded per epoch, so a resumed run repeats exactly.
-    generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-    loader = DataLoader(data.train, batch_size=config.batch_size, shuffle=True,
-                        generator=generator, drop_last=len(data.train) > config.batch_size)
+                     step_hook: StepHook | None, device: torch.device,
+                     forward_model: nn.Module | None = None) -> float:
+    loader = _train_loader(data, config, epoch)
+    # The augmentation is seeded per epoch too; in one process it goes on from the shuffle's
+    # generator (as it always did), in a process group each rank draws its own.
+    generator = (loader.generator if not distributed.is_distributed() else
+                 torch.Generator().manual_seed(config.seed * 100_003 + epoch
+                                               + 7_919 * distributed.rank()))
+    forward_model = forward_model if forward_model is not None else model
     model.train()
     total, count = 0.0, 0
     steps_per_epoch = len(loader)
@@ -317,7 +359,7 @@ def _train_one_epoch(model: nn.Module, data: DataSplits, config: TrainConfig, ep
             inputs = data.augment(inputs, generator)
         inputs, targets = inputs.to(device), targets.to(device)
         optimizer.zero_grad(set_to_none=True)
-        outputs = model(inputs)
+        outputs = forward_model(inputs)
         loss = loss_fn(outputs, targets, inputs)
         if not torch.isfinite(loss):
             raise NnzipError(f"training diverged (loss {loss.item()}) at epoch {epoch + 1}: "
@@ -328,7 +370,7 @@ def _train_one_epoch(model: nn.Module, data: DataSplits, config: TrainConfig, ep
             step_hook(model, epoch * steps_per_epoch + step)
         total += loss.item() * len(targets)
         count += len(targets)
-    return total / max(count, 1)
+    return distributed.mean_over_ranks(total, count)
 
 
 #: ``batch_loss(model, batch) -> scalar``: the objective of :func:`fit_batches`, which owns the

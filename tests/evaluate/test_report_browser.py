@@ -1,6 +1,6 @@
 """The HTML report opened in a real browser (headless Chromium), as a person would see it.
 
-Needs the Debian packages chromium and chromium-driver (``scripts/system-deps-chromium``, which
+Needs the Debian packages chromium and chromium-driver (``.ci/setup-system``, which
 ``make test`` runs as root) and selenium (the dev extra); without them the test is skipped with
 the command that installs them. Selenium talks to the system chromedriver directly: no
 Selenium Manager, no download.
@@ -18,7 +18,7 @@ from nnzip.models import create_model, save_model
 
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 INSTALL = ("install the Debian packages chromium and chromium-driver with "
-           "`sudo scripts/system-deps-chromium` (or run `make test` as root), and selenium with "
+           "`sudo .ci/setup-system` (or run `make test` as root), and selenium with "
            "`pip install -e '.[dev]'`")
 WIDTH = 1280
 FAST = ["--repeats", "3", "--robustness-samples", "100", "--no-progress"]
