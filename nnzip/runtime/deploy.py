@@ -241,11 +241,15 @@ def build_runtimes(model: nn.Module, example: torch.Tensor, folder: Path,
                         weights_only, OrtModule(weights_only, threads))]
     if calibration is None:
         qdq = simulation = export(model, folder / "qdq.onnx")
+    elif sequence_dim is not None:
+        # A transformer: no integer chain, which quantizes attention's mask add (a range of
+        # ±3.4e38: MiniLM's embeddings fell to cosine 0.32); ORT fuses the Linears of nnzip's
+        # own file, and OpenVINO gets NNCF's placement.
+        qdq = simulation = export(model, folder / "qdq.onnx")
+        openvino_placed(model, simulation, calibration, folder / "qdq-openvino.onnx")
     else:  # the integer chain for the integer runtimes, nnzip's own file for the simulation
         simulation = export(model, folder / "qdq-simulation.onnx")
         qdq = chain_quantized(model, simulation, calibration, folder / "qdq.onnx")
-        if sequence_dim is not None:  # a transformer: OpenVINO gets NNCF's placement instead
-            openvino_placed(model, simulation, calibration, folder / "qdq-openvino.onnx")
     return runtimes + _ort_int8_runtimes(qdq, folder, threads, simulation) + [
         Runtime("onnxruntime-fp32", "ONNX Runtime float32 with the dequantized weights, "
                 "activations in float (int8-rounded weights, fp32 file)", weights_only,

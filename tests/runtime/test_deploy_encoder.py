@@ -20,6 +20,16 @@ from nnzip.tasks import sentence_data
 openvino = pytest.importorskip("nnzip.runtime.openvino")
 
 
+def quantize_scales(path) -> list[float]:
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(path))
+    constants = {init.name: numpy_helper.to_array(init) for init in proto.graph.initializer}
+    return [float(constants[node.input[1]].reshape(-1)[0]) for node in proto.graph.node
+            if node.op_type == "QuantizeLinear" and node.input[1] in constants]
+
+
 @pytest.fixture(scope="module")
 def tiny_encoder(minilm):
     from transformers import BertConfig, BertModel
@@ -62,6 +72,8 @@ def test_deploy_of_an_encoder_keeps_runtimes_by_cosine_and_says_why_it_refused(
             assert "at least 0.999 required" in skipped[runtime.name]
     # The integer kernels compute what nnzip simulated; float activations do not.
     assert runtimes["onnxruntime-int8-qdq"].correct
+    # No Q/DQ pair on attention's mask (a ±3.4e38 range: MiniLM's cosine fell to 0.32).
+    assert max(quantize_scales(runtimes["onnxruntime-int8-qdq"].path)) < 1e3
     assert not runtimes["onnxruntime-fp32"].correct
     assert "onnxruntime-fp32" in skipped
     for batch in (1, 4):
