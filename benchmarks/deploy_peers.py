@@ -16,8 +16,9 @@ alike) and reported as speed-up over PyTorch eager fp32 on the same model:
 - **torchao PT2E**: ``X86InductorQuantizer`` int8 (``prepare_pt2e`` / ``convert_pt2e``) compiled by
   ``torch.compile`` (Inductor, frozen weights).
 
-And all-MiniLM-L6-v2 (``--models minilm``) on the STS-B dev pairs: nnzip's best int8 export
-(the first of :data:`MINILM_SCHEMES` that exports; the row names it), ONNX Runtime's
+And all-MiniLM-L6-v2 (``--models minilm``) on the STS-B dev pairs: nnzip's static W8A8, dynamic
+int8 and int4 g64 GPTQ, each deployed by ``nnzip.runtime.deploy`` (:data:`MINILM_DEPLOYED`; the
+row names the runtime it chose per batch size), ONNX Runtime's
 ``quantize_dynamic`` (per-channel int8), NNCF ``compress_weights`` (int8 weights) and
 ``nncf.quantize`` (transformer preset) → OpenVINO, OpenVINO fp32 / default precision: STS
 Spearman, cosine to PyTorch fp32, bytes, speed-ups at batch 1 and 32 (torchao is not run on it).
@@ -69,6 +70,8 @@ NAME = "deploy_peers"
 CNNS = ("lenet5", "resnet8", "resnet20", "mobilenetv2")
 MODELS = (*CNNS, "minilm")
 BATCHES = (1, 64)
+#: MiniLM's batch sizes (sentences).
+MINILM_BATCHES = (1, 32)
 #: 8 batches of 64: the same 512 training images calibrate every int8 stack.
 CALIBRATION_BATCHES = 8
 BASELINE = "PyTorch eager fp32"
@@ -83,12 +86,6 @@ def openvino_module(model, precision: str | None) -> OvModule:
     return OvModule.from_model(model, threads=1, precision=precision, static_shapes=True)
 
 
-def OpenVinoModule(model, config: dict) -> OvModule:  # noqa: N802 - the MiniLM rows' spelling
-    """The MiniLM rows' call (``openvino_config`` settings), until that part moves to
-    :func:`openvino_module`."""
-    return openvino_module(model, config.get("INFERENCE_PRECISION_HINT"))
-
-
 def precision_name(element_type: object) -> str:
     """'bf16' for OpenVINO's ``<Type: 'bfloat16'>`` (older rows stored that repr as is)."""
     text = str(element_type)
@@ -97,11 +94,6 @@ def precision_name(element_type: object) -> str:
         match.group(1) if match else text, match.group(1) if match else text)
 
 
-def openvino_config(precision: str | None) -> dict:
-    config = {"INFERENCE_NUM_THREADS": 1, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"}
-    if precision is not None:
-        config["INFERENCE_PRECISION_HINT"] = precision
-    return config
 
 
 def openvino_bytes(model, folder: Path, name: str) -> int:
@@ -288,28 +280,41 @@ def measure_model(arch: str, data, cache_dir: Path, console: Console, folder: Pa
 
 # --- MiniLM ----------------------------------------------------------------------------------
 
-#: nnzip's exports of a sentence encoder, best first: dynamic int8 (what ORT's own peer does), then
-#: static W8A8 with SmoothQuant, then weight-only int8. The first that exports is measured, so the
-#: row follows whatever nnzip can export when it runs (and says which, and why the others not).
-MINILM_SCHEMES = ("dynamic-int8-emb8", "dynamic-int8", "w8a8-smoothquant", "weight-int8")
+#: nnzip's quantizations of MiniLM, each deployed by ``nnzip.runtime.deploy``: static W8A8 (the
+#: int8 row against ORT's dynamic int8 and NNCF's static int8), dynamic int8 with int8 embedding
+#: tables, and int4 g64 GPTQ (the int4 row: MatMulNBits, run by ORT or OpenVINO).
+MINILM_DEPLOYED = ("w8a8", "dynamic-int8-emb8", "weight-int4-gptq")
+#: STS-B dev pairs and validation sentences deploy judges its candidates on (cosine to the
+#: quantized model, Spearman recorded); the rows are then measured on all pairs here.
+DEPLOY_PAIRS, DEPLOY_SAMPLES = 100, 128
 
 
-def nnzip_encoder_export(fp32: nn.Module, calibration: list, example: torch.Tensor,
-                         folder: Path) -> tuple[str, Path, list[str]]:
-    """The best nnzip int8 export of the encoder: (scheme, ONNX path, refusals of the better)."""
-    from nnzip.errors import NnzipError
+def nnzip_encoder_deployed(fp32: nn.Module, calibration: list, folder: Path,
+                           notes: list[str]) -> list[tuple]:
+    """Each of :data:`MINILM_DEPLOYED`, deployed: per batch size, the runtime ``deploy`` found
+    fastest with cosine ≥ 0.99 to the quantized model (timed again here, interleaved)."""
     from nnzip.quant.schemes import quantize_scheme
+    from nnzip.tasks import sentence_data
 
-    refused = []
-    for scheme in MINILM_SCHEMES:
-        try:
-            model = quantize_scheme(copy.deepcopy(fp32), scheme, calibration).model
-            path = export_onnx(model, folder / f"nnzip-{scheme}.onnx", example, sequence_dim=1)
-        except NnzipError as error:
-            refused.append(f"{scheme}: {str(error).splitlines()[0][:200]}")
+    data = sentence_data(fp32, pairs=DEPLOY_PAIRS, train_sentences=256, seed=0)
+    rows = []
+    for scheme in MINILM_DEPLOYED:
+        model = quantize_scheme(copy.deepcopy(fp32), scheme, calibration).model
+        deployment = deploy(model, data, folder / f"nnzip-{scheme}", batch_sizes=MINILM_BATCHES,
+                            samples=DEPLOY_SAMPLES, original=fp32, repeats=20)
+        chosen = deployment.chosen_by_batch
+        notes.append(f"nnzip {scheme} → deploy: " + ", ".join(
+            f"b{batch} {runtime.name} (cos {runtime.cosine:.4f} to the quantized model)"
+            for batch, runtime in chosen.items()) + f"; {len(deployment.runtimes)} runtimes "
+            f"built, {len(deployment.skipped)} skipped")
+        if len({runtime.name for runtime in chosen.values()}) == 1:
+            best = next(iter(chosen.values()))
+            rows.append((f"nnzip {scheme} → deploy: {best.name}", best.module, best.file_bytes,
+                         None))
             continue
-        return scheme, path, refused
-    raise RuntimeError("no nnzip int8 scheme exports: " + "; ".join(refused))
+        rows += [(f"nnzip {scheme} → deploy b{batch}: {best.name}", best.module,
+                  best.file_bytes, batch) for batch, best in chosen.items()]
+    return rows
 
 
 def minilm_openvino(fp32_onnx: Path, calibration: list, folder: Path) -> list[tuple]:
@@ -323,15 +328,14 @@ def minilm_openvino(fp32_onnx: Path, calibration: list, folder: Path) -> list[tu
     static = nncf.quantize(fp32, nncf.Dataset([batch.numpy() for batch in calibration]),
                            model_type=nncf.ModelType.TRANSFORMER,
                            subset_size=len(calibration))
-    return [("OpenVINO fp32 (precision hint f32)", OpenVinoModule(fp32, openvino_config("f32")),
+    return [("OpenVINO fp32 (precision hint f32)", openvino_module(fp32, "f32"),
              fp32_bytes, None),
             ("OpenVINO default precision (bf16 on AMX)",
-             OpenVinoModule(fp32, openvino_config(None)), fp32_bytes, None),
-            ("NNCF compress_weights int8 → OpenVINO", OpenVinoModule(weights,
-                                                                      openvino_config(None)),
+             openvino_module(fp32, None), fp32_bytes, None),
+            ("NNCF compress_weights int8 → OpenVINO", openvino_module(weights, None),
              openvino_bytes(weights, folder, "ov-weights-int8"), None),
             ("NNCF quantize int8 (transformer) → OpenVINO",
-             OpenVinoModule(static, openvino_config(None)),
+             openvino_module(static, None),
              openvino_bytes(static, folder, "ov-int8"), None)]
 
 
@@ -359,10 +363,6 @@ def measure_minilm(console: Console, folder: Path, pairs_limit: int | None) -> d
                               fp32_onnx.stat().st_size, None)]
     notes = []
 
-    def nnzip_rows() -> list[tuple]:
-        scheme, path, refused = nnzip_encoder_export(fp32, calibration, batches[32], folder)
-        notes.extend(f"nnzip {line}" for line in refused)
-        return [(f"nnzip {scheme} → ONNX Runtime", OrtModule(path), path.stat().st_size, None)]
 
     def ort_rows() -> list[tuple]:
         path = folder / "ort-dynamic.onnx"
@@ -371,27 +371,30 @@ def measure_minilm(console: Console, folder: Path, pairs_limit: int | None) -> d
         return [("ORT quantize_dynamic (per-channel int8)", OrtModule(path),
                  path.stat().st_size, None)]
 
-    runtimes += peer_or_failure("nnzip int8 export", nnzip_rows, console, failures)
+    runtimes += peer_or_failure("nnzip deploy", lambda: nnzip_encoder_deployed(
+        fp32, calibration, folder, notes), console, failures)
     runtimes += peer_or_failure("ONNX Runtime quantize_dynamic", ort_rows, console, failures)
     runtimes += peer_or_failure("OpenVINO / NNCF", lambda: minilm_openvino(
         fp32_onnx, calibration, folder), console, failures)
     rows, reference = [], None
-    for name, module, size, _ in runtimes:
+    for name, module, size, only_batch in runtimes:
         started = time.perf_counter()
         row, embeddings = measure(module, sentences, pairs, reference, fp32)
         if reference is None:
             reference, row["cosine"] = embeddings, 1.0
         rows.append({"runtime": name, "spearman": row["spearman"], "cosine": row["cosine"],
-                     "bytes": size, "batch": None, "latency_ms": {}, "speedup": {},
+                     "bytes": size, "batch": only_batch, "latency_ms": {}, "speedup": {},
                      "openvino_precision": getattr(module, "precision", None)})
         console.print(f"  minilm {name}: Spearman {row['spearman']:.4f}, cos "
                       f"{row['cosine']:.4f} ({time.perf_counter() - started:.0f} s)")
     for batch_size, batch in batches.items():
-        timings = compare_latency([module for _, module, _, _ in runtimes], batch=batch,
+        timed = [index for index, (_, _, _, only) in enumerate(runtimes)
+                 if only is None or only == batch_size]
+        timings = compare_latency([runtimes[index][1] for index in timed], batch=batch,
                                   repeats=60 if batch_size == 1 else 20)
-        for row, timing in zip(rows, timings, strict=True):
-            row["latency_ms"][str(batch_size)] = {**timing, "tokens": int(batch.shape[1])}
-            row["speedup"][str(batch_size)] = timings[0]["p50"] / timing["p50"]
+        for index, timing in zip(timed, timings, strict=True):
+            rows[index]["latency_ms"][str(batch_size)] = {**timing, "tokens": int(batch.shape[1])}
+            rows[index]["speedup"][str(batch_size)] = timings[0]["p50"] / timing["p50"]
         console.print(f"  minilm timed at batch {batch_size}")
     return {"arch": "minilm", "rows": rows, "failures": failures, "notes": notes,
             "pairs": len(pairs), "batches": [str(b) for b in batches],
@@ -464,9 +467,11 @@ def render_markdown(report: dict) -> str:
                       "cos(s1, s2) against gold, mean cosine of each sentence's embedding to "
                       "PyTorch fp32's. Batch 1: a dev sentence of median length "
                       f"({latency['1']['tokens']} tokens); batch 32: the first 32 dev sentences "
-                      f"padded to {latency['32']['tokens']} tokens. nnzip's row is its best int8 "
-                      "export that exists (tried in order: "
-                      f"{', '.join(MINILM_SCHEMES)}), run by ONNX Runtime.", ""]
+                      f"padded to {latency['32']['tokens']} tokens. nnzip's rows: "
+                      f"{', '.join(MINILM_DEPLOYED)}, each deployed by `nnzip.runtime.deploy` "
+                      "(per batch size, the runtime it found fastest with cosine ≥ 0.99 to the "
+                      f"quantized model on {DEPLOY_SAMPLES} validation sentences; two rows, "
+                      "each timed at its own batch size, when it picks two).", ""]
         lines += [*markdown_table(columns_of(result), table_rows(result)), ""]
         for failure in result["failures"]:
             lines += [f"- **{failure['peer']}** not measured: {failure['error']}"]

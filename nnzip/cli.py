@@ -206,7 +206,11 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--max-accuracy-change", type=float, default=0.2,
                         help="accuracy points a runtime may differ from the model and count as "
                              "correct")
+    deploy.add_argument("--min-cosine", type=float, default=0.99,
+                        help="sentence encoders (hf:): the mean cosine to the model's own "
+                             "embeddings a runtime must reach to count as correct")
     _add_data_options(deploy)
+    _add_sentence_options(deploy)
 
     _add_sts_parser(commands)
 
@@ -522,8 +526,11 @@ def cmd_deploy(args: argparse.Namespace) -> None:
     if args.target_batch is not None and args.target_batch not in args.batch_sizes:
         raise NnzipError(f"--target-batch {args.target_batch} is not among the timed batch sizes "
                          f"{args.batch_sizes}: add it to --batch-sizes")  # before anything loads
-    data = _load_data(args)
+    if not 0.0 < args.min_cosine <= 1.0:
+        raise NnzipError(f"--min-cosine is a cosine similarity in (0, 1], got {args.min_cosine}")
     model = _load_model(args.model, args)
+    # A sentence encoder is judged on STS-B sentences, with its own embeddings as the targets.
+    data = _model_data(args, model)
     reference = _load_model(args.reference, args) if args.reference else None
     for name, each in (("model", model), ("reference", reference)):
         if each is not None:  # a model that does not fit the data: said before any timing
@@ -531,18 +538,21 @@ def cmd_deploy(args: argparse.Namespace) -> None:
     deployment = deploy(model, data, args.out, batch_sizes=tuple(args.batch_sizes),
                         threads=args.threads, repeats=args.repeats,
                         max_accuracy_change=args.max_accuracy_change, original=reference,
-                        target_batch=args.target_batch)
+                        target_batch=args.target_batch, min_cosine=args.min_cosine)
     machine = deployment.machine
     table = Table(title=f"runtimes on {machine['cpu_model']} ({', '.join(machine['cpu_flags'])}); "
                         f"onnxruntime {machine['onnxruntime_version']}, "
                         f"openvino {machine['openvino_version'] or 'not installed'}")
-    for column in ("runtime", "correct", "accuracy Δ (points)", "integer ops",
+    embed = deployment.runtimes[0].cosine is not None
+    quality = "cosine to the model" if embed else "accuracy Δ (points)"
+    for column in ("runtime", "correct", quality, "integer ops",
                    *(f"p50 ms @{batch}" for batch in args.batch_sizes)):
         table.add_column(column)
     for runtime in deployment.runtimes:
         status = ("yes" if runtime.correct else "no") if runtime.candidate else "baseline"
         table.add_row(("→ " if runtime is deployment.chosen else "") + runtime.name, status,
-                      f"{runtime.accuracy_change_points:+.2f}",
+                      f"{runtime.cosine:.4f}" if embed
+                      else f"{runtime.accuracy_change_points:+.2f}",
                       "" if runtime.integer_ops is None else str(runtime.integer_ops),
                       *(f"{runtime.latency_ms[batch]['p50']:.3f}" if batch in runtime.latency_ms
                         else "—" for batch in args.batch_sizes))
@@ -886,10 +896,6 @@ def main(argv: list[str] | None = None) -> int:
             import torch  # late: `nnzip --help` stays fast
 
             torch.set_num_threads(args.work_threads)
-        if args.command == "deploy" and args.model.startswith("hf:"):
-            raise NnzipError(f"deploy times image classifiers and language models; measure a "
-                             f"Hugging Face encoder with 'nnzip eval --model {args.model}' or "
-                             f"'nnzip sts --model {args.model}'")
         check_outputs(args)  # before any work: a bad --out costs a second, not a finished run
         relaunched = _relaunch_on_processes(args, argv)
         if relaunched is not None:

@@ -170,8 +170,3 @@ def test_piped_output_is_never_wrapped_mid_word():
     row = table_rows(result.stdout)["weight-int8"]
     assert column(row, "cos to fp32") > 0.99 and 20 < column(row, "of fp32") < 30
     assert "encode fp32" in result.stderr and "━" not in result.stdout
-
-
-def test_deploy_points_hf_models_to_eval_and_sts(capsys):
-    assert main(["deploy", "--model", "hf:minilm"]) == 2
-    assert "nnzip sts --model hf:minilm" in capsys.readouterr().err

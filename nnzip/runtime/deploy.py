@@ -15,6 +15,13 @@ So :func:`deploy` measures instead of assuming:
 2. it checks each one's accuracy on validation data against the model as given (a runtime that
    changes accuracy by more than ``max_accuracy_change`` points is not correct, whatever its
    speed: had the weights been stored as int8, the saturation above would be caught here);
+   a sentence encoder (data of task ``embed``, :func:`nnzip.tasks.task_of`) is checked instead by
+   the mean cosine of its embeddings to the model's own (at least ``min_cosine``), with STS
+   Spearman recorded beside it (:func:`check_embedding`). Token ids export with a dynamic token
+   dimension; a statically quantized transformer gets, for OpenVINO, a QDQ file with
+   quantization placed as NNCF's transformer preset places it (attention's query and key
+   quantized too, residual adds left float: :func:`nnzip.runtime.onnx_export.openvino_placed`),
+   and its int4 / dynamic int8 files are read by OpenVINO too;
    Beside them, where OpenVINO is installed (:mod:`nnzip.runtime.openvino`): OpenVINO fp32 with
    its precision hint pinned to f32, bf16 where the CPU has it (AMX / AVX-512 BF16), and int8
    from nnzip's own QDQ file (its execution graph shows which layers run on u8/i8), each with a
@@ -52,10 +59,17 @@ from nnzip.evaluate.machine import machine_info
 from nnzip.evaluate.size import file_bytes
 from nnzip.models.fold import fold_batchnorm, foldable_pairs
 from nnzip.outputs import staged_folder
-from nnzip.runtime.onnx_export import chain_quantized, export_onnx, float_view, is_quantized
+from nnzip.runtime.onnx_export import (
+    chain_quantized,
+    export_onnx,
+    float_view,
+    is_quantized,
+    openvino_placed,
+)
 from nnzip.runtime.onnx_lowbit import lowbit_kind
 from nnzip.runtime.qdq_graph import integer_report, integer_summary
 from nnzip.runtime.session import OrtModule, integer_op_count, op_counts, to_qoperator
+from nnzip.tasks import task_of
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +96,12 @@ class Runtime:
     candidate: bool = True
     #: OpenVINO only: per executed layer type, how many nodes run at each precision.
     layer_precisions: dict[str, dict[str, int]] | None = None
+    #: Sentence encoders (task ``embed``): mean cosine of the runtime's embeddings of the
+    #: validation sentences to those of the model as given, the one correctness criterion.
+    cosine: float | None = None
+    #: The task's own metric on the test split and its change from the model as given
+    #: (``{"spearman": ..., "spearman_change": ...}`` for an encoder), recorded, not a criterion.
+    task_metric: dict[str, float] | None = None
 
     def summary(self) -> dict:
         data = {item.name: getattr(self, item.name) for item in fields(self)
@@ -168,6 +188,9 @@ def build_runtimes(model: nn.Module, example: torch.Tensor, folder: Path,
                    threads: int = 1, *, calibration: list | None = None) -> list[Runtime]:
     """Every runtime of ``model``: PyTorch eager; ONNX Runtime forms saved in ``folder``.
 
+    Token ids (an integer ``example`` of shape (batch, tokens)) export with a dynamic token
+    dimension too (:func:`sequence_dim_of`), so an encoder's file runs sentences of any length.
+
     ``calibration`` batches make the QDQ file a fully integer chain (adds, pooling, outputs
     quantized too: :func:`nnzip.runtime.export_onnx`); the file as nnzip quantized it stays the
     "dequantized" runtime, nnzip's own simulation.
@@ -179,6 +202,11 @@ def build_runtimes(model: nn.Module, example: torch.Tensor, folder: Path,
     """
     folder.mkdir(parents=True, exist_ok=True)
     from nnzip.runtime.openvino import OvModule, save_ir
+
+    sequence_dim = sequence_dim_of(example)
+
+    def export(exported: nn.Module, path: Path) -> Path:
+        return export_onnx(exported, path, example, sequence_dim=sequence_dim)
 
     if isinstance(model, OrtModule | OvModule):
         runtimes = [Runtime("model-as-given", f"the model as loaded, run by "
@@ -199,22 +227,28 @@ def build_runtimes(model: nn.Module, example: torch.Tensor, folder: Path,
                                    "optimizations", path, OrtModule(path, threads))]
     runtimes = [Runtime("pytorch-eager", "the model as given, PyTorch eager", None, model)]
     if not is_quantized(model):
-        path = export_onnx(float_for_export(model), folder / "fp32.onnx", example)
+        path = export(float_for_export(model), folder / "fp32.onnx")
         runtimes.append(Runtime("onnxruntime-fp32", "ONNX Runtime, float32, all graph "
                                 "optimizations", path, OrtModule(path, threads)))
         return runtimes
-    weights_only = export_onnx(float_for_export(float_view(model)), folder / "fp32.onnx", example)
+    weights_only = export(float_for_export(float_view(model)), folder / "fp32.onnx")
     lowbit = lowbit_kind(model)
     if lowbit is not None:  # int4 as MatMulNBits, dynamic int8 as MatMulInteger: not QDQ
-        path = export_onnx(model, folder / f"{lowbit}.onnx", example)
+        path = export(model, folder / f"{lowbit}.onnx")
         return [*runtimes, Runtime(f"onnxruntime-{lowbit}", "ONNX Runtime's int4 / dynamic int8 "
                                    "kernels on nnzip's integers", path, OrtModule(path, threads)),
                 Runtime("onnxruntime-fp32", "ONNX Runtime float32 with the dequantized weights",
                         weights_only, OrtModule(weights_only, threads))]
     if calibration is None:
-        qdq = simulation = export_onnx(model, folder / "qdq.onnx", example)
+        qdq = simulation = export(model, folder / "qdq.onnx")
+    elif sequence_dim is not None:
+        # A transformer: no integer chain, which quantizes attention's mask add (a range of
+        # ±3.4e38: MiniLM's embeddings fell to cosine 0.32); ORT fuses the Linears of nnzip's
+        # own file, and OpenVINO gets NNCF's placement.
+        qdq = simulation = export(model, folder / "qdq.onnx")
+        openvino_placed(model, simulation, calibration, folder / "qdq-openvino.onnx")
     else:  # the integer chain for the integer runtimes, nnzip's own file for the simulation
-        simulation = export_onnx(model, folder / "qdq-simulation.onnx", example)
+        simulation = export(model, folder / "qdq-simulation.onnx")
         qdq = chain_quantized(model, simulation, calibration, folder / "qdq.onnx")
     return runtimes + _ort_int8_runtimes(qdq, folder, threads, simulation) + [
         Runtime("onnxruntime-fp32", "ONNX Runtime float32 with the dequantized weights, "
@@ -239,12 +273,23 @@ def _ort_int8_runtimes(qdq: Path, folder: Path, threads: int,
     ]
 
 
+#: The files of :func:`build_runtimes` for a low-bit model (named by
+#: :func:`nnzip.runtime.onnx_lowbit.lowbit_kind`), which OpenVINO reads too.
+LOWBIT_FILES = {"int4-matmulnbits": "int4 MatMulNBits",
+                "int8-dynamic": "dynamic int8 (DynamicQuantizeLinear, MatMulInteger)"}
+
+
 def openvino_runtimes(folder: Path, threads: int = 1
                       ) -> tuple[list[Runtime], list[dict[str, str]]]:
     """OpenVINO candidates of the ONNX files :func:`build_runtimes` wrote in ``folder``, and the
     ones skipped, with why: OpenVINO not installed, no BF16 on this CPU, no quantized graph, or
     a model OpenVINO cannot compile. Never raises for a missing or failing OpenVINO: ONNX Runtime
-    and PyTorch remain."""
+    and PyTorch remain.
+
+    The int8 candidates read a transformer's ``qdq-openvino.onnx`` where there is one (NNCF's
+    placement: :func:`nnzip.runtime.onnx_export.openvino_placed`), else ``qdq.onnx``; an int4
+    (MatMulNBits) or dynamic int8 (MatMulInteger) file is read as it is, float layers in f32 and
+    in bf16."""
     from nnzip.runtime import openvino
 
     missing = openvino.openvino_missing()
@@ -254,6 +299,10 @@ def openvino_runtimes(folder: Path, threads: int = 1
     # The ONNX files build_runtimes wrote, or the IR of a model given as OpenVINO IR.
     fp32, qdq = (next((path for path in (folder / f"{stem}.onnx", folder / f"{stem}.xml")
                        if path.is_file()), folder / f"{stem}.onnx") for stem in ("fp32", "qdq"))
+    # A transformer's QDQ file with quantization placed as NNCF places it (build_runtimes):
+    # the chain ONNX Runtime wants is not what OpenVINO runs fast, nor right.
+    if (folder / "qdq-openvino.onnx").is_file():
+        qdq = folder / "qdq-openvino.onnx"
     plans = [("openvino-fp32", fp32, "f32", "OpenVINO, float32 (precision hint pinned to f32)"),
              ("openvino-bf16", fp32, "bf16", "OpenVINO, bfloat16 float layers (AMX / AVX-512 "
               "BF16)"),
@@ -263,6 +312,13 @@ def openvino_runtimes(folder: Path, threads: int = 1
              # (AMX), and were faster for it: the same choice, checked for accuracy like the rest.
              ("openvino-int8-bf16", qdq, "bf16", "OpenVINO reading nnzip's QDQ model: u8/i8 "
               "kernels where it fuses, bfloat16 elsewhere (AMX / AVX-512 BF16)")]
+    lowbit_files = [path for path in sorted(folder.glob("*.onnx"))
+                    if all(part in LOWBIT_FILES for part in path.stem.split("+"))]
+    for path in lowbit_files:  # int4 MatMulNBits, dynamic int8: OpenVINO reads them too
+        kind = " and ".join(LOWBIT_FILES[part] for part in path.stem.split("+"))
+        plans += [(f"openvino-{path.stem}" + ("-bf16" if precision == "bf16" else ""), path,
+                   precision, f"OpenVINO reading nnzip's {kind} file, {precision} float layers")
+                  for precision in ("f32", "bf16")]
     runtimes, skipped = [], []
     for name, path, precision, description in plans:
         if precision == "bf16" and "BF16" not in capabilities:
@@ -270,8 +326,11 @@ def openvino_runtimes(folder: Path, threads: int = 1
                             f"capabilities: {', '.join(capabilities)})"})
             continue
         if not path.is_file():
-            reason = ("the model is not quantized: no QDQ graph to run as int8" if path == qdq
-                      else "the model is quantized: its float form is not available here")
+            reason = ("the model is quantized: its float form is not available here"
+                      if path != qdq else "no static QDQ graph: the model is not quantized, "
+                      "or it is int4 / dynamic int8 (its own candidates read that file)"
+                      if lowbit_files else "the model is not quantized: no QDQ graph to run "
+                      "as int8")
             skipped.append({"runtime": name, "reason": reason})
             continue
         for static in (False, True):
@@ -309,11 +368,66 @@ def check_accuracy(runtimes: list[Runtime], data: DataSplits, samples: int,
                            and abs(runtime.accuracy_change_points) <= max_accuracy_change)
 
 
+def check_embedding(runtimes: list[Runtime], data: DataSplits, samples: int,
+                    min_cosine: float) -> None:
+    """Cosine and STS Spearman of each runtime of a sentence encoder vs the first (the model as
+    given): the mean cosine of its embeddings of up to ``samples`` validation sentences to the
+    first runtime's decides correctness (at least ``min_cosine``); the task's metric, STS
+    Spearman on the test pairs, and its change are recorded beside it
+    (:func:`nnzip.evaluate.embedding.fidelity`, :func:`~nnzip.evaluate.embedding.sts_spearman`).
+    """
+    from nnzip.evaluate.embedding import fidelity, sts_spearman
+
+    split = data.val if len(data.val) else data.test
+    inputs = split.tensors[0][:samples]
+    validation = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(inputs, inputs),
+                                             batch_size=256)
+    pairs = getattr(data, "pairs", None)
+    test = data.loader("test", batch_size=256) if pairs is not None else None
+    reference = reference_spearman = None
+    for runtime in runtimes:
+        embeddings = predict_logits(runtime.module, validation)
+        if reference is None:
+            reference = embeddings
+        runtime.cosine = round(fidelity(embeddings, reference), 6)
+        if test is not None:
+            spearman = sts_spearman(pairs.sentences(), predict_logits(runtime.module, test), pairs)
+            if reference_spearman is None:
+                reference_spearman = spearman
+            runtime.task_metric = {"spearman": round(spearman, 6),
+                                   "spearman_change": round(spearman - reference_spearman, 6)}
+        runtime.correct = runtime.candidate and runtime.cosine >= min_cosine
+
+
+def check_runtimes(runtimes: list[Runtime], data: DataSplits, samples: int, *,
+                   max_accuracy_change: float, min_cosine: float) -> list[dict[str, str]]:
+    """Check every runtime against the first by the task of ``data``
+    (:func:`nnzip.tasks.task_of`): a sentence encoder by cosine (:func:`check_embedding`),
+    the others by accuracy (:func:`check_accuracy`). Returns the candidates found incorrect,
+    each with why, as :attr:`Deployment.skipped` lists them."""
+    if task_of(data).name == "embed":
+        check_embedding(runtimes, data, samples, min_cosine)
+        return [{"runtime": r.name, "reason": f"mean cosine to the model as given "
+                 f"{r.cosine:.4f} on the validation sentences (at least {min_cosine:g} "
+                 "required)"} for r in runtimes if r.candidate and not r.correct]
+    check_accuracy(runtimes, data, samples, max_accuracy_change)
+    return [{"runtime": r.name, "reason": f"accuracy changed by "
+             f"{r.accuracy_change_points:+.2f} points (more than "
+             f"{max_accuracy_change:g} allowed)"}
+            for r in runtimes if r.candidate and not r.correct]
+
+
+def sequence_dim_of(example: torch.Tensor) -> int | None:
+    """1 for token ids (integers of shape (batch, tokens)): that dimension is exported dynamic,
+    so sentences of any length run; None for anything else."""
+    return 1 if example.ndim == 2 and not example.is_floating_point() else None
+
+
 def deploy(model: nn.Module, data: DataSplits, out_dir: str | Path, *,
            batch_sizes: tuple[int, ...] = (1, 64), threads: int = 1, samples: int = 2000,
            max_accuracy_change: float = 0.2, repeats: int = 50,
            original: nn.Module | None = None, target_batch: int | None = None,
-           openvino: bool = True) -> Deployment:
+           openvino: bool = True, min_cosine: float = 0.99) -> Deployment:
     """Measure every runtime of ``model``, keep the fastest correct one per batch size, and save
     the winner at ``target_batch`` (default: ``batch_sizes[0]``).
 
@@ -321,13 +435,17 @@ def deploy(model: nn.Module, data: DataSplits, out_dir: str | Path, *,
     PyTorch eager, as the baseline of the reported speedup; it is never chosen.
 
     ``max_accuracy_change`` (points, on up to ``samples`` validation inputs) is how far a runtime
-    may move accuracy away from the model as given and still count as correct. ``openvino=False``
-    leaves the OpenVINO candidates out (recorded as skipped).
+    may move accuracy away from the model as given and still count as correct. For a sentence
+    encoder (data of task ``embed``) correct means instead a mean cosine of at least
+    ``min_cosine`` to the embeddings of the model as given (:func:`check_embedding`).
+    ``openvino=False`` leaves the OpenVINO candidates out (recorded as skipped).
     """
     if not batch_sizes or min(batch_sizes) < 1:
         raise NnzipError(f"batch_sizes must be positive integers, got {batch_sizes!r}")
     if max_accuracy_change < 0:
         raise NnzipError("max_accuracy_change is in accuracy points and must be ≥ 0")
+    if not 0.0 < min_cosine <= 1.0:
+        raise NnzipError(f"min_cosine is a cosine similarity in (0, 1], got {min_cosine}")
     target_batch = batch_sizes[0] if target_batch is None else target_batch
     if target_batch not in batch_sizes:
         raise NnzipError(f"target batch size {target_batch} is not among the timed batch sizes "
@@ -355,11 +473,8 @@ def deploy(model: nn.Module, data: DataSplits, out_dir: str | Path, *,
                 runtimes.append(Runtime("original-pytorch-eager", "the original model, "
                                         "PyTorch eager (baseline, not a candidate)", None,
                                         set_eval(original), candidate=False))
-            check_accuracy(runtimes, data, samples, max_accuracy_change)
-        skipped += [{"runtime": r.name, "reason": f"accuracy changed by "
-                     f"{r.accuracy_change_points:+.2f} points (more than "
-                     f"{max_accuracy_change:g} allowed)"}
-                    for r in runtimes if r.candidate and not r.correct]
+            skipped += check_runtimes(runtimes, data, samples, min_cosine=min_cosine,
+                                      max_accuracy_change=max_accuracy_change)
         for runtime in runtimes:
             if runtime.path is not None and runtime.path.suffix == ".onnx" \
                     and runtime.integer_ops is None:

@@ -39,16 +39,20 @@ from nnzip.atomic import atomic_path
 from nnzip.errors import NnzipError
 from nnzip.evaluate.machine import int8_weights_saturate
 from nnzip.models.surgery import set_module
+from nnzip.quant.affine import QScheme
 from nnzip.quant.attention import fuse_attention
 from nnzip.quant.lowbit import LowBitParams
 from nnzip.quant.modules import QuantizedLayer, quantized_layers
 from nnzip.quant.parametrized import WeightQuantizer, quantized_weights, remove_quantizers
-from nnzip.runtime.qdq_graph import integer_chain, observer_kind
+from nnzip.runtime.qdq_graph import integer_chain, observer_kind, transformer_placement
 
 log = logging.getLogger(__name__)
 
 #: Opset 18: per-channel QuantizeLinear/DequantizeLinear and all ops of the zoo and HF models.
 OPSET = 18
+#: Query and key entering attention's score MatMul, for OpenVINO: signed symmetric int8 per
+#: tensor, which its fused attention runs on i8 (as NNCF quantizes them); unsigned did not fuse.
+ATTENTION_SCHEME = QScheme(bits=8, symmetric=True, signed=True)
 
 
 def affine_weight(quantized: QuantizedLayer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -280,6 +284,22 @@ def chain_quantized(model: nn.Module, path: str | os.PathLike, calibration: Iter
         log.info("integer chain: %d Q/DQ pairs added, %d requantizations dropped",
                  len(changes) - dropped, dropped)
     return out
+
+
+def openvino_placed(model: nn.Module, path: str | os.PathLike, calibration: Iterable,
+                    out: str | os.PathLike) -> Path | None:
+    """``model``'s exported QDQ file at ``path``, written to ``out`` with quantization placed
+    for OpenVINO as NNCF places it in a transformer: the query and key of attention's score
+    MatMul quantized too (signed symmetric int8, ranged by the observer nnzip calibrated
+    ``model`` with, on ``calibration``), nothing on residual adds
+    (:func:`nnzip.runtime.qdq_graph.transformer_placement`). None for a model without
+    quantized activations (weight-only, dynamic): nothing to place."""
+    quantization = _activation_quantization(model)
+    if quantization is None:
+        return None
+    added = transformer_placement(path, out, calibration, ATTENTION_SCHEME, quantization[1])
+    log.info("OpenVINO placement: %d Q/DQ pairs added on attention inputs", len(added))
+    return Path(out)
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, example: torch.Tensor, *,

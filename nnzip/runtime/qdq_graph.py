@@ -499,6 +499,114 @@ def integer_chain(path: str | os.PathLike, batches: Iterable, scheme: QScheme,
     return added
 
 
+def _through_data_movement(graph: _Graph, name: str) -> str:
+    """The op that computed ``name``, looked for up a run of data-movement ops (the head
+    split's Reshape / Transpose); its output name's producer type, or '' for a graph input."""
+    while True:
+        producer = graph.producer.get(name)
+        if producer is None:
+            return ""
+        if producer.op_type not in DATA_MOVEMENT or not producer.input:
+            return producer.op_type
+        name = producer.input[0]
+
+
+def attention_score_inputs(graph: _Graph) -> list[str]:
+    """The float inputs of attention's score MatMul (query × keyᵀ): a MatMul of two
+    activations, neither quantized yet nor computed by a Softmax (the probabilities × values
+    MatMul keeps its float probabilities, as NNCF's transformer preset leaves it)."""
+    floats = _float_tensors(graph.proto)
+    wanted: dict[str, None] = {}
+    for node in graph.proto.graph.node:
+        if node.op_type != "MatMul" or len(node.input) != 2:
+            continue
+        inputs = list(node.input)
+        if not all(graph.is_activation(name) and name in floats
+                   and not graph.is_dequantized(name) for name in inputs):
+            continue
+        if any(_through_data_movement(graph, name) == "Softmax" for name in inputs):
+            continue
+        wanted.update(dict.fromkeys(inputs))
+    return list(wanted)
+
+
+def _smoothing_as_multiply(graph: _Graph) -> None:
+    """SmoothQuant's ``x / s`` before a QuantizeLinear as ``x · (1/s)``: OpenVINO folds a
+    constant Multiply into the FakeQuantize after it (per-channel input ranges), but not a
+    Divide, which compiled to 30 extra reorders and float subgraphs in MiniLM (NNCF's own
+    SmoothQuant inserts a Multiply)."""
+    onnx = _onnx()
+    for node in list(graph.proto.graph.node):
+        if node.op_type != "Div" or len(node.input) != 2:
+            continue
+        divisor = graph.constant(node.input[1])
+        users = graph.consumers[node.output[0]]
+        if divisor is None or divisor.dtype != np.float32 or not users \
+                or any(user.op_type != "QuantizeLinear" for user in users) \
+                or node.output[0] in graph.outputs:
+            continue
+        reciprocal = onnx.numpy_helper.from_array((1.0 / divisor).astype(np.float32),
+                                                  f"{node.output[0]}_reciprocal")
+        graph.proto.graph.initializer.append(reciprocal)
+        node.op_type = "Mul"
+        node.input[1] = reciprocal.name
+    graph.refresh()
+
+
+def transformer_placement_proto(proto, batches: Iterable, scheme: QScheme,
+                                observer: ObserverKind = "minmax",
+                                observer_options: dict | None = None
+                                ) -> tuple[object, list[dict]]:
+    """``proto`` (nnzip's QDQ export of a transformer) with quantization placed where NNCF's
+    transformer preset (``nncf.quantize(..., model_type=TRANSFORMER)``) puts it for OpenVINO:
+    every Linear's input and weight (nnzip's own, already there) *and* the query and key entering
+    attention's score MatMul, per tensor, ranged by nnzip's observer on ``batches``; nothing
+    on residual adds, LayerNorm, GELU or Softmax.
+
+    ``scheme`` quantizes query and key: signed symmetric int8 is what OpenVINO's fused
+    attention runs integer (NNCF's choice; an unsigned scheme left the attention in bf16).
+    SmoothQuant's divisions become multiplications (:func:`_smoothing_as_multiply`).
+
+    Why: compiled by OpenVINO, NNCF's MiniLM ran its 6 attention blocks as i8 fused subgraphs
+    and had 1 reorder, while nnzip's file, with only the Linears quantized, ran attention in
+    bf16 and, with SmoothQuant, had 31 reorders (``runtime_precisions``; measured on
+    all-MiniLM-L6-v2, see benchmarks/results/deploy_peers.md); and the chain ONNX Runtime
+    wants (:func:`integer_chain_proto`: residual adds, outputs) compiled in OpenVINO to an
+    encoder whose embeddings had cosine 0.30 to fp32 under bf16.
+    """
+    onnx = _onnx()
+    model = onnx.ModelProto()
+    model.CopyFrom(proto)
+    graph = _Graph(model)
+    _merge_duplicate_pairs(graph)
+    _smoothing_as_multiply(graph)
+    tensors = attention_score_inputs(graph)
+    observed = _observe(model, tensors, batches, scheme, observer, observer_options) \
+        if tensors else {}
+    added = []
+    for name in tensors:
+        scale_name, zero_point_name = _add_qparams(graph, name, observed[name])
+        _add_pair(graph, name, scale_name, zero_point_name)
+        added.append({"tensor": name, "scale": float(graph.constant(scale_name).reshape(-1)[0]),
+                      "zero_point": int(graph.constant(zero_point_name).reshape(-1)[0]),
+                      "source": f"observed by nnzip ({observer}) on the calibration batches"})
+    onnx.checker.check_model(model)
+    return model, added
+
+
+def transformer_placement(path: str | os.PathLike, out: str | os.PathLike, batches: Iterable,
+                          scheme: QScheme, observer: ObserverKind = "minmax",
+                          observer_options: dict | None = None) -> list[dict]:
+    """Write nnzip's QDQ file at ``path`` with NNCF's transformer placement to ``out``
+    (atomically; :func:`transformer_placement_proto`); returns the pairs added."""
+    onnx = _onnx()
+    placed, added = transformer_placement_proto(onnx.load(str(path)), batches, scheme,
+                                                observer, observer_options)
+    with atomic_path(Path(out)) as tmp:
+        onnx.save(placed, str(tmp))
+    return added
+
+
 def observer_kind(observer) -> ObserverKind:
     """The name :func:`~nnzip.quant.observers.make_observer` knows an observer by."""
     from nnzip.quant import observers
