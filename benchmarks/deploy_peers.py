@@ -94,8 +94,6 @@ def precision_name(element_type: object) -> str:
         match.group(1) if match else text, match.group(1) if match else text)
 
 
-
-
 def openvino_bytes(model, folder: Path, name: str) -> int:
     import openvino as ov
 
