@@ -13,6 +13,7 @@ import pytest
 from nnzip import compress, load_recipe, save
 from nnzip.cli import main
 from nnzip.errors import NnzipError
+from nnzip.evaluate.latency import fixed_threads
 from nnzip.search import (
     SearchInterrupted,
     dominates,
@@ -141,8 +142,9 @@ def four_trials(tmp_path_factory, digits, trained_mlp_state):
     folder = tmp_path_factory.mktemp("search")
     (folder / "space.yaml").write_text(TINY_SPACE)
     out = folder / "out"
-    result = search(model, digits, folder / "space.yaml", out=out, trials=4,
-                    constraints=["accuracy_drop<=5"], progress=False)
+    with fixed_threads(1):  # a module fixture runs before the autouse one-thread fixture
+        result = search(model, digits, folder / "space.yaml", out=out, trials=4,
+                        constraints=["accuracy_drop<=5"], progress=False)
     return model, folder, out, result
 
 
@@ -217,14 +219,14 @@ def test_ctrl_c_in_a_trial_keeps_the_finished_ones_and_the_same_call_resumes(
     monkeypatch.setattr(TrialRunner, "_compress", interrupted_second)
     with pytest.raises(SearchInterrupted, match="1 finished trial"):
         search(trained_mlp, digits, space_file, out=out, trials=2, objectives=["bytes"],
-               progress=False)
+               progress=False, heldout=False)
     states = [t.state for t in _study(out).get_trials()]
     assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL]
     first = _study(out).trials[0].values
     assert json.loads((out / "front.json").read_text())["interrupted"] is True
     monkeypatch.setattr(TrialRunner, "_compress", real)
     result = search(trained_mlp, digits, space_file, out=out, trials=2, objectives=["bytes"],
-                    progress=False)
+                    progress=False, heldout=False)
     trials = _study(out).get_trials()
     assert result.finished == 2
     assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "COMPLETE"]
@@ -263,3 +265,26 @@ def test_cli_search_runs_and_refuses_bad_input_in_one_line(trained_mlp, space_fi
     assert main([*common, "--trials", "1", "--objectives", "bytes"]) == 0
     assert "1 finished trials" in capsys.readouterr().out
     assert json.loads((out / "front.json").read_text())["trials_by_state"]["complete"] == 1
+
+
+def test_short_rung_stops_a_trial_that_misses_the_accuracy_constraint_by_more_than_the_slack(
+        trained_mlp, digits, tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text(TINY_SPACE.replace("finetune_epochs: 1\nstages:",
+                                        "finetune_epochs: 1\nfidelity: {short_fraction: 0.5, "
+                                        "slack_points: 1.0}\nstages:"))
+    # A drop below -10 points (a 10-point gain) cannot be met: stopped after the short rung.
+    search(trained_mlp, digits, space, out=tmp_path / "hard", trials=1, objectives=["bytes"],
+           constraints=["accuracy_drop<=-10"], progress=False, heldout=False)
+    trial, = _study(tmp_path / "hard").get_trials()
+    assert trial.state == optuna.trial.TrialState.PRUNED
+    assert trial.user_attrs["pruned"].startswith("short rung: accuracy_drop<=-10 missed by")
+    assert trial.user_attrs["short_rung"]["violations"][0] > 1.0
+    assert not (tmp_path / "hard" / "trials" / "0" / "run").exists()  # no full-budget run
+    # Met at the short rung: the trial goes on to the full budget and completes.
+    search(trained_mlp, digits, space, out=tmp_path / "easy", trials=1, objectives=["bytes"],
+           constraints=["accuracy_drop<=100"], progress=False, heldout=False)
+    trial, = _study(tmp_path / "easy").get_trials()
+    assert trial.state == optuna.trial.TrialState.COMPLETE
+    assert trial.user_attrs["short_rung"]["violations"][0] <= 0
+    assert (tmp_path / "easy" / "trials" / "0" / "run" / "report.json").is_file()
