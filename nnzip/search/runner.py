@@ -37,6 +37,7 @@ import dataclasses
 import json
 import logging
 import multiprocessing
+import sys
 import time
 import warnings
 from collections.abc import Sequence
@@ -255,7 +256,10 @@ def _worker(runner: TrialRunner, study_name: str, storage: str, sampler_seed: in
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(study_name=study_name, storage=open_storage(storage),
                               sampler=make_sampler(runner.objectives, sampler_seed))
-    study.optimize(runner, n_trials=n_trials, catch=())
+    try:
+        study.optimize(runner, n_trials=n_trials, catch=())
+    except KeyboardInterrupt:  # Optuna marked the running trial FAIL; the parent reports it
+        sys.exit(130)
 
 
 def _split(total: int, workers: int) -> list[int]:
@@ -284,9 +288,9 @@ def _run_workers(runner: TrialRunner, study_name: str, storage: str, seed: int,
         raise
     failed = [p.name for p in processes if p.exitcode != 0]
     if failed:
-        raise NnzipError(f"search worker(s) {', '.join(failed)} stopped with an error (run with "
-                         "-v to see it); the finished trials are kept: run the same command to "
-                         "go on")
+        raise NnzipError(f"search worker(s) {', '.join(failed)} stopped with an error (its "
+                         "traceback is printed above); the finished trials are kept: run the "
+                         "same command to go on")
 
 
 def _settings(space: SearchSpace, objectives: list[Metric], constraints: list[Constraint],
@@ -345,11 +349,11 @@ def _points(study: optuna.Study, objectives: list[Metric]) -> list[dict]:
 
 
 def measure_on_test(point: dict, model: nn.Module, data: DataSplits,
-                    eval_config: EvalConfig, out: Path) -> dict | None:
+                    eval_config: EvalConfig, out: Path, baseline: dict) -> dict | None:
     """The test-split numbers of a front point, measured once from its saved artifact (kept in
-    ``trials/<n>/test.json``); None when the trial saved none."""
+    ``trials/<n>/test.json``); None when the trial saved none (e.g. it ran on another machine
+    of a shared study). ``baseline`` is the uncompressed model's test row."""
     from nnzip.evaluate import evaluate
-    from nnzip.evaluate.size import artifact_bytes
     from nnzip.models import load_model
 
     cache = out / "trials" / str(point["number"]) / "test.json"
@@ -360,11 +364,9 @@ def measure_on_test(point: dict, model: nn.Module, data: DataSplits,
     artifact = Path(point["artifact"])
     compressed = load_model(artifact)
     row = evaluate(compressed, data, stage="test", reference=model,
-                   reference_size_bytes=artifact_bytes(model), config=eval_config,
+                   reference_size_bytes=baseline["size_bytes"], config=eval_config,
                    artifact_path=artifact if artifact.is_file() else None)
-    baseline_accuracy = evaluate(model, data, stage="baseline",
-                                 config=dataclasses.replace(eval_config, measure_latency=False)
-                                 ).get("accuracy")
+    baseline_accuracy = baseline.get("accuracy")
     measured = {**_compact(row), "baseline_accuracy": baseline_accuracy}
     if row.get("accuracy") is not None and baseline_accuracy is not None:
         measured["accuracy_drop"] = 100.0 * (baseline_accuracy - row["accuracy"])
@@ -401,9 +403,14 @@ def summarize(study: optuna.Study, out: Path, objectives: list[Metric],
     """Write the front's files from the study as it is now (a running search too)."""
     points = _points(study, objectives)
     front = [p for p in points if p["on_front"]]
-    if model is not None and data is not None and not interrupted:
+    if model is not None and data is not None and not interrupted and front:
+        from nnzip.evaluate import evaluate
+
+        eval_config = eval_config or EvalConfig()
+        baseline = evaluate(model, data, stage="baseline",
+                            config=dataclasses.replace(eval_config, measure_latency=False))
         for point in front:
-            point["test"] = measure_on_test(point, model, data, eval_config or EvalConfig(), out)
+            point["test"] = measure_on_test(point, model, data, eval_config, out, baseline)
     by_state = {state.name.lower(): len(study.get_trials(deepcopy=False, states=(state,)))
                 for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL,
                               TrialState.RUNNING)}
