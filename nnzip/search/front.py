@@ -55,8 +55,8 @@ def front_table(points: list[dict], objectives: list[str]) -> str:
 def plot_front(points: list[dict], x: str, y: str, path: str | Path | None = None,
                ax=None):
     """Objective ``y`` against ``x`` for every finished trial: front points in colour and
-    joined, dominated or infeasible ones grey. Draws on ``ax`` (for a report to embed) or a new
-    figure saved atomically to ``path``; returns the axes."""
+    joined, dominated ones grey dots, infeasible ones grey crosses. Draws on ``ax`` (for a
+    report to embed) or a new figure saved atomically to ``path``; returns the axes."""
     import matplotlib
 
     if ax is None:
@@ -66,10 +66,14 @@ def plot_front(points: list[dict], x: str, y: str, path: str | Path | None = Non
     own = ax is None
     if own:
         figure, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    grey = [p for p in points if not p["on_front"]]
+    dominated = [p for p in points if p["feasible"] and not p["on_front"]]
+    infeasible = [p for p in points if not p["feasible"]]
     front = sorted((p for p in points if p["on_front"]), key=lambda p: p["values"][x])
-    ax.scatter([p["values"][x] for p in grey], [p["values"][y] for p in grey], color="0.75",
-               label="dominated or infeasible", zorder=1)
+    for group, marker, label in ((dominated, "o", "dominated"),
+                                 (infeasible, "x", "infeasible (a constraint missed)")):
+        if group:
+            ax.scatter([p["values"][x] for p in group], [p["values"][y] for p in group],
+                       color="0.7", marker=marker, label=label, zorder=1)
     ax.plot([p["values"][x] for p in front], [p["values"][y] for p in front], "o-",
             color="tab:blue", label="Pareto front", zorder=2)
     for point in front:
