@@ -251,8 +251,12 @@ def _finished(study: optuna.Study) -> int:
 
 
 def _worker(runner: TrialRunner, study_name: str, storage: str, sampler_seed: int,
-            n_trials: int) -> None:
-    """One worker process: join the study by name and run ``n_trials`` trials."""
+            n_trials: int, threads: int) -> None:
+    """One worker process: join the study by name and run ``n_trials`` trials on ``threads``
+    torch threads (the parent's share: N workers each on all cores would oversubscribe)."""
+    import torch
+
+    torch.set_num_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(study_name=study_name, storage=open_storage(storage),
                               sampler=make_sampler(runner.objectives, sampler_seed))
@@ -270,9 +274,12 @@ def _run_workers(runner: TrialRunner, study_name: str, storage: str, seed: int,
                  counts: list[int], progress) -> None:
     """Worker processes (forked: the model and data are shared, not pickled), each joining the
     study by name; the parent shows the study's progress and stops them on Ctrl-C."""
+    import torch
+
     context = multiprocessing.get_context("fork")
-    processes = [context.Process(target=_worker, args=(runner, study_name, storage, seed + k, n),
-                                 name=f"nnzip-search-worker-{k}")
+    threads = max(1, torch.get_num_threads() // len(counts))
+    processes = [context.Process(target=_worker, name=f"nnzip-search-worker-{k}",
+                                 args=(runner, study_name, storage, seed + k, n, threads))
                  for k, n in enumerate(counts) if n > 0]
     for process in processes:
         process.start()
