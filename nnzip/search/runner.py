@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
+import torch
 from optuna.trial import TrialState
 from torch import nn
 
@@ -230,6 +231,10 @@ class TrialRunner:
         trial.set_user_attr("recipe_yaml", text)
         trial.set_user_attr("recipe_path", str(folder / "recipe.yaml"))
         trial.set_user_attr("stages", [step.stage.kind for step in recipe.steps])
+        # Float sums differ with the thread count, so training does: a front recipe reproduces
+        # its trial bit for bit on the same number of threads (LeNet-5: identical .nnz on 1
+        # thread, 4 bytes and one test image apart on 2).
+        trial.set_user_attr("torch_threads", torch.get_num_threads())
         try:
             self._short_rung(trial, recipe)
             baseline, row, paths = self._compress(recipe, self.space.finetune_epochs,
@@ -254,8 +259,6 @@ def _worker(runner: TrialRunner, study_name: str, storage: str, sampler_seed: in
             n_trials: int, threads: int) -> None:
     """One worker process: join the study by name and run ``n_trials`` trials on ``threads``
     torch threads (the parent's share: N workers each on all cores would oversubscribe)."""
-    import torch
-
     torch.set_num_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(study_name=study_name, storage=open_storage(storage),
@@ -274,8 +277,6 @@ def _run_workers(runner: TrialRunner, study_name: str, storage: str, seed: int,
                  counts: list[int], progress) -> None:
     """Worker processes (forked: the model and data are shared, not pickled), each joining the
     study by name; the parent shows the study's progress and stops them on Ctrl-C."""
-    import torch
-
     context = multiprocessing.get_context("fork")
     threads = max(1, torch.get_num_threads() // len(counts))
     processes = [context.Process(target=_worker, name=f"nnzip-search-worker-{k}",
@@ -346,7 +347,8 @@ def _points(study: optuna.Study, objectives: list[Metric]) -> list[dict]:
             "feasible": all(v <= 0 for v in violations), "constraint_violations": violations,
             "stages": trial.user_attrs.get("stages", []),
             "recipe": trial.user_attrs.get("recipe_path"),
-            "artifact": trial.user_attrs.get("artifact"), "on_front": False})
+            "artifact": trial.user_attrs.get("artifact"),
+            "torch_threads": trial.user_attrs.get("torch_threads"), "on_front": False})
     feasible = [p for p in points if p["feasible"]]
     directions = [m.direction for m in objectives]
     for index in pareto_indices([[p["values"][m.name] for m in objectives] for p in feasible],
@@ -396,7 +398,9 @@ def _front_recipes(out: Path, front: list[dict], settings: dict, model_name: str
                       f"{point['number']}: validation {values}{tested}\n"
                       f"# Reproduce: nnzip compress --model {model_name} --recipe THIS_FILE "
                       f"--finetune-epochs {settings['space']['finetune_epochs']} "
-                      f"--seed {settings['seed']}\n")
+                      f"--seed {settings['seed']}"
+                      + (f" --work-threads {point['torch_threads']}"
+                         if point.get("torch_threads") else "") + "\n")
             (folder / f"trial-{point['number']}.yaml").write_text(header + source.read_text())
             point["front_recipe"] = str(out / "front" / f"trial-{point['number']}.yaml")
     return out / "front"

@@ -180,6 +180,8 @@ def test_four_trial_search_writes_a_front_of_non_dominated_feasible_trials(four_
 def test_a_front_recipe_reproduces_its_bytes_and_test_accuracy(four_trials, digits):
     model, _, out, _ = four_trials
     point = json.loads((out / "front.json").read_text())["points"][0]
+    header = Path(point["front_recipe"]).read_text().splitlines()[1]
+    assert header.endswith("--finetune-epochs 1 --seed 0 --work-threads 1")
     recipe = load_recipe(point["front_recipe"])
     result = compress(model, recipe, digits, finetune_epochs=1, seed=0, progress=False)
     row = result.report["models"][-1]
