@@ -80,6 +80,13 @@ def test_bad_space_is_refused_naming_the_field(tmp_path, text, names):
         assert name in message
 
 
+def test_shipped_search_spaces_load():
+    spaces = sorted((Path(__file__).parents[2] / "recipes").glob("search-*.yaml"))
+    assert spaces
+    for path in spaces:
+        assert load_space(path).combinations()
+
+
 def test_space_combinations_follow_the_optional_and_one_of_entries():
     space = parse_space({"stages": [
         {"prune": {"sparsity": {"low": 0.5, "high": 0.9}}},
