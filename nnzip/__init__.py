@@ -7,6 +7,7 @@ The public API is five verbs; everything else lives in the method families' pack
     nnzip.compress(model, "recipe.yaml", data)   run a recipe on a copy, measuring every stage
     nnzip.evaluate(model, data)                  every metric of one model, as a report entry
     nnzip.load_recipe("recipe.yaml")             parse and validate a recipe
+    nnzip.search(model, data, "space.yaml", out=) the measured Pareto front of recipes (Optuna)
     nnzip.save(model, "folder") / nnzip.load()   the model artifact (safetensors + JSON spec,
                                                  or one compressed file: "model.nnz")
 """
@@ -21,6 +22,7 @@ from nnzip.models import load_model as load  # noqa: E402
 from nnzip.models import save_model as save  # noqa: E402
 from nnzip.pipeline import apply, compress  # noqa: E402
 from nnzip.recipe import load_recipe  # noqa: E402
+from nnzip.search import search  # noqa: E402
 
 __all__ = ["NnzipError", "__version__", "apply", "compress", "evaluate", "load", "load_recipe",
-           "save"]
+           "save", "search"]

@@ -1,4 +1,4 @@
-"""The ``nnzip`` command: demo, train, eval, compress, report.
+"""The ``nnzip`` command: demo, train, eval, compress, search, report.
 
 Library code never prints; this module is where results reach the terminal. Every user-fixable
 problem arrives as an :class:`NnzipError` and is printed as one line, with exit status 2.
@@ -214,6 +214,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_sts_parser(commands)
 
+    search = commands.add_parser("search", help="search a space of recipes (Optuna) for the "
+                                 "measured Pareto front of the objectives; resumable, parallel")
+    _add_model_options(search)
+    search.add_argument("--space", type=Path, required=True,
+                        help="YAML search space (e.g. recipes/search-lenet5.yaml)")
+    search.add_argument("--objectives", nargs="+", default=["accuracy", "bytes"],
+                        help="report keys to optimize: accuracy, accuracy_drop, bytes, latency "
+                             "(latency@N: batch N), flops, or another numeric row key")
+    search.add_argument("--constraint", action="append", default=[], metavar="NAME<=VALUE",
+                        help="a hard constraint, e.g. \"accuracy_drop<=0.5\" (points); repeat "
+                             "for several")
+    search.add_argument("--trials", type=int, default=20,
+                        help="finished trials the study should hold: a rerun resumes, a larger "
+                             "number extends a finished search")
+    search.add_argument("--workers", type=int, default=1,
+                        help="worker processes on this machine sharing the storage")
+    search.add_argument("--storage", default=None,
+                        help="Optuna RDB URL shared by every worker (default: "
+                             "sqlite:///OUT/search.db; postgresql://... for several machines)")
+    search.add_argument("--study", default=None,
+                        help="study name in the storage (default: the space's name)")
+    search.add_argument("--out", type=Path, default=Path("runs/search"))
+    _add_data_options(search)
+
     report = commands.add_parser("report", help="print and re-render report.json files "
                                                 "(several are merged into one comparison)")
     report.add_argument("reports", nargs="+", type=Path)
@@ -261,6 +285,8 @@ def _option_ranges():
         batch_size: batch | None = None
         batch_sizes: list[batch] = Field(default_factory=lambda: [1, 64], min_length=1)
         max_accuracy_change: float = Field(0.2, ge=0, le=100, **finite)
+        trials: int = Field(20, ge=1, le=MAX_EPOCHS)
+        workers: int = Field(1, ge=1, le=MAX_THREADS)
 
     return OptionRanges
 
@@ -378,7 +404,8 @@ def _inputs(args: argparse.Namespace) -> dict[str, Path | None]:
 
     inputs = {option: input_path(getattr(args, name, None)) for option, name in (
         ("--model", "model"), ("--reference", "reference"), ("--recipe", "recipe"),
-        ("--data", "data"), ("--mnist-dir", "mnist_dir"), ("--cache-dir", "cache_dir"))}
+        ("--data", "data"), ("--mnist-dir", "mnist_dir"), ("--cache-dir", "cache_dir"),
+        ("--space", "space"))}
     if getattr(args, "checkpoint", None) is not None:  # written by the run: may not exist yet
         inputs["--checkpoint"] = args.checkpoint
     for path in getattr(args, "reports", None) or []:
@@ -394,7 +421,14 @@ def check_outputs(args: argparse.Namespace) -> None:
     out = getattr(args, "out", None)
     if out is None:
         return
-    if args.command == "train" and out.suffix.lower() == ".nnz":
+    if args.command == "search":  # resumed, not replaced: see nnzip.search.runner
+        from nnzip.outputs import check_not_over_inputs, check_writable_place
+        from nnzip.search.runner import check_search_folder
+
+        check_not_over_inputs(out, _inputs(args))
+        check_writable_place(out)
+        check_search_folder(out)
+    elif args.command == "train" and out.suffix.lower() == ".nnz":
         from nnzip.codec.nnz import MAGIC
         from nnzip.outputs import starts_with
 
@@ -407,6 +441,8 @@ def check_outputs(args: argparse.Namespace) -> None:
 
 def _interrupted_message(args: argparse.Namespace, interrupt: KeyboardInterrupt) -> str:
     """Where the results finished before Ctrl-C are, and that --out was left as it was."""
+    if getattr(interrupt, "message", None):  # a search says itself what it kept
+        return interrupt.message
     saved = getattr(interrupt, "saved_to", None)
     out = getattr(args, "out", None)
     unchanged = f"; {out} is unchanged" if out is not None else ""
@@ -515,6 +551,31 @@ def cmd_compress(args: argparse.Namespace) -> None:
 
     if is_main_process():  # the other ranks only trained: rank 0 measured and wrote the report
         _show(result.report, result.paths)
+
+
+def cmd_search(args: argparse.Namespace) -> None:
+    import optuna
+
+    from nnzip.search import load_space, search
+    from nnzip.search.runner import check_search_folder
+
+    space = load_space(args.space)  # validated before anything slow happens
+    check_search_folder(args.out)
+    model = _load_model(args.model, args)
+    data = _model_data(args, model)
+    if not args.verbose:  # one line per trial otherwise; the progress bar says as much
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+    result = search(model, data, space, out=args.out, objectives=args.objectives,
+                    constraints=args.constraint, trials=args.trials, workers=args.workers,
+                    storage=args.storage, study_name=args.study, seed=args.seed,
+                    name=Path(args.model.removeprefix("hf:")).stem,
+                    progress=not args.no_progress)
+    console.print(f"{result.finished} finished trials in {result.storage}; "
+                  f"{len(result.front)} on the front")
+    console.print(Path(result.paths["md"]).read_text(), markup=False, highlight=False)
+    for kind in ("json", "md", "png", "front"):
+        if kind in result.paths:
+            console.print(f"{kind:>5}: {result.paths[kind]}")
 
 
 def cmd_deploy(args: argparse.Namespace) -> None:
@@ -863,7 +924,7 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 COMMANDS = {"demo": cmd_demo, "train": cmd_train, "eval": cmd_eval, "compress": cmd_compress,
-            "deploy": cmd_deploy, "sts": cmd_sts, "report": cmd_report}
+            "deploy": cmd_deploy, "sts": cmd_sts, "report": cmd_report, "search": cmd_search}
 
 
 def unexpected_error_line(error: BaseException) -> str:
