@@ -80,6 +80,13 @@ def trained_mlp_state(digits):
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
+@pytest.fixture(scope="session")
+def mlp_factory():
+    """``make_mlp`` for module- or session-scoped fixtures (``from conftest import`` would get
+    whichever tests/**/conftest.py Python imported first under that name)."""
+    return make_mlp
+
+
 @pytest.fixture
 def trained_mlp(digits, trained_mlp_state):
     """A LeNet-300-100 for 8×8 digits, trained for 6 epochs (a fresh copy for every test)."""

@@ -140,11 +140,9 @@ def test_pareto_indices_keep_exactly_the_non_dominated_points():
 # --- a real search ----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def four_trials(tmp_path_factory, digits, trained_mlp_state):
+def four_trials(tmp_path_factory, digits, trained_mlp_state, mlp_factory):
     """A 4-trial search (accuracy vs bytes, drop <= 5 points) of the trained digits MLP."""
-    from conftest import make_mlp
-
-    model = make_mlp(digits)
+    model = mlp_factory(digits)
     model.load_state_dict(trained_mlp_state)
     folder = tmp_path_factory.mktemp("search")
     (folder / "space.yaml").write_text(TINY_SPACE)
