@@ -142,9 +142,14 @@ def test_pareto_indices_keep_exactly_the_non_dominated_points():
 @pytest.fixture(scope="module")
 def four_trials(tmp_path_factory, digits, trained_mlp_state):
     """A 4-trial search (accuracy vs bytes, drop <= 5 points) of the trained digits MLP."""
-    from conftest import make_mlp
+    # Built here: `from conftest import make_mlp` finds tests/search/conftest.py first.
+    import torch
 
-    model = make_mlp(digits)
+    from nnzip.models import create_model
+
+    torch.manual_seed(0)  # as tests/conftest.py's make_mlp
+    model = create_model("lenet300", input_shape=digits.input_shape,
+                         num_classes=digits.num_classes)
     model.load_state_dict(trained_mlp_state)
     folder = tmp_path_factory.mktemp("search")
     (folder / "space.yaml").write_text(TINY_SPACE)
