@@ -120,7 +120,11 @@ def open_storage(url: str, heartbeat_seconds: int | None = None,
                 "heartbeat_interval": heartbeat_seconds, "grace_period": 2 * heartbeat_seconds,
                 "heartbeat_stale_trial_callback":
                     optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)}
-            storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
+            # Optuna creates its tables on first use; workers starting together on a new
+            # database would race (PostgreSQL: "duplicate key … pg_type_typname_nsp_index").
+            with _schema_lock(url):
+                storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
+                                                     **heartbeat)
     except Exception as exc:  # sqlalchemy's OperationalError names the server and the cause
         cause = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         raise NnzipError(f"cannot open the search storage {url!r} ({cause}): check that the "
@@ -136,6 +140,19 @@ def open_storage(url: str, heartbeat_seconds: int | None = None,
     return storage
 
 
+@contextlib.contextmanager
+def _schema_lock(url: str):
+    """:func:`database_lock` for creating Optuna's tables, on a connection of its own."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with database_lock(engine, "nnzip-optuna-schema"):
+            yield
+    finally:
+        engine.dispose()
+
+
 def _rdb_backend(study: optuna.Study):
     """The RDB storage under ``study`` (Optuna wraps it in a private cache), or None."""
     optuna = _optuna()
@@ -145,43 +162,34 @@ def _rdb_backend(study: optuna.Study):
 
 
 @contextlib.contextmanager
-def budget_lock(study: optuna.Study):
-    """Hold a lock named after ``study`` in its database, so that one process at a time counts
-    and queues its budget: an advisory lock in PostgreSQL, ``GET_LOCK`` in MySQL (both taken on
-    a connection of their own, released when it closes, so a killed process never holds one),
-    ``flock`` on ``FILE.budget-lock`` beside a SQLite file (one machine by nature). An
-    in-memory storage lives in one process and needs none."""
-    backend = _rdb_backend(study)
-    if backend is None:
-        yield
-        return
+def database_lock(engine, name: str):
+    """Hold the lock ``name`` in the database behind ``engine`` (a SQLAlchemy engine) for the
+    block, so one process at a time, on any machine, runs it: an advisory lock in PostgreSQL,
+    ``GET_LOCK`` in MySQL (both on a connection of their own, released when it closes, so a
+    killed process never keeps one), ``flock`` on ``FILE.lock`` beside a SQLite file (one
+    machine by nature). An in-memory database lives in one process and needs none."""
     import sqlalchemy
 
-    engine = backend.engine
-    digest = hashlib.blake2b(study.study_name.encode(), digest_size=8).digest()
+    digest = hashlib.blake2b(name.encode(), digest_size=8).digest()
     key = int.from_bytes(digest, "big", signed=True)
     dialect = engine.dialect.name
-    if dialect == "postgresql":
+    if dialect in ("postgresql", "mysql"):
+        take, free = (("SELECT pg_advisory_lock(:key)", "SELECT pg_advisory_unlock(:key)")
+                      if dialect == "postgresql" else
+                      ("SELECT GET_LOCK(CAST(:key AS CHAR), -1)",
+                       "SELECT RELEASE_LOCK(CAST(:key AS CHAR))"))
         with engine.connect() as connection:
-            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
+            connection.execute(sqlalchemy.text(take), {"key": key})
+            connection.commit()
             try:
                 yield
             finally:
-                connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"),
-                                   {"key": key})
-    elif dialect == "mysql":
-        with engine.connect() as connection:
-            name = f"nnzip-budget-{key & 0xFFFFFFFF:08x}"
-            connection.execute(sqlalchemy.text("SELECT GET_LOCK(:name, -1)"), {"name": name})
-            try:
-                yield
-            finally:
-                connection.execute(sqlalchemy.text("SELECT RELEASE_LOCK(:name)"),
-                                   {"name": name})
+                connection.execute(sqlalchemy.text(free), {"key": key})
+                connection.commit()
     elif dialect == "sqlite" and engine.url.database not in (None, "", ":memory:"):
         import fcntl
 
-        with open(f"{engine.url.database}.budget-lock", "a") as lock_file:
+        with open(f"{engine.url.database}.lock", "a") as lock_file:
             fcntl.flock(lock_file, fcntl.LOCK_EX)
             try:
                 yield
@@ -189,6 +197,14 @@ def budget_lock(study: optuna.Study):
                 fcntl.flock(lock_file, fcntl.LOCK_UN)
     else:
         yield
+
+
+def budget_lock(study: optuna.Study):
+    """:func:`database_lock` named after ``study``, in the database that holds it."""
+    backend = _rdb_backend(study)
+    if backend is None:
+        return contextlib.nullcontext()
+    return database_lock(backend.engine, f"nnzip-budget:{study.study_name}")
 
 
 def enqueue_budget(study: optuna.Study, n_trials: int) -> int:
