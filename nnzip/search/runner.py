@@ -266,35 +266,36 @@ def worker_seed(seed: int, worker: int, storage: str) -> int:
 
 
 def _study_worker(runner: TrialRunner, study_name: str, storage: str, sampler_seed: int,
-                  on_trial=None) -> None:
+                  heartbeat_seconds: int, on_trial=None) -> None:
     """One worker: join the study by name with its own storage connection and sampler, and
     claim queued trials until none is left (``nnzip.core.studies.work``)."""
-    backend = open_storage(storage, heartbeat_seconds=HEARTBEAT_SECONDS)
+    backend = open_storage(storage, heartbeat_seconds=heartbeat_seconds)
     study = optuna.load_study(study_name=study_name, storage=backend,
                               sampler=make_sampler(runner.objectives, sampler_seed))
     work(study, backend, runner, on_trial=on_trial)
 
 
 def _forked_worker(runner: TrialRunner, study_name: str, storage: str, sampler_seed: int,
-                   threads: int) -> None:
+                   heartbeat_seconds: int, threads: int) -> None:
     """A worker process on ``threads`` torch threads (the parent's share: N workers each on
     all cores would oversubscribe)."""
     torch.set_num_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        _study_worker(runner, study_name, storage, sampler_seed)
+        _study_worker(runner, study_name, storage, sampler_seed, heartbeat_seconds)
     except KeyboardInterrupt:  # work() marked the running trial FAIL; the parent reports it
         sys.exit(130)
 
 
 def _run_workers(runner: TrialRunner, study_name: str, storage: str, seeds: list[int],
-                 progress) -> None:
+                 heartbeat_seconds: int, progress) -> None:
     """Worker processes (forked: the model and data are shared, not pickled), each joining the
     study by name; the parent shows the study's progress and stops them on Ctrl-C."""
     context = multiprocessing.get_context("fork")
     threads = max(1, torch.get_num_threads() // len(seeds))
     processes = [context.Process(target=_forked_worker, name=f"nnzip-search-worker-{k}",
-                                 args=(runner, study_name, storage, seed, threads))
+                                 args=(runner, study_name, storage, seed, heartbeat_seconds,
+                                       threads))
                  for k, seed in enumerate(seeds)]
     for process in processes:
         process.start()
@@ -455,13 +456,14 @@ def search(model: nn.Module, data: DataSplits, space: SearchSpace | str | Path, 
            constraints: Sequence[str] = (), trials: int = 20, workers: int = 1,
            storage: str | None = None, study_name: str | None = None, seed: int = 0,
            name: str = "model", eval_config: EvalConfig | None = None, heldout: bool = True,
-           progress: bool = True) -> SearchResult:
+           progress: bool = True, heartbeat_seconds: int = HEARTBEAT_SECONDS) -> SearchResult:
     """Search ``space`` for the recipes on the Pareto front of ``objectives`` under
     ``constraints``, until the study holds ``trials`` finished trials, and write the front.
 
     ``storage`` is an Optuna RDB URL (default ``sqlite:///OUT/search.db``); the study is created
     or joined by ``study_name`` (default: the space's name), so rerunning the same call resumes
-    it and several processes (``workers``) or machines (one server URL) share it. The caller's
+    it and several processes (``workers``) or machines (one server URL) share it; a trial whose
+    worker fell silent for ``2 * heartbeat_seconds`` (killed) is run again. The caller's
     model is never changed. See the module docstring for the choices made.
     """
     if isinstance(space, str | Path):
@@ -494,7 +496,7 @@ def search(model: nn.Module, data: DataSplits, space: SearchSpace | str | Path, 
     runner = TrialRunner(model, data, space, metrics, limits, out, eval_config=eval_config,
                          seed=seed, name=name)
     try:
-        _optimize(study, runner, storage, seed, trials, workers, progress)
+        _optimize(study, runner, storage, seed, trials, workers, heartbeat_seconds, progress)
     except KeyboardInterrupt:
         summarize(study, out, metrics, limits, settings, storage, interrupted=True)
         raise SearchInterrupted(
@@ -508,7 +510,7 @@ def search(model: nn.Module, data: DataSplits, space: SearchSpace | str | Path, 
 
 
 def _optimize(study: optuna.Study, runner: TrialRunner, storage: str, seed: int, trials: int,
-              workers: int, progress: bool) -> None:
+              workers: int, heartbeat_seconds: int, progress: bool) -> None:
     """Queue the budget's missing trials (once, however many processes and machines call this
     at the same time) and work the queue with ``workers`` processes of this machine."""
     from rich.progress import Progress
@@ -523,7 +525,8 @@ def _optimize(study: optuna.Study, runner: TrialRunner, storage: str, seed: int,
 
         seeds = [worker_seed(seed, k, storage) for k in range(min(workers, trials))]
         if len(seeds) == 1:
-            _study_worker(runner, study.study_name, storage, seeds[0], on_trial=show)
+            _study_worker(runner, study.study_name, storage, seeds[0], heartbeat_seconds,
+                          on_trial=show)
         else:
-            _run_workers(runner, study.study_name, storage, seeds, show)
+            _run_workers(runner, study.study_name, storage, seeds, heartbeat_seconds, show)
             show()

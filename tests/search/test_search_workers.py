@@ -107,3 +107,52 @@ def test_processes_queueing_one_budget_at_once_queue_it_once(backend, postgres_u
     assert sorted(queued) == [0, 0, 0, 10]
     study = optuna.load_study(study_name=name, storage=open_storage(url))
     assert [t.state.name for t in study.get_trials()] == ["WAITING"] * 10
+
+
+# The search as a user's process runs it, on 1-second heartbeats so that the test waits 2 s
+# (not the default 30 s) for a killed trial to be declared dead.
+SEARCH_SCRIPT = """
+import sys
+import torch
+import nnzip
+from nnzip.data import load_digits
+
+torch.set_num_threads(1)
+model_dir, space, out, trials = sys.argv[1:5]
+nnzip.search(nnzip.load(model_dir), load_digits(seed=0), space, out=out, trials=int(trials),
+             objectives=["bytes"], progress=False, heldout=False, heartbeat_seconds=1)
+"""
+
+
+def test_a_killed_search_resumes_keeping_its_finished_trials_and_reruns_the_killed_one(
+        trained_mlp, tmp_path):
+    """SIGKILL (no handler runs) in the middle of trial 1: the rerun keeps trial 0 as it was,
+    fails the orphaned trial 1 once its heartbeat is stale, runs its parameters again as a new
+    trial and finishes the budget of 3 finished trials."""
+    import signal
+    import time
+
+    model_dir = save(trained_mlp, tmp_path / "mlp")
+    space, out, script = tmp_path / "space.yaml", tmp_path / "out", tmp_path / "search.py"
+    space.write_text(TINY_SPACE)
+    script.write_text(SEARCH_SCRIPT)
+    argv = [sys.executable, str(script), str(model_dir), str(space), str(out), "3"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    first = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while not (out / "trials" / "1" / "recipe.yaml").exists():  # trial 0 told, 1 running
+        assert first.poll() is None and time.monotonic() < deadline, first.communicate()[0]
+        time.sleep(0.02)
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=30)
+    storage = open_storage(f"sqlite:///{out / 'search.db'}")
+    before = optuna.load_study(study_name="tiny-shared", storage=storage).get_trials()
+    assert [t.state.name for t in before[:2]] == ["COMPLETE", "RUNNING"]
+
+    rerun = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=180)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    trials = optuna.load_study(study_name="tiny-shared", storage=storage).get_trials()
+    assert trials[0].values == before[0].values and trials[0].params == before[0].params
+    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
+    retry = trials[3]
+    assert retry.system_attrs["failed_trial"] == 1 and retry.params == trials[1].params
