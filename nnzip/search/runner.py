@@ -37,6 +37,7 @@ Choices made here, and why:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -275,10 +276,28 @@ def _study_worker(runner: TrialRunner, study_name: str, storage: str, sampler_se
     work(study, backend, runner, on_trial=on_trial)
 
 
+def _end_with_parent(parent_pid: int) -> None:
+    """Have Linux send this worker SIGTERM when its parent dies (``prctl(PR_SET_PDEATHSIG)``):
+    a killed ``nnzip search`` must not leave workers running on without it. SIGTERM takes the
+    Ctrl-C path (the trial is marked FAIL) where the CLI's handler is installed; elsewhere it
+    ends the worker and the trial's heartbeat stops. Nothing to do off Linux."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM))
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _forked_worker(runner: TrialRunner, study_name: str, storage: str, sampler_seed: int,
-                   heartbeat_seconds: int, threads: int) -> None:
+                   heartbeat_seconds: int, threads: int, parent_pid: int) -> None:
     """A worker process on ``threads`` torch threads (the parent's share: N workers each on
     all cores would oversubscribe)."""
+    _end_with_parent(parent_pid)
     torch.set_num_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
@@ -295,7 +314,7 @@ def _run_workers(runner: TrialRunner, study_name: str, storage: str, seeds: list
     threads = max(1, torch.get_num_threads() // len(seeds))
     processes = [context.Process(target=_forked_worker, name=f"nnzip-search-worker-{k}",
                                  args=(runner, study_name, storage, seed, heartbeat_seconds,
-                                       threads))
+                                       threads, os.getpid()))
                  for k, seed in enumerate(seeds)]
     for process in processes:
         process.start()
