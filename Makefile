@@ -54,6 +54,7 @@ bench: $(BENCH_STAMP)
 	$(PY) benchmarks/deploy_openvino.py
 	$(PY) benchmarks/minilm_deploy.py
 	$(PY) benchmarks/deploy_peers.py
+	$(PY) benchmarks/search_workers.py
 	$(PY) benchmarks/coverage.py
 
 lint: $(STAMP)

@@ -16,12 +16,17 @@ Choices made here, and why:
   trial first runs with every fine-tune budget cut to ``short_fraction``; when it then misses an
   accuracy constraint by more than ``slack_points`` (or any other constraint at all, those do not
   depend on fine-tuning) it is stopped as PRUNED, else it runs again with the full budget.
-- **Storage.** Any Optuna RDB URL; by default ``sqlite:///OUT/search.db``. The study is created
-  or joined by name (``load_if_exists``), so the same command resumes an interrupted search and
-  processes (or machines) given one URL cooperate on one study. ``trials`` is the number of
-  *finished* trials (complete or pruned) the study should hold: a rerun runs only what is
-  missing; a larger number extends a finished search. An interrupted trial is marked FAIL by
-  Optuna and run again under a new number.
+- **Storage and workers: one mechanism** (:mod:`nnzip.core.studies`). Any Optuna RDB URL; by
+  default ``sqlite:///OUT/search.db``. The study is created or joined by name
+  (``load_if_exists``), so the same command resumes an interrupted search and processes (or
+  machines) given one URL cooperate on one study. ``trials`` is the study's budget:
+  ``enqueue_budget`` queues, under a lock in the database, the trials that are not yet finished,
+  running or queued (a failed one is replaced), and every worker (the ``--workers`` processes
+  here, the same command on other machines) claims queued trials until none is left. So a budget
+  of N runs N trials once each, however many processes share it; a rerun runs only what is
+  missing and a larger number extends a finished search. Workers record heartbeats
+  (``HEARTBEAT_SECONDS``): a killed worker's trial is failed after twice that and run again
+  with its parameters.
 - **The output folder is resumed, not replaced.** Other commands write into a staged folder that
   replaces ``--out`` whole; a search folder holds the study (which a resumed or remote search
   keeps adding to) and one sub-folder per trial, so replacing it would lose finished trials.
@@ -32,14 +37,16 @@ Choices made here, and why:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
 import logging
 import multiprocessing
+import os
+import socket
 import sys
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +58,7 @@ from torch import nn
 
 from nnzip.atomic import atomic_dir, write_text
 from nnzip.core.interrupt import check_interrupt
+from nnzip.core.studies import enqueue_budget, open_storage, work
 from nnzip.data.splits import DataSplits
 from nnzip.errors import NnzipError
 from nnzip.evaluate import EvalConfig
@@ -76,6 +84,9 @@ log = logging.getLogger(__name__)
 #: The file that marks a folder as a search's output (a rerun resumes it).
 SEARCH_MARKER = "search.json"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+#: A worker's heartbeat period: a trial silent for twice this long (a killed worker's) is failed
+#: and run again, so a resumed search may wait that long for the trials a kill left RUNNING.
+HEARTBEAT_SECONDS = 15
 #: Constraints whose value depends on the fine-tune budget (the short rung gets a slack).
 _ACCURACY_METRICS = frozenset({"accuracy", "accuracy_drop"})
 
@@ -100,17 +111,6 @@ class SearchResult:
 
 def default_storage(out: Path) -> str:
     return f"sqlite:///{out.resolve() / 'search.db'}"
-
-
-def open_storage(url: str) -> optuna.storages.BaseStorage:
-    """Optuna's RDB storage for ``url``; SQLite waits for a lock rather than failing at once
-    (several worker processes share one file), a server database gets heartbeats so a trial of
-    a killed worker is marked failed rather than left running."""
-    if url.startswith("sqlite:"):
-        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 120}})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=300)
 
 
 def make_sampler(objectives: list[Metric], seed: int):
@@ -255,33 +255,67 @@ def _finished(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
-def _worker(runner: TrialRunner, study_name: str, storage: str, sampler_seed: int,
-            n_trials: int, threads: int) -> None:
-    """One worker process: join the study by name and run ``n_trials`` trials on ``threads``
-    torch threads (the parent's share: N workers each on all cores would oversubscribe)."""
+def worker_seed(seed: int, worker: int, storage: str) -> int:
+    """The sampler seed of worker ``worker`` (0, 1, …) of this process's ``--workers``: ``seed +
+    worker`` on a local SQLite file (worker 0 alone reproduces the search), and mixed with the
+    host and process id on a server, where every machine's worker 0 would otherwise propose the
+    same random first recipes."""
+    if storage.startswith("sqlite"):
+        return seed + worker
+    origin = f"{socket.gethostname()}-{os.getpid()}".encode()
+    return (seed + worker + int.from_bytes(origin, "big")) % 2**31
+
+
+def _study_worker(runner: TrialRunner, study_name: str, storage: str, sampler_seed: int,
+                  heartbeat_seconds: int, on_trial=None) -> None:
+    """One worker: join the study by name with its own storage connection and sampler, and
+    claim queued trials until none is left (``nnzip.core.studies.work``)."""
+    backend = open_storage(storage, heartbeat_seconds=heartbeat_seconds)
+    study = optuna.load_study(study_name=study_name, storage=backend,
+                              sampler=make_sampler(runner.objectives, sampler_seed))
+    work(study, backend, runner, on_trial=on_trial)
+
+
+def _end_with_parent(parent_pid: int) -> None:
+    """Have Linux send this worker SIGTERM when its parent dies (``prctl(PR_SET_PDEATHSIG)``):
+    a killed ``nnzip search`` must not leave workers running on without it. SIGTERM takes the
+    Ctrl-C path (the trial is marked FAIL) where the CLI's handler is installed; elsewhere it
+    ends the worker and the trial's heartbeat stops. Nothing to do off Linux."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM))
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _forked_worker(runner: TrialRunner, study_name: str, storage: str, sampler_seed: int,
+                   heartbeat_seconds: int, threads: int, parent_pid: int) -> None:
+    """A worker process on ``threads`` torch threads (the parent's share: N workers each on
+    all cores would oversubscribe)."""
+    _end_with_parent(parent_pid)
     torch.set_num_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name=study_name, storage=open_storage(storage),
-                              sampler=make_sampler(runner.objectives, sampler_seed))
     try:
-        study.optimize(runner, n_trials=n_trials, catch=())
-    except KeyboardInterrupt:  # Optuna marked the running trial FAIL; the parent reports it
+        _study_worker(runner, study_name, storage, sampler_seed, heartbeat_seconds)
+    except KeyboardInterrupt:  # work() marked the running trial FAIL; the parent reports it
         sys.exit(130)
 
 
-def _split(total: int, workers: int) -> list[int]:
-    return [total // workers + (1 if k < total % workers else 0) for k in range(workers)]
-
-
-def _run_workers(runner: TrialRunner, study_name: str, storage: str, seed: int,
-                 counts: list[int], progress) -> None:
+def _run_workers(runner: TrialRunner, study_name: str, storage: str, seeds: list[int],
+                 heartbeat_seconds: int, progress) -> None:
     """Worker processes (forked: the model and data are shared, not pickled), each joining the
     study by name; the parent shows the study's progress and stops them on Ctrl-C."""
     context = multiprocessing.get_context("fork")
-    threads = max(1, torch.get_num_threads() // len(counts))
-    processes = [context.Process(target=_worker, name=f"nnzip-search-worker-{k}",
-                                 args=(runner, study_name, storage, seed + k, n, threads))
-                 for k, n in enumerate(counts) if n > 0]
+    threads = max(1, torch.get_num_threads() // len(seeds))
+    processes = [context.Process(target=_forked_worker, name=f"nnzip-search-worker-{k}",
+                                 args=(runner, study_name, storage, seed, heartbeat_seconds,
+                                       threads, os.getpid()))
+                 for k, seed in enumerate(seeds)]
     for process in processes:
         process.start()
     try:
@@ -441,13 +475,14 @@ def search(model: nn.Module, data: DataSplits, space: SearchSpace | str | Path, 
            constraints: Sequence[str] = (), trials: int = 20, workers: int = 1,
            storage: str | None = None, study_name: str | None = None, seed: int = 0,
            name: str = "model", eval_config: EvalConfig | None = None, heldout: bool = True,
-           progress: bool = True) -> SearchResult:
+           progress: bool = True, heartbeat_seconds: int = HEARTBEAT_SECONDS) -> SearchResult:
     """Search ``space`` for the recipes on the Pareto front of ``objectives`` under
     ``constraints``, until the study holds ``trials`` finished trials, and write the front.
 
     ``storage`` is an Optuna RDB URL (default ``sqlite:///OUT/search.db``); the study is created
     or joined by ``study_name`` (default: the space's name), so rerunning the same call resumes
-    it and several processes (``workers``) or machines (one server URL) share it. The caller's
+    it and several processes (``workers``) or machines (one server URL) share it; a trial whose
+    worker fell silent for ``2 * heartbeat_seconds`` (killed) is run again. The caller's
     model is never changed. See the module docstring for the choices made.
     """
     if isinstance(space, str | Path):
@@ -479,10 +514,8 @@ def search(model: nn.Module, data: DataSplits, space: SearchSpace | str | Path, 
     eval_config = eval_config or search_eval_config(metrics, limits)
     runner = TrialRunner(model, data, space, metrics, limits, out, eval_config=eval_config,
                          seed=seed, name=name)
-    missing = trials - _finished(study)
     try:
-        if missing > 0:
-            _optimize(study, runner, storage, seed, missing, workers, progress)
+        _optimize(study, runner, storage, seed, trials, workers, heartbeat_seconds, progress)
     except KeyboardInterrupt:
         summarize(study, out, metrics, limits, settings, storage, interrupted=True)
         raise SearchInterrupted(
@@ -495,21 +528,24 @@ def search(model: nn.Module, data: DataSplits, space: SearchSpace | str | Path, 
                         finished=_finished(study), front=front, paths=paths)
 
 
-def _optimize(study: optuna.Study, runner: TrialRunner, storage: str, seed: int, missing: int,
-              workers: int, progress: bool) -> None:
+def _optimize(study: optuna.Study, runner: TrialRunner, storage: str, seed: int, trials: int,
+              workers: int, heartbeat_seconds: int, progress: bool) -> None:
+    """Queue the budget's missing trials (once, however many processes and machines call this
+    at the same time) and work the queue with ``workers`` processes of this machine."""
     from rich.progress import Progress
 
-    target = _finished(study) + missing
+    enqueue_budget(study, trials)
     with Progress(disable=not progress, transient=True) as bar:
-        task = bar.add_task(f"search {study.study_name}", total=target,
+        task = bar.add_task(f"search {study.study_name}", total=trials,
                             completed=_finished(study))
 
         def show(*_args) -> None:
             bar.update(task, completed=_finished(study))
 
-        if workers == 1:
-            study.optimize(runner, n_trials=missing, callbacks=[show], catch=())
+        seeds = [worker_seed(seed, k, storage) for k in range(min(workers, trials))]
+        if len(seeds) == 1:
+            _study_worker(runner, study.study_name, storage, seeds[0], heartbeat_seconds,
+                          on_trial=show)
         else:
-            _run_workers(runner, study.study_name, storage, seed,
-                         _split(missing, min(workers, missing)), show)
+            _run_workers(runner, study.study_name, storage, seeds, heartbeat_seconds, show)
             show()

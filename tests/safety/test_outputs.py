@@ -200,12 +200,15 @@ COMMANDS = {
     "deploy": ["deploy", "--model", "MODEL", "--data", "digits"],
     "demo": ["demo", "--data", "digits"],
     "report": ["report", "REPORT"],
+    # A search folder is resumed, not replaced (nnzip.search.runner); the refusals below hold
+    # for it as for the others, and an unrelated folder is refused as "not a search".
+    "search": ["search", "--model", "MODEL", "--space", "SPACE", "--data", "digits"],
 }
 
 
 def _argv(command: str, tmp_path: Path, out: Path) -> list[str]:
     names = {"MODEL": str(tmp_path / "model.nnz"), "RECIPE": str(tmp_path / "recipe.yaml"),
-             "REPORT": str(tmp_path / "report.json")}
+             "REPORT": str(tmp_path / "report.json"), "SPACE": str(tmp_path / "space.yaml")}
     return [names.get(arg, arg) for arg in COMMANDS[command]] + ["--out", str(out)]
 
 
@@ -246,7 +249,7 @@ def test_out_in_a_really_read_only_folder_is_refused(tmp_path, capsys, no_work):
         locked.chmod(0o700)
 
 
-@pytest.mark.parametrize("command", ["eval", "compress", "deploy", "train"])
+@pytest.mark.parametrize("command", ["eval", "compress", "deploy", "train", "search"])
 def test_an_unrelated_folder_is_never_replaced(tmp_path, capsys, no_work, command):
     mine = tmp_path / "photos"
     mine.mkdir()
