@@ -206,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--max-accuracy-change", type=float, default=0.2,
                         help="accuracy points a runtime may differ from the model and count as "
                              "correct")
+    deploy.add_argument("--size-tolerance", type=float, default=0.03,
+                        help="runtimes within this fraction of the fastest latency are tied; "
+                             "the smallest file of them is deployed (0: strictly the fastest)")
     deploy.add_argument("--min-cosine", type=float, default=0.99,
                         help="sentence encoders (hf:): the mean cosine to the model's own "
                              "embeddings a runtime must reach to count as correct")
@@ -285,6 +288,7 @@ def _option_ranges():
         batch_size: batch | None = None
         batch_sizes: list[batch] = Field(default_factory=lambda: [1, 64], min_length=1)
         max_accuracy_change: float = Field(0.2, ge=0, le=100, **finite)
+        size_tolerance: float = Field(0.03, ge=0, le=1, **finite)
         trials: int = Field(20, ge=1, le=MAX_EPOCHS)
         workers: int = Field(1, ge=1, le=MAX_THREADS)
 
@@ -599,7 +603,8 @@ def cmd_deploy(args: argparse.Namespace) -> None:
     deployment = deploy(model, data, args.out, batch_sizes=tuple(args.batch_sizes),
                         threads=args.threads, repeats=args.repeats,
                         max_accuracy_change=args.max_accuracy_change, original=reference,
-                        target_batch=args.target_batch, min_cosine=args.min_cosine)
+                        target_batch=args.target_batch, min_cosine=args.min_cosine,
+                        size_tolerance=args.size_tolerance)
     machine = deployment.machine
     table = Table(title=f"runtimes on {machine['cpu_model']} ({', '.join(machine['cpu_flags'])}); "
                         f"onnxruntime {machine['onnxruntime_version']}, "
@@ -619,15 +624,22 @@ def cmd_deploy(args: argparse.Namespace) -> None:
                         else "—" for batch in args.batch_sizes))
     console.print(table)
     baseline = "the reference" if reference is not None else deployment.baseline().name
-    winners = Table(title="fastest correct runtime per batch size")
-    for column in ("batch", "winner", "p50 ms", f"vs {baseline}", "runner-up", "vs runner-up"):
+    winners = Table(title="runtime deployed per batch size",
+                    caption=f"the fastest correct runtime, or the smallest file within "
+                            f"{100 * args.size_tolerance:g} % of its latency")
+    for column in ("batch", "winner", "p50 ms", "bytes", f"vs {baseline}", "runner-up",
+                   "vs runner-up", "runner-up bytes"):
         winners.add_column(column)
     for batch in deployment.chosen_by_batch:
         choice = deployment.choice(batch)
+        size = choice["file_bytes"]
+        runner_up_size = choice["runner_up_file_bytes"]
         winners.add_row(str(batch), choice["runtime"], f"{choice['p50_ms']:.3f}",
+                        "—" if size is None else f"{size:,}",
                         f"{choice['speedup']:.2f}×", choice["runner_up"] or "—",
                         "" if choice["speedup_vs_runner_up"] is None
-                        else f"{choice['speedup_vs_runner_up']:.2f}×")
+                        else f"{choice['speedup_vs_runner_up']:.2f}×",
+                        "—" if runner_up_size is None else f"{runner_up_size:,}")
     console.print(winners)
     for skip in deployment.skipped:
         console.print(f"skipped {skip['runtime']}: {skip['reason']}", markup=False)

@@ -65,18 +65,26 @@ def _timed_calls(model: nn.Module, batch: torch.Tensor, count: int) -> list[floa
 
 def compare_latency(models: list[nn.Module], input_shape: tuple[int, ...] | None = None,
                     batch_size: int = 1, threads: int = 1, warmup: int = 10, repeats: int = 50,
-                    rounds: int = 10, batch: torch.Tensor | None = None
-                    ) -> list[dict[str, float]]:
+                    rounds: int = 10, batch: torch.Tensor | None = None, settle: int = 1,
+                    seed: int = 0) -> list[dict[str, float]]:
     """Latency of several models timed interleaved: ``[{"p50": ms, "p95": ms}, ...]``.
 
     Every model gets ``warmup`` untimed calls, then ``rounds`` rounds in each of which every
-    model (in rotating order) runs ``repeats / rounds`` timed calls on the same seeded batch
-    (or on ``batch`` when given: real token ids for a transformer, say).
+    model, in a seeded random order, runs ``settle`` untimed calls and then ``repeats / rounds``
+    timed calls on the same seeded batch (or on ``batch`` when given: real token ids for a
+    transformer, say).
+
+    Why both: the first call after another model's runs on caches (and AMX tile state) that
+    model left. With a fixed order every model always follows the same neighbour, so that cost
+    falls on some models and not others; measured, it moved ResNet-8's batch-64 speed-up on one
+    OpenVINO model by 13 % against an identical one timed after a different neighbour. The
+    untimed settling call removes the cost and the shuffled order spreads what is left.
     """
     batch = given_or_random_batch(batch, input_shape, batch_size, "compare_latency")
     rounds = max(1, min(rounds, repeats))
     per_round = max(1, -(-repeats // rounds))  # ceil: at least `repeats` samples in all
     samples: list[list[float]] = [[] for _ in models]
+    order = np.random.default_rng(seed)
     with contextlib.ExitStack() as stack:
         for model in models:
             stack.enter_context(eval_mode(model))
@@ -84,9 +92,9 @@ def compare_latency(models: list[nn.Module], input_shape: tuple[int, ...] | None
         stack.enter_context(torch.inference_mode())
         for model in models:
             _timed_calls(model, batch, warmup)
-        for round_index in range(rounds):
-            for offset in range(len(models)):
-                index = (round_index + offset) % len(models)
+        for _ in range(rounds):
+            for index in order.permutation(len(models)):
+                _timed_calls(models[index], batch, settle)
                 samples[index].extend(_timed_calls(models[index], batch, per_round))
     return [{"p50": float(np.median(times)), "p95": float(np.percentile(times, 95))}
             for times in samples]
@@ -96,5 +104,6 @@ def measure_latency(model: nn.Module, input_shape: tuple[int, ...] | None = None
                     batch_size: int = 1, threads: int = 1, warmup: int = 10, repeats: int = 50,
                     batch: torch.Tensor | None = None) -> dict[str, float]:
     """Latency in milliseconds of one forward pass: ``{"p50": ..., "p95": ...}``."""
+    # settle=0: with one model, every call already follows a call of the same model.
     return compare_latency([model], input_shape, batch_size, threads, warmup, repeats,
-                           batch=batch)[0]
+                           batch=batch, settle=0)[0]

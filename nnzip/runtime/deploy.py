@@ -29,6 +29,9 @@ So :func:`deploy` measures instead of assuming:
 3. it times the correct ones interleaved at each batch size (:func:`nnzip.evaluate.compare_latency`)
    and records the fastest correct runtime *per batch size*: which one wins changes with the
    batch size and the CPU (on an AMX Xeon, ORT fp32 can win at batch 1 and OpenVINO int8 at 64).
+   Runtimes within ``size_tolerance`` (3 %) of the fastest count as tied, and of those the one
+   with the smallest file wins (:func:`pick`): on AMX, bf16 on the dequantized float weights
+   runs as fast as int8, and a user should not get a file 3× larger for a difference in noise.
 
 The winner at ``target_batch`` (the first batch size unless given) is saved in its runtime's own
 format: ``out_dir/model.onnx`` (ONNX Runtime), ``model.xml`` + ``model.bin`` (OpenVINO IR, which
@@ -143,10 +146,11 @@ class Deployment:
         return versus.latency_ms[batch_size]["p50"] / winner.latency_ms[batch_size]["p50"]
 
     def runner_up(self, batch_size: int) -> Runtime | None:
-        """The second fastest correct candidate at ``batch_size``."""
-        timed = sorted((r for r in self.runtimes if r.correct and batch_size in r.latency_ms),
-                       key=lambda r: r.latency_ms[batch_size]["p50"])
-        return timed[1] if len(timed) > 1 else None
+        """The fastest correct candidate at ``batch_size`` other than the winner."""
+        winner = self.chosen_by_batch.get(batch_size, self.chosen)
+        timed = sorted((r for r in self.runtimes if r.correct and batch_size in r.latency_ms
+                        and r is not winner), key=lambda r: r.latency_ms[batch_size]["p50"])
+        return timed[0] if timed else None
 
     def choice(self, batch_size: int) -> dict:
         """The winner at ``batch_size`` and by how much it beats eager and the runner-up."""
@@ -162,7 +166,8 @@ class Deployment:
                 "baseline": self.baseline().name, "speedup": ratio(self.baseline()),
                 f"speedup_vs_{eager.name.replace('-', '_')}": ratio(eager),
                 "runner_up": runner_up.name if runner_up else None,
-                "speedup_vs_runner_up": ratio(runner_up)}
+                "speedup_vs_runner_up": ratio(runner_up), "file_bytes": winner.file_bytes,
+                "runner_up_file_bytes": runner_up.file_bytes if runner_up else None}
 
     def summary(self) -> dict:
         return {"chosen": {str(batch): self.choice(batch) for batch in self.chosen_by_batch},
@@ -423,11 +428,33 @@ def sequence_dim_of(example: torch.Tensor) -> int | None:
     return 1 if example.ndim == 2 and not example.is_floating_point() else None
 
 
+def _smaller_first(runtime: Runtime) -> float:
+    return float("inf") if runtime.file_bytes is None else runtime.file_bytes
+
+
+def pick(runtimes: list[Runtime], batch_size: int, size_tolerance: float = 0.03) -> Runtime:
+    """The correct runtime to deploy at ``batch_size``: of those whose p50 latency is within
+    ``size_tolerance`` (a fraction) of the fastest correct one's, the smallest file (a runtime
+    without a file, PyTorch eager, last), then the faster.
+
+    Why a tolerance: two runtimes a few per cent apart in one interleaved run swap places in the
+    next (the spread of repeated runs on this kind of machine is of that order), while their
+    files can differ 3× (int8 vs float weights). ``size_tolerance=0`` keeps the strictly fastest.
+    """
+    correct = [r for r in runtimes if r.correct and batch_size in r.latency_ms]
+    if not correct:
+        raise NnzipError(f"no correct runtime was timed at batch size {batch_size}")
+    fastest = min(r.latency_ms[batch_size]["p50"] for r in correct)
+    tied = [r for r in correct if r.latency_ms[batch_size]["p50"] <= fastest * (1 + size_tolerance)]
+    return min(tied, key=lambda r: (_smaller_first(r), r.latency_ms[batch_size]["p50"]))
+
+
 def deploy(model: nn.Module, data: DataSplits, out_dir: str | Path, *,
            batch_sizes: tuple[int, ...] = (1, 64), threads: int = 1, samples: int = 2000,
            max_accuracy_change: float = 0.2, repeats: int = 50,
            original: nn.Module | None = None, target_batch: int | None = None,
-           openvino: bool = True, min_cosine: float = 0.99) -> Deployment:
+           openvino: bool = True, min_cosine: float = 0.99,
+           size_tolerance: float = 0.03) -> Deployment:
     """Measure every runtime of ``model``, keep the fastest correct one per batch size, and save
     the winner at ``target_batch`` (default: ``batch_sizes[0]``).
 
@@ -439,7 +466,12 @@ def deploy(model: nn.Module, data: DataSplits, out_dir: str | Path, *,
     encoder (data of task ``embed``) correct means instead a mean cosine of at least
     ``min_cosine`` to the embeddings of the model as given (:func:`check_embedding`).
     ``openvino=False`` leaves the OpenVINO candidates out (recorded as skipped).
+    ``size_tolerance``: runtimes this close to the fastest (a fraction of its p50) are tied, and
+    the smallest file of them is kept (:func:`pick`).
     """
+    if not 0 <= size_tolerance <= 1:
+        raise NnzipError(f"size_tolerance is a fraction of the fastest latency in [0, 1], got "
+                         f"{size_tolerance}")
     if not batch_sizes or min(batch_sizes) < 1:
         raise NnzipError(f"batch_sizes must be positive integers, got {batch_sizes!r}")
     if max_accuracy_change < 0:
@@ -493,8 +525,7 @@ def deploy(model: nn.Module, data: DataSplits, out_dir: str | Path, *,
                                       repeats=repeats, batch=probe_batch(data, batch))
             for runtime, timing in zip(timed, timings, strict=True):
                 runtime.latency_ms[batch] = {key: round(value, 4) for key, value in timing.items()}
-            chosen_by_batch[batch] = min((r for r in timed if r.correct),
-                                         key=lambda runtime: runtime.latency_ms[batch]["p50"])
+            chosen_by_batch[batch] = pick(timed, batch, size_tolerance)
         chosen = chosen_by_batch[target_batch]
         path = _save_chosen(chosen, model, example, folder)
         for runtime in runtimes:  # named as they will be once the folder is in place

@@ -50,16 +50,26 @@ class _Recorder(nn.Module):
         return x
 
 
-def test_compared_models_are_timed_interleaved_in_rotating_rounds():
+def test_compared_models_are_timed_interleaved_each_block_after_an_untimed_call():
     calls: list[str] = []
-    a, b = _Recorder("a", calls), _Recorder("b", calls)
-    result = compare_latency([a, b], (3,), batch_size=1, warmup=1, repeats=4, rounds=2)
-    assert len(result) == 2 and all(r["p50"] <= r["p95"] for r in result)
-    # warm-up a, b; round 1: a a, b b; round 2 starts with b: b b, a a
-    assert "".join(calls) == "ab" + "aabb" + "bbaa"
+    a, b, c = (_Recorder(name, calls) for name in "abc")
+    result = compare_latency([a, b, c], (3,), batch_size=1, warmup=1, repeats=6, rounds=3)
+    assert len(result) == 3 and all(r["p50"] <= r["p95"] for r in result)
+    # warm-up a, b, c; then 3 rounds, each model once per round as a block of 1 settling call
+    # and 2 timed ones, in an order shuffled per round (seeded: the same every run).
+    assert "".join(calls[:3]) == "abc"
+    blocks = ["".join(calls[i:i + 3]) for i in range(3, len(calls), 3)]
+    assert len(calls) == 3 + 3 * 3 * 3 and set(blocks) == {"aaa", "bbb", "ccc"}
+    rounds = ["".join(block[0] for block in blocks[i:i + 3]) for i in range(0, 9, 3)]
+    assert all(sorted(order) == ["a", "b", "c"] for order in rounds)
+    assert len(set(rounds)) > 1  # not one fixed order: each model meets other neighbours
+    again: list[str] = []
+    compare_latency([_Recorder(name, again) for name in "abc"], (3,), warmup=1, repeats=6,
+                    rounds=3)
+    assert again == calls
 
 
 def test_measure_latency_equals_a_comparison_of_one():
     calls: list[str] = []
     measure_latency(_Recorder("a", calls), (3,), warmup=2, repeats=5)
-    assert calls == ["a"] * 7
+    assert calls == ["a"] * 7  # no settling call: each call follows one of the same model

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from torch import nn
 
 from nnzip.cli import main
 from nnzip.data import calibration_batches
@@ -11,6 +12,7 @@ from nnzip.errors import NnzipError
 from nnzip.models import load_model, save_model
 from nnzip.quant import quantize_static
 from nnzip.runtime import OrtModule, OvModule, deploy
+from nnzip.runtime.deploy import Runtime, pick
 
 
 def test_deploy_float_model_measures_every_runtime_and_keeps_a_correct_one(lenet300, mnist,
@@ -63,3 +65,25 @@ def test_cli_deploy(lenet300, tmp_path, capsys):
     output = capsys.readouterr().out
     assert "saved:" in output and "onnxruntime-fp32" in output
     assert (tmp_path / "out" / "deploy.json").is_file()
+
+
+def _timed(name: str, p50: float, size: int | None, correct: bool = True) -> Runtime:
+    runtime = Runtime(name, name, None, nn.Identity(), latency_ms={1: {"p50": p50}},
+                      file_bytes=size)
+    runtime.correct = correct
+    return runtime
+
+
+def test_pick_keeps_the_smallest_file_among_runtimes_tied_within_the_tolerance():
+    bf16 = _timed("openvino-bf16", 1.00, 320_080)  # fastest, float-sized file
+    int8 = _timed("openvino-int8", 1.02, 102_545)  # 2 % slower, a third of the bytes
+    qdq = _timed("onnxruntime-int8", 1.20, 102_545)  # smaller than bf16 but 20 % slower
+    eager = _timed("pytorch-eager", 1.01, None)  # no file: never preferred for its size
+    wrong = _timed("tiny-but-wrong", 0.50, 10, correct=False)
+    runtimes = [bf16, int8, qdq, eager, wrong]
+    assert pick(runtimes, 1) is int8
+    assert pick(runtimes, 1, size_tolerance=0.0) is bf16  # strictly the fastest
+    assert pick(runtimes, 1, size_tolerance=0.25) is int8  # same size as qdq: the faster
+    assert pick([bf16, eager], 1) is bf16
+    with pytest.raises(NnzipError, match="no correct runtime"):
+        pick([wrong], 1)

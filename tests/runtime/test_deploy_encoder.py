@@ -122,7 +122,7 @@ def test_cli_deploys_an_hf_encoder_and_writes_deploy_json(tiny_encoder, monkeypa
                  "--repeats", "2", "--pairs", "16", "--train-sentences", "48",
                  "--no-progress"]) == 0
     printed = capsys.readouterr().out
-    assert "deploy.json" in printed and "fastest correct runtime per batch size" in printed
+    assert "deploy.json" in printed and "runtime deployed per batch size" in printed
     summary = json.loads((out / "deploy.json").read_text())
     assert set(summary["chosen"]) == {"1", "4"}
     winners = {runtime["name"]: runtime for runtime in summary["runtimes"]}

@@ -177,7 +177,7 @@ def test_cli_deploy_prints_the_winner_per_batch_size(trained_mlp, tmp_path, caps
                  "--repeats", "2", "--no-progress"])
     assert code == 0
     output = capsys.readouterr().out
-    assert "fastest correct runtime per batch size" in output and "openvino" in output
+    assert "runtime deployed per batch size" in output and "openvino" in output
     summary = json.loads((tmp_path / "out" / "deploy.json").read_text())
     assert f"the winner at batch 4: {summary['path']}" in " ".join(output.split())
     assert set(summary["chosen"]) == {"1", "4"}
