@@ -16,6 +16,7 @@ from nnzip.errors import NnzipError
 from nnzip.models import create_model, load_model, save_model
 from nnzip.quant import quantize_static
 from nnzip.runtime import OrtModule, OvModule, deploy, export_onnx
+from nnzip.runtime.deploy import pick
 from nnzip.runtime.openvino import (
     MAX_STATIC_SHAPES,
     cpu_capabilities,
@@ -85,13 +86,15 @@ def test_deploy_offers_openvino_and_records_the_winner_per_batch_size(trained_ml
     summary = json.loads((tmp_path / "deploy.json").read_text())
     for batch in (1, 16):
         correct = [r for r in deployment.runtimes if r.correct]
-        fastest = min(correct, key=lambda r: r.latency_ms[batch]["p50"])
+        winner = pick(correct, batch)  # the fastest, or the smallest file within 3 % of it
         choice = summary["chosen"][str(batch)]
-        assert choice["runtime"] == fastest.name == deployment.chosen_by_batch[batch].name
-        runner_up = sorted(correct, key=lambda r: r.latency_ms[batch]["p50"])[1]
+        assert choice["runtime"] == winner.name == deployment.chosen_by_batch[batch].name
+        assert choice["file_bytes"] == winner.file_bytes
+        runner_up = min((r for r in correct if r is not winner),
+                        key=lambda r: r.latency_ms[batch]["p50"])
         assert choice["runner_up"] == runner_up.name
         assert choice["speedup_vs_runner_up"] == pytest.approx(
-            runner_up.latency_ms[batch]["p50"] / fastest.latency_ms[batch]["p50"], abs=1e-3)
+            runner_up.latency_ms[batch]["p50"] / winner.latency_ms[batch]["p50"], abs=1e-3)
     assert summary["saved"] == {"runtime": deployment.chosen_by_batch[16].name,
                                 "batch_size": 16, "path": str(deployment.path)}
     assert summary["machine"]["openvino_version"] and summary["machine"]["onnxruntime_version"]
