@@ -62,7 +62,7 @@ from nnzip.data import calibration_batches, load_mnist
 from nnzip.evaluate import machine_info
 from nnzip.evaluate.accuracy import accuracy, predict_logits
 from nnzip.evaluate.latency import compare_latency
-from nnzip.quant import quantize_static
+from nnzip.quant import QuantConfig, quantize_static
 from nnzip.runtime import OrtModule, OvModule, deploy, export_onnx, float_for_export
 from nnzip.train import train_zoo_model
 
@@ -183,19 +183,29 @@ class CompiledModule(nn.Module):
 
 # --- nnzip -----------------------------------------------------------------------------------
 
+#: nnzip's static PTQ configurations, each deployed: its defaults, and with its bias correction
+#: (the counterpart of NNCF's ``fast_bias_correction=False`` row).
+NNZIP_CONFIGS = {"W8A8": None, "W8A8 + bias correction": QuantConfig(bias_correction=True)}
+
+
 def nnzip_deployed(dense: nn.Module, batches: list, data, folder: Path) -> list[tuple]:
-    """nnzip's W8A8 PTQ, deployed: per batch size, the runtime ``deploy`` chose (the fastest
-    correct, or the smallest file within 3 % of it, by its own timing; timed again here,
-    interleaved with the peers)."""
-    int8 = quantize_static(dense, batches)
-    deployment = deploy(int8, data, folder / "nnzip-deploy", batch_sizes=BATCHES,
-                        original=dense)
-    chosen = deployment.chosen_by_batch
-    if len({runtime.name for runtime in chosen.values()}) == 1:  # one runtime wins both
-        best = chosen[BATCHES[0]]
-        return [(f"nnzip W8A8 → deploy: {best.name}", best.module, best.file_bytes, None)]
-    return [(f"nnzip W8A8 → deploy b{batch}: {best.name}", best.module, best.file_bytes, batch)
-            for batch, best in chosen.items()]
+    """nnzip's W8A8 PTQ (each of :data:`NNZIP_CONFIGS`), deployed: per batch size, the runtime
+    ``deploy`` chose (the fastest correct, or the smallest file within 3 % of it, by its own
+    timing; timed again here, interleaved with the peers)."""
+    rows = []
+    for index, (label, config) in enumerate(NNZIP_CONFIGS.items()):
+        int8 = quantize_static(dense, batches, config)
+        deployment = deploy(int8, data, folder / f"nnzip-deploy-{index}", batch_sizes=BATCHES,
+                            original=dense)
+        chosen = deployment.chosen_by_batch
+        if len({runtime.name for runtime in chosen.values()}) == 1:  # one runtime wins both
+            best = chosen[BATCHES[0]]
+            rows.append((f"nnzip {label} → deploy: {best.name}", best.module, best.file_bytes,
+                         None))
+            continue
+        rows += [(f"nnzip {label} → deploy b{batch}: {best.name}", best.module,
+                  best.file_bytes, batch) for batch, best in chosen.items()]
+    return rows
 
 
 # --- measuring -------------------------------------------------------------------------------
