@@ -103,3 +103,18 @@ def minilm():
     from nnzip.models.hf import load_hf
 
     return load_hf("minilm")
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder(minilm):
+    """A one-layer BERT (hidden 64, eager attention) with MiniLM's tokenizer, randomly
+    initialised: the encoder path's structure at a fraction of the cost (fresh per module)."""
+    from transformers import BertConfig, BertModel
+
+    from nnzip.models.hf import SentenceEncoder
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=minilm.tokenizer.vocab_size, hidden_size=64,
+                        num_hidden_layers=1, num_attention_heads=4, intermediate_size=128,
+                        attn_implementation="eager")
+    return SentenceEncoder(BertModel(config, add_pooling_layer=False), minilm.tokenizer).eval()

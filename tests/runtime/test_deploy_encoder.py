@@ -11,7 +11,6 @@ import torch
 import nnzip.cli as cli
 from nnzip.cli import main
 from nnzip.data import calibration_batches
-from nnzip.models.hf import SentenceEncoder
 from nnzip.quant.schemes import quantize_scheme
 from nnzip.runtime import deploy, export_onnx, op_counts
 from nnzip.runtime.onnx_export import openvino_placed
@@ -28,17 +27,6 @@ def quantize_scales(path) -> list[float]:
     constants = {init.name: numpy_helper.to_array(init) for init in proto.graph.initializer}
     return [float(constants[node.input[1]].reshape(-1)[0]) for node in proto.graph.node
             if node.op_type == "QuantizeLinear" and node.input[1] in constants]
-
-
-@pytest.fixture(scope="module")
-def tiny_encoder(minilm):
-    from transformers import BertConfig, BertModel
-
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=minilm.tokenizer.vocab_size, hidden_size=64,
-                        num_hidden_layers=1, num_attention_heads=4, intermediate_size=128,
-                        attn_implementation="eager")
-    return SentenceEncoder(BertModel(config, add_pooling_layer=False), minilm.tokenizer).eval()
 
 
 @pytest.fixture(scope="module")

@@ -2,26 +2,13 @@
 and ONNX Runtime computes what nnzip simulated. A one-layer BERT with MiniLM's tokenizer keeps
 the export fast; the shipped MiniLM goes through the same code in benchmarks/hf_quant.py."""
 
-import pytest
 import torch
 
-from nnzip.models.hf import SentenceEncoder
 from nnzip.quant import QuantConfig, quantize_static
 from nnzip.runtime import OrtModule, export_onnx, op_counts
 
 SENTENCES = ["A man is playing a guitar.", "Two dogs run.", "A woman slices an onion quickly.",
              "The market fell today."]
-
-
-@pytest.fixture(scope="module")
-def tiny_encoder(minilm):
-    from transformers import BertConfig, BertModel
-
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=minilm.tokenizer.vocab_size, hidden_size=64,
-                        num_hidden_layers=1, num_attention_heads=4, intermediate_size=128,
-                        attn_implementation="eager")
-    return SentenceEncoder(BertModel(config, add_pooling_layer=False), minilm.tokenizer).eval()
 
 
 def test_smoothquant_w8a8_encoder_runs_in_onnx_runtime(tiny_encoder, tmp_path):
