@@ -183,26 +183,32 @@ def _stage_error(source: str, index: int, kind: str, error: ValidationError) -> 
     return NnzipError(f"recipe {source}, stage {index} ({kind}): " + "; ".join(problems))
 
 
-def parse_recipe(data: object, source: str = "<recipe>") -> Recipe:
-    """Validate a recipe given as plain data (what YAML gives) and build its stages."""
+def stages_list(data: object, what: str, source: str, keys: tuple[str, ...] | list[str],
+                example: str) -> list:
+    """The 'stages' list of a YAML document (a recipe, a search space), after refusing a
+    document that is empty, not a mapping, has a key outside ``keys`` (with did-you-mean) or no
+    stages — each in one line naming ``what`` and ``source`` and showing ``example``."""
     if data is None:
-        raise NnzipError(f"recipe {source} is empty: write a 'stages' list, e.g. "
-                         "'stages: [{finetune: {epochs: 2}}]'")
+        raise NnzipError(f"{what} {source} is empty: write a 'stages' list, e.g. {example}")
     if isinstance(data, list):
-        raise NnzipError(f"recipe {source} is a bare list but must be a mapping: put the "
-                         "stages under a 'stages' key, e.g. 'stages: [{finetune: {epochs: 2}}]'")
+        raise NnzipError(f"{what} {source} is a bare list but must be a mapping: put the "
+                         f"stages under a 'stages' key, e.g. {example}")
     if not isinstance(data, dict):
-        raise NnzipError(f"recipe {source} must be a mapping with a 'stages' list, "
+        raise NnzipError(f"{what} {source} must be a mapping with a 'stages' list, "
                          f"got {type(data).__name__}")
-    unknown = [key for key in data if key not in _TOP_LEVEL_KEYS]
+    unknown = [str(key) for key in data if key not in keys]
     if unknown:
-        key = str(unknown[0])
-        raise NnzipError(f"recipe {source}: unknown key {key!r}"
-                         f"{_suggest(key, list(_TOP_LEVEL_KEYS))}; valid keys: "
-                         f"{', '.join(_TOP_LEVEL_KEYS)}")
+        raise NnzipError(f"{what} {source}: unknown key {unknown[0]!r}"
+                         f"{_suggest(unknown[0], list(keys))}; valid keys: {', '.join(keys)}")
     stages = data.get("stages")
     if not isinstance(stages, list) or not stages:
-        raise NnzipError(f"recipe {source} needs a non-empty 'stages' list, e.g. "
+        raise NnzipError(f"{what} {source} needs a non-empty 'stages' list, e.g. {example}")
+    return stages
+
+
+def parse_recipe(data: object, source: str = "<recipe>") -> Recipe:
+    """Validate a recipe given as plain data (what YAML gives) and build its stages."""
+    stages = stages_list(data, "recipe", source, _TOP_LEVEL_KEYS,
                          "'stages: [{finetune: {epochs: 2}}]'")
     steps: list[RecipeStep] = []
     seen: dict[str, int] = {}

@@ -33,7 +33,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from nnzip.errors import NnzipError
-from nnzip.recipe import MAX_RECIPE_BYTES, STAGES, Recipe, _NoAliasLoader, _suggest, parse_recipe
+from nnzip.recipe import (
+    MAX_RECIPE_BYTES,
+    STAGES,
+    Recipe,
+    _NoAliasLoader,
+    _suggest,
+    parse_recipe,
+    stages_list,
+)
 
 _RANGE_KEYS = frozenset({"low", "high", "log", "step"})
 
@@ -231,17 +239,7 @@ _TOP_LEVEL = ("name", "description", "finetune_epochs", "fidelity", "stages")
 
 def parse_space(data: object, source: str = "<space>") -> SearchSpace:
     """Validate a search space given as plain data (what YAML gives)."""
-    if not isinstance(data, dict):
-        raise NnzipError(f"search space {source} must be a mapping with a 'stages' list, e.g. "
-                         "'stages: [{prune: {sparsity: {low: 0.5, high: 0.9}}}]'")
-    unknown = [str(key) for key in data if key not in _TOP_LEVEL]
-    if unknown:
-        raise NnzipError(f"search space {source}: unknown key {unknown[0]!r}"
-                         f"{_suggest(unknown[0], list(_TOP_LEVEL))}; valid keys: "
-                         f"{', '.join(_TOP_LEVEL)}")
-    stages = data.get("stages")
-    if not isinstance(stages, list) or not stages:
-        raise NnzipError(f"search space {source} needs a non-empty 'stages' list, e.g. "
+    stages = stages_list(data, "search space", source, _TOP_LEVEL,
                          "'stages: [{prune: {sparsity: {low: 0.5, high: 0.9}}}]'")
     slots = [_slot(entry, index, source) for index, entry in enumerate(stages, start=1)]
     fields = {key: data[key] for key in ("name", "description", "finetune_epochs", "fidelity")
