@@ -382,7 +382,9 @@ def _points(study: optuna.Study, objectives: list[Metric]) -> list[dict]:
             "stages": trial.user_attrs.get("stages", []),
             "recipe": trial.user_attrs.get("recipe_path"),
             "artifact": trial.user_attrs.get("artifact"),
-            "torch_threads": trial.user_attrs.get("torch_threads"), "on_front": False})
+            "torch_threads": trial.user_attrs.get("torch_threads"),
+            "seconds": trial.duration.total_seconds() if trial.duration else None,
+            "on_front": False})
     feasible = [p for p in points if p["feasible"]]
     directions = [m.direction for m in objectives]
     for index in pareto_indices([[p["values"][m.name] for m in objectives] for p in feasible],
