@@ -519,22 +519,32 @@ def cmd_eval(args: argparse.Namespace) -> None:
     model = _load_model(args.model, args)
     reference = _load_model(args.reference, args) if args.reference else None
     data = _model_data(args, reference if reference is not None else model)
-    models = [("model", "evaluated", model)]
+    # Rows named by what each model is ("LeNet-5 (MNIST)"), as compress names them; the stage
+    # column tells the two apart when both are the same architecture.
+    models = [(_title(model, data, args.model), "evaluated", model)]
     if reference is not None:
-        models.insert(0, ("reference", "baseline", reference))
+        models.insert(0, (_title(reference, data, args.reference), "baseline", reference))
     from nnzip.codec.nnz import is_nnz
 
     # An .nnz file is weighed as the file itself, not as the dense model it decodes to.
-    artifacts = {name: Path(spec) for name, spec in (("model", args.model),
-                                                     ("reference", args.reference))
+    artifacts = {stage: Path(spec) for stage, spec in (("evaluated", args.model),
+                                                       ("baseline", args.reference))
                  if spec and Path(spec).is_file() and is_nnz(spec)}
     report, paths = evaluate_models(models, data, out_dir=args.out,
                                     eval_config=_eval_config(args), artifacts=artifacts)
     _show(report, paths)
 
 
-def cmd_compress(args: argparse.Namespace) -> None:
+def _title(model, data, spec: str) -> str:
+    """What a report calls ``model``: its architecture and data ("LeNet-5 (MNIST)"), not its
+    folder ("lenet5-mnist-d785a6554558"); a model that cannot say (no zoo spec) keeps the name
+    of its file."""
     from nnzip.models.naming import model_title
+
+    return model_title(model, data.name, fallback=Path(spec.removeprefix("hf:")).stem)
+
+
+def cmd_compress(args: argparse.Namespace) -> None:
     from nnzip.pipeline import check_compressible, compress
     from nnzip.recipe import load_recipe
     from nnzip.tasks import TASKS
@@ -546,8 +556,7 @@ def cmd_compress(args: argparse.Namespace) -> None:
         recipe.check_task(TASKS["embed"])  # before the encoder is run on the STS-B sentences
     recipe.check_model(model)  # layer names and stage/model fit, before any data is loaded
     data = _model_data(args, model)
-    # Named by what it is ("LeNet-5 (MNIST)"), not by its folder ("lenet5-mnist-d785a6554558").
-    name = model_title(model, data.name, fallback=Path(args.model.removeprefix("hf:")).stem)
+    name = _title(model, data, args.model)
     result = compress(model, recipe, data, name=name, out_dir=args.out,
                       eval_config=_eval_config(args), finetune_epochs=args.finetune_epochs,
                       seed=args.seed, progress=not args.no_progress)

@@ -26,26 +26,6 @@ from nnzip.search import (
 )
 from nnzip.search.runner import TrialRunner
 
-TINY_SPACE = """\
-name: tiny
-finetune_epochs: 1
-stages:
-  - prune:
-      sparsity: {low: 0.5, high: 0.9}
-      finetune_epochs: 1
-  - cluster:
-      bits: {low: 2, high: 5}
-      finetune_epochs: 0
-  - encode: {optional: true}
-"""
-
-
-@pytest.fixture
-def space_file(tmp_path) -> Path:
-    path = tmp_path / "space.yaml"
-    path.write_text(TINY_SPACE)
-    return path
-
 
 def _study(out: Path, name: str = "tiny") -> optuna.Study:
     return optuna.load_study(study_name=name, storage=f"sqlite:///{out.resolve()}/search.db")
@@ -140,12 +120,12 @@ def test_pareto_indices_keep_exactly_the_non_dominated_points():
 # --- a real search ----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def four_trials(tmp_path_factory, digits, trained_mlp_state, mlp_factory):
+def four_trials(tmp_path_factory, digits, trained_mlp_state, mlp_factory, tiny_space_text):
     """A 4-trial search (accuracy vs bytes, drop <= 5 points) of the trained digits MLP."""
     model = mlp_factory(digits)
     model.load_state_dict(trained_mlp_state)
     folder = tmp_path_factory.mktemp("search")
-    (folder / "space.yaml").write_text(TINY_SPACE)
+    (folder / "space.yaml").write_text(tiny_space_text())
     out = folder / "out"
     with fixed_threads(1):  # a module fixture runs before the autouse one-thread fixture
         result = search(model, digits, folder / "space.yaml", out=out, trials=4,
@@ -275,9 +255,9 @@ def test_cli_search_runs_and_refuses_bad_input_in_one_line(trained_mlp, space_fi
 
 
 def test_short_rung_stops_a_trial_that_misses_the_accuracy_constraint_by_more_than_the_slack(
-        trained_mlp, digits, tmp_path):
+        trained_mlp, digits, tmp_path, tiny_space_text):
     space = tmp_path / "space.yaml"
-    space.write_text(TINY_SPACE.replace("finetune_epochs: 1\nstages:",
+    space.write_text(tiny_space_text().replace("finetune_epochs: 1\nstages:",
                                         "finetune_epochs: 1\nfidelity: {short_fraction: 0.5, "
                                         "slack_points: 1.0}\nstages:"))
     # A drop below -10 points (a 10-point gain) cannot be met: stopped after the short rung.
