@@ -586,9 +586,9 @@ def cmd_search(args: argparse.Namespace) -> None:
     console.print(f"{result.finished} finished trials in {result.storage}; "
                   f"{len(result.front)} on the front")
     console.print(Path(result.paths["md"]).read_text(), markup=False, highlight=False)
-    for kind in ("json", "md", "png", "front"):
+    for kind in ("json", "md", "png", "front", "report_html"):
         if kind in result.paths:
-            console.print(f"{kind:>5}: {result.paths[kind]}")
+            console.print(f"{kind.removeprefix('report_'):>5}: {result.paths[kind]}")
 
 
 def cmd_deploy(args: argparse.Namespace) -> None:
@@ -927,11 +927,23 @@ def _rendered_or_refused(report: dict, sources: list[Path]) -> None:
                          ) from None
 
 
+def _read_report(path: Path) -> dict:
+    """A report.json, or a search's front.json (or its folder: it holds search.json), as a
+    report: the search's one is rendered from front.json (:func:`nnzip.search.front_report`)."""
+    from nnzip.evaluate import load_report
+
+    if path.name == "front.json" or (path.is_dir() and (path / "search.json").is_file()):
+        from nnzip.search.front import front_report, load_front
+
+        return front_report(load_front(path))
+    return load_report(path)
+
+
 def cmd_report(args: argparse.Namespace) -> None:
-    from nnzip.evaluate import build_report, load_report, write_report
+    from nnzip.evaluate import build_report, write_report
     from nnzip.outputs import final_paths, staged_folder
 
-    reports = [check_report_types(load_report(path), path) for path in args.reports]
+    reports = [check_report_types(_read_report(path), path) for path in args.reports]
     if len(reports) == 1:
         report = reports[0]
     else:

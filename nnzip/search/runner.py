@@ -392,28 +392,33 @@ def _points(study: optuna.Study, objectives: list[Metric]) -> list[dict]:
 
 
 def measure_on_test(point: dict, model: nn.Module, data: DataSplits,
-                    eval_config: EvalConfig, out: Path, baseline: dict) -> dict | None:
-    """The test-split numbers of a front point, measured once from its saved artifact (kept in
-    ``trials/<n>/test.json``); None when the trial saved none (e.g. it ran on another machine
-    of a shared study). ``baseline`` is the uncompressed model's test row."""
+                    eval_config: EvalConfig, out: Path, baseline: dict,
+                    name: str = "model") -> dict | None:
+    """The test-split report row of a front point (stage 'trial N'), measured once from its
+    saved artifact (kept in ``trials/<n>/test.json``); None when the trial saved none (e.g. it
+    ran on another machine of a shared study). ``baseline`` is the uncompressed model's test
+    row."""
     from nnzip.evaluate import evaluate
+    from nnzip.evaluate.metrics import REPORT_MODEL_KEYS
     from nnzip.models import load_model
 
     cache = out / "trials" / str(point["number"]) / "test.json"
     if cache.is_file():
-        return json.loads(cache.read_text())
+        cached = json.loads(cache.read_text())
+        if all(key in cached for key in REPORT_MODEL_KEYS):  # else an older, partial cache
+            return cached
     if not point.get("artifact") or not Path(point["artifact"]).exists():
         return None
     artifact = Path(point["artifact"])
     compressed = load_model(artifact)
-    row = evaluate(compressed, data, stage="test", reference=model,
-                   reference_size_bytes=baseline["size_bytes"], config=eval_config,
-                   artifact_path=artifact if artifact.is_file() else None)
+    row = evaluate(compressed, data, name=name, stage=f"trial {point['number']}",
+                   reference=model, reference_size_bytes=baseline["size_bytes"],
+                   config=eval_config, artifact_path=artifact if artifact.is_file() else None)
     baseline_accuracy = baseline.get("accuracy")
-    measured = {**_compact(row), "baseline_accuracy": baseline_accuracy}
+    measured = {**row, "baseline_accuracy": baseline_accuracy}
     if row.get("accuracy") is not None and baseline_accuracy is not None:
         measured["accuracy_drop"] = 100.0 * (baseline_accuracy - row["accuracy"])
-    write_text(cache, json.dumps(measured, indent=2) + "\n")
+    write_text(cache, json.dumps(measured, indent=2, default=str) + "\n")
     return measured
 
 
@@ -446,16 +451,20 @@ def summarize(study: optuna.Study, out: Path, objectives: list[Metric],
               eval_config: EvalConfig | None = None, model_name: str = "MODEL",
               interrupted: bool = False) -> tuple[list[dict], dict[str, Path]]:
     """Write the front's files from the study as it is now (a running search too)."""
+    from nnzip.evaluate import machine_info
+
     points = _points(study, objectives)
     front = [p for p in points if p["on_front"]]
+    eval_config = eval_config or EvalConfig()
+    baseline = None
     if model is not None and data is not None and not interrupted and front:
         from nnzip.evaluate import evaluate
 
-        eval_config = eval_config or EvalConfig()
-        baseline = evaluate(model, data, stage="baseline",
-                            config=dataclasses.replace(eval_config, measure_latency=False))
+        # Timed too where an objective is (the report's speed-ups are against it).
+        baseline = evaluate(model, data, name=model_name, stage="baseline", config=eval_config)
         for point in front:
-            point["test"] = measure_on_test(point, model, data, eval_config, out, baseline)
+            point["test"] = measure_on_test(point, model, data, eval_config, out, baseline,
+                                            name=model_name)
     by_state = {state.name.lower(): len(study.get_trials(deepcopy=False, states=(state,)))
                 for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL,
                               TrialState.RUNNING)}
@@ -465,7 +474,9 @@ def summarize(study: optuna.Study, out: Path, objectives: list[Metric],
                "constraints": [c.text for c in constraints], "trials_by_state": by_state,
                "front": [p["number"] for p in front], "points": front, "trials": points,
                "split": "objective values on the validation split; 'test' re-measured once on "
-                        "the test split"}
+                        "the test split", "baseline": baseline,
+               "machine": machine_info(eval_config.threads),
+               **({"data": data.summary()} if data is not None else {})}
     paths.update(write_front(out, summary))
     return front, paths
 

@@ -1,5 +1,6 @@
-"""The search tests' shared fixtures: the tiny search space, and a real PostgreSQL server for
-the distributed-search tests, one per test session.
+"""The search tests' shared fixtures: the tiny search space as a file (its text and a real
+search of it are session fixtures in tests/conftest.py), and a real PostgreSQL server for the
+distributed-search tests, one per test session.
 
 The Debian package ``postgresql-15`` (installed by ``.ci/setup-system``, which ``make test`` runs)
 provides ``initdb`` and ``pg_ctl``. The fixture makes a throw-away cluster in a temporary folder,
@@ -21,28 +22,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-#: The tiny search space of the search tests, written once: prune with 1 fine-tune epoch, cluster
-#: without fine-tuning, optionally encode (a trial on the digits MLP takes about two seconds).
-TINY_SPACE = """\
-name: {name}
-finetune_epochs: 1
-stages:
-  - prune:
-      sparsity: {{low: 0.5, high: 0.9}}
-      finetune_epochs: 1
-  - cluster:
-      bits: {{low: 2, high: 5}}
-      finetune_epochs: 0
-  - encode: {{optional: true}}
-"""
-
-
-@pytest.fixture(scope="session")
-def tiny_space_text():
-    """The tiny space's YAML under a study name of the caller's choosing (tests sharing one
-    PostgreSQL server take their own name)."""
-    return lambda name="tiny": TINY_SPACE.format(name=name)
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ two seconds): prune with 1 fine-tune epoch, cluster without fine-tuning, optiona
 """
 
 import json
+import shutil
 from pathlib import Path
 
 import optuna
@@ -13,7 +14,6 @@ import pytest
 from nnzip import compress, load_recipe, save
 from nnzip.cli import main
 from nnzip.errors import NnzipError
-from nnzip.evaluate.latency import fixed_threads
 from nnzip.search import (
     SearchInterrupted,
     dominates,
@@ -119,18 +119,10 @@ def test_pareto_indices_keep_exactly_the_non_dominated_points():
 
 # --- a real search ----------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def four_trials(tmp_path_factory, digits, trained_mlp_state, mlp_factory, tiny_space_text):
-    """A 4-trial search (accuracy vs bytes, drop <= 5 points) of the trained digits MLP."""
-    model = mlp_factory(digits)
-    model.load_state_dict(trained_mlp_state)
-    folder = tmp_path_factory.mktemp("search")
-    (folder / "space.yaml").write_text(tiny_space_text())
-    out = folder / "out"
-    with fixed_threads(1):  # a module fixture runs before the autouse one-thread fixture
-        result = search(model, digits, folder / "space.yaml", out=out, trials=4,
-                        constraints=["accuracy_drop<=5"], progress=False)
-    return model, folder, out, result
+@pytest.fixture
+def four_trials(tiny_search):
+    """The session's 4-trial search (tests/conftest.py: accuracy vs bytes, drop <= 5 points)."""
+    return tiny_search
 
 
 def test_four_trial_search_writes_a_front_of_non_dominated_feasible_trials(four_trials):
@@ -174,8 +166,11 @@ def test_a_front_recipe_reproduces_its_bytes_and_test_accuracy(four_trials, digi
     assert row["accuracy"] == pytest.approx(point["test"]["accuracy"], abs=1e-12)
 
 
-def test_rerun_with_more_trials_extends_keeping_the_finished_ones(four_trials, digits):
-    model, folder, out, _ = four_trials
+def test_rerun_with_more_trials_extends_keeping_the_finished_ones(four_trials, digits,
+                                                                  tmp_path):
+    model, folder, finished, _ = four_trials
+    out = tmp_path / "out"  # a copy: the session's search is read by other tests
+    shutil.copytree(finished, out)
     before = {t.number: t.values for t in _study(out).get_trials(states=(
         optuna.trial.TrialState.COMPLETE,))}
     result = search(model, digits, folder / "space.yaml", out=out, trials=5,
