@@ -30,7 +30,11 @@ def _print_error(message: str) -> None:
     markup."""
     import re
 
+    from nnzip.core.distributed import record_rank_error
+
     line = re.sub(r"\s*\n\s*", " ", message.strip())  # a library's message may have several
+    if record_rank_error(line):  # a rank of --nproc: the parent prints it, once
+        return
     error_console.print(f"[bold red]error:[/] {escape(line)}", soft_wrap=True, highlight=False)
 
 
@@ -107,12 +111,20 @@ def _relaunch_on_processes(args: argparse.Namespace, argv: list[str]) -> int | N
     if nproc is None or nproc == 1 or distributed.launched_by_torchrun():
         return None
     import os
+    import tempfile
 
-    # torchrun's default, set here so that it does not print a banner saying it set it.
-    env = {"OMP_NUM_THREADS": "1", **os.environ}
-    status = subprocess.call(distributed.relaunch_command(nproc, _without_nproc(argv)), env=env)
-    # The ranks printed their error line; torchrun itself exits 1 on any failed rank.
-    return 0 if status == 0 else 2
+    with tempfile.TemporaryDirectory(prefix="nnzip-ranks-") as errors:
+        # OMP_NUM_THREADS: torchrun's default, set here so that it prints no banner saying so.
+        env = {"OMP_NUM_THREADS": "1", **os.environ, distributed.RANK_ERRORS_ENV: errors}
+        status = subprocess.call(distributed.relaunch_command(nproc, _without_nproc(argv)),
+                                 env=env)
+        if status == 0:
+            return 0
+        # Each rank wrote its error line rather than print it: shown once, here.
+        _print_error(distributed.first_rank_error(errors) or (
+            f"the {nproc} processes stopped (exit status {status}) without an error message: "
+            "run the command without --nproc to see what went wrong"))
+    return 2
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
