@@ -593,7 +593,7 @@ def cmd_search(args: argparse.Namespace) -> None:
     result = search(model, data, space, out=args.out, objectives=args.objectives,
                     constraints=args.constraint, trials=args.trials, workers=args.workers,
                     storage=args.storage, study_name=args.study, seed=args.seed,
-                    name=Path(args.model.removeprefix("hf:")).stem,
+                    name=_title(model, data, args.model), model_source=args.model,
                     progress=not args.no_progress)
     console.print(f"{result.finished} finished trials in {result.storage}; "
                   f"{len(result.front)} on the front")

@@ -449,6 +449,7 @@ def summarize(study: optuna.Study, out: Path, objectives: list[Metric],
               constraints: list[Constraint], settings: dict, storage: str, *,
               model: nn.Module | None = None, data: DataSplits | None = None,
               eval_config: EvalConfig | None = None, model_name: str = "MODEL",
+              model_source: str | None = None,
               interrupted: bool = False) -> tuple[list[dict], dict[str, Path]]:
     """Write the front's files from the study as it is now (a running search too)."""
     from nnzip.evaluate import machine_info
@@ -468,7 +469,7 @@ def summarize(study: optuna.Study, out: Path, objectives: list[Metric],
     by_state = {state.name.lower(): len(study.get_trials(deepcopy=False, states=(state,)))
                 for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL,
                               TrialState.RUNNING)}
-    paths = {"front": _front_recipes(out, front, settings, model_name)}
+    paths = {"front": _front_recipes(out, front, settings, model_source or model_name)}
     summary = {"study": study.study_name, "storage": storage, "interrupted": interrupted,
                "objectives": [{"name": m.name, "direction": m.direction} for m in objectives],
                "constraints": [c.text for c in constraints], "trials_by_state": by_state,
@@ -485,7 +486,8 @@ def search(model: nn.Module, data: DataSplits, space: SearchSpace | str | Path, 
            out: str | Path, objectives: Sequence[str] = ("accuracy", "bytes"),
            constraints: Sequence[str] = (), trials: int = 20, workers: int = 1,
            storage: str | None = None, study_name: str | None = None, seed: int = 0,
-           name: str = "model", eval_config: EvalConfig | None = None, heldout: bool = True,
+           name: str = "model", model_source: str | None = None,
+           eval_config: EvalConfig | None = None, heldout: bool = True,
            progress: bool = True, heartbeat_seconds: int = HEARTBEAT_SECONDS) -> SearchResult:
     """Search ``space`` for the recipes on the Pareto front of ``objectives`` under
     ``constraints``, until the study holds ``trials`` finished trials, and write the front.
@@ -494,7 +496,9 @@ def search(model: nn.Module, data: DataSplits, space: SearchSpace | str | Path, 
     or joined by ``study_name`` (default: the space's name), so rerunning the same call resumes
     it and several processes (``workers``) or machines (one server URL) share it; a trial whose
     worker fell silent for ``2 * heartbeat_seconds`` (killed) is run again. The caller's
-    model is never changed. See the module docstring for the choices made.
+    model is never changed. ``name`` names the model's rows in the reports; ``model_source``
+    (default ``name``) is what the front recipes' "Reproduce" line passes to ``--model``. See
+    the module docstring for the choices made.
     """
     if isinstance(space, str | Path):
         space = load_space(space)
@@ -534,7 +538,8 @@ def search(model: nn.Module, data: DataSplits, space: SearchSpace | str | Path, 
             f"{out / 'front.json'}; run the same command to resume") from None
     front, paths = summarize(study, out, metrics, limits, settings, storage,
                              model=model if heldout else None, data=data,
-                             eval_config=eval_config, model_name=name)
+                             eval_config=eval_config, model_name=name,
+                             model_source=model_source)
     return SearchResult(study_name=study_name, storage=storage, out=out,
                         finished=_finished(study), front=front, paths=paths)
 

@@ -247,6 +247,12 @@ def test_cli_search_runs_and_refuses_bad_input_in_one_line(trained_mlp, space_fi
     assert main([*common, "--trials", "1", "--objectives", "bytes"]) == 0
     assert "1 finished trials" in capsys.readouterr().out
     assert json.loads((out / "front.json").read_text())["trials_by_state"]["complete"] == 1
+    # Rows named by what the model is; the front recipe reproduces with the --model given.
+    rows = json.loads((out / "report.json").read_text())["models"]
+    assert [(r["name"], r["stage"]) for r in rows] == [("LeNet-300-100 (8×8 digits)", "baseline"),
+                                                       ("LeNet-300-100 (8×8 digits)", "trial 0")]
+    header = (out / "front" / "trial-0.yaml").read_text().splitlines()[1]
+    assert f"nnzip compress --model {model_dir} --recipe" in header
 
 
 def test_short_rung_stops_a_trial_that_misses_the_accuracy_constraint_by_more_than_the_slack(
