@@ -30,7 +30,11 @@ def _print_error(message: str) -> None:
     markup."""
     import re
 
+    from nnzip.core.distributed import record_rank_error
+
     line = re.sub(r"\s*\n\s*", " ", message.strip())  # a library's message may have several
+    if record_rank_error(line):  # a rank of --nproc: the parent prints it, once
+        return
     error_console.print(f"[bold red]error:[/] {escape(line)}", soft_wrap=True, highlight=False)
 
 
@@ -107,12 +111,20 @@ def _relaunch_on_processes(args: argparse.Namespace, argv: list[str]) -> int | N
     if nproc is None or nproc == 1 or distributed.launched_by_torchrun():
         return None
     import os
+    import tempfile
 
-    # torchrun's default, set here so that it does not print a banner saying it set it.
-    env = {"OMP_NUM_THREADS": "1", **os.environ}
-    status = subprocess.call(distributed.relaunch_command(nproc, _without_nproc(argv)), env=env)
-    # The ranks printed their error line; torchrun itself exits 1 on any failed rank.
-    return 0 if status == 0 else 2
+    with tempfile.TemporaryDirectory(prefix="nnzip-ranks-") as errors:
+        # OMP_NUM_THREADS: torchrun's default, set here so that it prints no banner saying so.
+        env = {"OMP_NUM_THREADS": "1", **os.environ, distributed.RANK_ERRORS_ENV: errors}
+        status = subprocess.call(distributed.relaunch_command(nproc, _without_nproc(argv)),
+                                 env=env)
+        if status == 0:
+            return 0
+        # Each rank wrote its error line rather than print it: shown once, here.
+        _print_error(distributed.first_rank_error(errors) or (
+            f"the {nproc} processes stopped (exit status {status}) without an error message: "
+            "run the command without --nproc to see what went wrong"))
+    return 2
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -519,22 +531,32 @@ def cmd_eval(args: argparse.Namespace) -> None:
     model = _load_model(args.model, args)
     reference = _load_model(args.reference, args) if args.reference else None
     data = _model_data(args, reference if reference is not None else model)
-    models = [("model", "evaluated", model)]
+    # Rows named by what each model is ("LeNet-5 (MNIST)"), as compress names them; the stage
+    # column tells the two apart when both are the same architecture.
+    models = [(_title(model, data, args.model), "evaluated", model)]
     if reference is not None:
-        models.insert(0, ("reference", "baseline", reference))
+        models.insert(0, (_title(reference, data, args.reference), "baseline", reference))
     from nnzip.codec.nnz import is_nnz
 
     # An .nnz file is weighed as the file itself, not as the dense model it decodes to.
-    artifacts = {name: Path(spec) for name, spec in (("model", args.model),
-                                                     ("reference", args.reference))
+    artifacts = {stage: Path(spec) for stage, spec in (("evaluated", args.model),
+                                                       ("baseline", args.reference))
                  if spec and Path(spec).is_file() and is_nnz(spec)}
     report, paths = evaluate_models(models, data, out_dir=args.out,
                                     eval_config=_eval_config(args), artifacts=artifacts)
     _show(report, paths)
 
 
-def cmd_compress(args: argparse.Namespace) -> None:
+def _title(model, data, spec: str) -> str:
+    """What a report calls ``model``: its architecture and data ("LeNet-5 (MNIST)"), not its
+    folder ("lenet5-mnist-d785a6554558"); a model that cannot say (no zoo spec) keeps the name
+    of its file."""
     from nnzip.models.naming import model_title
+
+    return model_title(model, data.name, fallback=Path(spec.removeprefix("hf:")).stem)
+
+
+def cmd_compress(args: argparse.Namespace) -> None:
     from nnzip.pipeline import check_compressible, compress
     from nnzip.recipe import load_recipe
     from nnzip.tasks import TASKS
@@ -546,8 +568,7 @@ def cmd_compress(args: argparse.Namespace) -> None:
         recipe.check_task(TASKS["embed"])  # before the encoder is run on the STS-B sentences
     recipe.check_model(model)  # layer names and stage/model fit, before any data is loaded
     data = _model_data(args, model)
-    # Named by what it is ("LeNet-5 (MNIST)"), not by its folder ("lenet5-mnist-d785a6554558").
-    name = model_title(model, data.name, fallback=Path(args.model.removeprefix("hf:")).stem)
+    name = _title(model, data, args.model)
     result = compress(model, recipe, data, name=name, out_dir=args.out,
                       eval_config=_eval_config(args), finetune_epochs=args.finetune_epochs,
                       seed=args.seed, progress=not args.no_progress)
@@ -572,14 +593,14 @@ def cmd_search(args: argparse.Namespace) -> None:
     result = search(model, data, space, out=args.out, objectives=args.objectives,
                     constraints=args.constraint, trials=args.trials, workers=args.workers,
                     storage=args.storage, study_name=args.study, seed=args.seed,
-                    name=Path(args.model.removeprefix("hf:")).stem,
+                    name=_title(model, data, args.model), model_source=args.model,
                     progress=not args.no_progress)
     console.print(f"{result.finished} finished trials in {result.storage}; "
                   f"{len(result.front)} on the front")
     console.print(Path(result.paths["md"]).read_text(), markup=False, highlight=False)
-    for kind in ("json", "md", "png", "front"):
+    for kind in ("json", "md", "png", "front", "report_html"):
         if kind in result.paths:
-            console.print(f"{kind:>5}: {result.paths[kind]}")
+            console.print(f"{kind.removeprefix('report_'):>5}: {result.paths[kind]}")
 
 
 def cmd_deploy(args: argparse.Namespace) -> None:
@@ -918,11 +939,23 @@ def _rendered_or_refused(report: dict, sources: list[Path]) -> None:
                          ) from None
 
 
+def _read_report(path: Path) -> dict:
+    """A report.json, or a search's front.json (or its folder: it holds search.json), as a
+    report: the search's one is rendered from front.json (:func:`nnzip.search.front_report`)."""
+    from nnzip.evaluate import load_report
+
+    if path.name == "front.json" or (path.is_dir() and (path / "search.json").is_file()):
+        from nnzip.search.front import front_report, load_front
+
+        return front_report(load_front(path))
+    return load_report(path)
+
+
 def cmd_report(args: argparse.Namespace) -> None:
-    from nnzip.evaluate import build_report, load_report, write_report
+    from nnzip.evaluate import build_report, write_report
     from nnzip.outputs import final_paths, staged_folder
 
-    reports = [check_report_types(load_report(path), path) for path in args.reports]
+    reports = [check_report_types(_read_report(path), path) for path in args.reports]
     if len(reports) == 1:
         report = reports[0]
     else:

@@ -116,7 +116,8 @@ def evaluate_models(models: list[tuple[str, str, nn.Module]], data: DataSplits, 
     """Measure ``(name, stage, model)`` triples against one reference and write the report.
 
     Without a reference the first model is the reference of the others. ``artifacts`` maps a
-    model's name to the file it was loaded from, whose bytes are then its size (e.g. an .nnz).
+    model's stage to the file it was loaded from, whose bytes are then its size (e.g. an .nnz):
+    the stage, since two rows may name the same architecture.
     """
     eval_config = eval_config or EvalConfig()
     out_dir = Path(out_dir) if out_dir is not None else None
@@ -137,7 +138,7 @@ def evaluate_models(models: list[tuple[str, str, nn.Module]], data: DataSplits, 
             entry = evaluate(model, data, name=name, stage=stage,
                              reference=None if is_reference else reference_model,
                              reference_size_bytes=reference_size, config=eval_config,
-                             artifact_path=(artifacts or {}).get(name))
+                             artifact_path=(artifacts or {}).get(stage))
             if is_reference:
                 reference_size = entry["size_bytes"]
             rows.append(entry)

@@ -87,6 +87,47 @@ def mlp_factory():
     return make_mlp
 
 
+#: The tiny search space of the search tests, written once: prune with 1 fine-tune epoch, cluster
+#: without fine-tuning, optionally encode (a trial on the digits MLP takes about two seconds).
+TINY_SPACE = """\
+name: {name}
+finetune_epochs: 1
+stages:
+  - prune:
+      sparsity: {{low: 0.5, high: 0.9}}
+      finetune_epochs: 1
+  - cluster:
+      bits: {{low: 2, high: 5}}
+      finetune_epochs: 0
+  - encode: {{optional: true}}
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_space_text():
+    """The tiny space's YAML under a study name of the caller's choosing (tests sharing one
+    PostgreSQL server take their own name)."""
+    return lambda name="tiny": TINY_SPACE.format(name=name)
+
+
+@pytest.fixture(scope="session")
+def tiny_search(tmp_path_factory, digits, trained_mlp_state, tiny_space_text):
+    """A real 4-trial search of the tiny space on the trained digits MLP (accuracy vs bytes,
+    drop <= 5 points, front re-measured on the test split), run once per session:
+    (model, folder holding space.yaml, out folder, SearchResult). Read it, never extend it
+    (copy the out folder first)."""
+    from nnzip.search import search
+
+    model = make_mlp(digits)
+    model.load_state_dict(trained_mlp_state)
+    folder = tmp_path_factory.mktemp("search")
+    (folder / "space.yaml").write_text(tiny_space_text())
+    with fixed_threads(1):  # a session fixture runs before the autouse one-thread fixture
+        result = search(model, digits, folder / "space.yaml", out=folder / "out", trials=4,
+                        constraints=["accuracy_drop<=5"], progress=False)
+    return model, folder, folder / "out", result
+
+
 @pytest.fixture
 def trained_mlp(digits, trained_mlp_state):
     """A LeNet-300-100 for 8×8 digits, trained for 6 epochs (a fresh copy for every test)."""

@@ -143,7 +143,7 @@ def test_a_batch_that_the_processes_cannot_share_is_refused(monkeypatch):
 
 def test_nproc_relaunches_through_torchrun_on_one_machine():
     command = distributed.relaunch_command(2, ["compress", "--model", "m"])
-    assert command[1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+    assert command[1:] == ["-m", "nnzip.core.torchrun", "--standalone", "--nproc-per-node=2",
                            "-m", "nnzip.cli", "compress", "--model", "m"]
     with pytest.raises(NnzipError, match="--nproc 1: pass 2 or more"):
         distributed.relaunch_command(1, [])

@@ -72,11 +72,41 @@ def shutdown() -> None:
 
 def relaunch_command(nproc: int, argv: list[str]) -> list[str]:
     """The command that runs ``nnzip argv`` on ``nproc`` processes through torchrun (one machine;
-    ``--standalone`` picks a free port for the rendezvous)."""
+    ``--standalone`` picks a free port for the rendezvous), by :mod:`nnzip.core.torchrun`: the
+    same launcher, without its failure summary."""
     if nproc < 2:
         raise NnzipError(f"--nproc {nproc}: pass 2 or more processes, or leave it out")
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+    return [sys.executable, "-m", "nnzip.core.torchrun", "--standalone",
             f"--nproc-per-node={nproc}", "-m", "nnzip.cli", *argv]
+
+
+#: Set by ``nnzip … --nproc N`` for its ranks: the folder where a rank writes its error line
+#: instead of printing it, so that the user sees it once (printed by the parent).
+RANK_ERRORS_ENV = "NNZIP_RANK_ERRORS"
+
+
+def record_rank_error(line: str) -> bool:
+    """Under ``--nproc``, write this rank's error line for the parent to print; False (print it
+    yourself) in a process that no ``nnzip --nproc`` started, e.g. under a user's torchrun."""
+    folder = os.environ.get(RANK_ERRORS_ENV)
+    if not folder or not launched_by_torchrun():
+        return False
+    from pathlib import Path
+
+    from nnzip.atomic import write_text
+
+    write_text(Path(folder) / f"rank{os.environ.get('RANK', '0')}.txt", line)
+    return True
+
+
+def first_rank_error(folder: str | os.PathLike) -> str | None:
+    """The error line of the lowest rank that wrote one (every rank usually meets the same
+    error: it is shown once), or None when no rank did (a crash)."""
+    from pathlib import Path
+
+    lines = sorted(Path(folder).glob("rank*.txt"),
+                   key=lambda path: int(path.stem.removeprefix("rank") or 0))
+    return lines[0].read_text() if lines else None
 
 
 def per_rank_batch_size(batch_size: int) -> int:

@@ -239,8 +239,60 @@ def trade_off_chart(models: list[dict]) -> bytes | None:
     return to_png(fig)
 
 
-def report_figures(models: list[dict]) -> list[tuple[str, bytes]]:
-    """(title, PNG) for every chart that has data: the trade-off, the metrics, robustness."""
-    charts = (("Trade-off", trade_off_chart(models)), ("Metrics", metrics_chart(models)),
-              ("Robustness", robustness_chart(models)))
+def report_figures(models: list[dict], trade_off: bool = True) -> list[tuple[str, bytes]]:
+    """(title, PNG) for every chart that has data: the trade-off (unless ``trade_off`` is
+    False), the metrics, robustness."""
+    charts = (("Trade-off", trade_off_chart(models) if trade_off else None),
+              ("Metrics", metrics_chart(models)), ("Robustness", robustness_chart(models)))
     return [(title, png) for title, png in charts if png is not None]
+
+
+def _front_panel(ax, points: list[dict], x: str, y: str, joined: bool) -> None:
+    """One view of a search: ``y`` against ``x`` for every finished trial, the front in colour
+    (labelled by trial number), dominated trials grey dots, infeasible ones grey crosses."""
+    dominated = [p for p in points if p["feasible"] and not p["on_front"]]
+    infeasible = [p for p in points if not p["feasible"]]
+    front = sorted((p for p in points if p["on_front"]), key=lambda p: p["values"][x])
+    for group, marker, label in ((dominated, "o", "dominated"),
+                                 (infeasible, "x", "infeasible (a constraint missed)")):
+        if group:
+            ax.scatter([p["values"][x] for p in group], [p["values"][y] for p in group],
+                       color="0.72", marker=marker, s=28, label=label, zorder=1)
+    if front:
+        # Joined only for two objectives: a projection of a 3-objective front is no curve.
+        ax.plot([p["values"][x] for p in front], [p["values"][y] for p in front],
+                "o-" if joined else "o", color="tab:blue", label="Pareto front", zorder=2)
+    for point in front:
+        ax.annotate(str(point["number"]), (point["values"][x], point["values"][y]),
+                    textcoords="offset points", xytext=(4, 4), fontsize=7)
+    xs = [p["values"][x] for p in points]
+    if min(xs) > 0 and max(xs) / min(xs) > 20:
+        ax.set_xscale("log")
+    ax.set_xlabel(x if x == "trial" else f"{x} (validation)")
+    ax.set_ylabel(f"{y} (validation)")
+    ax.grid(alpha=0.3)
+    ax.spines[["top", "right"]].set_visible(False)
+
+
+def front_chart(points: list[dict], objectives: list[dict]) -> bytes | None:
+    """The search's trials in objective space (``front.json``'s ``trials`` and
+    ``objectives``): the first objective against the second, and with three objectives a
+    second panel against the third (small multiples: accuracy vs bytes, accuracy vs latency).
+    One objective: its value by trial number. None without trials.
+
+    The one plot of a search: ``front.png`` and the HTML report both draw it."""
+    if not points:
+        return None
+    names = [o["name"] for o in objectives]
+    if len(names) == 1:
+        points = [{**p, "values": {**p["values"], "trial": p["number"]}} for p in points]
+        names = [names[0], "trial"]
+    panels = names[1:3]
+    fig = Figure(figsize=(4.6 * len(panels) + 0.4, 3.9), layout="constrained")
+    for index, x in enumerate(panels, start=1):
+        _front_panel(fig.add_subplot(1, len(panels), index), points, x, names[0],
+                     joined=len(names) == 2)
+    handles, labels = fig.axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=8,
+               frameon=False)
+    return to_png(fig)

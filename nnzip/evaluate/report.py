@@ -24,10 +24,12 @@ from nnzip.evaluate.details import (
     stage_tables,
     value_rows,
 )
-from nnzip.evaluate.figures import model_colors, report_figures
+from nnzip.evaluate.figures import front_chart, model_colors, report_figures
 from nnzip.evaluate.metrics import LATER_REPORT_MODEL_KEYS, REPORT_MODEL_KEYS
 from nnzip.evaluate.tables import (
     baseline_index,
+    front_columns,
+    front_rows,
     gains_columns,
     gains_rows,
     machine_line,
@@ -37,13 +39,15 @@ from nnzip.evaluate.tables import (
     runtime_notes,
     summary_columns,
     summary_rows,
+    trial_columns,
+    trial_rows,
 )
 
 REPORT_KEYS = ("nnzip_version", "machine", "models")
 #: Largest report.json read (a report of a few models is tens of KB; figures are not in it).
 MAX_REPORT_BYTES = 64 << 20
 #: Context keys drawn as sections of their own rather than dumped as JSON.
-_RENDERED_KEYS = ("stages", "interrupted")
+_RENDERED_KEYS = ("stages", "interrupted", "search")
 
 
 def _nnzip_version() -> str:
@@ -78,6 +82,7 @@ def render_markdown(report: dict) -> str:
         *([f"**{interrupted_line(report)}**", ""] if interrupted_line(report) else []),
         f"Machine: {machine_line(report['machine'])}  ",
         f"nnzip {report['nnzip_version']}", "",
+        *search_markdown(report),
         "## Models", "", _markdown_table(summary_columns(models), summary_rows(models)), "",
         *[f"- {note}" for note in runtime_notes(models)], *([""] if runtime_notes(models) else []),
         "## Robustness (test accuracy)", "",
@@ -96,6 +101,42 @@ def render_markdown(report: dict) -> str:
         for title, (columns, table_rows) in stage_tables(stage.get("details") or {}):
             parts += [f"### {title}", "", _markdown_table(columns, table_rows), ""]
     return "\n".join(parts)
+
+
+def search_lead(report: dict) -> str:
+    """What a search report's first table holds, in one paragraph."""
+    search, models = report["search"], report["models"]
+    trials = search["trials"]
+    front = [t for t in trials if t["on_front"]]
+    constraints = (f" under {', '.join(search['constraints'])}" if search["constraints"]
+                   else "")
+    names = ", ".join(f"{o['name']} ({o['direction']})" for o in search["objectives"])
+    if models:
+        base = models[baseline_index(models)]
+        tested = (f"; then re-measured once on the test split, against the baseline "
+                  f"{base['name']}: times smaller, artifact bytes, the task metric and its "
+                  "change, speed-up where timed")
+    else:
+        tested = "; not re-measured on the test split (" + (
+            "the search was interrupted" if search.get("interrupted") else
+            "held-out measurement was off") + ")"
+    return (f"Search {search['study']}: {len(front)} point(s) on the Pareto front of "
+            f"{len(trials)} finished trial(s) (by state: "
+            f"{', '.join(f'{k} {v}' for k, v in search['trials_by_state'].items())}), "
+            f"objectives {names}{constraints}. Chosen on the validation split (val){tested}.")
+
+
+def search_markdown(report: dict) -> list[str]:
+    """A search report's front section for report.md (nothing for other reports)."""
+    search = report.get("search")
+    if not isinstance(search, dict):
+        return []
+    models, objectives = report["models"], search["objectives"]
+    return ["## Search front", "", search_lead(report), "",
+            _markdown_table(front_columns(models, search), front_rows(models, search)), "",
+            "### Every finished trial (validation split)", "",
+            _markdown_table(trial_columns(objectives), trial_rows(search["trials"], objectives)),
+            ""]
 
 
 def _stage_title(stage: dict) -> str:
@@ -164,6 +205,9 @@ details.all { margin-top: 1.2rem; } details.all > summary { font-size: 1.1rem; }
 #gains td:nth-child(6) { font-weight: 600; }
 #gains th, #gains td:nth-child(-n+2) { white-space: normal; }
 #gains td:nth-child(-n+2) { max-width: 15rem; overflow-wrap: anywhere; }
+#front th, #front td:nth-child(-n+3) { white-space: normal; }
+#front td:nth-child(-n+3), #front th:nth-child(-n+3) { text-align: left; }
+#front td:nth-child(2), #front td:nth-child(3) { max-width: 16rem; }
 """
 
 
@@ -209,6 +253,26 @@ def _gains_html(report: dict, swatches: list[str], figures: dict[str, bytes]) ->
             f"{_html_table(gains_columns(models), gains_rows(models), swatches)}</div>{plot}")
 
 
+def _search_html(report: dict) -> str:
+    """A search report's first screen: the front as a table (test numbers against the
+    baseline) and the plot of every trial, front in colour, the others grey; every finished
+    trial folded below."""
+    search, models = report["search"], report["models"]
+    objectives = search["objectives"]
+    chart = front_chart(search["trials"], objectives)
+    plot = (f'<figure class="trade-off">{_png_img("Search front", chart)}</figure>'
+            if chart is not None else "<p>No finished trials to plot.</p>")
+    trials = search["trials"]
+    return (f'<h2>Search front</h2><p class="lead">{html.escape(search_lead(report))}</p>'
+            f'<div class="scroll" id="front">'
+            f"{_html_table(front_columns(models, search), front_rows(models, search))}</div>"
+            f"{plot}"
+            f'<details class="all" id="all-trials"><summary>Every finished trial '
+            f'({len(trials)}, validation split)</summary><div class="scroll">'
+            f"{_html_table(trial_columns(objectives), trial_rows(trials, objectives))}</div>"
+            "</details>")
+
+
 def render_html(report: dict) -> str:
     """One self-contained HTML page: header, tables and every chart embedded as base64 PNG.
 
@@ -216,7 +280,9 @@ def render_html(report: dict) -> str:
     baseline and the trade-off plot; every measurement follows in a collapsible table."""
     models = report["models"]
     swatches = [_hex(c) for c in model_colors(len(models))]  # the charts' palette
-    figures = dict(report_figures(models))
+    search = report.get("search") if isinstance(report.get("search"), dict) else None
+    # A search's first screen is its front plot: the trade-off chart is not drawn for it.
+    figures = dict(report_figures(models, trade_off=search is None))
     metrics = (f'<figure class="wide">{_png_img("Metrics", figures["Metrics"])}</figure>'
                if "Metrics" in figures else "<p>No measurements to chart.</p>")
     robustness = (f'<figure class="wide">{_png_img("Robustness", figures["Robustness"])}'
@@ -235,7 +301,7 @@ def render_html(report: dict) -> str:
 <body>
 <h1>nnzip report</h1>
 {_interrupted_html(report)}<p class="machine">{html.escape(_subtitle(report))}</p>
-{_gains_html(report, swatches, figures)}
+{_search_html(report) if search else _gains_html(report, swatches, figures)}
 <details class="all" id="all-measurements"><summary>All measurements ({len(columns)} columns)
 </summary>
 <div class="scroll">{_html_table(columns, summary_rows(models), swatches)}</div>

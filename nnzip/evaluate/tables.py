@@ -306,3 +306,81 @@ def transposed_summary(models: list[dict]) -> tuple[list[str], list[list[str]]]:
     header = ["Metric", *[f"{row[0]} ({row[1]})" for row in rows]]
     return header, [[metric, *[row[index] for row in rows]]
                     for index, metric in enumerate(columns[2:], start=2)]
+
+
+# --- a search's front (``front.json``, :mod:`nnzip.search.front`) ------------------------------
+
+def fmt_params(params: dict) -> str:
+    """A trial's sampled options, short: 'prune.sparsity 0.732 · cluster.bits 3'. Optuna names
+    them ``slot<i>.<stage>.<option>``; a bare ``slot<i>`` is the choice of stage at that place,
+    which the stages column already shows."""
+    parts = []
+    for name, value in params.items():
+        head, _, rest = str(name).partition(".")
+        if head.startswith("slot") and not rest:
+            continue
+        label = rest if head.startswith("slot") else str(name)
+        parts.append(f"{label} {value:.3g}" if isinstance(value, float) else f"{label} {value}")
+    return " · ".join(parts) or "—"
+
+
+def _objective_cells(point: dict, objectives: list[dict]) -> list[str]:
+    return [f"{point['values'][o['name']]:.5g}" for o in objectives]
+
+
+def _timed_only(models: list[dict]) -> list[dict]:
+    """``models`` with the batch sizes no model was timed at left out (a search times only
+    when an objective or constraint needs it): no column of n/a on the first screen."""
+    timed = {key for m in models for key, value in (m.get("latency_ms") or {}).items()
+             if (value or {}).get("p50") is not None}
+    return [{**m, "latency_ms": {k: v for k, v in (m.get("latency_ms") or {}).items()
+                                 if k in timed}} for m in models]
+
+
+def front_points(search: dict) -> list[dict]:
+    """The front's trials, best first in the first objective (the cost curve read downwards)."""
+    first = search["objectives"][0]
+    sign = -1 if first["direction"] == "maximize" else 1
+    return sorted((t for t in search["trials"] if t["on_front"]),
+                  key=lambda t: (sign * t["values"][first["name"]], t["number"]))
+
+
+def front_columns(models: list[dict], search: dict) -> list[str]:
+    """The first table of a search report: each front point's stages and options, its
+    validation objective values and, where re-measured, its test-split numbers against the
+    baseline (the columns of :func:`gains_columns` after Model and Stage)."""
+    tested = gains_columns(_timed_only(models))[2:] if models else []
+    return ["Trial", "Stages", "Options",
+            *[f"{o['name']} (val)" for o in search["objectives"]], *tested]
+
+
+def front_rows(models: list[dict], search: dict) -> list[list[str]]:
+    """Rows of :func:`front_columns`: the baseline first (where measured), then the front.
+    A front point's test numbers are the model row whose stage is 'trial N'."""
+    gains = {str(m["stage"]): row[2:]
+             for m, row in zip(models, gains_rows(_timed_only(models)), strict=True)}
+    blank = [NA] * (len(front_columns(models, search)) - 3 - len(search["objectives"]))
+    rows = []
+    if models:
+        base = models[baseline_index(models)]
+        rows.append(["baseline", "—", "—", *["—"] * len(search["objectives"]),
+                     *gains.get(str(base["stage"]), blank)])
+    for point in front_points(search):
+        rows.append([str(point["number"]), " → ".join(point["stages"]),
+                     fmt_params(point["params"]), *_objective_cells(point, search["objectives"]),
+                     *gains.get(f"trial {point['number']}", blank)])
+    return rows
+
+
+def trial_columns(objectives: list[dict]) -> list[str]:
+    return ["Trial", "Front", *[o["name"] for o in objectives], "Stages", "Options"]
+
+
+def trial_rows(trials: list[dict], objectives: list[dict]) -> list[list[str]]:
+    """Every finished trial (validation values), front points first: 'yes' on the front,
+    'infeasible' where a constraint was missed, blank when dominated."""
+    ordered = sorted(trials, key=lambda t: (not t["on_front"], t["number"]))
+    return [[str(t["number"]), "yes" if t["on_front"] else ("" if t["feasible"]
+                                                            else "infeasible"),
+             *_objective_cells(t, objectives), " → ".join(t["stages"]), fmt_params(t["params"])]
+            for t in ordered]

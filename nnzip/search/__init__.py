@@ -8,11 +8,11 @@ constraints are report keys (:mod:`nnzip.search.objectives`); the front and its 
 :mod:`nnzip.search.front`; :mod:`nnzip.search.runner` ties them to an Optuna study.
 """
 
-from nnzip.search.front import dominates, pareto_indices, plot_front
+from nnzip.search.front import dominates, front_report, load_front, pareto_indices
 from nnzip.search.objectives import parse_constraint, parse_objectives
 from nnzip.search.runner import SearchInterrupted, SearchResult, search
 from nnzip.search.space import SearchSpace, load_space, parse_space
 
-__all__ = ["SearchInterrupted", "SearchResult", "SearchSpace", "dominates", "load_space",
-           "parse_constraint", "parse_objectives", "parse_space", "pareto_indices", "plot_front",
-           "search"]
+__all__ = ["SearchInterrupted", "SearchResult", "SearchSpace", "dominates", "front_report",
+           "load_front", "load_space", "parse_constraint", "parse_objectives", "parse_space",
+           "pareto_indices", "search"]

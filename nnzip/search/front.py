@@ -3,7 +3,8 @@
 A point dominates another when it is at least as good in every objective and better in one
 (each objective in its own direction). The front holds the feasible (every constraint met),
 finished trials that no other feasible finished trial dominates; the rest are kept in the
-table and plotted grey.
+table and plotted grey. The plot is :func:`nnzip.evaluate.figures.front_chart`; the search's
+report is rendered by :mod:`nnzip.evaluate.report` like every other report.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from nnzip.atomic import atomic_path, write_text
+from nnzip.atomic import write_bytes, write_text
 
 
 def dominates(a: Sequence[float], b: Sequence[float], directions: Sequence[str]) -> bool:
@@ -34,74 +35,71 @@ def pareto_indices(values: Sequence[Sequence[float]], directions: Sequence[str])
                        for j, other in enumerate(values) if j != i)]
 
 
-def front_table(points: list[dict], objectives: list[str]) -> str:
-    """The trials as a Markdown table, front points first (validation split numbers, and the
-    test split's where re-measured)."""
-    columns = ["trial", "front", *objectives, "test accuracy", "test bytes", "stages"]
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    ordered = sorted(points, key=lambda p: (not p["on_front"], p["number"]))
-    for point in ordered:
-        test = point.get("test") or {}
-        cells = [str(point["number"]), "yes" if point["on_front"] else
-                 ("" if point["feasible"] else "infeasible"),
-                 *(f"{point['values'][name]:.6g}" for name in objectives),
-                 "" if test.get("accuracy") is None else f"{100 * test['accuracy']:.2f} %",
-                 "" if test.get("size_bytes") is None else f"{test['size_bytes']:,}",
-                 " → ".join(point["stages"])]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+#: The keys a front.json must hold to be rendered (``nnzip report front.json``).
+FRONT_KEYS = ("study", "objectives", "constraints", "trials_by_state", "front", "trials")
+#: Largest front.json read (a search of a thousand trials writes about a megabyte).
+MAX_FRONT_BYTES = 64 << 20
 
 
-def plot_front(points: list[dict], x: str, y: str, path: str | Path | None = None,
-               ax=None):
-    """Objective ``y`` against ``x`` for every finished trial: front points in colour and
-    joined, dominated ones grey dots, infeasible ones grey crosses. Draws on ``ax`` (for a
-    report to embed) or a new figure saved atomically to ``path``; returns the axes."""
-    import matplotlib
+def front_report(summary: dict) -> dict:
+    """The report of a search (what ``report.json`` / ``.md`` / ``.html`` render): the baseline
+    and each front point re-measured on the test split as model rows (stage 'trial N'), and the
+    study's trials under the ``search`` key, which the report draws as its first screen."""
+    from nnzip.evaluate.metrics import REPORT_MODEL_KEYS
+    from nnzip.evaluate.report import build_report
 
-    if ax is None:
-        matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    def row(measured: dict | None) -> dict | None:
+        if not isinstance(measured, dict) or any(k not in measured for k in REPORT_MODEL_KEYS):
+            return None  # not measured (interrupted, held-out off, another machine's trial)
+        return {key: measured[key] for key in REPORT_MODEL_KEYS}
 
-    own = ax is None
-    if own:
-        figure, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    dominated = [p for p in points if p["feasible"] and not p["on_front"]]
-    infeasible = [p for p in points if not p["feasible"]]
-    front = sorted((p for p in points if p["on_front"]), key=lambda p: p["values"][x])
-    for group, marker, label in ((dominated, "o", "dominated"),
-                                 (infeasible, "x", "infeasible (a constraint missed)")):
-        if group:
-            ax.scatter([p["values"][x] for p in group], [p["values"][y] for p in group],
-                       color="0.7", marker=marker, label=label, zorder=1)
-    ax.plot([p["values"][x] for p in front], [p["values"][y] for p in front], "o-",
-            color="tab:blue", label="Pareto front", zorder=2)
-    for point in front:
-        ax.annotate(str(point["number"]), (point["values"][x], point["values"][y]),
-                    textcoords="offset points", xytext=(4, 4), fontsize=8)
-    ax.set_xlabel(x)
-    ax.set_ylabel(y)
-    ax.grid(True, alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
-    if own and path is not None:
-        figure.tight_layout()
-        with atomic_path(path) as tmp:
-            figure.savefig(tmp, format="png")
-        plt.close(figure)
-    return ax
+    rows = [row(summary.get("baseline"))]
+    if rows[0] is not None:
+        rows += [row(t.get("test")) for t in sorted(summary["trials"], key=lambda t: t["number"])
+                 if t["on_front"]]
+    search = {key: value for key, value in summary.items()
+              if key not in ("points", "machine", "data", "baseline")}
+    search["trials"] = [{k: v for k, v in t.items() if k != "test"} for t in summary["trials"]]
+    extra = {"search": search}
+    if isinstance(summary.get("data"), dict):
+        extra["data"] = summary["data"]
+    return build_report([r for r in rows if r is not None], summary.get("machine") or {}, extra)
+
+
+def load_front(path: str | Path) -> dict:
+    """Read a search's front.json (or the search folder holding one) and check its keys."""
+    from nnzip.bounded import loads_json, read_capped
+    from nnzip.errors import NnzipError
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "front.json"
+    fix = "rerun the same `nnzip search` command to rewrite it"
+    try:
+        text = read_capped(path, MAX_FRONT_BYTES, "front.json", fix)
+    except OSError as error:
+        raise NnzipError(f"search front {path} is not readable ({error}): {fix}") from None
+    summary = loads_json(text, f"search front {path}", fix)
+    missing = [key for key in FRONT_KEYS if not isinstance(summary, dict) or key not in summary]
+    if missing:
+        raise NnzipError(f"{path} is not a search's front.json (it lacks {missing}): pass the "
+                         f"front.json that `nnzip search` wrote, or {fix}")
+    return summary
 
 
 def write_front(out: Path, summary: dict) -> dict[str, Path]:
-    """front.json, front.md and (with two or more objectives) front.png, each atomically."""
-    paths = {"json": write_text(out / "front.json", json.dumps(summary, indent=2) + "\n")}
-    objectives = [o["name"] for o in summary["objectives"]]
-    points = summary["trials"]
-    header = (f"# Search {summary['study']}: {len(summary['front'])} front point(s) of "
-              f"{len(points)} finished trial(s)\n\nValues on the validation split"
-              + (f"; constraints: {', '.join(summary['constraints'])}"
-                 if summary["constraints"] else "") + ".\n\n")
-    paths["md"] = write_text(out / "front.md", header + front_table(points, objectives))
-    if len(objectives) >= 2 and points:
-        paths["png"] = out / "front.png"
-        plot_front(points, objectives[1], objectives[0], paths["png"])
+    """front.json, front.md, front.png (the plot of every trial) and the search's report
+    (report.json, .md, .html: :func:`front_report`), each file atomically."""
+    from nnzip.evaluate.figures import front_chart
+    from nnzip.evaluate.report import search_markdown, write_report
+
+    text = json.dumps(summary, indent=2, default=str) + "\n"
+    paths = {"json": write_text(out / "front.json", text)}
+    report = front_report(summary)
+    header = f"# Search {summary['study']}\n\n"
+    paths["md"] = write_text(out / "front.md", header + "\n".join(search_markdown(report)))
+    chart = front_chart(summary["trials"], summary["objectives"])
+    if chart is not None:
+        paths["png"] = write_bytes(out / "front.png", chart)
+    paths.update({f"report_{kind}": path for kind, path in write_report(report, out).items()})
     return paths

@@ -394,28 +394,33 @@ def _points(study: optuna.Study, objectives: list[Metric]) -> list[dict]:
 
 
 def measure_on_test(point: dict, model: nn.Module, data: DataSplits,
-                    eval_config: EvalConfig, out: Path, baseline: dict) -> dict | None:
-    """The test-split numbers of a front point, measured once from its saved artifact (kept in
-    ``trials/<n>/test.json``); None when the trial saved none (e.g. it ran on another machine
-    of a shared study). ``baseline`` is the uncompressed model's test row."""
+                    eval_config: EvalConfig, out: Path, baseline: dict,
+                    name: str = "model") -> dict | None:
+    """The test-split report row of a front point (stage 'trial N'), measured once from its
+    saved artifact (kept in ``trials/<n>/test.json``); None when the trial saved none (e.g. it
+    ran on another machine of a shared study). ``baseline`` is the uncompressed model's test
+    row."""
     from nnzip.evaluate import evaluate
+    from nnzip.evaluate.metrics import REPORT_MODEL_KEYS
     from nnzip.models import load_model
 
     cache = out / "trials" / str(point["number"]) / "test.json"
     if cache.is_file():
-        return json.loads(cache.read_text())
+        cached = json.loads(cache.read_text())
+        if all(key in cached for key in REPORT_MODEL_KEYS):  # else an older, partial cache
+            return cached
     if not point.get("artifact") or not Path(point["artifact"]).exists():
         return None
     artifact = Path(point["artifact"])
     compressed = load_model(artifact)
-    row = evaluate(compressed, data, stage="test", reference=model,
-                   reference_size_bytes=baseline["size_bytes"], config=eval_config,
-                   artifact_path=artifact if artifact.is_file() else None)
+    row = evaluate(compressed, data, name=name, stage=f"trial {point['number']}",
+                   reference=model, reference_size_bytes=baseline["size_bytes"],
+                   config=eval_config, artifact_path=artifact if artifact.is_file() else None)
     baseline_accuracy = baseline.get("accuracy")
-    measured = {**_compact(row), "baseline_accuracy": baseline_accuracy}
+    measured = {**row, "baseline_accuracy": baseline_accuracy}
     if row.get("accuracy") is not None and baseline_accuracy is not None:
         measured["accuracy_drop"] = 100.0 * (baseline_accuracy - row["accuracy"])
-    write_text(cache, json.dumps(measured, indent=2) + "\n")
+    write_text(cache, json.dumps(measured, indent=2, default=str) + "\n")
     return measured
 
 
@@ -446,28 +451,35 @@ def summarize(study: optuna.Study, out: Path, objectives: list[Metric],
               constraints: list[Constraint], settings: dict, storage: str, *,
               model: nn.Module | None = None, data: DataSplits | None = None,
               eval_config: EvalConfig | None = None, model_name: str = "MODEL",
+              model_source: str | None = None,
               interrupted: bool = False) -> tuple[list[dict], dict[str, Path]]:
     """Write the front's files from the study as it is now (a running search too)."""
+    from nnzip.evaluate import machine_info
+
     points = _points(study, objectives)
     front = [p for p in points if p["on_front"]]
+    eval_config = eval_config or EvalConfig()
+    baseline = None
     if model is not None and data is not None and not interrupted and front:
         from nnzip.evaluate import evaluate
 
-        eval_config = eval_config or EvalConfig()
-        baseline = evaluate(model, data, stage="baseline",
-                            config=dataclasses.replace(eval_config, measure_latency=False))
+        # Timed too where an objective is (the report's speed-ups are against it).
+        baseline = evaluate(model, data, name=model_name, stage="baseline", config=eval_config)
         for point in front:
-            point["test"] = measure_on_test(point, model, data, eval_config, out, baseline)
+            point["test"] = measure_on_test(point, model, data, eval_config, out, baseline,
+                                            name=model_name)
     by_state = {state.name.lower(): len(study.get_trials(deepcopy=False, states=(state,)))
                 for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL,
                               TrialState.RUNNING)}
-    paths = {"front": _front_recipes(out, front, settings, model_name)}
+    paths = {"front": _front_recipes(out, front, settings, model_source or model_name)}
     summary = {"study": study.study_name, "storage": storage, "interrupted": interrupted,
                "objectives": [{"name": m.name, "direction": m.direction} for m in objectives],
                "constraints": [c.text for c in constraints], "trials_by_state": by_state,
                "front": [p["number"] for p in front], "points": front, "trials": points,
                "split": "objective values on the validation split; 'test' re-measured once on "
-                        "the test split"}
+                        "the test split", "baseline": baseline,
+               "machine": machine_info(eval_config.threads),
+               **({"data": data.summary()} if data is not None else {})}
     paths.update(write_front(out, summary))
     return front, paths
 
@@ -476,7 +488,8 @@ def search(model: nn.Module, data: DataSplits, space: SearchSpace | str | Path, 
            out: str | Path, objectives: Sequence[str] = ("accuracy", "bytes"),
            constraints: Sequence[str] = (), trials: int = 20, workers: int = 1,
            storage: str | None = None, study_name: str | None = None, seed: int = 0,
-           name: str = "model", eval_config: EvalConfig | None = None, heldout: bool = True,
+           name: str = "model", model_source: str | None = None,
+           eval_config: EvalConfig | None = None, heldout: bool = True,
            progress: bool = True, heartbeat_seconds: int = HEARTBEAT_SECONDS) -> SearchResult:
     """Search ``space`` for the recipes on the Pareto front of ``objectives`` under
     ``constraints``, until the study holds ``trials`` finished trials, and write the front.
@@ -485,7 +498,9 @@ def search(model: nn.Module, data: DataSplits, space: SearchSpace | str | Path, 
     or joined by ``study_name`` (default: the space's name), so rerunning the same call resumes
     it and several processes (``workers``) or machines (one server URL) share it; a trial whose
     worker fell silent for ``2 * heartbeat_seconds`` (killed) is run again. The caller's
-    model is never changed. See the module docstring for the choices made.
+    model is never changed. ``name`` names the model's rows in the reports; ``model_source``
+    (default ``name``) is what the front recipes' "Reproduce" line passes to ``--model``. See
+    the module docstring for the choices made.
     """
     if isinstance(space, str | Path):
         space = load_space(space)
@@ -525,7 +540,8 @@ def search(model: nn.Module, data: DataSplits, space: SearchSpace | str | Path, 
             f"{out / 'front.json'}; run the same command to resume") from None
     front, paths = summarize(study, out, metrics, limits, settings, storage,
                              model=model if heldout else None, data=data,
-                             eval_config=eval_config, model_name=name)
+                             eval_config=eval_config, model_name=name,
+                             model_source=model_source)
     return SearchResult(study_name=study_name, storage=storage, out=out,
                         finished=_finished(study), front=front, paths=paths)
 

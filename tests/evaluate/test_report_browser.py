@@ -122,3 +122,37 @@ def test_long_model_and_stage_names_still_fit_the_first_table(driver, compressed
     width, client = driver.execute_script(
         "const e = document.getElementById('gains'); return [e.scrollWidth, e.clientWidth];")
     assert 0 < width <= client, (width, client)
+
+
+def test_search_report_renders_its_front_first_in_headless_chromium(driver, tiny_search,
+                                                                    tmp_path):
+    """The report a real 4-trial search wrote (tests/conftest.py): the front table and the
+    front plot on the first screen, every image decoded, no console error, no scrolling."""
+    import json
+
+    from selenium.webdriver.common.by import By
+
+    _, _, out, _ = tiny_search
+    summary = json.loads((out / "front.json").read_text())
+    driver.get((out / "report.html").as_uri())
+    rows = driver.find_elements(By.CSS_SELECTOR, "#front table tbody tr")
+    first_cells = [row.find_element(By.TAG_NAME, "td").text for row in rows]
+    assert first_cells[0] == "baseline"
+    assert sorted(map(int, first_cells[1:])) == sorted(summary["front"])
+    trials = driver.find_elements(By.CSS_SELECTOR, "#all-trials table tbody tr")
+    assert len(trials) == len(summary["trials"])  # folded, but in the page
+    width, client = driver.execute_script(
+        "const e = document.getElementById('front'); return [e.scrollWidth, e.clientWidth];")
+    assert 0 < width <= client, (width, client)
+    assert driver.execute_script("return document.documentElement.scrollWidth") <= WIDTH
+    images = driver.find_elements(By.TAG_NAME, "img")
+    assert [img.get_attribute("alt") for img in images][:2] == ["Search front", "Metrics"]
+    sizes = [driver.execute_script("return [arguments[0].naturalWidth, "
+                                   "arguments[0].naturalHeight, arguments[0].complete]", img)
+             for img in images]
+    assert all(w > 0 and h > 0 and done for w, h, done in sizes), sizes
+    top = driver.execute_script("return arguments[0].getBoundingClientRect().top", images[0])
+    assert top < 900  # the front plot starts on the first screen, under its table
+    errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+    assert errors == []
+    assert driver.save_screenshot(str(tmp_path / "search-first-screen.png"))

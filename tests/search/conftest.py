@@ -1,4 +1,6 @@
-"""A real PostgreSQL server for the distributed-search tests, one per test session.
+"""The search tests' shared fixtures: the tiny search space as a file (its text and a real
+search of it are session fixtures in tests/conftest.py), and a real PostgreSQL server for the
+distributed-search tests, one per test session.
 
 The Debian package ``postgresql-15`` (installed by ``.ci/setup-system``, which ``make test`` runs)
 provides ``initdb`` and ``pg_ctl``. The fixture makes a throw-away cluster in a temporary folder,
@@ -20,6 +22,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+
+@pytest.fixture
+def space_file(tmp_path, tiny_space_text) -> Path:
+    """The tiny space (study name "tiny") as a file."""
+    path = tmp_path / "space.yaml"
+    path.write_text(tiny_space_text())
+    return path
+
 
 INSTALL_HINT = ("PostgreSQL is not installed: run `sudo apt-get install -y postgresql-15` "
                 "(Debian; `make test` as root installs it through .ci/setup-system)")

@@ -5,6 +5,7 @@ two seconds): prune with 1 fine-tune epoch, cluster without fine-tuning, optiona
 """
 
 import json
+import shutil
 from pathlib import Path
 
 import optuna
@@ -13,7 +14,6 @@ import pytest
 from nnzip import compress, load_recipe, save
 from nnzip.cli import main
 from nnzip.errors import NnzipError
-from nnzip.evaluate.latency import fixed_threads
 from nnzip.search import (
     SearchInterrupted,
     dominates,
@@ -25,26 +25,6 @@ from nnzip.search import (
     search,
 )
 from nnzip.search.runner import TrialRunner
-
-TINY_SPACE = """\
-name: tiny
-finetune_epochs: 1
-stages:
-  - prune:
-      sparsity: {low: 0.5, high: 0.9}
-      finetune_epochs: 1
-  - cluster:
-      bits: {low: 2, high: 5}
-      finetune_epochs: 0
-  - encode: {optional: true}
-"""
-
-
-@pytest.fixture
-def space_file(tmp_path) -> Path:
-    path = tmp_path / "space.yaml"
-    path.write_text(TINY_SPACE)
-    return path
 
 
 def _study(out: Path, name: str = "tiny") -> optuna.Study:
@@ -139,18 +119,10 @@ def test_pareto_indices_keep_exactly_the_non_dominated_points():
 
 # --- a real search ----------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def four_trials(tmp_path_factory, digits, trained_mlp_state, mlp_factory):
-    """A 4-trial search (accuracy vs bytes, drop <= 5 points) of the trained digits MLP."""
-    model = mlp_factory(digits)
-    model.load_state_dict(trained_mlp_state)
-    folder = tmp_path_factory.mktemp("search")
-    (folder / "space.yaml").write_text(TINY_SPACE)
-    out = folder / "out"
-    with fixed_threads(1):  # a module fixture runs before the autouse one-thread fixture
-        result = search(model, digits, folder / "space.yaml", out=out, trials=4,
-                        constraints=["accuracy_drop<=5"], progress=False)
-    return model, folder, out, result
+@pytest.fixture
+def four_trials(tiny_search):
+    """The session's 4-trial search (tests/conftest.py: accuracy vs bytes, drop <= 5 points)."""
+    return tiny_search
 
 
 def test_four_trial_search_writes_a_front_of_non_dominated_feasible_trials(four_trials):
@@ -194,8 +166,11 @@ def test_a_front_recipe_reproduces_its_bytes_and_test_accuracy(four_trials, digi
     assert row["accuracy"] == pytest.approx(point["test"]["accuracy"], abs=1e-12)
 
 
-def test_rerun_with_more_trials_extends_keeping_the_finished_ones(four_trials, digits):
-    model, folder, out, _ = four_trials
+def test_rerun_with_more_trials_extends_keeping_the_finished_ones(four_trials, digits,
+                                                                  tmp_path):
+    model, folder, finished, _ = four_trials
+    out = tmp_path / "out"  # a copy: the session's search is read by other tests
+    shutil.copytree(finished, out)
     before = {t.number: t.values for t in _study(out).get_trials(states=(
         optuna.trial.TrialState.COMPLETE,))}
     result = search(model, digits, folder / "space.yaml", out=out, trials=5,
@@ -272,12 +247,18 @@ def test_cli_search_runs_and_refuses_bad_input_in_one_line(trained_mlp, space_fi
     assert main([*common, "--trials", "1", "--objectives", "bytes"]) == 0
     assert "1 finished trials" in capsys.readouterr().out
     assert json.loads((out / "front.json").read_text())["trials_by_state"]["complete"] == 1
+    # Rows named by what the model is; the front recipe reproduces with the --model given.
+    rows = json.loads((out / "report.json").read_text())["models"]
+    assert [(r["name"], r["stage"]) for r in rows] == [("LeNet-300-100 (8×8 digits)", "baseline"),
+                                                       ("LeNet-300-100 (8×8 digits)", "trial 0")]
+    header = (out / "front" / "trial-0.yaml").read_text().splitlines()[1]
+    assert f"nnzip compress --model {model_dir} --recipe" in header
 
 
 def test_short_rung_stops_a_trial_that_misses_the_accuracy_constraint_by_more_than_the_slack(
-        trained_mlp, digits, tmp_path):
+        trained_mlp, digits, tmp_path, tiny_space_text):
     space = tmp_path / "space.yaml"
-    space.write_text(TINY_SPACE.replace("finetune_epochs: 1\nstages:",
+    space.write_text(tiny_space_text().replace("finetune_epochs: 1\nstages:",
                                         "finetune_epochs: 1\nfidelity: {short_fraction: 0.5, "
                                         "slack_points: 1.0}\nstages:"))
     # A drop below -10 points (a 10-point gain) cannot be met: stopped after the short rung.

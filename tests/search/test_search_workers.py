@@ -20,21 +20,6 @@ optuna = pytest.importorskip("optuna", reason="the search tests need optuna: pip
 
 REPO = Path(__file__).resolve().parents[2]
 
-# As tests/search/test_search.py: prune with 1 fine-tune epoch, cluster, maybe encode.
-TINY_SPACE = """\
-name: tiny-shared
-finetune_epochs: 1
-stages:
-  - prune:
-      sparsity: {low: 0.5, high: 0.9}
-      finetune_epochs: 1
-  - cluster:
-      bits: {low: 2, high: 5}
-      finetune_epochs: 0
-  - encode: {optional: true}
-"""
-
-
 def _search_command(model_dir: Path, space: Path, out: Path, url: str,
                     trials: int) -> list[str]:
     return [sys.executable, "-m", "nnzip.cli", "search", "--model", str(model_dir), "--data",
@@ -44,13 +29,13 @@ def _search_command(model_dir: Path, space: Path, out: Path, url: str,
 
 
 def test_two_search_commands_on_one_postgres_study_run_every_trial_once(
-        postgres_url, trained_mlp, tmp_path):
+        postgres_url, trained_mlp, tmp_path, tiny_space_text):
     """Two `nnzip search` processes, each as on its own machine (its own --out), the same
     --storage and --trials: together they finish the budget, each trial run by one of them."""
     n_trials = 6
     model_dir = save(trained_mlp, tmp_path / "mlp")
     space = tmp_path / "space.yaml"
-    space.write_text(TINY_SPACE)
+    space.write_text(tiny_space_text("tiny-shared"))
     outs = [tmp_path / "machine-a", tmp_path / "machine-b"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
     workers = [subprocess.Popen(_search_command(model_dir, space, out, postgres_url, n_trials),
@@ -125,7 +110,7 @@ nnzip.search(nnzip.load(model_dir), load_digits(seed=0), space, out=out, trials=
 
 
 def test_a_killed_search_resumes_keeping_its_finished_trials_and_reruns_the_killed_one(
-        trained_mlp, tmp_path):
+        trained_mlp, tmp_path, tiny_space_text):
     """SIGKILL (no handler runs) in the middle of trial 1: the rerun keeps trial 0 as it was,
     fails the orphaned trial 1 once its heartbeat is stale, runs its parameters again as a new
     trial and finishes the budget of 3 finished trials."""
@@ -134,7 +119,7 @@ def test_a_killed_search_resumes_keeping_its_finished_trials_and_reruns_the_kill
 
     model_dir = save(trained_mlp, tmp_path / "mlp")
     space, out, script = tmp_path / "space.yaml", tmp_path / "out", tmp_path / "search.py"
-    space.write_text(TINY_SPACE)
+    space.write_text(tiny_space_text("tiny-shared"))
     script.write_text(SEARCH_SCRIPT)
     argv = [sys.executable, str(script), str(model_dir), str(space), str(out), "3"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
