@@ -18,6 +18,7 @@ from rich.table import Table
 from nnzip.atomic import write_text
 from nnzip.bounded import loads_json, read_capped
 from nnzip.errors import NnzipError
+from nnzip.evaluate import energy_model
 from nnzip.evaluate.details import (
     bit_allocation_chart,
     sensitivity_chart,
@@ -88,6 +89,12 @@ def render_markdown(report: dict) -> str:
     notes = [f"- {m['name']} ({m['stage']}): {m['energy_note']}" for m in models]
     if notes:
         parts += ["## Energy", "", *notes, ""]
+    if energy_model.estimate_rows(models):
+        parts += [f"### {energy_model.ESTIMATE_TITLE}", "",
+                  _markdown_table(energy_model.estimate_columns(),
+                                  energy_model.estimate_rows(models)), "",
+                  _markdown_table(["Operation (45 nm)", "pJ"], energy_model.cost_rows()), "",
+                  *[f"- {note}" for note in energy_model.estimate_notes()], ""]
     for stage in report.get("stages") or []:
         parts += [f"## Stage {_stage_title(stage)}", ""]
         rows = value_rows(stage.get("details") or {})
@@ -209,6 +216,17 @@ def _gains_html(report: dict, swatches: list[str], figures: dict[str, bytes]) ->
             f"{_html_table(gains_columns(models), gains_rows(models), swatches)}</div>{plot}")
 
 
+def _estimate_html(models: list[dict]) -> str:
+    """The energy estimates beside the RAPL notes, with the per-operation table they use."""
+    rows = energy_model.estimate_rows(models)
+    if not rows:
+        return ""
+    return (f"<h3>{html.escape(energy_model.ESTIMATE_TITLE)}</h3>"
+            f'<div class="scroll">{_html_table(energy_model.estimate_columns(), rows)}</div>'
+            f'{_html_table(["Operation (45 nm)", "pJ"], energy_model.cost_rows())}'
+            f"{_html_list(energy_model.estimate_notes())}")
+
+
 def render_html(report: dict) -> str:
     """One self-contained HTML page: header, tables and every chart embedded as base64 PNG.
 
@@ -250,6 +268,7 @@ def render_html(report: dict) -> str:
 {robustness}
 <h2>Energy</h2>
 <ul>{notes}</ul>
+{_estimate_html(models)}
 {_stage_sections(report)}
 {extras}
 <p class="machine">Measured on {html.escape(machine_line(report["machine"]))}<br>
