@@ -288,7 +288,8 @@ def _activation_traffic(counts: LayerCounts, layers: dict[str, nn.Module],
 def estimate_energy(model: nn.Module, sample: torch.Tensor, *,
                     on_chip_bytes: int = DEFAULT_ON_CHIP_BYTES) -> dict | None:
     """The estimated energy of one forward pass of ``sample`` (a batch of one), or None where
-    the operations cannot be counted (see :func:`nnzip.evaluate.flops.count_flops`).
+    the operations cannot be counted (see :func:`nnzip.evaluate.flops.count_flops`; a model
+    that runs outside PyTorch, such as an ONNX file, shows no operations to count).
 
     Returns the report row's ``energy_estimate``: ``total_j`` and its parts ``compute_j``,
     ``weight_memory_j`` and ``activation_memory_j``, ``macs`` by dtype, the bytes moved
@@ -298,6 +299,12 @@ def estimate_energy(model: nn.Module, sample: torch.Tensor, *,
     layers = _compute_layers(model)
     counts = count_layer_flops(model, sample, layers)
     if counts is None:
+        return None
+    if counts.total_flops == 0 and not counts.flops:
+        # Nothing PyTorch counted: the model runs in another runtime (an ONNX or OpenVINO file
+        # wrapped as a module) or has no layer nnzip knows; an estimate of ~0 J would mislead.
+        log.warning("energy not estimated for %s: PyTorch saw no layer and no matmul or "
+                    "convolution run", type(model).__name__)
         return None
     macs: dict[str, int] = {}
     for name, flops in counts.flops.items():

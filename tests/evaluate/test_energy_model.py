@@ -6,7 +6,14 @@ import pytest
 import torch
 from torch import nn
 
-from nnzip.evaluate import EvalConfig, build_report, evaluate, render_html, render_markdown
+from nnzip.evaluate import (
+    EvalConfig,
+    build_report,
+    evaluate,
+    render_html,
+    render_markdown,
+    rich_table,
+)
 from nnzip.evaluate.energy_model import (
     ESTIMATE_LABEL,
     estimate_energy,
@@ -150,3 +157,13 @@ def test_the_report_row_carries_the_labelled_estimate_beside_rapl(tiny_model, ti
     for text in (render_markdown(report), render_html(report)):
         assert "Energy (estimate, 45 nm per-op costs, Horowitz 2014)" in text
         assert "32-bit DRAM read" in text and "640" in text
+    metrics = rich_table(report).columns[0]._cells
+    assert "Energy (estimate)" in metrics and "Energy" in metrics
+
+
+def test_a_model_whose_operations_torch_cannot_see_gets_no_estimate():
+    class Outside(nn.Module):  # stands for an ONNX / OpenVINO file wrapped as a module
+        def forward(self, x):
+            return torch.from_numpy(x.numpy() @ torch.ones(4, 3).numpy())
+
+    assert estimate_energy(Outside(), torch.zeros(1, 4)) is None
