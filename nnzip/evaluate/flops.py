@@ -7,7 +7,8 @@ every aten op and applies a per-op formula (2 FLOPs per multiply-accumulate for 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -32,6 +33,23 @@ def _uncounted_modules(model: nn.Module) -> list[str]:
                    if type(m).__module__.startswith(_UNCOUNTED_MODULE_PREFIXES)})
 
 
+@contextmanager
+def _countable_kernels() -> Iterator[None]:
+    """Run ``nn.MultiheadAttention`` / ``nn.TransformerEncoderLayer`` on their plain path.
+
+    In eval mode under ``no_grad`` they take a fused fast path (``_native_multi_head_attention``,
+    ``_transformer_encoder_layer_fwd``) that the counter has no formula for: a TransformerEncoder
+    example counted 128 MACs instead of 196 736. The plain path computes the same function with
+    ops the counter knows.
+    """
+    enabled = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(enabled)
+
+
 def count_flops(model: nn.Module, input_shape: tuple[int, ...] | None = None, *,
                 sample: torch.Tensor | None = None) -> tuple[int | None, int | None]:
     """(FLOPs, MACs) of one forward pass of ``sample`` (a batch of one), or of float zeros shaped
@@ -53,7 +71,8 @@ def count_flops(model: nn.Module, input_shape: tuple[int, ...] | None = None, *,
                              "nnzip.data.probe_batch(data, 1))")
         sample = torch.zeros(1, *input_shape)
     try:
-        with eval_mode(model), torch.no_grad(), FlopCounterMode(display=False) as counter:
+        with eval_mode(model), torch.no_grad(), _countable_kernels(), \
+                FlopCounterMode(display=False) as counter:
             model(sample)
     except Exception as error:  # any failure means "unknown", never a crash
         log.warning("FLOPs not counted for %s: %s", type(model).__name__,
@@ -126,7 +145,7 @@ def count_layer_flops(model: nn.Module, sample: torch.Tensor,
         handles.append(layer.register_forward_hook(
             lambda m, a, o, name=name: after(name, m, a, o)))
     try:
-        with eval_mode(model), torch.no_grad(), counter:
+        with eval_mode(model), torch.no_grad(), _countable_kernels(), counter:
             model(sample)
     except Exception as error:  # any failure means "unknown", never a crash
         log.warning("FLOPs not counted for %s: %s", type(model).__name__,
