@@ -13,12 +13,25 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from nnzip.core.modes import eval_mode
 from nnzip.errors import NnzipError
 
 log = logging.getLogger(__name__)
+
+
+
+def _cpu_attention_flops(query_shape, key_shape, value_shape, *_args, out_shape=None,
+                         **_kwargs) -> int:
+    """FLOPs of the CPU's fused attention kernel: torch's formula for its CUDA twins."""
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+#: Kernels torch's counter has no formula for: the CPU's fused attention (the CUDA kernels have
+#: one), so scaled_dot_product_attention, and every HF encoder's attention products, counted 0.
+#: Passed per counter instance: nothing global is registered.
+_EXTRA_FORMULAS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops}
 
 # Kernels with no FLOP formula: the counter would silently report 0 for them.
 _UNCOUNTED_MODULE_PREFIXES = ("torch.ao.nn.quantized", "torch.ao.nn.intrinsic.quantized")
@@ -72,7 +85,7 @@ def count_flops(model: nn.Module, input_shape: tuple[int, ...] | None = None, *,
         sample = torch.zeros(1, *input_shape)
     try:
         with eval_mode(model), torch.no_grad(), _countable_kernels(), \
-                FlopCounterMode(display=False) as counter:
+                FlopCounterMode(display=False, custom_mapping=_EXTRA_FORMULAS) as counter:
             model(sample)
     except Exception as error:  # any failure means "unknown", never a crash
         log.warning("FLOPs not counted for %s: %s", type(model).__name__,
@@ -121,7 +134,7 @@ def count_layer_flops(model: nn.Module, sample: torch.Tensor,
                     ", ".join(uncounted))
         return None
     counts = LayerCounts(total_flops=0)
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(display=False, custom_mapping=_EXTRA_FORMULAS)
     started: dict[str, int] = {}
 
     def before(name: str, _module: nn.Module, args: tuple) -> None:
