@@ -32,7 +32,10 @@ The rules, each a choice stated once:
   Structured pruning removes channels from the model, so its MACs are gone from the count.
 - **Weights** are read once per inference from DRAM (640 pJ per 32 bits) at the width the model
   holds them: float32 4 bytes, an nnzip-quantized weight its bits (int8 1 byte, int4 half a byte)
-  plus its scales, a clustered (shared) weight its index bits plus its codebook. A model loaded
+  plus its scales (what ONNX Runtime's int8 and MatMulNBits kernels read), a clustered (shared)
+  weight its index bits plus its codebook (what a kernel that decodes indices on the fly reads,
+  as EIE does; PyTorch's parametrization and the ONNX export materialize the float weight, so
+  on a CPU this saving is an upper bound). A model loaded
   from a ``.nnz`` file is plain float (the Huffman-coded bytes are decoded at load), so it reads
   4 bytes per weight: the file's compression saves disk and download, not runtime traffic. An
   embedding reads only the rows it looks up. Batch 1 reuses no weight across samples, so none is
