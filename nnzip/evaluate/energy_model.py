@@ -46,7 +46,11 @@ The rules, each a choice stated once:
   access (5 pJ per 32 bits), a larger one a DRAM access. Element-wise layers between them (ReLU,
   pooling, normalization, residual adds) are taken as fused into their producer, and their
   arithmetic is not counted. MACs outside those layers (attention's activation products) are
-  costed as float MACs of the model's dtype.
+  costed as float MACs of the model's dtype. A ``torch.export`` program (a model loaded from a
+  version-2 ``.nnz`` file) has no layer modules: its activations are not counted (``layers`` is
+  0) and its embeddings are read whole.
+- **What the counter cannot see is not costed**: kernels without a FLOP formula (an LSTM/GRU's
+  fused recurrence) add no MACs, as in the report's ``macs``.
 """
 
 from __future__ import annotations
@@ -296,7 +300,8 @@ def estimate_energy(model: nn.Module, sample: torch.Tensor, *,
 
     Returns the report row's ``energy_estimate``: ``total_j`` and its parts ``compute_j``,
     ``weight_memory_j`` and ``activation_memory_j``, ``macs`` by dtype, the bytes moved
-    (``weight_bytes``, ``activation_bytes`` by SRAM/DRAM), ``on_chip_bytes``, and the ``label``
+    (``weight_bytes``, ``activation_bytes`` by SRAM/DRAM), the number of ``layers`` whose
+    activations were counted, ``on_chip_bytes``, and the ``label``
     and ``source`` that say it is an estimate from Horowitz's 45 nm table.
     """
     layers = _compute_layers(model)
@@ -334,6 +339,7 @@ def estimate_energy(model: nn.Module, sample: torch.Tensor, *,
         "macs": dict(sorted(macs.items())),
         "weight_bytes": weight_bytes,
         "activation_bytes": activation_bytes,
+        "layers": len(counts.flops),
         "on_chip_bytes": on_chip_bytes,
         "source": SOURCE,
     }

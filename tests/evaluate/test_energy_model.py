@@ -39,6 +39,7 @@ def test_linear_costs_its_hand_counted_macs_weight_bytes_and_activations():
     assert estimate["macs"] == {"float32": 12}
     assert estimate["weight_bytes"] == 60
     assert estimate["activation_bytes"] == {"sram": 28, "dram": 0}
+    assert estimate["layers"] == 1
     assert estimate["compute_j"] == pytest.approx(12 * FP32_MAC_PJ * 1e-12)
     assert estimate["weight_memory_j"] == pytest.approx(60 * DRAM_PJ_PER_BYTE * 1e-12)
     assert estimate["activation_memory_j"] == pytest.approx(28 * SRAM_PJ_PER_BYTE * 1e-12)
