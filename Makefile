@@ -44,6 +44,7 @@ bench: $(BENCH_STAMP)
 	$(PY) benchmarks/distill_mnist.py
 	$(PY) benchmarks/factorize_mnist.py
 	$(PY) benchmarks/share_deep_compression.py
+	$(PY) benchmarks/energy_estimate.py
 	$(PY) benchmarks/hf_quant.py
 	$(PY) benchmarks/hf_prune.py
 	$(PY) benchmarks/hf_save.py

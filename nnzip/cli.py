@@ -884,6 +884,14 @@ def cmd_sts(args: argparse.Namespace) -> None:
 REPORT_TEXT_KEYS = ("name", "stage", "task", "energy_note", "runtime_note")
 #: The report keys that hold text per batch size ({"batch1": "onnxruntime-int8-qdq"}), or null.
 REPORT_TEXT_PER_BATCH_KEYS = ("runtime",)
+#: The report keys that hold a record of numbers and labels (a breakdown with its source), or null.
+REPORT_RECORD_KEYS = ("energy_estimate",)
+
+
+def _numbers_and_text(value: object) -> bool:
+    if isinstance(value, dict):
+        return all(_numbers_and_text(item) for item in value.values())
+    return isinstance(value, str) or _numbers_only(value)
 
 
 def _numbers_only(value: object) -> bool:
@@ -915,11 +923,14 @@ def check_report_types(report: dict, path: Path) -> dict:
             elif key in REPORT_TEXT_PER_BATCH_KEYS:
                 fits = value is None or (isinstance(value, dict) and all(
                     isinstance(item, str) for item in value.values()))
+            elif key in REPORT_RECORD_KEYS:
+                fits = value is None or (isinstance(value, dict) and _numbers_and_text(value))
             else:
                 fits = _numbers_only(value)
             if not fits:
                 kind = ("text" if key in REPORT_TEXT_KEYS else "text per batch size (or null)"
-                        if key in REPORT_TEXT_PER_BATCH_KEYS else "a number (or null)")
+                        if key in REPORT_TEXT_PER_BATCH_KEYS else "a record of numbers and text"
+                        if key in REPORT_RECORD_KEYS else "a number (or null)")
                 raise NnzipError(f"report {path}: model {index} has {key} = {value!r:.60}, not "
                                  f"{kind}: {redo}")
     return report

@@ -18,6 +18,7 @@ from nnzip.data.splits import DataSplits, describe_inputs, probe_batch
 from nnzip.errors import NnzipError
 from nnzip.evaluate.config import EvalConfig
 from nnzip.evaluate.energy import measure_energy
+from nnzip.evaluate.energy_model import estimate_energy
 from nnzip.evaluate.flops import count_flops
 from nnzip.evaluate.latency import compare_latency, fixed_threads
 from nnzip.evaluate.memory import peak_memory_bytes
@@ -31,9 +32,11 @@ REPORT_MODEL_KEYS = (
     "pytorch_speedup", "throughput_per_s", "peak_memory_bytes",
     "accuracy", "top5", "agreement", "perplexity", "loss", "kl_to_reference", "spearman",
     "fidelity", "neighbour_overlap", "robustness", "energy_j", "energy_note",
+    "energy_estimate_j", "energy_estimate",
 )
 #: Keys added after reports were first written: a report.json from before them reads as null.
-LATER_REPORT_MODEL_KEYS = ("runtime", "runtime_note", "pytorch_latency_ms", "pytorch_speedup")
+LATER_REPORT_MODEL_KEYS = ("runtime", "runtime_note", "pytorch_latency_ms", "pytorch_speedup",
+                           "energy_estimate_j", "energy_estimate")
 #: The task metrics (:mod:`nnzip.tasks`); each task fills its own, the others are None.
 TASK_METRIC_KEYS = ("accuracy", "top5", "agreement", "perplexity", "loss", "kl_to_reference",
                     "spearman", "fidelity", "neighbour_overlap")
@@ -167,7 +170,10 @@ def evaluate(model: nn.Module, data: DataSplits, *, name: str = "model",
     A model quantized by nnzip is timed on the runtime ``nnzip deploy`` would choose at each
     batch size (``runtime`` names it; ``pytorch_latency_ms`` / ``pytorch_speedup`` keep its
     PyTorch simulation, timed in the same rounds) unless ``config.runtime_timing`` is off.
-    Without a reference the model is its own (ratio, agreement and speedup 1.0). The size is
+    Without a reference the model is its own (ratio, agreement and speedup 1.0).
+    ``energy_estimate_j`` is the estimated energy of one batch-1 inference from its operation
+    counts and memory traffic (:mod:`nnzip.evaluate.energy_model`), beside ``energy_j``, the
+    RAPL measurement where the machine has one. The size is
     that of ``artifact_path`` when given, else of the state dict serialized as safetensors. The
     model's training/eval mode is left as it was.
     """
@@ -188,6 +194,7 @@ def evaluate(model: nn.Module, data: DataSplits, *, name: str = "model",
     p50_largest = timing["latency_ms"][f"batch{largest_batch}"]["p50"]
     throughput = largest_batch / (p50_largest / 1000.0) if p50_largest else None
     energy_j, energy_note = _energy(model, data, config, largest_batch)
+    energy_estimate = estimate_energy(model, probe_batch(data, 1))
 
     from nnzip.tasks import task_of
 
@@ -211,4 +218,7 @@ def evaluate(model: nn.Module, data: DataSplits, *, name: str = "model",
         "robustness": measured["robustness"],
         "energy_j": energy_j,
         "energy_note": energy_note,
+        # Counted, not timed: every machine gets it (energy_j stays the RAPL measurement).
+        "energy_estimate_j": energy_estimate["total_j"] if energy_estimate else None,
+        "energy_estimate": energy_estimate,
     }

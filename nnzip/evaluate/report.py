@@ -18,6 +18,7 @@ from rich.table import Table
 from nnzip.atomic import write_text
 from nnzip.bounded import loads_json, read_capped
 from nnzip.errors import NnzipError
+from nnzip.evaluate import energy_model
 from nnzip.evaluate.details import (
     bit_allocation_chart,
     sensitivity_chart,
@@ -93,6 +94,12 @@ def render_markdown(report: dict) -> str:
     notes = [f"- {m['name']} ({m['stage']}): {m['energy_note']}" for m in models]
     if notes:
         parts += ["## Energy", "", *notes, ""]
+    if energy_model.estimate_rows(models):
+        parts += [f"### {energy_model.ESTIMATE_TITLE}", "",
+                  _markdown_table(energy_model.estimate_columns(),
+                                  energy_model.estimate_rows(models)), "",
+                  _markdown_table(["Operation (45 nm)", "pJ"], energy_model.cost_rows()), "",
+                  *[f"- {note}" for note in energy_model.estimate_notes()], ""]
     for stage in report.get("stages") or []:
         parts += [f"## Stage {_stage_title(stage)}", ""]
         rows = value_rows(stage.get("details") or {})
@@ -273,6 +280,17 @@ def _search_html(report: dict) -> str:
             "</details>")
 
 
+def _estimate_html(models: list[dict]) -> str:
+    """The energy estimates beside the RAPL notes, with the per-operation table they use."""
+    rows = energy_model.estimate_rows(models)
+    if not rows:
+        return ""
+    return (f"<h3>{html.escape(energy_model.ESTIMATE_TITLE)}</h3>"
+            f'<div class="scroll">{_html_table(energy_model.estimate_columns(), rows)}</div>'
+            f'{_html_table(["Operation (45 nm)", "pJ"], energy_model.cost_rows())}'
+            f"{_html_list(energy_model.estimate_notes())}")
+
+
 def render_html(report: dict) -> str:
     """One self-contained HTML page: header, tables and every chart embedded as base64 PNG.
 
@@ -316,6 +334,7 @@ def render_html(report: dict) -> str:
 {robustness}
 <h2>Energy</h2>
 <ul>{notes}</ul>
+{_estimate_html(models)}
 {_stage_sections(report)}
 {extras}
 <p class="machine">Measured on {html.escape(machine_line(report["machine"]))}<br>
@@ -356,6 +375,9 @@ def rich_table(report: dict) -> Table:
         table.add_column(f"{row[0]}\n{row[1]}", justify="right")
     for index, metric in enumerate(columns[2:], start=2):
         table.add_row(metric, *[row[index] for row in rows])
+    if energy_model.estimate_rows(models):  # beside the RAPL "Energy" row, labelled
+        table.add_row("Energy (estimate)", *[energy_model.fmt_joules(m.get("energy_estimate_j"))
+                                             for m in models])
     return table
 
 

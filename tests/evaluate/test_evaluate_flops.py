@@ -53,3 +53,25 @@ def test_quantized_kernels_are_not_reported_as_zero_flops(caplog):
     with caplog.at_level(logging.WARNING, logger="nnzip.evaluate.flops"):
         assert count_flops(model, (8,)) == (None, None)
     assert "no FLOP formula" in caplog.text
+
+
+def test_a_transformer_encoder_layer_is_counted_not_skipped_by_its_fast_path():
+    # In eval mode under no_grad the fused fast path has no FLOP formula (it counted 0).
+    torch.manual_seed(0)
+    encoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(8, 2, 16, batch_first=True), 1,
+                                    enable_nested_tensor=False)
+    _, macs = count_flops(encoder, (3, 8))
+    # 3 tokens: Q/K/V projections 3*8*24, output projection 3*8*8, feed-forward 2*3*8*16, and
+    # per head (2, width 4) the 3x3 scores and their product with V, 3*3*4 MACs each.
+    assert macs == 3 * 8 * 24 + 3 * 8 * 8 + 2 * 3 * 8 * 16 + 2 * 2 * 3 * 3 * 4
+    assert torch.backends.mha.get_fastpath_enabled()  # the setting is restored
+
+
+def test_scaled_dot_product_attention_on_cpu_is_counted():
+    class Attention(nn.Module):
+        def forward(self, x):
+            return torch.nn.functional.scaled_dot_product_attention(x, x, x)
+
+    # 2 heads, 3 tokens, width 4: scores 3*3*4 and their product with V 3*3*4, per head.
+    _, macs = count_flops(Attention(), (2, 3, 4))
+    assert macs == 2 * (3 * 3 * 4 + 3 * 3 * 4)
