@@ -31,9 +31,11 @@ REPORT_MODEL_KEYS = (
     "pytorch_speedup", "throughput_per_s", "peak_memory_bytes",
     "accuracy", "top5", "agreement", "perplexity", "loss", "kl_to_reference", "spearman",
     "fidelity", "neighbour_overlap", "robustness", "energy_j", "energy_note",
+    "confidence", "score",
 )
 #: Keys added after reports were first written: a report.json from before them reads as null.
-LATER_REPORT_MODEL_KEYS = ("runtime", "runtime_note", "pytorch_latency_ms", "pytorch_speedup")
+LATER_REPORT_MODEL_KEYS = ("runtime", "runtime_note", "pytorch_latency_ms", "pytorch_speedup",
+                           "confidence", "score")
 #: The task metrics (:mod:`nnzip.tasks`); each task fills its own, the others are None.
 TASK_METRIC_KEYS = ("accuracy", "top5", "agreement", "perplexity", "loss", "kl_to_reference",
                     "spearman", "fidelity", "neighbour_overlap")
@@ -211,4 +213,8 @@ def evaluate(model: nn.Module, data: DataSplits, *, name: str = "model",
         "robustness": measured["robustness"],
         "energy_j": energy_j,
         "energy_note": energy_note,
+        # The task metric's difference against ``reference`` (nnzip.evaluate.confidence);
+        # the composite score is set by build_report, against the report's baseline row.
+        "confidence": measured.get("confidence"),
+        "score": None,
     }
