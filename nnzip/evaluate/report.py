@@ -115,7 +115,8 @@ def render_markdown(report: dict) -> str:
 
 
 _NOISE_NOTE = ("≈ marks a difference within noise: its 95 % paired-bootstrap interval "
-               "contains 0.")
+               "contains 0, or its p-value is 0.05 or more (with very few discordant samples "
+               "the bootstrap interval is too narrow and the exact test decides).")
 
 
 def _score_summary(report: dict) -> str | None:

@@ -181,3 +181,40 @@ def test_language_model_rows_compare_perplexity_with_the_reference():
     assert confidence["metric"] == "perplexity" and confidence["test"] == "permutation"
     assert confidence["difference"] == pytest.approx(
         measured["perplexity"] - by_itself["perplexity"], rel=1e-4)
+
+
+def test_encoder_rows_compare_sts_spearman_over_pairs_without_a_second_encode(tiny_encoder):
+    from nnzip.evaluate.config import EvalConfig
+    from nnzip.tasks import sentence_data, task_of
+
+    data = sentence_data(tiny_encoder, pairs=24, train_sentences=20, seed=0)
+    config = EvalConfig(eval_batch_size=8)
+    own = task_of(data).measure(tiny_encoder, data, None, config)
+    assert own["confidence"] is None
+    twin = task_of(data).measure(tiny_encoder, data, tiny_encoder, config)
+    assert twin["confidence"]["difference"] == pytest.approx(0, abs=1e-6)
+    changed = copy.deepcopy(tiny_encoder)
+    with torch.no_grad():
+        for parameter in changed.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    confidence = task_of(data).measure(changed, data, tiny_encoder, config)
+    measured = confidence["confidence"]
+    assert measured["metric"] == "spearman" and measured["test"] == "permutation"
+    # The reference's Spearman comes from the data's targets: its own embeddings.
+    assert measured["difference"] == pytest.approx(confidence["spearman"] - own["spearman"],
+                                                   abs=1e-5)
+    assert measured["ci_low"] <= measured["difference"] <= measured["ci_high"]
+
+
+def test_few_discordant_samples_are_within_noise_even_when_the_bootstrap_excludes_zero():
+    # 5 of 10 000 samples right only for the reference: the percentile bootstrap misses all
+    # five with probability e^-5 < 2.5 %, so its interval excludes 0, but McNemar's exact
+    # p = 2 / 2**5 = 0.0625: not a real loss at the 95 % level.
+    reference = np.ones(10_000, bool)
+    model = reference.copy()
+    model[:5] = False
+    confidence = accuracy_difference(model, reference)
+    assert confidence["ci_high"] < 0 and confidence["p_value"] == pytest.approx(0.0625)
+    assert confidence["within_noise"]
+    model[:12] = False  # 12 of 12 discordant: p = 2 / 2**12, interval below 0: a real loss
+    assert not accuracy_difference(model, reference)["within_noise"]
