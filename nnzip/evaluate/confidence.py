@@ -279,7 +279,7 @@ def mean_difference(metric: str, model: Sequence[float], reference: Sequence[flo
 
 
 def format_difference(confidence: dict | None, digits: int = 2) -> str | None:
-    """``-0.04 [-0.15, +0.07]``, prefixed ``≈`` when the interval contains 0 (within noise)."""
+    """``-0.04 [-0.15, +0.07]``, prefixed ``≈`` when within noise (see :func:`_confidence`)."""
     if not confidence or confidence.get("difference") is None:
         return None
     text = (f"{confidence['difference']:+.{digits}f} [{confidence['ci_low']:+.{digits}f}, "

@@ -164,7 +164,9 @@ def evaluate(model: nn.Module, data: DataSplits, *, name: str = "model",
     perplexity for a language model, STS Spearman and fidelity for a sentence encoder; the keys
     of the other tasks are None. ``reference`` is the model it was compressed from: the
     compression ratio divides its size (``reference_size_bytes``, or measured) by this model's,
-    ``agreement`` compares their test predictions, and ``speedup`` (reference p50 / model p50,
+    ``agreement`` compares their test predictions, ``confidence`` gives the task metric's
+    difference against it with a paired-bootstrap interval and a p-value
+    (:mod:`nnzip.evaluate.confidence`), and ``speedup`` (reference p50 / model p50,
     per batch size) comes from timing the two interleaved, so machine drift cannot fake it.
     A model quantized by nnzip is timed on the runtime ``nnzip deploy`` would choose at each
     batch size (``runtime`` names it; ``pytorch_latency_ms`` / ``pytorch_speedup`` keep its

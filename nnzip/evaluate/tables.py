@@ -213,14 +213,16 @@ def _digits(unit: str, base: float | None) -> int:
 def _difference_with_interval(model: dict, base: dict, key: str, scale: float,
                               unit: str) -> str:
     """The change against the baseline, with the row's 95 % interval when its confidence was
-    taken against that same baseline (the difference then matches): ``-0.04 [-0.15, +0.07]``,
-    prefixed ``≈`` when the interval contains 0."""
+    taken against that same baseline (the differences then match, up to an encoder's padding
+    noise): ``-0.04 [-0.15, +0.07]``, prefixed ``≈`` when within noise."""
     plain = _difference(model.get(key), base.get(key), scale, unit)
     confidence = model.get("confidence")
     if plain == NA or not isinstance(confidence, dict) or confidence.get("metric") != key \
             or confidence.get("difference") is None:
         return plain
-    if abs(confidence["difference"] - scale * (model[key] - base[key])) > 1e-9 * max(scale, 1):
+    width = abs((confidence.get("ci_high") or 0.0) - (confidence.get("ci_low") or 0.0))
+    if abs(confidence["difference"] - scale * (model[key] - base[key])) \
+            > max(1e-9 * scale, 0.1 * width):
         return plain  # compared with another reference than the baseline: no interval here
     return format_difference(confidence, _digits(unit, base.get(key))) or plain
 
