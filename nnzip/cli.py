@@ -240,7 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="YAML search space (e.g. recipes/search-lenet5.yaml)")
     search.add_argument("--objectives", nargs="+", default=["accuracy", "bytes"],
                         help="report keys to optimize: accuracy, accuracy_drop, bytes, latency "
-                             "(latency@N: batch N), flops, or another numeric row key")
+                             "(latency@N: batch N), flops, score (the composite score, "
+                             "default weights), or another numeric row key")
     search.add_argument("--constraint", action="append", default=[], metavar="NAME<=VALUE",
                         help="a hard constraint, e.g. \"accuracy_drop<=0.5\" (points); repeat "
                              "for several")
