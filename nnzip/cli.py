@@ -914,6 +914,10 @@ def check_report_types(report: dict, path: Path) -> dict:
                 fits = value is None or (isinstance(value, dict) and all(
                     isinstance(item, str | bool) or _numbers_only(item)
                     for item in value.values()))
+            elif key == "robustness":  # its figures, and a "note" when some were not measured
+                fits = value is None or (isinstance(value, dict) and all(
+                    isinstance(item, str) if name == "note" else _numbers_only(item)
+                    for name, item in value.items()))
             elif key in REPORT_TEXT_PER_BATCH_KEYS:
                 fits = value is None or (isinstance(value, dict) and all(
                     isinstance(item, str) for item in value.values()))

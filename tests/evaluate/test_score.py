@@ -152,3 +152,23 @@ def test_compress_scores_with_the_recipes_weights_unless_the_caller_gives_its_ow
     assert report["score"]["used"] == {"size": 1.0}
     assert report["models"][1]["score"] == pytest.approx(
         math.log2(base["size_bytes"] / report["models"][1]["size_bytes"]))
+
+
+def test_cli_report_rescores_a_saved_report_with_new_weights(tmp_path, capsys):
+    import json
+
+    confidence = {"metric": "accuracy", "difference": -1.0, "ci_low": -1.3, "ci_high": -0.7,
+                  "level": 0.95, "p_value": 1e-9, "test": "mcnemar", "within_noise": False}
+    rows = [{**dict.fromkeys(REPORT_MODEL_KEYS), **row} for row in (BASELINE, ROW)]
+    rows[1].update(confidence=confidence)  # a row whose FGSM was not measured has a note:
+    rows[1]["robustness"] = {**ROW["robustness"], "note": "FGSM not measured: no gradient"}
+    saved = build_report(rows, {"cpu_model": "Test CPU"})
+    (tmp_path / "report.json").write_text(json.dumps(saved))
+    code = main(["report", str(tmp_path / "report.json"), "--out", str(tmp_path / "again"),
+                 "--score-weights", "accuracy=1,latency=0,energy=0,robustness=0,shift=0"])
+    assert code == 0, capsys.readouterr().err
+    again = json.loads((tmp_path / "again" / "report.json").read_text())
+    assert again["score"]["used"] == {"accuracy": 0.5, "size": 0.5}
+    assert again["models"][1]["score"] == pytest.approx((-1 + 2) / 2)
+    assert again["models"][1]["confidence"] == confidence
+    assert "-1.00 [-1.30, -0.70]" in (tmp_path / "again" / "report.md").read_text()
