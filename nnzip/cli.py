@@ -69,6 +69,20 @@ def _add_eval_options(parser: argparse.ArgumentParser) -> None:
                              "the runtime `nnzip deploy` would choose")
 
 
+def _add_score_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--score-weights", default=None, metavar="NAME=W,...",
+                        help="weights of the report's composite score, e.g. "
+                             "accuracy=3,size=1,latency=1,energy=1,robustness=1,shift=1 (the "
+                             "defaults; unnamed ones keep theirs; overrides a recipe's score:)")
+
+
+def _score_weights(args: argparse.Namespace):
+    from nnzip.evaluate.score import parse_score_weights
+
+    text = getattr(args, "score_weights", None)
+    return parse_score_weights(text) if text is not None else None
+
+
 def _add_sentence_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("sentence encoders (hf:)", "the embed task's data: STS-B "
                                       "dev pairs to judge on, training sentences to calibrate "
@@ -189,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(evaluate)
     _add_sentence_options(evaluate)
     _add_eval_options(evaluate)
+    _add_score_option(evaluate)
 
     compress = commands.add_parser("compress", help="apply a YAML recipe, measuring every stage")
     _add_model_options(compress)
@@ -199,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(compress)
     _add_sentence_options(compress)
     _add_eval_options(compress)
+    _add_score_option(compress)
     _add_nproc_option(compress)
 
     deploy = commands.add_parser("deploy", help="run a model on every runtime (PyTorch, ONNX "
@@ -236,7 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="YAML search space (e.g. recipes/search-lenet5.yaml)")
     search.add_argument("--objectives", nargs="+", default=["accuracy", "bytes"],
                         help="report keys to optimize: accuracy, accuracy_drop, bytes, latency "
-                             "(latency@N: batch N), flops, or another numeric row key")
+                             "(latency@N: batch N), flops, score (the composite score, "
+                             "default weights), or another numeric row key")
     search.add_argument("--constraint", action="append", default=[], metavar="NAME<=VALUE",
                         help="a hard constraint, e.g. \"accuracy_drop<=0.5\" (points); repeat "
                              "for several")
@@ -258,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("reports", nargs="+", type=Path)
     report.add_argument("--out", type=Path, default=None,
                         help="write report.{json,md,html} here (default: only print)")
+    _add_score_option(report)
     return parser
 
 
@@ -346,7 +364,8 @@ def _eval_config(args: argparse.Namespace):
         raise NnzipError("--threads and --repeats must be at least 1")
     return EvalConfig(threads=args.threads, repeats=args.repeats,
                       robustness_samples=args.robustness_samples,
-                      runtime_timing=not getattr(args, "simulation_timing", False))
+                      runtime_timing=not getattr(args, "simulation_timing", False),
+                      score_weights=_score_weights(args))
 
 
 def _load_data(args: argparse.Namespace):
@@ -920,6 +939,14 @@ def check_report_types(report: dict, path: Path) -> dict:
             value = model[key]
             if key in REPORT_TEXT_KEYS:
                 fits = isinstance(value, str) or (value is None and key not in ("name", "stage"))
+            elif key == "confidence":  # {"difference": .., "test": "mcnemar", "within_noise": ..}
+                fits = value is None or (isinstance(value, dict) and all(
+                    isinstance(item, str | bool) or _numbers_only(item)
+                    for item in value.values()))
+            elif key == "robustness":  # its figures, and a "note" when some were not measured
+                fits = value is None or (isinstance(value, dict) and all(
+                    isinstance(item, str) if name == "note" else _numbers_only(item)
+                    for name, item in value.items()))
             elif key in REPORT_TEXT_PER_BATCH_KEYS:
                 fits = value is None or (isinstance(value, dict) and all(
                     isinstance(item, str) for item in value.values()))
@@ -964,15 +991,27 @@ def _read_report(path: Path) -> dict:
 
 def cmd_report(args: argparse.Namespace) -> None:
     from nnzip.evaluate import build_report, write_report
+    from nnzip.evaluate.score import score_weights
     from nnzip.outputs import final_paths, staged_folder
 
+    weights = _score_weights(args)  # refused before any report is read
     reports = [check_report_types(_read_report(path), path) for path in args.reports]
     if len(reports) == 1:
+        # Re-scored: with --score-weights, else with the weights it was written with.
         report = reports[0]
+        stored = (report.get("score") or {}).get("weights") \
+            if isinstance(report.get("score"), dict) else None
+        weights = weights or score_weights(stored, f"report {args.reports[0]}")
+        extra = {key: value for key, value in report.items()
+                 if key not in ("nnzip_version", "machine", "models", "score")}
+        report = {**build_report(report["models"], report["machine"], extra=extra,
+                                 score_weights=weights),
+                  "nnzip_version": report["nnzip_version"]}
     else:
         models = [entry for report in reports for entry in report["models"]]
         report = build_report(models, reports[0]["machine"],
-                              extra={"merged_from": [str(path) for path in args.reports]})
+                              extra={"merged_from": [str(path) for path in args.reports]},
+                              score_weights=weights)
     _rendered_or_refused(report, args.reports)
     with staged_folder(args.out) as folder:  # replaces --out as a whole, once written
         paths = write_report(report, folder) if folder is not None else {}

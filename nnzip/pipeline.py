@@ -14,7 +14,7 @@ import logging
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -104,7 +104,8 @@ class CompressResult:
 
 def _write(rows: list[dict], eval_config: EvalConfig, out_dir: Path | None,
            extra: dict) -> tuple[dict, dict[str, Path]]:
-    report = build_report(rows, machine_info(eval_config.threads), extra=extra)
+    report = build_report(rows, machine_info(eval_config.threads), extra=extra,
+                          score_weights=eval_config.score_weights)
     paths = write_report(report, out_dir) if out_dir is not None else {}
     return report, paths
 
@@ -185,6 +186,8 @@ def compress(model: nn.Module, recipe: Recipe | str | Path, data: DataSplits, *,
     recipe.check_task(task_of(data))  # a stage that does not fit the task: refused before work
     recipe.check_model(model)  # layer names, stage/architecture fit: before the baseline
     eval_config = eval_config or EvalConfig()
+    if eval_config.score_weights is None and recipe.score is not None:  # the CLI's flag first
+        eval_config = replace(eval_config, score_weights=recipe.score)
     # Measuring on every rank would also time latency while other ranks load the same cores.
     measures = is_main_process()
     out_dir = Path(out_dir) if out_dir is not None and measures else None

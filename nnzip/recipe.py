@@ -26,6 +26,7 @@ from pydantic import BaseModel, ValidationError
 
 from nnzip.distill.stages import Distill
 from nnzip.errors import NnzipError
+from nnzip.evaluate.score import ScoreWeights, score_weights
 from nnzip.factorize.stages import SVD, Tucker
 from nnzip.models.fold import FoldBatchNorm
 from nnzip.prune.stages import Prune, Sensitivity
@@ -41,7 +42,7 @@ STAGES: dict[str, type[Stage]] = {cls.kind: cls for cls in (
     Finetune, Prune, PruneChannels, Sensitivity, FoldBatchNorm, Quantize, QAT, MixedPrecision,
     Distill, SVD, Tucker, Cluster, ProductQuantize, Encode, PruneHeads, DropLayers)}
 
-_TOP_LEVEL_KEYS = ("name", "description", "stages")
+_TOP_LEVEL_KEYS = ("name", "description", "stages", "score")
 #: Largest recipe file read: built-in recipes are under 2 KB.
 MAX_RECIPE_BYTES = 1 << 20
 
@@ -72,6 +73,8 @@ class Recipe:
     steps: tuple[RecipeStep, ...]
     description: str = ""
     source: str = "<recipe>"
+    #: The report's composite-score weights (top-level ``score:``); None: the defaults.
+    score: ScoreWeights | None = None
 
     def check_task(self, task) -> Recipe:
         """Refuse, before any work, a stage that does not fit ``task`` (:mod:`nnzip.tasks`),
@@ -108,7 +111,8 @@ class Recipe:
     def to_dict(self) -> dict:
         return {"name": self.name, "description": self.description, "source": self.source,
                 "stages": [{"label": s.label, "kind": s.stage.kind,
-                            "options": s.stage.model_dump()} for s in self.steps]}
+                            "options": s.stage.model_dump()} for s in self.steps],
+                **({"score": self.score.model_dump()} if self.score is not None else {})}
 
 
 #: Stage families whose order matters (each order refused below was measured to fail: a
@@ -252,8 +256,9 @@ def parse_recipe(data: object, source: str = "<recipe>") -> Recipe:
             label = f"{label}#{seen[label]}"
         steps.append(RecipeStep(label=label, stage=stage))
     name = str(data.get("name") or Path(source).stem)
+    score = score_weights(data["score"], f"recipe {source}") if "score" in data else None
     return Recipe(name=name, steps=tuple(steps), description=str(data.get("description", "")),
-                  source=source)
+                  source=source, score=score)
 
 
 def load_recipe(path: str | Path) -> Recipe:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numbers
 from dataclasses import dataclass
 
+from nnzip.evaluate.score import ScoreWeights
+
 
 @dataclass
 class EvalConfig:
@@ -18,6 +20,9 @@ class EvalConfig:
     ``runtime_timing`` times a model quantized by nnzip on the runtime ``nnzip deploy`` would
     choose (the fastest correct one per batch size; the row's ``runtime`` names it), not on its
     PyTorch simulation; off, such a model is timed in PyTorch eager, as a float model is.
+
+    ``score_weights`` weigh the report's composite score (:mod:`nnzip.evaluate.score`); None
+    takes a recipe's ``score:`` weights, else the defaults.
     """
 
     threads: int = 1
@@ -30,6 +35,7 @@ class EvalConfig:
     measure_latency: bool = True
     runtime_timing: bool = True
     eval_batch_size: int = 256
+    score_weights: ScoreWeights | None = None
 
     def __post_init__(self) -> None:
         """Refuse a count below one (a negative ``robustness_samples`` once sliced the test set

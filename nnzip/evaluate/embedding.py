@@ -141,12 +141,19 @@ def sts_embeddings(model: nn.Module, pairs: STSPairs, batch_size: int = 32, *,
                              progress=progress, description=description)
 
 
-def sts_spearman(sentences: list[str], embeddings: torch.Tensor, pairs: STSPairs) -> float:
-    """STS Spearman from the embeddings of ``sentences`` (which cover every sentence of pairs)."""
+def sts_pair_cosines(sentences: list[str], embeddings: torch.Tensor,
+                     pairs: STSPairs) -> torch.Tensor:
+    """cos(emb(s1), emb(s2)) of every pair, from the embeddings of ``sentences`` (which cover
+    every sentence of pairs): the per-pair scores STS Spearman ranks."""
     index = {sentence: i for i, sentence in enumerate(sentences)}
     first = embeddings[[index[s] for s in pairs.sentence1]]
     second = embeddings[[index[s] for s in pairs.sentence2]]
-    return spearman(cosine_pairs(first, second), pairs.scores)
+    return cosine_pairs(first, second)
+
+
+def sts_spearman(sentences: list[str], embeddings: torch.Tensor, pairs: STSPairs) -> float:
+    """STS Spearman from the embeddings of ``sentences`` (which cover every sentence of pairs)."""
+    return spearman(sts_pair_cosines(sentences, embeddings, pairs), pairs.scores)
 
 
 def sts_scores(sentences: list[str], embeddings: torch.Tensor, pairs: STSPairs,

@@ -44,6 +44,9 @@ class LanguageScores:
     token_losses: torch.Tensor | None = None
     #: Mean KL(p_reference ‖ p_model) per token in nats, when a reference model was given.
     kl_to_reference: float | None = None
+    #: The reference model's token losses, shaped like ``token_losses``, when it was given:
+    #: the paired perplexity comparison (nnzip.evaluate.confidence.perplexity_difference).
+    reference_token_losses: torch.Tensor | None = None
     #: Share of target tokens predicted first / among the five most likely.
     accuracy: float | None = None
     top5: float | None = None
@@ -75,7 +78,7 @@ def next_token_scores(model: nn.Module, data: DataSplits, split: str = "test",
         raise NnzipError(f"the {split} split of {data.name!r} is empty: nothing to score")
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
-    total, divergence, tokens, predictions, losses = 0.0, 0.0, 0, [], []
+    total, divergence, tokens, predictions, losses, reference_losses = 0.0, 0.0, 0, [], [], []
     correct, top5, agree = 0, 0, 0
     with eval_mode(model), torch.no_grad():
         for inputs, targets in data.loader(split, batch_size=batch_size or eval_batch_size(data)):
@@ -96,15 +99,18 @@ def next_token_scores(model: nn.Module, data: DataSplits, split: str = "test",
             top = rows.topk(min(5, rows.shape[-1]), dim=-1).indices
             top5 += int((top == labels[:, None]).any(dim=-1).sum())
             if reference is not None:
-                batch_divergence, batch_agree = _compare(rows, predicted, reference,
-                                                         inputs.to(device))
+                batch_divergence, batch_agree, batch_losses = _compare(
+                    rows, predicted, reference, inputs.to(device), labels)
                 divergence += batch_divergence
                 agree += batch_agree
+                reference_losses.append(batch_losses.reshape(targets.shape).cpu())
     return LanguageScores(cross_entropy=total / tokens, tokens=tokens,
                           predictions=torch.cat(predictions), token_losses=torch.cat(losses),
                           kl_to_reference=divergence / tokens if reference is not None else None,
                           accuracy=correct / tokens, top5=top5 / tokens,
-                          agreement=agree / tokens if reference is not None else None)
+                          agreement=agree / tokens if reference is not None else None,
+                          reference_token_losses=torch.cat(reference_losses)
+                          if reference is not None else None)
 
 
 def perplexity_change(scores: LanguageScores, reference: LanguageScores) -> tuple[float, float]:
@@ -124,9 +130,9 @@ def perplexity_change(scores: LanguageScores, reference: LanguageScores) -> tupl
 
 
 def _compare(rows: torch.Tensor, predicted: torch.Tensor, reference: nn.Module,
-             inputs: torch.Tensor) -> tuple[float, int]:
+             inputs: torch.Tensor, labels: torch.Tensor) -> tuple[float, int, torch.Tensor]:
     """(Σ over the batch's positions of KL(p_reference ‖ p_model) in float64, positions where
-    the model predicts the reference's next token)."""
+    the model predicts the reference's next token, the reference's token losses)."""
     with eval_mode(reference):
         expected = prediction_rows(reference(inputs))[0]
     if expected.shape != rows.shape:
@@ -135,7 +141,8 @@ def _compare(rows: torch.Tensor, predicted: torch.Tensor, reference: nn.Module,
     divergence = float(F.kl_div(F.log_softmax(rows.float(), dim=-1),
                                 F.log_softmax(expected.float(), dim=-1), reduction="sum",
                                 log_target=True).double())
-    return divergence, int((predicted == expected.argmax(dim=-1)).sum())
+    return (divergence, int((predicted == expected.argmax(dim=-1)).sum()),
+            F.cross_entropy(expected.float(), labels, reduction="none"))
 
 
 def perplexity(model: nn.Module, data: DataSplits, split: str = "test",

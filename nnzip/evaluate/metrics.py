@@ -32,11 +32,11 @@ REPORT_MODEL_KEYS = (
     "pytorch_speedup", "throughput_per_s", "peak_memory_bytes",
     "accuracy", "top5", "agreement", "perplexity", "loss", "kl_to_reference", "spearman",
     "fidelity", "neighbour_overlap", "robustness", "energy_j", "energy_note",
-    "energy_estimate_j", "energy_estimate",
+    "energy_estimate_j", "energy_estimate", "confidence", "score",
 )
 #: Keys added after reports were first written: a report.json from before them reads as null.
 LATER_REPORT_MODEL_KEYS = ("runtime", "runtime_note", "pytorch_latency_ms", "pytorch_speedup",
-                           "energy_estimate_j", "energy_estimate")
+                           "energy_estimate_j", "energy_estimate", "confidence", "score")
 #: The task metrics (:mod:`nnzip.tasks`); each task fills its own, the others are None.
 TASK_METRIC_KEYS = ("accuracy", "top5", "agreement", "perplexity", "loss", "kl_to_reference",
                     "spearman", "fidelity", "neighbour_overlap")
@@ -165,7 +165,9 @@ def evaluate(model: nn.Module, data: DataSplits, *, name: str = "model",
     perplexity for a language model, STS Spearman and fidelity for a sentence encoder; the keys
     of the other tasks are None. ``reference`` is the model it was compressed from: the
     compression ratio divides its size (``reference_size_bytes``, or measured) by this model's,
-    ``agreement`` compares their test predictions, and ``speedup`` (reference p50 / model p50,
+    ``agreement`` compares their test predictions, ``confidence`` gives the task metric's
+    difference against it with a paired-bootstrap interval and a p-value
+    (:mod:`nnzip.evaluate.confidence`), and ``speedup`` (reference p50 / model p50,
     per batch size) comes from timing the two interleaved, so machine drift cannot fake it.
     A model quantized by nnzip is timed on the runtime ``nnzip deploy`` would choose at each
     batch size (``runtime`` names it; ``pytorch_latency_ms`` / ``pytorch_speedup`` keep its
@@ -221,4 +223,8 @@ def evaluate(model: nn.Module, data: DataSplits, *, name: str = "model",
         # Counted, not timed: every machine gets it (energy_j stays the RAPL measurement).
         "energy_estimate_j": energy_estimate["total_j"] if energy_estimate else None,
         "energy_estimate": energy_estimate,
+        # The task metric's difference against ``reference`` (nnzip.evaluate.confidence);
+        # the composite score is set by build_report, against the report's baseline row.
+        "confidence": measured.get("confidence"),
+        "score": None,
     }

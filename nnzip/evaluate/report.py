@@ -19,6 +19,7 @@ from nnzip.atomic import write_text
 from nnzip.bounded import loads_json, read_capped
 from nnzip.errors import NnzipError
 from nnzip.evaluate import energy_model
+from nnzip.evaluate.confidence import NOISE_MARK
 from nnzip.evaluate.details import (
     bit_allocation_chart,
     sensitivity_chart,
@@ -27,8 +28,11 @@ from nnzip.evaluate.details import (
 )
 from nnzip.evaluate.figures import front_chart, model_colors, report_figures
 from nnzip.evaluate.metrics import LATER_REPORT_MODEL_KEYS, REPORT_MODEL_KEYS
+from nnzip.evaluate.score import ScoreWeights, score_line, score_rows
 from nnzip.evaluate.tables import (
+    CONFIDENCE_COLUMNS,
     baseline_index,
+    confidence_rows,
     front_columns,
     front_rows,
     gains_columns,
@@ -48,7 +52,7 @@ REPORT_KEYS = ("nnzip_version", "machine", "models")
 #: Largest report.json read (a report of a few models is tens of KB; figures are not in it).
 MAX_REPORT_BYTES = 64 << 20
 #: Context keys drawn as sections of their own rather than dumped as JSON.
-_RENDERED_KEYS = ("stages", "interrupted", "search")
+_RENDERED_KEYS = ("stages", "interrupted", "search", "score")
 
 
 def _nnzip_version() -> str:
@@ -58,14 +62,25 @@ def _nnzip_version() -> str:
     return nnzip.__version__
 
 
-def build_report(models: list[dict], machine: dict, extra: dict | None = None) -> dict:
-    """Assemble a report; ``extra`` adds context keys such as "data" or "recipe"."""
+def build_report(models: list[dict], machine: dict, extra: dict | None = None,
+                 score_weights: ScoreWeights | None = None) -> dict:
+    """Assemble a report; ``extra`` adds context keys such as "data" or "recipe".
+
+    Each row's ``score`` is the composite score against the baseline row
+    (:func:`nnzip.evaluate.score.score_rows`, ``score_weights`` or the defaults); the report's
+    ``score`` key says which weights were used and which ingredients were left out."""
     extra = extra or {}
     clashes = sorted(set(extra) & set(REPORT_KEYS))
     if clashes:
         raise NnzipError(f"extra report keys {clashes} are reserved: rename them")
-    return {"nnzip_version": _nnzip_version(), "machine": machine, "models": list(models),
-            **extra}
+    rows = list(models)
+    scoring = {}
+    if rows:
+        scores, summary = score_rows(rows, rows[baseline_index(rows)], score_weights)
+        rows = [{**row, "score": score} for row, score in zip(rows, scores, strict=True)]
+        scoring = {"score": summary}
+    return {"nnzip_version": _nnzip_version(), "machine": machine, "models": rows,
+            **extra, **scoring}
 
 
 def _markdown_table(columns: list[str], rows: list[list[str]]) -> str:
@@ -86,6 +101,7 @@ def render_markdown(report: dict) -> str:
         *search_markdown(report),
         "## Models", "", _markdown_table(summary_columns(models), summary_rows(models)), "",
         *[f"- {note}" for note in runtime_notes(models)], *([""] if runtime_notes(models) else []),
+        *_confidence_markdown(report),
         "## Robustness (test accuracy)", "",
         _markdown_table(robustness_columns(models), robustness_rows(models)), "",
     ]
@@ -144,6 +160,39 @@ def search_markdown(report: dict) -> list[str]:
             "### Every finished trial (validation split)", "",
             _markdown_table(trial_columns(objectives), trial_rows(search["trials"], objectives)),
             ""]
+
+
+_NOISE_NOTE = ("≈ marks a difference within noise: its 95 % paired-bootstrap interval "
+               "contains 0, or its p-value is 0.05 or more (with very few discordant samples "
+               "the bootstrap interval is too narrow and the exact test decides).")
+
+
+def _score_summary(report: dict) -> str | None:
+    summary = report.get("score")
+    return score_line(summary) if isinstance(summary, dict) else None
+
+
+def _confidence_markdown(report: dict) -> list[str]:
+    """The differences against the reference with their intervals, and the score's terms."""
+    rows = confidence_rows(report["models"])
+    parts = []
+    if rows:
+        parts += ["## Differences with confidence", "", _markdown_table(CONFIDENCE_COLUMNS, rows),
+                  "", _NOISE_NOTE, ""]
+    if _score_summary(report):
+        parts += [f"Composite score: {_score_summary(report)}.", ""]
+    return parts
+
+
+def _confidence_html(report: dict) -> str:
+    rows = confidence_rows(report["models"])
+    table = (f'<h3>Differences with confidence</h3><div class="scroll">'
+             f"{_html_table(CONFIDENCE_COLUMNS, rows)}</div>"
+             f'<p class="lead">{html.escape(_NOISE_NOTE)} Greyed: within noise.</p>'
+             if rows else "")
+    score = (f'<p class="lead">Composite score: {html.escape(_score_summary(report))}.</p>'
+             if _score_summary(report) else "")
+    return table + score
 
 
 def _stage_title(stage: dict) -> str:
@@ -210,6 +259,7 @@ pre { background: #f6f8fa; padding: .6rem; overflow-x: auto; font-size: .8rem; }
 figure.trade-off { border: none; padding: 0; margin: .8rem 0 0; max-width: 900px; }
 details.all { margin-top: 1.2rem; } details.all > summary { font-size: 1.1rem; }
 #gains td:nth-child(6) { font-weight: 600; }
+td.noise { color: #8c959f; }
 #gains th, #gains td:nth-child(-n+2) { white-space: normal; }
 #gains td:nth-child(-n+2) { max-width: 15rem; overflow-wrap: anywhere; }
 #front th, #front td:nth-child(-n+3) { white-space: normal; }
@@ -227,7 +277,10 @@ def _html_table(columns: list[str], rows: list[list[str]],
         if swatches:
             swatch = f'<span class="swatch" style="background:{swatches[index]}"></span>'
             cells[0] = swatch + cells[0]
-        body.append("<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>")
+        # A difference within noise (nnzip.evaluate.confidence.format_difference) is greyed.
+        body.append("<tr>" + "".join(
+            f'<td class="noise">{cell}</td>' if raw.startswith(NOISE_MARK) else f"<td>{cell}</td>"
+            for raw, cell in zip(row, cells, strict=True)) + "</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
@@ -254,10 +307,12 @@ def _gains_html(report: dict, swatches: list[str], figures: dict[str, bytes]) ->
             if "Trade-off" in figures else "")
     return (f'<h2>What was gained and lost</h2><p class="lead">Against the baseline, '
             f"<strong>{html.escape(base)}</strong>: times smaller, artifact bytes, the task "
-            "metric and its change, times faster on the runtime each model was timed on "
-            "(p50), and agreement with the baseline where measured.</p>"
+            "metric and its change (with its 95 % interval where measured), times faster on the "
+            "runtime each model was timed on (p50), agreement with the baseline where measured, "
+            "and the composite score (0 for the baseline, higher is better).</p>"
             f'<div class="scroll" id="gains">'
-            f"{_html_table(gains_columns(models), gains_rows(models), swatches)}</div>{plot}")
+            f"{_html_table(gains_columns(models), gains_rows(models), swatches)}</div>"
+            f"{_confidence_html(report)}{plot}")
 
 
 def _search_html(report: dict) -> str:

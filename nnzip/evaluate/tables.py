@@ -6,6 +6,8 @@ shown as ``n/a``, never as 0.
 
 from __future__ import annotations
 
+from nnzip.evaluate.confidence import format_difference
+
 NA = "n/a"
 
 
@@ -204,6 +206,27 @@ def _difference(value: float | None, base: float | None, scale: float, unit: str
     return f"{scale * (value - base):+.{digits}f}"
 
 
+def _digits(unit: str, base: float | None) -> int:
+    return 2 if unit == "points" or (base is not None and abs(base) >= 10) else 4
+
+
+def _difference_with_interval(model: dict, base: dict, key: str, scale: float,
+                              unit: str) -> str:
+    """The change against the baseline, with the row's 95 % interval when its confidence was
+    taken against that same baseline (the differences then match, up to an encoder's padding
+    noise): ``-0.04 [-0.15, +0.07]``, prefixed ``≈`` when within noise."""
+    plain = _difference(model.get(key), base.get(key), scale, unit)
+    confidence = model.get("confidence")
+    if plain == NA or not isinstance(confidence, dict) or confidence.get("metric") != key \
+            or confidence.get("difference") is None:
+        return plain
+    width = abs((confidence.get("ci_high") or 0.0) - (confidence.get("ci_low") or 0.0))
+    if abs(confidence["difference"] - scale * (model[key] - base[key])) \
+            > max(1e-9 * scale, 0.1 * width):
+        return plain  # compared with another reference than the baseline: no interval here
+    return format_difference(confidence, _digits(unit, base.get(key))) or plain
+
+
 def gains_columns(models: list[dict]) -> list[str]:
     """Headers of the first-screen table: what was gained and lost against the baseline."""
     _, header, _, _, unit = TASK_METRIC[report_task(models)]
@@ -211,8 +234,10 @@ def gains_columns(models: list[dict]) -> list[str]:
     fidelity = (["Fidelity (cos)"] if not agreement
                 and any(m.get("fidelity") is not None for m in models) else [])
     speedups = [f"Speed-up b{key.removeprefix('batch')}" for key in batch_keys(models)]
-    return ["Model", "Stage", "× smaller", "Bytes", header, f"Δ {unit}".rstrip(), *speedups,
-            *agreement, *fidelity]
+    interval = " [95% CI]" if any(isinstance(m.get("confidence"), dict) for m in models) else ""
+    score = ["Score"] if any(m.get("score") is not None for m in models) else []
+    return ["Model", "Stage", "× smaller", "Bytes", header,
+            f"Δ {unit}".rstrip() + interval, *speedups, *agreement, *fidelity, *score]
 
 
 def gains_rows(models: list[dict]) -> list[list[str]]:
@@ -232,14 +257,53 @@ def gains_rows(models: list[dict]) -> list[list[str]]:
         row = [str(model["name"]), str(model["stage"]),
                fmt_ratio(_ratio(base.get("size_bytes"), model.get("size_bytes"))),
                fmt_bytes(model.get("size_bytes")), fmt(model.get(key)),
-               _difference(model.get(key), base.get(key), scale, unit),
+               _difference_with_interval(model, base, key, scale, unit),
                *[fmt_ratio(_ratio(p50(base, batch), p50(model, batch)))
                  for batch in batch_keys(models)]]
         if "Agreement" in columns:
             row.append(fmt_percent(model.get("agreement")))
         if "Fidelity (cos)" in columns:
             row.append(fmt_plain(model.get("fidelity")))
+        if "Score" in columns:
+            row.append(fmt_score(model.get("score")))
         rows.append(row)
+    return rows
+
+
+def fmt_score(value: float | None) -> str:
+    return NA if value is None else f"{value:+.2f}"
+
+
+def fmt_p_value(value: float | None) -> str:
+    if value is None:
+        return NA
+    return f"{value:.2g}" if value >= 1e-4 else "<0.0001"
+
+
+CONFIDENCE_COLUMNS = ["Model", "Stage", "Metric", "Difference [95% CI]", "p-value", "Test",
+                      "Reading"]
+
+
+def confidence_rows(models: list[dict]) -> list[list[str]]:
+    """One row per model compared with a reference: the task metric's difference (points for
+    accuracy) with its paired-bootstrap interval, the p-value and its test, and whether the
+    difference is within noise (the interval contains 0)."""
+    rows = []
+    for model in models:
+        confidence = model.get("confidence")
+        if not isinstance(confidence, dict) or confidence.get("difference") is None:
+            continue
+        unit = "points" if confidence.get("metric") == "accuracy" else ""
+        digits = 2 if confidence.get("metric") in ("accuracy", "perplexity") else 4
+        higher_better = confidence.get("metric") != "perplexity"
+        reading = ("within noise" if confidence.get("within_noise")
+                   else "better" if (confidence["difference"] > 0) == higher_better
+                   else "worse")
+        rows.append([str(model["name"]), str(model["stage"]),
+                     f"{confidence.get('metric')}" + (f" ({unit})" if unit else ""),
+                     format_difference(confidence, digits) or NA,
+                     fmt_p_value(confidence.get("p_value")), str(confidence.get("test", NA)),
+                     reading])
     return rows
 
 

@@ -11,6 +11,9 @@ name                value                                                  direc
 ``bytes``           ``size_bytes``: bytes of the real artifact (e.g. .nnz)  minimize
 ``latency``         p50 latency in ms at batch 1 (``latency@64``: batch 64)  minimize
 ``flops``           ``flops`` per sample                                   minimize
+``score``           the composite score against the baseline                maximize
+                    (:mod:`nnzip.evaluate.score`, default weights; latency
+                    counts only when an objective or constraint times it)
 other row keys      e.g. ``perplexity``, ``spearman``, ``peak_memory_bytes``  inferred
 ==================  =====================================================  =========
 
@@ -29,13 +32,13 @@ from nnzip.recipe import _suggest
 
 #: Keys whose larger value is better; every other metric is minimized.
 MAXIMIZED = frozenset({"accuracy", "top5", "agreement", "spearman", "fidelity",
-                       "neighbour_overlap", "compression_ratio", "throughput_per_s"})
+                       "neighbour_overlap", "compression_ratio", "throughput_per_s", "score"})
 #: Numeric row keys a search may use besides the named ones.
 ROW_KEYS = ("params", "nonzero_params", "size_bytes", "compression_ratio", "flops", "macs",
             "throughput_per_s", "peak_memory_bytes", "accuracy", "top5", "agreement",
             "perplexity", "loss", "kl_to_reference", "spearman", "fidelity",
             "neighbour_overlap", "energy_j")
-NAMED = ("accuracy", "accuracy_drop", "bytes", "latency", "flops")
+NAMED = ("accuracy", "accuracy_drop", "bytes", "latency", "flops", "score")
 _LATENCY = re.compile(r"latency(?:@(\d+))?")
 
 
@@ -60,7 +63,11 @@ class Metric:
 
     def value(self, row: dict, baseline: dict) -> float:
         """This metric of ``row`` (the compressed model) against ``baseline``."""
-        if self.name == "accuracy_drop":
+        if self.name == "score":
+            from nnzip.evaluate.score import composite_score
+
+            value = composite_score(row, baseline)
+        elif self.name == "accuracy_drop":
             value = None if row.get("accuracy") is None or baseline.get("accuracy") is None \
                 else 100.0 * (baseline["accuracy"] - row["accuracy"])
         elif self.latency_batch is not None:

@@ -34,17 +34,24 @@ class Classification(Task):
 
     def measure(self, model: nn.Module, data, reference: nn.Module | None, config) -> dict:
         """``accuracy``, ``top5``, ``agreement`` (share of predictions equal to the
-        reference's) and ``robustness`` (accuracy under noise and FGSM)."""
+        reference's), ``robustness`` (accuracy under noise and FGSM) and ``confidence`` (the
+        accuracy difference against the reference, with its interval and p-value)."""
         from nnzip.evaluate.accuracy import accuracy, agreement, predict_logits, top_k_accuracy
+        from nnzip.evaluate.confidence import accuracy_difference, correct_per_sample
         from nnzip.evaluate.robustness import robustness_report
 
         loader = data.loader("test", batch_size=config.eval_batch_size)
         logits = predict_logits(model, loader)
         labels = data.test.tensors[1]
-        fidelity = 1.0 if reference is None else agreement(logits,
-                                                           predict_logits(reference, loader))
+        fidelity, confidence = 1.0, None
+        if reference is not None:
+            reference_logits = predict_logits(reference, loader)
+            fidelity = agreement(logits, reference_logits)
+            confidence = accuracy_difference(correct_per_sample(logits, labels),
+                                             correct_per_sample(reference_logits, labels))
         return {"accuracy": accuracy(logits, labels), "top5": top_k_accuracy(logits, labels, 5),
-                "agreement": fidelity, "robustness": robustness_report(model, data, config)}
+                "agreement": fidelity, "robustness": robustness_report(model, data, config),
+                "confidence": confidence}
 
 
 class LanguageModeling(Classification):
@@ -75,8 +82,12 @@ class LanguageModeling(Classification):
 
         scores = next_token_scores(model, data, reference=reference,
                                    batch_size=min(config.eval_batch_size, eval_batch_size(data)))
+        from nnzip.evaluate.confidence import perplexity_difference
+
+        confidence = None if reference is None else perplexity_difference(
+            scores.token_losses.numpy(), scores.reference_token_losses.numpy())
         return {"perplexity": scores.perplexity, "loss": scores.cross_entropy,
                 "accuracy": scores.accuracy, "top5": scores.top5,
                 "agreement": 1.0 if reference is None else scores.agreement,
                 "kl_to_reference": 0.0 if reference is None else scores.kl_to_reference,
-                "robustness": robustness_report(model, data, config)}
+                "robustness": robustness_report(model, data, config), "confidence": confidence}

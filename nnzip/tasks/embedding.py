@@ -100,7 +100,13 @@ class SentenceEmbedding(Task):
         """``spearman`` (STS, cosine of each pair's embeddings vs the gold score), ``fidelity``
         (mean cosine to the original encoder's embedding of each sentence) and
         ``neighbour_overlap`` (share of each sentence's top-10 cosine neighbours kept)."""
-        from nnzip.evaluate.embedding import fidelity, neighbour_overlap, sts_spearman
+        from nnzip.evaluate.confidence import spearman_difference
+        from nnzip.evaluate.embedding import (
+            fidelity,
+            neighbour_overlap,
+            spearman,
+            sts_pair_cosines,
+        )
 
         pairs = getattr(data, "pairs", None)
         if pairs is None:
@@ -111,11 +117,17 @@ class SentenceEmbedding(Task):
         original = data.test.tensors[1].float()
         sentences = pairs.sentences()
         k = min(NEIGHBOURS, len(sentences) - 1)
-        return {"spearman": sts_spearman(sentences, embeddings, pairs),
+        cosines = sts_pair_cosines(sentences, embeddings, pairs)
+        # The test targets are the reference's own embeddings (sentence_data), so the paired
+        # comparison needs no second encode.
+        confidence = None if reference is None or len(pairs.scores) < 3 else spearman_difference(
+            cosines.numpy(), sts_pair_cosines(sentences, original, pairs).numpy(), pairs.scores)
+        return {"spearman": spearman(cosines, pairs.scores),
                 "fidelity": fidelity(embeddings, original),
                 "neighbour_overlap": neighbour_overlap(embeddings, original, k) if k else None,
                 "robustness": {"note": "not measured: noise and FGSM perturb continuous inputs, "
-                                       "and an encoder reads token ids"}}
+                                       "and an encoder reads token ids"},
+                "confidence": confidence}
 
 
 def _encode(encoder: nn.Module, ids: torch.Tensor, batch_size: int, progress: bool,

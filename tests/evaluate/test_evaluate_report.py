@@ -36,7 +36,8 @@ def _entry(name: str, stage: str, size_bytes: int, acc: float, **overrides) -> d
         "robustness": {"gaussian": {"0.1": acc - 0.01, "0.2": acc - 0.05},
                        "fgsm": {"0.05": acc - 0.3, "0.1": acc - 0.6}},
         "energy_j": None, "energy_note": "no RAPL counters here",
-        "energy_estimate_j": None, "energy_estimate": None,
+        "energy_estimate_j": None, "energy_estimate": None, "confidence": None,
+        "score": None,
     }
     entry.update(overrides)
     assert tuple(entry) == REPORT_MODEL_KEYS
@@ -60,7 +61,8 @@ def report() -> dict:
 
 
 def test_build_report_has_version_machine_models_and_extras(report):
-    assert set(report) == {"nnzip_version", "machine", "models", "data"}
+    # "score": the weights the composite score used (nnzip.evaluate.score.score_rows)
+    assert set(report) == {"nnzip_version", "machine", "models", "data", "score"}
     assert isinstance(report["nnzip_version"], str) and report["nnzip_version"]
     assert len(report["models"]) == 3
 
