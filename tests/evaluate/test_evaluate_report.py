@@ -36,6 +36,7 @@ def _entry(name: str, stage: str, size_bytes: int, acc: float, **overrides) -> d
         "robustness": {"gaussian": {"0.1": acc - 0.01, "0.2": acc - 0.05},
                        "fgsm": {"0.05": acc - 0.3, "0.1": acc - 0.6}},
         "energy_j": None, "energy_note": "no RAPL counters here",
+        "shift": None,
     }
     entry.update(overrides)
     assert tuple(entry) == REPORT_MODEL_KEYS
