@@ -224,12 +224,11 @@ def _typo(word: str, draw: random.Random) -> str:
     if len(letters) < 2:
         return word
     position = draw.randrange(len(letters) - 1)
-    if draw.random() < 0.5:  # swap a letter with the next one
-        i = letters[position]
+    i, following = letters[position], letters[position + 1]
+    if draw.random() < 0.5:  # swap a letter with the next letter ("dont'" is no typo of "don't")
         chars = list(word)
-        chars[i], chars[i + 1] = chars[i + 1], chars[i]
+        chars[i], chars[following] = chars[following], chars[i]
         return "".join(chars)
-    i = letters[position]
     return word[:i] + word[i + 1:]
 
 

@@ -156,6 +156,10 @@ def test_text_shifts_edit_as_described():
     for before, after in zip(words, typo, strict=True):  # a swap keeps the letters, or one goes
         assert after == before or sorted(after) == sorted(before) or len(after) == len(before) - 1
     assert shift_sentence("word", "word_dropout", 3, seed=0) == "word"  # one word is kept
+    # Only letters are swapped or deleted: punctuation inside a word is kept.
+    typos = {shift_sentence("don't", "typos", 3, seed=seed) for seed in range(20)}
+    assert len(typos) > 3 and all(typo.count("'") == 1 for typo in typos)
+    assert "do'nt" not in typos  # a letter never trades places with the apostrophe
 
 
 def test_encoder_row_has_the_text_suite(tiny_encoder):
