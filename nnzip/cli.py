@@ -907,11 +907,16 @@ def check_report_types(report: dict, path: Path) -> dict:
             elif key in REPORT_TEXT_PER_BATCH_KEYS:
                 fits = value is None or (isinstance(value, dict) and all(
                     isinstance(item, str) for item in value.values()))
+            elif key == "shift":
+                from nnzip.evaluate.shift import is_shift_entry
+
+                fits = is_shift_entry(value)
             else:
                 fits = _numbers_only(value)
             if not fits:
                 kind = ("text" if key in REPORT_TEXT_KEYS else "text per batch size (or null)"
-                        if key in REPORT_TEXT_PER_BATCH_KEYS else "a number (or null)")
+                        if key in REPORT_TEXT_PER_BATCH_KEYS else "a shift entry (metric, values, "
+                        "mean; or null)" if key == "shift" else "a number (or null)")
                 raise NnzipError(f"report {path}: model {index} has {key} = {value!r:.60}, not "
                                  f"{kind}: {redo}")
     return report

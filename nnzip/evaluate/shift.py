@@ -373,6 +373,24 @@ def shift_report(model: nn.Module, data: DataSplits, reference: nn.Module | None
 # --- report ---------------------------------------------------------------------------------
 
 
+def is_shift_entry(value: object) -> bool:
+    """Whether ``value`` is a row's ``shift`` as :func:`shift_report` writes it (or null): what
+    ``nnzip report`` checks in a report.json before rendering it."""
+    def number(item: object) -> bool:
+        return isinstance(item, int | float) and not isinstance(item, bool)
+
+    if value is None:
+        return True
+    if not isinstance(value, dict) or not isinstance(value.get("metric"), str) \
+            or not isinstance(value.get("values"), dict):
+        return False
+    return (all(isinstance(k, str) and (v is None or number(v))
+                for k, v in value["values"].items())
+            and (value.get("mean") is None or number(value["mean"]))
+            and (value.get("samples") is None or number(value["samples"]))
+            and isinstance(value.get("note", ""), str))
+
+
 def _shift_keys(models: list[dict]) -> list[str]:
     keys: dict[str, None] = {}
     for model in models:

@@ -229,3 +229,24 @@ def test_cli_options_set_the_shift_suite_and_bad_ones_are_one_line_errors(tmp_pa
                  "--shift-severities", "4"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--shift-severities (value 1) must be at most 3" in err
+
+
+def test_nnzip_report_renders_shift_entries_and_refuses_a_mistyped_one(tmp_path, capsys):
+    import json
+
+    from nnzip.cli import main
+    from nnzip.evaluate.machine import machine_info
+    from nnzip.evaluate.report import build_report, write_report
+
+    models = [_row("lenet5", "baseline", 0.99, {"rotate@1": 0.95}),
+              _row("lenet5", "pruned", 0.98, {"rotate@1": 0.90})]
+    write_report(build_report(models, machine_info(1)), tmp_path)
+    assert main(["report", str(tmp_path / "report.json"), "--out", str(tmp_path / "again")]) == 0
+    markdown = (tmp_path / "again" / "report.md").read_text()
+    assert "| rotate@1 | 95.00% | 90.00% | -5.00 |" in markdown
+    report = json.loads((tmp_path / "report.json").read_text())
+    report["models"][1]["shift"]["values"]["rotate@1"] = "high"
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "report.json"), "--out", str(tmp_path / "bad")]) == 2
+    assert "model 1 has shift = " in capsys.readouterr().err
