@@ -12,7 +12,8 @@ small at ≤ 0.2 points drop).
 sparsity 95-99.5 %, 2-6-bit codes) under a looser constraint (accuracy drop ≤ 2 points): its
 front shows what each step of extra compression below the reference costs (the issue's "cost
 curve below it"); the main space's sampler spends its trials near the main constraint and never
-got there (a first try, the main space under the loose constraint, found nothing below 26 KB). It is kept beside the main study in the same results file.
+got there (a first try, the main space under the loose constraint, found nothing below 26 KB).
+It is kept beside the main study in the same results file.
 
 Run: .venv/bin/python benchmarks/search_lenet5.py [--trials 24] [--workers 1] [--out DIR]
 [--curve] (``--render-only`` rewrites the .md from the committed .json). A rerun with the same
@@ -151,7 +152,8 @@ def main() -> None:
 
     out = args.out.with_name(args.out.name + "-curve") if args.curve else args.out
     started = time.perf_counter()
-    result = search(model, data, SMALL_SPACE if args.curve else SPACE, out=out, objectives=["accuracy", "bytes"],
+    result = search(model, data, SMALL_SPACE if args.curve else SPACE, out=out,
+                    objectives=["accuracy", "bytes"],
                     constraints=[CURVE_CONSTRAINT if args.curve else CONSTRAINT],
                     trials=args.trials, workers=args.workers, seed=0, name="lenet5")
     seconds = time.perf_counter() - started

@@ -64,6 +64,13 @@ def _add_eval_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=50, help="timed runs per batch size")
     parser.add_argument("--robustness-samples", type=int, default=None,
                         help="test images used for the noise/FGSM accuracy (default: all)")
+    parser.add_argument("--shift-samples", type=int, default=500, metavar="N",
+                        help="test samples (STS pairs for an encoder) in each shifted set of "
+                             "the generalization-under-shift suite (default: 500)")
+    parser.add_argument("--shift-severities", type=int, nargs="+", default=[1, 2, 3],
+                        metavar="S", help="severities (1-3) of the shift suite (default: 1 2 3)")
+    parser.add_argument("--no-shift", action="store_true",
+                        help="measure no generalization under shift")
     parser.add_argument("--simulation-timing", action="store_true",
                         help="time a quantized model as its PyTorch simulation instead of on "
                              "the runtime `nnzip deploy` would choose")
@@ -307,6 +314,9 @@ def _option_ranges():
         nproc: int | None = Field(None, ge=1, le=MAX_THREADS)
         repeats: int = Field(50, ge=1, le=MAX_REPEATS)
         robustness_samples: int | None = Field(None, ge=1)
+        shift_samples: int = Field(500, ge=1)
+        shift_severities: list[Annotated[int, Field(ge=1, le=3)]] = Field(
+            default_factory=lambda: [1, 2, 3])
         seed: int = Field(0, ge=0, lt=2 ** 32)  # numpy's seeds
         pairs: int | None = Field(None, ge=2)  # a Spearman correlation needs two
         train_sentences: int = Field(2048, ge=2)  # a training and a validation sentence
@@ -364,6 +374,9 @@ def _eval_config(args: argparse.Namespace):
         raise NnzipError("--threads and --repeats must be at least 1")
     return EvalConfig(threads=args.threads, repeats=args.repeats,
                       robustness_samples=args.robustness_samples,
+                      shift_samples=args.shift_samples,
+                      shift_severities=(() if args.no_shift
+                                        else tuple(dict.fromkeys(args.shift_severities))),
                       runtime_timing=not getattr(args, "simulation_timing", False),
                       score_weights=_score_weights(args))
 
@@ -950,13 +963,18 @@ def check_report_types(report: dict, path: Path) -> dict:
             elif key in REPORT_TEXT_PER_BATCH_KEYS:
                 fits = value is None or (isinstance(value, dict) and all(
                     isinstance(item, str) for item in value.values()))
+            elif key == "shift":
+                from nnzip.evaluate.shift import is_shift_entry
+
+                fits = is_shift_entry(value)
             elif key in REPORT_RECORD_KEYS:
                 fits = value is None or (isinstance(value, dict) and _numbers_and_text(value))
             else:
                 fits = _numbers_only(value)
             if not fits:
                 kind = ("text" if key in REPORT_TEXT_KEYS else "text per batch size (or null)"
-                        if key in REPORT_TEXT_PER_BATCH_KEYS else "a record of numbers and text"
+                        if key in REPORT_TEXT_PER_BATCH_KEYS else "a shift entry (metric, values, "
+                        "mean; or null)" if key == "shift" else "a record of numbers and text"
                         if key in REPORT_RECORD_KEYS else "a number (or null)")
                 raise NnzipError(f"report {path}: model {index} has {key} = {value!r:.60}, not "
                                  f"{kind}: {redo}")

@@ -48,7 +48,7 @@ def test_demo_writes_the_three_report_files_with_every_key(zoo_cache, tmp_path, 
         assert set(entry["robustness"]) == {"gaussian", "fgsm"}
     assert report["models"][0]["accuracy"] >= 0.975
     html = (out / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 3  # trade-off, metrics, robustness
+    assert html.count("data:image/png;base64,") == 4  # trade-off, metrics, robustness, shift
     assert "<script" not in html and 'src="http' not in html
     assert "| lenet5 | baseline |" in (out / "report.md").read_text()
 

@@ -7,6 +7,9 @@ from dataclasses import dataclass
 
 from nnzip.evaluate.score import ScoreWeights
 
+#: The strongest severity of the shift suites (:mod:`nnzip.evaluate.shift`); 0 is clean data.
+MAX_SHIFT_SEVERITY = 3
+
 
 @dataclass
 class EvalConfig:
@@ -23,6 +26,9 @@ class EvalConfig:
 
     ``score_weights`` weigh the report's composite score (:mod:`nnzip.evaluate.score`); None
     takes a recipe's ``score:`` weights, else the defaults.
+    ``shift_severities`` are the severities (1–3) of the shift suites (:mod:`nnzip.evaluate.shift`),
+    empty to measure no shift; ``shift_samples`` limits each shifted set to its first N test
+    samples (STS pairs for an encoder), ``None`` uses them all; ``shift_seed`` seeds the shifts.
     """
 
     threads: int = 1
@@ -36,6 +42,9 @@ class EvalConfig:
     runtime_timing: bool = True
     eval_batch_size: int = 256
     score_weights: ScoreWeights | None = None
+    shift_severities: tuple[int, ...] = (1, 2, 3)
+    shift_samples: int | None = 500
+    shift_seed: int = 0
 
     def __post_init__(self) -> None:
         """Refuse a count below one (a negative ``robustness_samples`` once sliced the test set
@@ -45,11 +54,17 @@ class EvalConfig:
         counts = {"threads": self.threads, "repeats": self.repeats,
                   "eval_batch_size": self.eval_batch_size,
                   "robustness_samples": self.robustness_samples,
+                  "shift_samples": self.shift_samples,
                   **{f"batch_sizes[{i}]": size for i, size in enumerate(self.batch_sizes)}}
         for name, value in counts.items():
             if value is not None and (isinstance(value, bool)
                                       or not isinstance(value, numbers.Integral) or value < 1):
                 raise NnzipError(f"EvalConfig {name} must be a whole number of at least 1, "
                                  f"got {value!r}")
+        for severity in self.shift_severities:
+            if isinstance(severity, bool) or not isinstance(severity, numbers.Integral) \
+                    or not 1 <= severity <= MAX_SHIFT_SEVERITY:
+                raise NnzipError(f"EvalConfig shift_severities must be whole numbers from 1 to "
+                                 f"{MAX_SHIFT_SEVERITY}, got {severity!r}")
         if self.warmup < 0:
             raise NnzipError(f"EvalConfig warmup must be at least 0, got {self.warmup!r}")

@@ -22,6 +22,7 @@ from nnzip.evaluate.energy_model import estimate_energy
 from nnzip.evaluate.flops import count_flops
 from nnzip.evaluate.latency import compare_latency, fixed_threads
 from nnzip.evaluate.memory import peak_memory_bytes
+from nnzip.evaluate.shift import shift_report
 from nnzip.evaluate.size import artifact_bytes, count_nonzero, count_params, file_bytes
 
 log = logging.getLogger(__name__)
@@ -32,11 +33,12 @@ REPORT_MODEL_KEYS = (
     "pytorch_speedup", "throughput_per_s", "peak_memory_bytes",
     "accuracy", "top5", "agreement", "perplexity", "loss", "kl_to_reference", "spearman",
     "fidelity", "neighbour_overlap", "robustness", "energy_j", "energy_note",
-    "energy_estimate_j", "energy_estimate", "confidence", "score",
+    "energy_estimate_j", "energy_estimate", "confidence", "score", "shift",
 )
 #: Keys added after reports were first written: a report.json from before them reads as null.
 LATER_REPORT_MODEL_KEYS = ("runtime", "runtime_note", "pytorch_latency_ms", "pytorch_speedup",
-                           "energy_estimate_j", "energy_estimate", "confidence", "score")
+                           "energy_estimate_j", "energy_estimate", "confidence", "score",
+                           "shift")
 #: The task metrics (:mod:`nnzip.tasks`); each task fills its own, the others are None.
 TASK_METRIC_KEYS = ("accuracy", "top5", "agreement", "perplexity", "loss", "kl_to_reference",
                     "spearman", "fidelity", "neighbour_overlap")
@@ -227,4 +229,5 @@ def evaluate(model: nn.Module, data: DataSplits, *, name: str = "model",
         # the composite score is set by build_report, against the report's baseline row.
         "confidence": measured.get("confidence"),
         "score": None,
+        "shift": shift_report(model, data, reference, config),
     }

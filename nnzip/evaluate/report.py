@@ -29,6 +29,7 @@ from nnzip.evaluate.details import (
 from nnzip.evaluate.figures import front_chart, model_colors, report_figures
 from nnzip.evaluate.metrics import LATER_REPORT_MODEL_KEYS, REPORT_MODEL_KEYS
 from nnzip.evaluate.score import ScoreWeights, score_line, score_rows
+from nnzip.evaluate.shift import shift_chart, shift_notes, shift_table
 from nnzip.evaluate.tables import (
     CONFIDENCE_COLUMNS,
     baseline_index,
@@ -107,6 +108,7 @@ def render_markdown(report: dict) -> str:
     ]
     if robustness_notes(models):
         parts += [*[f"- {note}" for note in robustness_notes(models)], ""]
+    parts += _shift_markdown(models)
     notes = [f"- {m['name']} ({m['stage']}): {m['energy_note']}" for m in models]
     if notes:
         parts += ["## Energy", "", *notes, ""]
@@ -193,6 +195,34 @@ def _confidence_html(report: dict) -> str:
     score = (f'<p class="lead">Composite score: {html.escape(_score_summary(report))}.</p>'
              if _score_summary(report) else "")
     return table + score
+
+
+_SHIFT_TITLE = "Generalization under shift"
+_SHIFT_LEAD = ("The task metric on seeded, shifted copies of the first test samples "
+               "(kind@severity, severity 1–3; digits8x8 where shown: scikit-learn's 8×8 "
+               "digits laid out as MNIST's), beside the clean score on the whole test split, "
+               "and each model's difference from the baseline.")
+
+
+def _shift_markdown(models: list[dict]) -> list[str]:
+    columns, rows = shift_table(models)
+    notes = [f"- {note}" for note in shift_notes(models)]
+    if not rows and not notes:
+        return []
+    table = [_markdown_table(columns, rows), ""] if rows else []
+    return [f"## {_SHIFT_TITLE}", "", _SHIFT_LEAD, "", *table, *notes, *([""] if notes else [])]
+
+
+def _shift_html(models: list[dict]) -> str:
+    columns, rows = shift_table(models)
+    notes = shift_notes(models)
+    if not rows and not notes:
+        return ""
+    chart = shift_chart(models)
+    figure = f'<figure class="wide">{_png_img(_SHIFT_TITLE, chart)}</figure>' if chart else ""
+    table = f'<div class="scroll">{_html_table(columns, rows)}</div>' if rows else ""
+    return (f"<h2>{_SHIFT_TITLE}</h2><p class=\"lead\">{html.escape(_SHIFT_LEAD)}</p>{table}"
+            f"{_html_list(notes)}{figure}")
 
 
 def _stage_title(stage: dict) -> str:
@@ -387,6 +417,7 @@ def render_html(report: dict) -> str:
                                  swatches)}</div>
 {_html_list(robustness_notes(models))}
 {robustness}
+{_shift_html(models)}
 <h2>Energy</h2>
 <ul>{notes}</ul>
 {_estimate_html(models)}

@@ -140,11 +140,11 @@ def validation_view(data: DataSplits) -> DataSplits:
 def search_eval_config(objectives: list[Metric], constraints: list[Constraint],
                        threads: int = 1, repeats: int = 20) -> EvalConfig:
     """Measurements a trial needs: latency only at the batch sizes an objective or constraint
-    names (none: not timed), no robustness probes."""
+    names (none: not timed), no robustness probes and no shift suite."""
     batches = latency_batches([*objectives, *(c.metric for c in constraints)])
     return EvalConfig(threads=threads, repeats=repeats, batch_sizes=batches or (1,),
                       measure_latency=bool(batches), noise_sigmas=(), fgsm_epsilons=(),
-                      robustness_samples=1)
+                      robustness_samples=1, shift_severities=())
 
 
 class TrialRunner:

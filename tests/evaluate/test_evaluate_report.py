@@ -37,7 +37,7 @@ def _entry(name: str, stage: str, size_bytes: int, acc: float, **overrides) -> d
                        "fgsm": {"0.05": acc - 0.3, "0.1": acc - 0.6}},
         "energy_j": None, "energy_note": "no RAPL counters here",
         "energy_estimate_j": None, "energy_estimate": None, "confidence": None,
-        "score": None,
+        "score": None, "shift": None,
     }
     entry.update(overrides)
     assert tuple(entry) == REPORT_MODEL_KEYS
