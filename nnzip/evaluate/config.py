@@ -5,6 +5,10 @@ from __future__ import annotations
 import numbers
 from dataclasses import dataclass
 
+#: Which models :func:`nnzip.evaluate.evaluate` times on their deploy runtime (``runtime_timing``
+#: on): only those quantized by nnzip, or every model.
+DEPLOYED_TIMING = ("quantized", "always")
+
 
 @dataclass
 class EvalConfig:
@@ -18,6 +22,10 @@ class EvalConfig:
     ``runtime_timing`` times a model quantized by nnzip on the runtime ``nnzip deploy`` would
     choose (the fastest correct one per batch size; the row's ``runtime`` names it), not on its
     PyTorch simulation; off, such a model is timed in PyTorch eager, as a float model is.
+    ``deployed_timing`` says which models get that: ``"quantized"`` (the default) only models
+    quantized by nnzip, whose PyTorch form is a simulation; ``"always"`` float models too (a
+    channel-pruned, BatchNorm-folded network runs on ONNX Runtime or OpenVINO fp32/bf16 once
+    deployed, and a search comparing trials' latency must compare what each would deploy).
     """
 
     threads: int = 1
@@ -29,6 +37,7 @@ class EvalConfig:
     robustness_samples: int | None = None
     measure_latency: bool = True
     runtime_timing: bool = True
+    deployed_timing: str = "quantized"
     eval_batch_size: int = 256
 
     def __post_init__(self) -> None:
@@ -45,5 +54,9 @@ class EvalConfig:
                                       or not isinstance(value, numbers.Integral) or value < 1):
                 raise NnzipError(f"EvalConfig {name} must be a whole number of at least 1, "
                                  f"got {value!r}")
+        if self.deployed_timing not in DEPLOYED_TIMING:
+            raise NnzipError(f"EvalConfig deployed_timing must be one of "
+                             f"{', '.join(map(repr, DEPLOYED_TIMING))}, got "
+                             f"{self.deployed_timing!r}")
         if self.warmup < 0:
             raise NnzipError(f"EvalConfig warmup must be at least 0, got {self.warmup!r}")

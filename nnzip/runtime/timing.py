@@ -35,10 +35,17 @@ MAX_ACCURACY_CHANGE_POINTS = 0.2
 PYTORCH = "pytorch-eager"
 
 
-def deployable(model: nn.Module) -> bool:
+def deployable(model: nn.Module, always: bool = False) -> bool:
     """Whether a report times ``model`` on its deployment runtime: a model quantized by nnzip,
-    whose PyTorch form is a simulation of the integer model (float models run as they are)."""
-    return is_quantized(model)
+    whose PyTorch form is a simulation of the integer model; with ``always``
+    (``EvalConfig.deployed_timing``) a float PyTorch model too. A model that already is a
+    runtime's file (an ``.onnx`` or OpenVINO IR loaded as given) is timed as it is."""
+    from nnzip.runtime.openvino import OvModule
+    from nnzip.runtime.session import OrtModule
+
+    if isinstance(model, OrtModule | OvModule):
+        return False
+    return is_quantized(model) or always
 
 
 def runtime_name(model: nn.Module) -> str:
