@@ -8,6 +8,9 @@ builds the runtimes :func:`nnzip.runtime.deploy` builds (:func:`build_runtimes`,
 added there are timed here too), keeps those that are correct by deploy's rule, and at *each*
 batch size times them interleaved with the reference (:func:`compare_latency`): the row's
 latency is the fastest correct runtime's at that batch size, and the row says which it was.
+A float model gets the same with ``EvalConfig(deployed_timing="always")`` (a search sets it):
+its candidates are ONNX Runtime fp32 and OpenVINO fp32/bf16 beside PyTorch eager (ResNet-20 at
+batch 1 on an AMX Xeon: OpenVINO bf16 0.17 ms against PyTorch eager's 1.9 ms).
 """
 
 from __future__ import annotations
