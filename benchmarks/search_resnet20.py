@@ -9,9 +9,11 @@ the long search can run while the machine is busy and the verdict is timed on a 
   batch 64 (min), each on the runtime ``nnzip.runtime.deploy`` would choose for the trial's model
   (``EvalConfig.deployed_timing="always"``: ONNX Runtime, OpenVINO fp32/bf16/int8 or PyTorch);
   constraint accuracy drop ≤ 0.5 points; NSGA-II, seed 0; trials chosen on the 500 validation
-  images. Why two latencies: deployed at batch 1 ResNet-20 is bound by per-call overhead (dense
-  0.165 ms, 75 % of its channels pruned 0.128 ms, both on OpenVINO bf16, measured here), so
-  batch 1 alone would rank trials by noise; batch 64 is where removed channels pay. Resumable:
+  images. Why two latencies: which trial is fastest depends on the batch size (int8 and the
+  widths pruning leaves per stage pay differently at each), so the front keeps the best at
+  either; and deployed on OpenVINO bf16 (AMX) pruning buys less than in PyTorch (README,
+  "Latency fronts on the deployed runtime"), so one batch size alone ranks trials on thin
+  margins. Resumable:
   a rerun with the same ``--out`` resumes the study, a larger ``--trials`` extends it; each
   run's trials and wall-clock are recorded in ``OUT/benchmark_runs.json`` (the stated budget).
 - ``--phase verify``: loads ``OUT/front.json`` and each front point's saved model; compresses
