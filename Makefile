@@ -56,6 +56,7 @@ bench: $(BENCH_STAMP)
 	$(PY) benchmarks/minilm_deploy.py
 	$(PY) benchmarks/deploy_peers.py
 	$(PY) benchmarks/search_workers.py
+	$(PY) benchmarks/search_resnet20.py
 	$(PY) benchmarks/coverage.py
 
 lint: $(STAMP)

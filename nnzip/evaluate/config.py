@@ -10,6 +10,10 @@ from nnzip.evaluate.score import ScoreWeights
 #: The strongest severity of the shift suites (:mod:`nnzip.evaluate.shift`); 0 is clean data.
 MAX_SHIFT_SEVERITY = 3
 
+#: Which models :func:`nnzip.evaluate.evaluate` times on their deploy runtime (``runtime_timing``
+#: on): only those quantized by nnzip, or every model.
+DEPLOYED_TIMING = ("quantized", "always")
+
 
 @dataclass
 class EvalConfig:
@@ -29,6 +33,10 @@ class EvalConfig:
     ``shift_severities`` are the severities (1–3) of the shift suites (:mod:`nnzip.evaluate.shift`),
     empty to measure no shift; ``shift_samples`` limits each shifted set to its first N test
     samples (STS pairs for an encoder), ``None`` uses them all; ``shift_seed`` seeds the shifts.
+    ``deployed_timing`` says which models get that: ``"quantized"`` (the default) only models
+    quantized by nnzip, whose PyTorch form is a simulation; ``"always"`` float models too (a
+    channel-pruned, BatchNorm-folded network runs on ONNX Runtime or OpenVINO fp32/bf16 once
+    deployed, and a search comparing trials' latency must compare what each would deploy).
     """
 
     threads: int = 1
@@ -40,6 +48,7 @@ class EvalConfig:
     robustness_samples: int | None = None
     measure_latency: bool = True
     runtime_timing: bool = True
+    deployed_timing: str = "quantized"
     eval_batch_size: int = 256
     score_weights: ScoreWeights | None = None
     shift_severities: tuple[int, ...] = (1, 2, 3)
@@ -66,5 +75,9 @@ class EvalConfig:
                     or not 1 <= severity <= MAX_SHIFT_SEVERITY:
                 raise NnzipError(f"EvalConfig shift_severities must be whole numbers from 1 to "
                                  f"{MAX_SHIFT_SEVERITY}, got {severity!r}")
+        if self.deployed_timing not in DEPLOYED_TIMING:
+            raise NnzipError(f"EvalConfig deployed_timing must be one of "
+                             f"{', '.join(map(repr, DEPLOYED_TIMING))}, got "
+                             f"{self.deployed_timing!r}")
         if self.warmup < 0:
             raise NnzipError(f"EvalConfig warmup must be at least 0, got {self.warmup!r}")

@@ -113,7 +113,8 @@ def check_model_accepts(model: nn.Module, data: DataSplits, name: str) -> None:
 def _latency(model: nn.Module, reference: nn.Module | None, data: DataSplits,
              config: EvalConfig) -> dict:
     """Latency per batch size, the speedup over ``reference`` timed interleaved with it, and the
-    runtime that ran it: a model quantized by nnzip on the runtime ``deploy`` would choose
+    runtime that ran it: a model quantized by nnzip (any PyTorch model with
+    ``config.deployed_timing="always"``) on the runtime ``deploy`` would choose
     (:func:`nnzip.runtime.timing.runtime_latency`), any other model in PyTorch eager."""
     from nnzip.runtime.timing import deployable, runtime_latency, runtime_name
 
@@ -122,17 +123,20 @@ def _latency(model: nn.Module, reference: nn.Module | None, data: DataSplits,
     if not config.measure_latency:
         return {"latency_ms": {k: {"p50": None, "p95": None} for k in keys},
                 "speedup": {k: None for k in keys}, "runtime": None, **timed}
-    if deployable(model):
+    if deployable(model, always=config.deployed_timing == "always"):
+        quantized = deployable(model)
+        what = "the PyTorch simulation of the quantized model" if quantized else "PyTorch eager"
         if not config.runtime_timing:
-            timed["runtime_note"] = ("the PyTorch simulation of the quantized model: runtime "
-                                     "timing is off (EvalConfig.runtime_timing)")
+            if quantized:  # a float model in PyTorch is what it is: nothing to warn about
+                timed["runtime_note"] = (f"{what}: runtime timing is off "
+                                         "(EvalConfig.runtime_timing)")
         else:
             try:
                 return runtime_latency(model, reference, data, config)
-            except NnzipError as error:  # e.g. no ONNX form: the simulation is all there is
-                log.info("timing the quantized model in PyTorch: %s", error)
-                timed["runtime_note"] = (f"the PyTorch simulation of the quantized model: no "
-                                         f"deploy runtime could be built ({_first_line(error)})")
+            except NnzipError as error:  # e.g. no ONNX form: PyTorch is all there is
+                log.info("timing the model in PyTorch: %s", error)
+                timed["runtime_note"] = (f"{what}: no deploy runtime could be built "
+                                         f"({_first_line(error)})")
     latency, speedup = {}, {}
     for key, batch_size in zip(keys, config.batch_sizes, strict=True):
         models = [model] if reference is None else [model, reference]
@@ -173,7 +177,9 @@ def evaluate(model: nn.Module, data: DataSplits, *, name: str = "model",
     per batch size) comes from timing the two interleaved, so machine drift cannot fake it.
     A model quantized by nnzip is timed on the runtime ``nnzip deploy`` would choose at each
     batch size (``runtime`` names it; ``pytorch_latency_ms`` / ``pytorch_speedup`` keep its
-    PyTorch simulation, timed in the same rounds) unless ``config.runtime_timing`` is off.
+    PyTorch simulation, timed in the same rounds) unless ``config.runtime_timing`` is off;
+    with ``config.deployed_timing="always"`` a float model is too (its PyTorch eager timing kept
+    beside it).
     Without a reference the model is its own (ratio, agreement and speedup 1.0).
     ``energy_estimate_j`` is the estimated energy of one batch-1 inference from its operation
     counts and memory traffic (:mod:`nnzip.evaluate.energy_model`), beside ``energy_j``, the
