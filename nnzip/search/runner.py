@@ -140,11 +140,13 @@ def validation_view(data: DataSplits) -> DataSplits:
 def search_eval_config(objectives: list[Metric], constraints: list[Constraint],
                        threads: int = 1, repeats: int = 20) -> EvalConfig:
     """Measurements a trial needs: latency only at the batch sizes an objective or constraint
-    names (none: not timed), no robustness probes and no shift suite. Latency is that of the
-    runtime ``deploy`` would choose for the trial's model, float or quantized
-    (``deployed_timing="always"``): a channel-pruned float model deploys on ONNX Runtime or
-    OpenVINO too, so comparing its PyTorch eager time with a quantized trial's runtime time would compare unlike things, and
-    the choice of runtime is part of every trial (its row's ``runtime`` names the winner)."""
+    names (none: not timed), no robustness probes and no shift suite.
+
+    Latency is that of the runtime ``deploy`` would choose for the trial's model, float or
+    quantized (``deployed_timing="always"``): a channel-pruned float model deploys on ONNX
+    Runtime or OpenVINO too, so comparing its PyTorch eager time with a quantized trial's
+    runtime time would compare unlike things, and the choice of runtime is part of every trial
+    (its row's ``runtime`` names the winner)."""
     batches = latency_batches([*objectives, *(c.metric for c in constraints)])
     return EvalConfig(threads=threads, repeats=repeats, batch_sizes=batches or (1,),
                       measure_latency=bool(batches), noise_sigmas=(), fgsm_epsilons=(),
