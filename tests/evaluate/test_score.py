@@ -140,14 +140,14 @@ def test_compress_scores_with_the_recipes_weights_unless_the_caller_gives_its_ow
 
     recipe = parse_recipe({"stages": [{"prune": {"sparsity": 0.5, "finetune_epochs": 0}}],
                            "score": {"accuracy": 1, "size": 0, "latency": 0,
-                                     "robustness": 0}}, "r.yaml")
+                                     "robustness": 0, "energy": 0, "shift": 0}}, "r.yaml")
     config = replace(fast_config, robustness_samples=8)
     report = compress(tiny_model, recipe, tiny_data, eval_config=config, progress=False).report
     assert report["score"]["used"] == {"accuracy": 1.0}
     base, pruned = report["models"]
     assert pruned["score"] == pytest.approx(100 * (pruned["accuracy"] - base["accuracy"]))
-    given = replace(config, score_weights=parse_score_weights("accuracy=0,latency=0,"
-                                                              "robustness=0"))
+    given = replace(config, score_weights=parse_score_weights(
+        "accuracy=0,latency=0,robustness=0,energy=0,shift=0"))
     report = compress(tiny_model, recipe, tiny_data, eval_config=given, progress=False).report
     assert report["score"]["used"] == {"size": 1.0}
     assert report["models"][1]["score"] == pytest.approx(
