@@ -16,15 +16,16 @@ the long search can run while the machine is busy and the verdict is timed on a 
   margins. Resumable:
   a rerun with the same ``--out`` resumes the study, a larger ``--trials`` extends it; each
   run's trials and wall-clock are recorded in ``OUT/benchmark_runs.json`` (the stated budget).
-- ``--phase verify``: loads ``OUT/front.json`` and each front point's saved model; compresses
-  ResNet-20 with the hand-written recipe (cached in ``OUT/reference``, reused by a rerun); deploys
-  the dense baseline, the reference and every front point (``nnzip.runtime.deploy``, each its
-  fastest correct runtime per batch size); then times all of them **interleaved in one
+- ``--phase verify``: loads ``OUT/front.json`` and the saved model of every feasible trial (the
+  search's timings were taken on a busy machine, so all of them are re-timed, see ``_front``);
+  compresses ResNet-20 with the hand-written recipe (cached in ``OUT/reference``, reused by a
+  rerun); deploys the dense baseline, the reference and every candidate (``nnzip.runtime.deploy``,
+  each its fastest correct runtime per batch size); then times all of them **interleaved in one
   ``compare_latency`` run per batch size** (1 thread, medians; PyTorch eager of the dense model
   beside them as the common baseline) and measures each deployed model's accuracy on the 10 000
-  test images. Verdict: at batch 1 and at batch 64, the fastest front point whose test
-  accuracy is within 0.5 points of the dense model's, against the reference; met when at least
-  as fast at both.
+  test images. Verdict: at batch 1 and at batch 64, the search's choice (the fastest feasible
+  trial, chosen without the test split) against the reference; met when it is within 0.5 test
+  points of the dense model and at least as fast, at both.
 
 A front point quantized by nnzip is saved by its trial as a QDQ ``.onnx`` (``nnzip compress``'s
 format), so it is deployed from that file, as ``nnzip deploy`` would deploy it; the search timed
@@ -154,11 +155,17 @@ def reference_model(args, model, data):
 
 
 def _front(out: Path) -> tuple[dict, list[dict]]:
+    """The search's summary and its candidates: every *feasible* trial (validation accuracy
+    within the constraint), not only the front. The search timed each trial while the machine
+    was busy (a second worker training beside it): the same model read 3.4 and 6.5 ms at batch
+    64 in two trials of the first run, so its latency front is noise-picked; verify re-times
+    every feasible trial on a quiet machine, and the front is that of the quiet numbers."""
     path = out / "front.json"
     if not path.is_file():
         raise NnzipError(f"{path} is missing: run --phase search first (same --out)")
     summary = json.loads(path.read_text())
-    return summary, sorted(summary["points"], key=lambda p: p["number"])
+    trials = summary.get("trials") or summary["points"]
+    return summary, sorted((p for p in trials if p["feasible"]), key=lambda p: p["number"])
 
 
 def _deployed(name: str, model, data, folder: Path) -> dict:
@@ -250,23 +257,25 @@ def verify(args, model, data, console: Console, budget: dict) -> dict:
 
 
 def verdict(models: list[dict]) -> dict:
-    """Per batch size, the fastest front point within the drop against the reference; the
-    target is met when it is at least as fast at every batch size (a point fastest at batch 1
-    may be another than the one fastest at batch 64)."""
+    """Per batch size, the search's choice (the fastest feasible trial, timed quietly: chosen
+    without the test split) against the reference; the target is met when its test drop is
+    within :data:`MAX_DROP_POINTS` and it is at least as fast, at every batch size (a point
+    fastest at batch 1 may be another than the one fastest at batch 64)."""
     reference = next(m for m in models if m["name"] == "reference")
-    within = [m for m in models if m["name"].startswith("trial-")
-              and m["accuracy_drop"] <= MAX_DROP_POINTS]
+    trials = [m for m in models if m["name"].startswith("trial-")]
+    within = [m for m in trials if m["accuracy_drop"] <= MAX_DROP_POINTS]
     result: dict = {"reference_accuracy_drop": reference["accuracy_drop"],
                     "within_drop": [m["name"] for m in within]}
     for batch in (str(b) for b in BATCH_SIZES):
-        best = min(within, key=lambda m: m["p50_ms"][batch]) if within else None
+        best = min(trials, key=lambda m: m["p50_ms"][batch]) if trials else None
         result[batch] = {"reference_p50_ms": reference["p50_ms"][batch]} | ({} if best is None
             else {"best": best["name"], "best_p50_ms": best["p50_ms"][batch],
                   "best_accuracy_drop": best["accuracy_drop"],
                   "speed_vs_reference": round(reference["p50_ms"][batch] / best["p50_ms"][batch],
                                               3),
-                  "meets": best["p50_ms"][batch] <= reference["p50_ms"][batch]})
-    result["meets"] = bool(within) and all(result[str(b)]["meets"] for b in BATCH_SIZES)
+                  "meets": best["p50_ms"][batch] <= reference["p50_ms"][batch]
+                  and best["accuracy_drop"] <= MAX_DROP_POINTS})
+    result["meets"] = bool(trials) and all(result[str(b)].get("meets") for b in BATCH_SIZES)
     return result
 
 
@@ -290,8 +299,8 @@ def render(report: dict) -> str:
                      f"{m['p50_ms']['64']:.2f}", f"{m['speedup_vs_eager']['64']:.2f}×",
                      f"{m['file_bytes']['1']:,}" if m["file_bytes"]["1"] else "–"])
     v = report["verdict"]
-    if not v["within_drop"]:
-        line = f"**MISSES**: no front point within {MAX_DROP_POINTS} points on the test split"
+    if not any("best" in v[b] for b in ("1", "64")):
+        line = "**MISSES**: no feasible trial to deploy"
     else:
         line = ("**MEETS**" if v["meets"] else "**MISSES**") + ": " + "; ".join(
             f"batch {b}: {v[b]['best']} ({v[b]['best_accuracy_drop']:+.2f} points) "
@@ -301,8 +310,8 @@ def render(report: dict) -> str:
     workers = ", ".join(f"{run['workers']} worker(s)" for run in runs)
     return "\n".join([
         f"# Search: {report['model']} on MNIST, a front of deployed latency vs accuracy", "",
-        "Space `recipes/search-resnet20.yaml` (prune_channels taylor, sparsity 0.30–0.75, round_to "
-        "8, 8 fine-tune epochs → fold_batchnorm → optional W8A8 static); objectives "
+        "Space `recipes/search-resnet20.yaml` (prune_channels taylor, sparsity 0.45–0.85, round_to "
+        "8, 16 fine-tune epochs → fold_batchnorm → optional W8A8 static); objectives "
         f"{', '.join(report['objectives'])} (latency: p50 on the runtime `deploy` chooses for the "
         f"trial's model); constraint {', '.join(report['constraints'])}; NSGA-II, seed "
         f"{report['seed']}. Budget: {sum(states.values()) - states.get('running', 0)} trials "
@@ -310,7 +319,10 @@ def render(report: dict) -> str:
         f"{states.get('fail', 0)} failed), {seconds / 60:.1f} min of search wall-clock in "
         f"{len(runs)} run(s) ({workers}). Trials "
         "chosen on the 500 validation images; front trials "
-        f"{', '.join(map(str, report['front_trials']))}.", "",
+        f"{', '.join(map(str, report['front_trials']))} (timed while the machine was busy). "
+        "Verify re-times every feasible trial (validation drop within the constraint) quietly; "
+        "the search's choice at each batch size is the fastest of them, its test accuracy "
+        "only reported, never used to choose.", "",
         "Verify run: each model deployed by `nnzip.runtime.deploy` (its fastest correct runtime "
         "per batch size), all timed interleaved in one `compare_latency` run per batch size "
         f"(1 thread, p50 of {report['repeats']['1']} calls at batch 1, "
@@ -321,8 +333,8 @@ def render(report: dict) -> str:
         *markdown_table(["model", "recipe", "runtime", "test acc", "drop (points)",
                          "b1 p50 (ms)", "b1 speed-up", "b64 p50 (ms)", "b64 speed-up",
                          "bytes (b1 file)"], rows), "",
-        f"Target: at each batch size, the fastest front point within {MAX_DROP_POINTS} points "
-        f"(test split) at least as fast as the hand-written recipe (itself "
+        f"Target: at each batch size, the search's choice within {MAX_DROP_POINTS} points "
+        f"(test split) and at least as fast as the hand-written recipe (itself "
         f"{v['reference_accuracy_drop']:+.2f} points): {line}.", "",
         f"Load average after timing: {', '.join(map(str, report['load_average_after_timing']))}"
         " (1, 5, 15 min).", "",

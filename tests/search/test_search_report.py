@@ -38,12 +38,15 @@ def test_the_search_writes_a_report_whose_first_table_is_the_front_against_the_b
     assert columns[:5] == ["Trial", "Stages", "Options", "accuracy (val)", "bytes (val)"]
     assert [r[0] for r in rows] == ["baseline", *[str(n) for n in sorted(
         front, key=lambda n: -by_number[n]["values"]["accuracy"])]]
-    smaller, delta = columns.index("× smaller"), columns.index("Δ points")
+    smaller = columns.index("× smaller")
+    delta = next(i for i, c in enumerate(columns) if c.startswith("Δ points"))
     for row in rows[1:]:
         test = by_number[int(row[0])]["test"]
         assert row[1] == " → ".join(by_number[int(row[0])]["stages"])
         assert row[smaller] == f"{base['size_bytes'] / test['size_bytes']:.2f}×"
-        assert row[delta] == f"{100 * (test['accuracy'] - base['accuracy']):+.2f}"
+        # The change, then its paired 95 % interval (≈ first when within noise).
+        assert row[delta].removeprefix("≈ ").split(" [")[0] == \
+            f"{100 * (test['accuracy'] - base['accuracy']):+.2f}"
         assert "sparsity" in row[2] and "slot" not in row[2]
     # No batch was timed (no latency objective): no column of n/a.
     assert not any(c.startswith("Speed-up") for c in columns)
