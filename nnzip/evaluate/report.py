@@ -461,9 +461,6 @@ def rich_table(report: dict) -> Table:
         table.add_column(f"{row[0]}\n{row[1]}", justify="right")
     for index, metric in enumerate(columns[2:], start=2):
         table.add_row(metric, *[row[index] for row in rows])
-    if energy_model.estimate_rows(models):  # beside the RAPL "Energy" row, labelled
-        table.add_row("Energy (estimate)", *[energy_model.fmt_joules(m.get("energy_estimate_j"))
-                                             for m in models])
     return table
 
 

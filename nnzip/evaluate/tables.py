@@ -143,13 +143,34 @@ def summary_columns(models: list[dict]) -> list[str]:
                              for key in batch_keys(models)]] if on_runtimes(models) else [])
     return ["Model", "Stage", "Params", "Non-zero", "Size", "Ratio", "MFLOPs", *latency, *speedup,
             *runtime, "Throughput (/s)", "Peak mem",
-            *[header for _, header, _ in metric_columns(models)], "Energy"]
+            *[header for _, header, _ in metric_columns(models)], "Energy",
+            *[header for header, _ in _late_columns(models)]]
+
+
+def _shift_mean(model: dict) -> float | None:
+    shift = model.get("shift")
+    return shift.get("mean") if isinstance(shift, dict) else None
+
+
+def _late_columns(models: list[dict]) -> list[tuple[str, object]]:
+    """The estimated energy, the mean task metric under shift and the composite score, each
+    where some row has it: (header, cell of a row)."""
+    from nnzip.evaluate.energy_model import fmt_joules
+
+    columns = [("Energy (estimate)", lambda m: fmt_joules(m.get("energy_estimate_j")),
+                "energy_estimate_j"),
+               ("Under shift (mean)", lambda m: fmt_percent(_shift_mean(m))
+                if report_task(models) == "classify" else fmt_plain(_shift_mean(m)), None),
+               ("Score", lambda m: fmt_score(m.get("score")), "score")]
+    return [(header, cell) for header, cell, key in columns
+            if any((m.get(key) if key else _shift_mean(m)) is not None for m in models)]
 
 
 def summary_rows(models: list[dict]) -> list[list[str]]:
     """One row per model, aligned with :func:`summary_columns`."""
     keys = batch_keys(models)
     metrics = metric_columns(models)
+    extra = _late_columns(models)
     rows = []
     for model in models:
         latency = model.get("latency_ms") or {}
@@ -167,6 +188,7 @@ def summary_rows(models: list[dict]) -> list[list[str]]:
             *[fmt_ratio(speedup.get(key)) for key in keys], *runtime,
             fmt_count(model["throughput_per_s"]), fmt_bytes(model["peak_memory_bytes"]),
             *[fmt(model.get(key)) for key, _, fmt in metrics], fmt_energy(model["energy_j"]),
+            *[cell(model) for _, cell in extra],
         ])
     return rows
 
