@@ -45,6 +45,7 @@ bench: $(BENCH_STAMP)
 	$(PY) benchmarks/factorize_mnist.py
 	$(PY) benchmarks/share_deep_compression.py
 	$(PY) benchmarks/energy_estimate.py
+	$(PY) benchmarks/shift_mnist.py
 	$(PY) benchmarks/hf_quant.py
 	$(PY) benchmarks/hf_prune.py
 	$(PY) benchmarks/hf_save.py
@@ -55,6 +56,8 @@ bench: $(BENCH_STAMP)
 	$(PY) benchmarks/deploy_openvino.py
 	$(PY) benchmarks/minilm_deploy.py
 	$(PY) benchmarks/deploy_peers.py
+	$(PY) benchmarks/search_lenet5.py --trials 40
+	$(PY) benchmarks/search_lenet5.py --curve --trials 24
 	$(PY) benchmarks/search_workers.py
 	$(PY) benchmarks/search_resnet20.py
 	$(PY) benchmarks/coverage.py

@@ -140,6 +140,12 @@ def _order_problem(earlier: list[Stage], stage: Stage) -> str | None:
                 "sharing, or share alone (its codebook indices are the small integers)")
     if stage.kind in SHARING and (done := first(QUANTIZING)):
         return f"{done} already quantized the weights: share weights before quantizing, or instead"
+    if stage.kind == "prune" and (done := first(QUANTIZING)):
+        # Measured: quantize then prune 0.9 (LeNet-300-100, digits) zeroed the float weights,
+        # reported 89 % fewer non-zeros, and left accuracy and bytes bit-identical, since the
+        # quantized layers run from the integer weights they stored: a silent no-op.
+        return (f"{done} already stored the integer weights the model runs on, so pruning's "
+                "masks would not reach them: prune before quantizing (as Deep Compression does)")
     if stage.kind in RESHAPING and (done := first(QUANTIZING | SHARING)):
         return (f"it changes layer shapes, which {done} has already quantized or shared: put "
                 f"{stage.kind} before it")

@@ -213,6 +213,7 @@ def test_a_reference_that_does_not_fit_the_data_is_named_before_deploy_times(tmp
     ("stages:\n  - distill: {student_options: {width: 2}}\n",
      "student_options configure a new student"),
     ("stages:\n  - quantize: {}\n  - cluster: {bits: 4}\n", "share weights before quantizing"),
+    ("stages:\n  - quantize: {}\n  - prune: {sparsity: 0.9}\n", "prune before quantizing"),
     ("", "is empty"),
     ("- prune\n", "is a bare list but must be a mapping"),
     ("5\n", "must be a mapping with a 'stages' list, got int"),
