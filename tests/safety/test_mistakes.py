@@ -271,6 +271,7 @@ SVD = {"svd": {"keep": 0.5}}
     ([CLUSTER, {"quantize": {"activation_bits": None}}], "already shares the weights"),
     (["quantize", "product_quantize"], "already quantized the weights"),
     (["quantize", "prune_channels"], "it changes layer shapes"),
+    (["quantize", {"prune": {"sparsity": 0.5}}], "prune before quantizing"),
     ([CLUSTER, SVD], "it changes layer shapes"),
     (["encode", "quantize"], "stores integer weights, not quantized activations"),
     ([{"quantize": {"mode": "dynamic"}}, "encode"], "not quantized activations"),
@@ -284,7 +285,7 @@ def test_a_stage_order_that_cannot_work_is_refused_when_the_recipe_is_read(stage
 
 def test_orders_that_work_are_still_accepted(mlp):
     prune = {"prune": {"sparsity": 0.5}}
-    for stages in ([prune, "quantize"], [CLUSTER, "encode"], ["quantize", prune],
+    for stages in ([prune, "quantize"], [CLUSTER, "encode"],
                    ["quantize", "finetune"], ["prune_channels", SVD, "quantize"]):
         parse_recipe({"stages": [{stage: {}} if isinstance(stage, str) else stage
                                  for stage in stages]}).check_model(mlp)
