@@ -103,3 +103,21 @@ def loads_json(text: bytes | str, what: str, fix: str, *, max_depth: int = MAX_J
 
 __all__ = ["MAX_JSON_CONTAINERS", "MAX_JSON_DEPTH", "inflate", "json_structure", "loads_json",
            "read_capped"]
+
+
+def load_json_file(path: str | os.PathLike, name: str, max_bytes: int, what: str, fix: str,
+                   missing: str) -> tuple[Path, Any]:
+    """Read the JSON file ``path`` (or the file called ``name`` in the folder ``path``), capped
+    at ``max_bytes`` and parsed with :func:`loads_json`: the path read and the document. A
+    missing file ends in :class:`NnzipError` saying ``missing`` (what to pass instead), an
+    unreadable one saying ``fix``; ``what`` names the document in both (e.g. "report")."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / name
+    try:
+        text = read_capped(path, max_bytes, what, fix)
+    except FileNotFoundError:
+        raise NnzipError(f"{what} {path} does not exist: {missing}") from None
+    except OSError as error:
+        raise NnzipError(f"{what} {path} is not readable ({error}): {fix}") from None
+    return path, loads_json(text, f"{what} {path}", fix)

@@ -16,7 +16,7 @@ from pathlib import Path
 from rich.table import Table
 
 from nnzip.atomic import write_text
-from nnzip.bounded import loads_json, read_capped
+from nnzip.bounded import load_json_file
 from nnzip.errors import NnzipError
 from nnzip.evaluate import energy_model
 from nnzip.evaluate.confidence import NOISE_MARK
@@ -494,18 +494,9 @@ def interrupted_line(report: dict) -> str | None:
 
 def load_report(path: str | os.PathLike) -> dict:
     """Read a report.json (or the folder holding one) and check its keys."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "report.json"
-    fix = "regenerate it with `nnzip eval`"
-    try:
-        text = read_capped(path, MAX_REPORT_BYTES, "report", fix)
-    except FileNotFoundError:
-        raise NnzipError(f"report {path} does not exist: pass the report.json that "
-                         "`nnzip eval` wrote") from None
-    except OSError as error:
-        raise NnzipError(f"report {path} is not readable ({error}): {fix}") from None
-    report = loads_json(text, f"report {path}", fix)
+    path, report = load_json_file(path, "report.json", MAX_REPORT_BYTES, "report",
+                                  "regenerate it with `nnzip eval`",
+                                  "pass the report.json that `nnzip eval` wrote")
     if not isinstance(report, dict):
         raise NnzipError(f"report {path} is not a JSON object: regenerate it with `nnzip eval`")
     missing = [key for key in REPORT_KEYS if key not in report]

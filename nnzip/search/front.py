@@ -68,18 +68,12 @@ def front_report(summary: dict) -> dict:
 
 def load_front(path: str | Path) -> dict:
     """Read a search's front.json (or the search folder holding one) and check its keys."""
-    from nnzip.bounded import loads_json, read_capped
+    from nnzip.bounded import load_json_file
     from nnzip.errors import NnzipError
 
-    path = Path(path)
-    if path.is_dir():
-        path = path / "front.json"
     fix = "rerun the same `nnzip search` command to rewrite it"
-    try:
-        text = read_capped(path, MAX_FRONT_BYTES, "front.json", fix)
-    except OSError as error:
-        raise NnzipError(f"search front {path} is not readable ({error}): {fix}") from None
-    summary = loads_json(text, f"search front {path}", fix)
+    path, summary = load_json_file(path, "front.json", MAX_FRONT_BYTES, "search front", fix,
+                                   "pass the front.json that `nnzip search` wrote")
     missing = [key for key in FRONT_KEYS if not isinstance(summary, dict) or key not in summary]
     if missing:
         raise NnzipError(f"{path} is not a search's front.json (it lacks {missing}): pass the "
