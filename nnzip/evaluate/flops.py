@@ -73,26 +73,15 @@ def count_flops(model: nn.Module, input_shape: tuple[int, ...] | None = None, *,
     exotic module, or the model contains quantized kernels the counter has no formula for (a
     number that leaves them out would overstate the savings).
     """
-    uncounted = _uncounted_modules(model)
-    if uncounted:
-        log.warning("FLOPs not counted: %s have no FLOP formula in torch's counter",
-                    ", ".join(uncounted))
-        return None, None
     if sample is None:
         if input_shape is None:
             raise NnzipError("count_flops needs input_shape or sample (e.g. "
                              "nnzip.data.probe_batch(data, 1))")
         sample = torch.zeros(1, *input_shape)
-    try:
-        with eval_mode(model), torch.no_grad(), _countable_kernels(), \
-                FlopCounterMode(display=False, custom_mapping=_EXTRA_FORMULAS) as counter:
-            model(sample)
-    except Exception as error:  # any failure means "unknown", never a crash
-        log.warning("FLOPs not counted for %s: %s", type(model).__name__,
-                    str(error).splitlines()[0] if str(error) else type(error).__name__)
+    counts = count_layer_flops(model, sample, {})
+    if counts is None:
         return None, None
-    flops = int(counter.get_total_flops())
-    return flops, flops // 2
+    return counts.total_flops, counts.total_flops // 2
 
 
 @dataclass
