@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from rich.console import Console
+from torch.utils.data import DataLoader, TensorDataset
 
 from common import (
     RESULTS,
@@ -43,7 +44,13 @@ from common import (
 from nnzip.data import load_mnist
 from nnzip.data.digits import digits_like_mnist
 from nnzip.evaluate import EvalConfig, machine_info
-from nnzip.evaluate.confidence import accuracy_difference, format_difference, seed_summary
+from nnzip.evaluate.accuracy import predict_logits
+from nnzip.evaluate.confidence import (
+    accuracy_difference,
+    correct_per_sample,
+    format_difference,
+    seed_summary,
+)
 from nnzip.evaluate.shift import IMAGE_CORRUPTIONS, corrupt, shift_key
 from nnzip.pipeline import compress
 from nnzip.recipe import load_recipe, parse_recipe
@@ -92,15 +99,11 @@ def shift_sets(data, samples: int) -> dict[str, tuple[torch.Tensor, torch.Tensor
     return sets
 
 
-@torch.no_grad()
 def correct(model: torch.nn.Module, sets: dict) -> dict[str, np.ndarray]:
     """Per set, which samples ``model`` classifies right (booleans)."""
-    model.eval()
-    result = {}
-    for key, (x, y) in sets.items():
-        predictions = torch.cat([model(batch).argmax(1) for batch in x.split(1024)])
-        result[key] = (predictions == y).numpy()
-    return result
+    return {key: correct_per_sample(predict_logits(model, DataLoader(TensorDataset(x, y),
+                                                                     batch_size=1024)), y)
+            for key, (x, y) in sets.items()}
 
 
 def pooled(marks: dict[str, np.ndarray], kinds=IMAGE_CORRUPTIONS) -> np.ndarray:
